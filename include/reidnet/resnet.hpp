@@ -1,0 +1,174 @@
+#pragma once
+/// torchvision's ResNet (v1.5), templated over the residual block, with the same
+/// state_dict keys, order and shapes as `torchvision.models.resnetXX()`.
+///
+///     auto net = reidnet::resnet50(reidnet::ResNetOptions().num_classes(10));
+///     torch::Tensor logits = net(torch::randn({2, 3, 224, 224}));
+
+#include <reidnet/init.hpp>
+#include <reidnet/residual_blocks.hpp>
+
+#include <torch/nn/cloneable.h>
+#include <torch/nn/functional/pooling.h>
+#include <torch/nn/modules/batchnorm.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include <array>
+#include <cstdint>
+#include <ostream>
+#include <vector>
+
+namespace reidnet {
+
+/// Options of `ResNet<Block>`. The factories (`resnet50()`, ...) set `layers`.
+struct ResNetOptions {
+  /// Blocks per stage (layer1..layer4), e.g. {3, 4, 6, 3} for ResNet-50.
+  TORCH_ARG(std::vector<int64_t>, layers) = {2, 2, 2, 2};
+  /// Width of the ImageNet classifier `fc`.
+  TORCH_ARG(int64_t, num_classes) = 1000;
+  /// Zero the last BatchNorm weight of every block (torchvision's zero_init_residual).
+  TORCH_ARG(bool, zero_init_residual) = false;
+  /// Stride of the first block of layer4; 1 doubles the final map (16x8 for 256x128 input).
+  TORCH_ARG(int64_t, last_stride) = 2;
+  TORCH_ARG(int64_t, groups) = 1;
+  TORCH_ARG(int64_t, width_per_group) = 64;
+};
+
+/// ResNet over `Block` (`BasicBlock` or `Bottleneck`), initialised by the `Init` policy.
+/// Keys: conv1, bn1, layer1..layer4, fc - registered in torchvision's order.
+template <class Block, class Init = TorchvisionInit>
+class ResNetImpl : public torch::nn::Cloneable<ResNetImpl<Block, Init>> {
+ public:
+  using BlockImpl = typename Block::Impl;
+
+  explicit ResNetImpl(const ResNetOptions& options_ = {}) : options(options_) { reset(); }
+
+  void reset() override {
+    TORCH_CHECK(options.layers().size() == 4, "ResNetOptions::layers needs 4 stage depths, got ",
+                options.layers().size());
+    TORCH_CHECK(options.last_stride() == 1 || options.last_stride() == 2,
+                "ResNetOptions::last_stride must be 1 or 2, got ", options.last_stride());
+    inplanes_ = 64;
+    conv1 = this->register_module(
+        "conv1", torch::nn::Conv2d(
+                     torch::nn::Conv2dOptions(3, 64, 7).stride(2).padding(3).bias(false)));
+    bn1 = this->register_module("bn1", torch::nn::BatchNorm2d(64));
+    const std::array<int64_t, 4> strides{1, 2, 2, options.last_stride()};
+    for (size_t stage = 0; stage < 4; ++stage) {
+      layers_[stage] = this->register_module(
+          "layer" + std::to_string(stage + 1),
+          make_stage(int64_t{64} << stage, options.layers()[stage], strides[stage]));
+    }
+    fc = this->register_module("fc", torch::nn::Linear(num_features(), options.num_classes()));
+    apply_init(*this, Init{});
+    if (options.zero_init_residual()) zero_last_norms();
+  }
+
+  /// Channels of the pooled feature (2048 for Bottleneck, 512 for BasicBlock).
+  int64_t num_features() const { return 512 * BlockImpl::expansion; }
+
+  /// Stem and layer1..layer4: the unpooled map (B, num_features, H/32, W/32).
+  torch::Tensor feature_map(torch::Tensor x) {
+    x = torch::relu(bn1(conv1(x)));
+    x = torch::max_pool2d(x, /*kernel_size=*/3, /*stride=*/2, /*padding=*/1);
+    for (auto& layer : layers_) x = layer->forward(x);
+    return x;
+  }
+
+  /// Global average pool of `feature_map`, flattened to (B, num_features).
+  torch::Tensor forward_features(const torch::Tensor& x) {
+    return torch::flatten(torch::adaptive_avg_pool2d(feature_map(x), {1, 1}), 1);
+  }
+
+  /// ImageNet logits from a pooled feature.
+  torch::Tensor forward_head(const torch::Tensor& features) { return fc(features); }
+
+  /// ImageNet logits (B, num_classes).
+  torch::Tensor forward(const torch::Tensor& x) { return forward_head(forward_features(x)); }
+
+  /// Replaces `fc` by a freshly initialised Linear with `num_classes` outputs.
+  void reset_classifier(int64_t num_classes) {
+    options.num_classes(num_classes);
+    fc = this->replace_module("fc", torch::nn::Linear(num_features(), num_classes));
+  }
+
+  /// layer1..layer4 by 1-based index, as in torchvision (`layer(4)` is `model.layer4`).
+  torch::nn::Sequential& layer(size_t index) {
+    TORCH_CHECK(index >= 1 && index <= 4, "ResNet has layer1..layer4, got layer", index);
+    return layers_[index - 1];
+  }
+
+  void pretty_print(std::ostream& stream) const override {
+    stream << "reidnet::ResNet(layers=[" << options.layers()[0] << ", " << options.layers()[1]
+           << ", " << options.layers()[2] << ", " << options.layers()[3]
+           << "], num_classes=" << options.num_classes()
+           << ", last_stride=" << options.last_stride() << ")";
+  }
+
+  ResNetOptions options;
+  torch::nn::Conv2d conv1{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr};
+  torch::nn::Linear fc{nullptr};
+
+ private:
+  torch::nn::Sequential make_stage(int64_t planes, int64_t blocks, int64_t stride) {
+    torch::nn::Sequential stage;
+    for (int64_t i = 0; i < blocks; ++i) {
+      stage->push_back(Block(ResidualBlockOptions(inplanes_, planes)
+                                 .stride(i == 0 ? stride : 1)
+                                 .groups(options.groups())
+                                 .base_width(options.width_per_group())));
+      inplanes_ = planes * BlockImpl::expansion;
+    }
+    return stage;
+  }
+
+  void zero_last_norms() {
+    torch::NoGradGuard no_grad;
+    for (auto& layer : layers_) {
+      for (size_t i = 0; i < layer->size(); ++i) {
+        layer->template at<BlockImpl>(i).last_norm()->weight.zero_();
+      }
+    }
+  }
+
+  int64_t inplanes_ = 64;
+  std::array<torch::nn::Sequential, 4> layers_{nullptr, nullptr, nullptr, nullptr};
+};
+
+/// Holder for `ResNetImpl` (TORCH_MODULE cannot take a template id).
+template <class Block, class Init = TorchvisionInit>
+class ResNet : public torch::nn::ModuleHolder<ResNetImpl<Block, Init>> {
+ public:
+  using torch::nn::ModuleHolder<ResNetImpl<Block, Init>>::ModuleHolder;
+  using Impl = ResNetImpl<Block, Init>;
+};
+
+namespace detail {
+template <class Block>
+ResNet<Block> make_resnet(ResNetOptions options, std::vector<int64_t> layers) {
+  return ResNet<Block>(options.layers(std::move(layers)));
+}
+}  // namespace detail
+
+/// torchvision's resnetXX; `options.layers` is overwritten with the variant's depths.
+inline ResNet<BasicBlock> resnet18(ResNetOptions options = {}) {
+  return detail::make_resnet<BasicBlock>(std::move(options), {2, 2, 2, 2});
+}
+inline ResNet<BasicBlock> resnet34(ResNetOptions options = {}) {
+  return detail::make_resnet<BasicBlock>(std::move(options), {3, 4, 6, 3});
+}
+inline ResNet<Bottleneck> resnet50(ResNetOptions options = {}) {
+  return detail::make_resnet<Bottleneck>(std::move(options), {3, 4, 6, 3});
+}
+inline ResNet<Bottleneck> resnet101(ResNetOptions options = {}) {
+  return detail::make_resnet<Bottleneck>(std::move(options), {3, 4, 23, 3});
+}
+inline ResNet<Bottleneck> resnet152(ResNetOptions options = {}) {
+  return detail::make_resnet<Bottleneck>(std::move(options), {3, 8, 36, 3});
+}
+
+}  // namespace reidnet

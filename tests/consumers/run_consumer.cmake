@@ -1,0 +1,23 @@
+# Configures, builds and runs one consumer project. ctest calls it with -DSOURCE= -DBINARY=
+# -DTorch_DIR= and either -DPREFIX= (find_package) or -DREIDNET_SOURCE_DIR= (add_subdirectory).
+set(configure_args -DCMAKE_BUILD_TYPE=Release -DTorch_DIR=${Torch_DIR})
+if(PREFIX)
+  list(APPEND configure_args -DCMAKE_PREFIX_PATH=${PREFIX})
+endif()
+if(REIDNET_SOURCE_DIR)
+  list(APPEND configure_args -DREIDNET_SOURCE_DIR=${REIDNET_SOURCE_DIR})
+endif()
+
+foreach(step configure build run)
+  if(step STREQUAL "configure")
+    set(command ${CMAKE_COMMAND} -S ${SOURCE} -B ${BINARY} ${configure_args})
+  elseif(step STREQUAL "build")
+    set(command ${CMAKE_COMMAND} --build ${BINARY})
+  else()
+    set(command ${BINARY}/consumer)
+  endif()
+  execute_process(COMMAND ${command} RESULT_VARIABLE status)
+  if(NOT status EQUAL 0)
+    message(FATAL_ERROR "consumer project ${SOURCE}: the ${step} step failed (${status})")
+  endif()
+endforeach()

@@ -1,0 +1,293 @@
+// Parity of reidnet's models with torchvision and the Python baseline (REFERENCE.md §1-4):
+// state_dict keys, order and shapes; eval-mode outputs; init statistics; shapes.
+#include "support.hpp"
+
+#include <reidnet/reidnet.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <regex>
+
+using reidnet::test::fixture;
+using reidnet::test::max_relative_difference;
+using reidnet::test::scalar;
+
+namespace {
+
+constexpr double kForwardTolerance = 1e-4;  // max relative difference, fp32
+
+nlohmann::json key_references() {
+  std::ifstream file(fixture("models", "keys.json"));
+  REQUIRE_MESSAGE(file.good(), "missing keys.json: run ctest so the Python fixture runs first");
+  return nlohmann::json::parse(file);
+}
+
+// "<family>/<name>=<value>/..." -> value of `name`.
+double option_of(const std::string& config, const std::string& name) {
+  std::smatch match;
+  const std::regex pattern("/" + name + "=([0-9.]+)");
+  REQUIRE_MESSAGE(std::regex_search(config, match, pattern), config);
+  return std::stod(match[1]);
+}
+
+std::shared_ptr<torch::nn::Module> build(const std::string& config) {
+  using namespace reidnet;
+  if (config.rfind("resnet", 0) == 0) {
+    const auto options = ResNetOptions()
+                             .num_classes(static_cast<int64_t>(option_of(config, "num_classes")))
+                             .last_stride(static_cast<int64_t>(option_of(config, "last_stride")));
+    const int depth = std::stoi(config.substr(6, config.find('/') - 6));
+    switch (depth) {
+      case 18: return resnet18(options).ptr();
+      case 34: return resnet34(options).ptr();
+      case 50: return resnet50(options).ptr();
+      case 101: return resnet101(options).ptr();
+      case 152: return resnet152(options).ptr();
+    }
+  }
+  if (config.rfind("ft_net", 0) == 0) {
+    return FtNet(FtNetOptions(static_cast<int64_t>(option_of(config, "class_num")))
+                     .stride(static_cast<int64_t>(option_of(config, "stride")))
+                     .linear_num(static_cast<int64_t>(option_of(config, "linear_num")))
+                     .droprate(option_of(config, "droprate")))
+        .ptr();
+  }
+  if (config.rfind("class_block", 0) == 0) {
+    return ClassBlock(ClassBlockOptions(2048, 751)
+                          .relu(option_of(config, "relu") != 0)
+                          .bnorm(option_of(config, "bnorm") != 0)
+                          .linear(static_cast<int64_t>(option_of(config, "linear")))
+                          .droprate(option_of(config, "droprate")))
+        .ptr();
+  }
+  FAIL("unknown reference model " << config);
+  return nullptr;
+}
+
+// Copies `tensors[prefix + key]` into every state_dict entry of `module`.
+void copy_state(torch::nn::Module& module, const std::map<std::string, torch::Tensor>& tensors,
+                const std::string& prefix) {
+  torch::NoGradGuard no_grad;
+  for (auto& item : reidnet::state_dict(module)) {
+    const auto found = tensors.find(prefix + item.key());
+    REQUIRE_MESSAGE(found != tensors.end(), "reference lacks " << prefix + item.key());
+    REQUIRE(item.value().sizes() == found->second.sizes());
+    item.value().copy_(found->second);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("state_dict keys, order, shapes and parameter counts equal Python's for every option") {
+  const auto references = key_references();
+  REQUIRE(references.size() >= 60);
+  for (const auto& [config, reference] : references.items()) {
+    CAPTURE(config);
+    const auto module = build(config);
+    const auto state = reidnet::state_dict(*module);
+    const auto& keys = reference["keys"];
+    REQUIRE(state.size() == keys.size());
+    for (size_t i = 0; i < keys.size(); ++i) {
+      const auto& item = state[i];
+      CHECK_MESSAGE(item.key() == keys[i][0].get<std::string>(), "entry ", i);
+      CHECK(item.value().sizes().vec() == keys[i][1].get<std::vector<int64_t>>());
+    }
+    CHECK(reidnet::count_parameters(*module) == reference["parameters"].get<int64_t>());
+  }
+}
+
+TEST_CASE("ft_net for 751 classes has 329 entries and 26,992,407 parameters, keeping model.fc") {
+  reidnet::FtNet net(751);
+  const auto state = reidnet::state_dict(*net);
+  CHECK(state.size() == 329);
+  CHECK(reidnet::count_parameters(*net) == 26992407);
+  CHECK(state.contains("model.fc.weight"));
+  CHECK(state[state.size() - 1].key() == "classifier.classifier.0.bias");
+  CHECK(reidnet::state_dict(*reidnet::resnet50()).size() == 320);
+  CHECK(reidnet::count_parameters(*reidnet::resnet50()) == 25557032);
+}
+
+TEST_CASE("eval-mode outputs equal torchvision's resnet18 and resnet50 within 1e-4 relative") {
+  const auto tensors = reidnet::test::load_tensor_dict(fixture("models", "forward.pt"));
+  const auto& input = tensors.at("input");
+  torch::NoGradGuard no_grad;
+  SUBCASE("resnet18 (BasicBlock)") {
+    auto net = reidnet::resnet18();
+    copy_state(*net, tensors, "resnet18/");
+    net->eval();
+    const double error = max_relative_difference(net(input), tensors.at("resnet18/output"));
+    MESSAGE("resnet18 max relative difference: " << error);
+    CHECK(error < kForwardTolerance);
+  }
+  SUBCASE("resnet50 (Bottleneck)") {
+    auto net = reidnet::resnet50();
+    copy_state(*net, tensors, "resnet50/");
+    net->eval();
+    const double error = max_relative_difference(net(input), tensors.at("resnet50/output"));
+    MESSAGE("resnet50 max relative difference: " << error);
+    CHECK(error < kForwardTolerance);
+  }
+}
+
+TEST_CASE("FtNet eval outputs equal the Python ft_net for stride 1/2 and linear_num 0/512") {
+  const auto tensors = reidnet::test::load_tensor_dict(fixture("models", "forward.pt"));
+  const auto& input = tensors.at("input");
+  torch::NoGradGuard no_grad;
+  for (const int64_t linear : {512, 0}) {
+    for (const int64_t stride : {2, 1}) {
+      CAPTURE(linear);
+      CAPTURE(stride);
+      reidnet::FtNet net(reidnet::FtNetOptions(751).stride(stride).linear_num(linear));
+      copy_state(*net->model, tensors, "resnet50/");
+      copy_state(*net->classifier, tensors, "head" + std::to_string(linear) + "/");
+      net->eval();
+      const std::string tag =
+          "ft_net_linear" + std::to_string(linear) + "_stride" + std::to_string(stride) + "/";
+      const double logits = max_relative_difference(net(input), tensors.at(tag + "logits"));
+      const double embed = max_relative_difference(net->embed(input), tensors.at(tag + "embed"));
+      const double features =
+          max_relative_difference(net->forward_features(input), tensors.at(tag + "features"));
+      const double single = max_relative_difference(
+          net->embed(tensors.at("input_single")), tensors.at(tag + "embed_single"));
+      MESSAGE("max relative difference: logits " << logits << ", embed " << embed
+                                                 << ", features " << features
+                                                 << ", batch-1 embed " << single);
+      CHECK(logits < kForwardTolerance);
+      CHECK(embed < kForwardTolerance);
+      CHECK(features < kForwardTolerance);
+      CHECK(single < kForwardTolerance);
+    }
+  }
+}
+
+TEST_CASE("Kaiming head init: Linear std within 5% of sqrt(2/fan_out), BN1d ~ N(1, 0.02), zero biases") {
+  torch::manual_seed(1);
+  reidnet::ClassBlock head(reidnet::ClassBlockOptions(2048, 751));
+  const auto& linear = head->add_block[0]->as<torch::nn::Linear>()->weight;
+  const double expected_std = std::sqrt(2.0 / 512.0);  // fan_out = 512 outputs
+  CHECK(linear.std().item<double>() == doctest::Approx(expected_std).epsilon(0.05));
+  CHECK(std::abs(linear.mean().item<double>()) < 0.05 * expected_std);
+  CHECK(head->add_block[0]->as<torch::nn::Linear>()->bias.abs().max().item<double>() == 0.0);
+  auto* norm = head->add_block[1]->as<torch::nn::BatchNorm1d>();
+  CHECK(norm->weight.mean().item<double>() == doctest::Approx(1.0).epsilon(0.01));
+  CHECK(norm->weight.std().item<double>() == doctest::Approx(0.02).epsilon(0.2));
+  CHECK(norm->bias.abs().max().item<double>() == 0.0);
+
+  SUBCASE("Kaiming fan_in for convs in any module tree") {
+    torch::nn::Conv2d conv(torch::nn::Conv2dOptions(64, 128, 3));
+    reidnet::apply_init(*conv, reidnet::KaimingHeadInit{});
+    const double fan_in = 64 * 3 * 3;
+    CHECK(conv->weight.std().item<double>() ==
+          doctest::Approx(std::sqrt(2.0 / fan_in)).epsilon(0.05));
+    CHECK(conv->bias.abs().max().item<double>() == 0.0);
+  }
+}
+
+TEST_CASE("Classifier init: N(0, std) with std 0.001 by default and settable, zero bias") {
+  torch::manual_seed(2);
+  reidnet::ClassBlock head(reidnet::ClassBlockOptions(2048, 751));
+  auto* classifier = head->classifier[0]->as<torch::nn::Linear>();
+  CHECK(classifier->weight.std().item<double>() == doctest::Approx(0.001).epsilon(0.05));
+  CHECK(classifier->bias.abs().max().item<double>() == 0.0);
+
+  reidnet::FtNet net(reidnet::FtNetOptions(751).classifier_std(0.0001));
+  auto* small = net->classifier->classifier[0]->as<torch::nn::Linear>();
+  CHECK(small->weight.std().item<double>() == doctest::Approx(0.0001).epsilon(0.05));
+
+  reidnet::BasicClassBlock<reidnet::KaimingHeadInit, reidnet::NoInit> untouched(
+      reidnet::ClassBlockOptions(2048, 751));
+  // LibTorch's default Linear init is uniform(+-1/sqrt(512)), far wider than 0.001.
+  CHECK(untouched->classifier[0]->as<torch::nn::Linear>()->weight.std().item<double>() > 0.01);
+}
+
+TEST_CASE_TEMPLATE("torchvision init: conv Kaiming fan_out, BN 1/0, zero_init_residual zeroes "
+                   "the last BN of every block", Block, reidnet::BasicBlock, reidnet::Bottleneck) {
+  torch::manual_seed(3);
+  reidnet::ResNet<Block> net(reidnet::ResNetOptions().zero_init_residual(true));
+  const auto& conv1 = net->conv1->weight;
+  const double fan_out = 64 * 7 * 7;
+  CHECK(scalar(conv1.std()) == doctest::Approx(std::sqrt(2.0 / fan_out)).epsilon(0.05));
+  CHECK(scalar(net->bn1->weight.min()) == 1.0);
+  CHECK(scalar(net->bn1->bias.abs().max()) == 0.0);
+  for (size_t stage = 1; stage <= 4; ++stage) {
+    auto& layer = net->layer(stage);
+    for (size_t i = 0; i < layer->size(); ++i) {
+      auto& block = layer->template at<typename Block::Impl>(i);
+      CHECK(scalar(block.last_norm()->weight.abs().max()) == 0.0);
+    }
+  }
+}
+
+TEST_CASE("shapes: batch 1, 16x8 layer4 with stride 1, return_f, train versus eval") {
+  torch::NoGradGuard no_grad;
+  const auto image = torch::randn({1, 3, 256, 128});
+  SUBCASE("stride 1 doubles the final map") {
+    reidnet::FtNet net(reidnet::FtNetOptions(751).stride(1));
+    net->eval();
+    CHECK(net->model->feature_map(image).sizes() == torch::IntArrayRef({1, 2048, 16, 8}));
+    reidnet::FtNet strided(reidnet::FtNetOptions(751).stride(2));
+    strided->eval();
+    CHECK(strided->model->feature_map(image).sizes() == torch::IntArrayRef({1, 2048, 8, 4}));
+  }
+  SUBCASE("batch 1 works for every output") {
+    reidnet::FtNet net(751);
+    net->eval();
+    CHECK(net(image).sizes() == torch::IntArrayRef({1, 751}));
+    CHECK(net->embed(image).sizes() == torch::IntArrayRef({1, 512}));
+    CHECK(net->forward_features(image).sizes() == torch::IntArrayRef({1, 2048}));
+    CHECK(net->feature_dim() == 512);
+  }
+  SUBCASE("return_f gives the logits and the feature together") {
+    reidnet::FtNet net(reidnet::FtNetOptions(10).return_f(true).linear_num(0));
+    net->eval();
+    const auto both = net->forward_with_feature(image);
+    CHECK(both.logits.sizes() == torch::IntArrayRef({1, 10}));
+    CHECK(both.feature.sizes() == torch::IntArrayRef({1, 2048}));
+    const auto outputs = net->forward_outputs(image);
+    REQUIRE(outputs.size() == 2);
+    CHECK(torch::equal(outputs[0], both.logits));
+    reidnet::FtNet plain(reidnet::FtNetOptions(10));
+    plain->eval();
+    CHECK(plain->forward_outputs(image).size() == 1);
+  }
+  SUBCASE("train mode uses batch statistics and dropout; eval is deterministic") {
+    reidnet::ClassBlock head(reidnet::ClassBlockOptions(64, 5).linear(32));
+    const auto x = torch::randn({8, 64});
+    head->eval();
+    CHECK(torch::equal(head->embed(x), head->embed(x)));
+    head->train();
+    const auto train_feature = head->embed(x);
+    // Dropout zeroes about half of the entries in training mode only.
+    const double zeros = (train_feature == 0).to(torch::kDouble).mean().item<double>();
+    CHECK(zeros > 0.3);
+    CHECK(zeros < 0.7);
+  }
+}
+
+TEST_CASE("models run with other dtypes and clone deeply") {
+  torch::NoGradGuard no_grad;
+  reidnet::FtNet net(reidnet::FtNetOptions(10).linear_num(32));
+  net->eval();
+  const auto image = torch::randn({2, 3, 64, 32});
+  const auto reference = net->embed(image);
+  net->to(torch::kDouble);
+  const auto as_double = net->embed(image.to(torch::kDouble));
+  CHECK(as_double.dtype() == torch::kDouble);
+  CHECK(max_relative_difference(as_double.to(torch::kFloat), reference) < 1e-4);
+
+  auto copy = std::dynamic_pointer_cast<reidnet::FtNetImpl>(net->clone());
+  REQUIRE(copy);
+  copy->classifier->classifier[0]->as<torch::nn::Linear>()->bias.fill_(1.0);
+  CHECK(net->classifier->classifier[0]->as<torch::nn::Linear>()->bias.abs().max().item<double>() == 0.0);
+  CHECK(reidnet::state_dict(*copy).size() == reidnet::state_dict(*net).size());
+}
+
+TEST_CASE("bad options are refused with a message naming the option") {
+  CHECK_THROWS_WITH_AS(reidnet::ClassBlock(reidnet::ClassBlockOptions(2048, 751).linear(-1)),
+                       doctest::Contains("linear"), c10::Error);
+  CHECK_THROWS_WITH_AS(reidnet::ClassBlock(reidnet::ClassBlockOptions(2048, 751).droprate(1.5)),
+                       doctest::Contains("droprate"), c10::Error);
+  CHECK_THROWS_WITH_AS(reidnet::FtNet(reidnet::FtNetOptions(751).stride(3)),
+                       doctest::Contains("last_stride"), c10::Error);
+}
