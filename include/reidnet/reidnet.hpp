@@ -7,7 +7,10 @@
 #include <reidnet/class_block.hpp>
 #include <reidnet/ft_net.hpp>
 #include <reidnet/init.hpp>
+#include <reidnet/losses.hpp>
+#include <reidnet/optim.hpp>
 #include <reidnet/residual_blocks.hpp>
 #include <reidnet/resnet.hpp>
+#include <reidnet/schedules.hpp>
 #include <reidnet/state_dict.hpp>
 #include <reidnet/version.hpp>

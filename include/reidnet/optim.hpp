@@ -1,0 +1,89 @@
+#pragma once
+/// The baseline's optimiser (REFERENCE.md §6): SGD with Nesterov momentum and two parameter
+/// groups, the pretrained backbone at a fraction of the head's learning rate.
+///
+///     auto sgd = reidnet::make_sgd(*net, reidnet::SgdRecipe().lr(0.05));
+///     // sgd->param_groups()[0] is the backbone (0.005), [1] the head (0.05)
+
+#include <torch/nn/module.h>
+#include <torch/optim/sgd.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace reidnet {
+
+struct SgdRecipe {
+  /// Learning rate of the head; the backbone gets lr * backbone_lr_ratio.
+  TORCH_ARG(double, lr) = 0.05;
+  /// 0.1 when fine-tuning pretrained weights; 1.0 when training from scratch.
+  TORCH_ARG(double, backbone_lr_ratio) = 0.1;
+  TORCH_ARG(double, weight_decay) = 5e-4;
+  TORCH_ARG(double, momentum) = 0.9;
+  TORCH_ARG(bool, nesterov) = true;
+  /// Top-level child that holds the head; every other parameter is backbone. `FtNet` names
+  /// its head `classifier` and its backbone `model` (whose unused `fc` stays in the backbone
+  /// group, as in the baseline).
+  TORCH_ARG(std::string, head) = "classifier";
+};
+
+/// Parameters of `module` split into backbone and head by the name of the head's child.
+struct ParameterGroups {
+  std::vector<torch::Tensor> backbone;
+  std::vector<torch::Tensor> head;
+};
+
+inline ParameterGroups split_backbone_head(const torch::nn::Module& module,
+                                           const std::string& head) {
+  ParameterGroups groups;
+  const std::string prefix = head + ".";
+  for (const auto& item : module.named_parameters()) {
+    auto& group = item.key().rfind(prefix, 0) == 0 ? groups.head : groups.backbone;
+    group.push_back(item.value());
+  }
+  TORCH_CHECK(!groups.head.empty(), "split_backbone_head: module has no parameters under '",
+              head, "'; set SgdRecipe::head to the name of its head");
+  return groups;
+}
+
+/// SGD with group 0 = backbone (lr * backbone_lr_ratio) and group 1 = head (lr).
+inline std::unique_ptr<torch::optim::SGD> make_sgd(const torch::nn::Module& module,
+                                                   const SgdRecipe& recipe = {}) {
+  auto groups = split_backbone_head(module, recipe.head());
+  auto sgd_options = [&](double lr) {
+    return torch::optim::SGDOptions(lr)
+        .momentum(recipe.momentum())
+        .nesterov(recipe.nesterov())
+        .weight_decay(recipe.weight_decay());
+  };
+  auto group_options = [&](double lr) {
+    return std::make_unique<torch::optim::SGDOptions>(sgd_options(lr));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> param_groups;
+  param_groups.emplace_back(std::move(groups.backbone),
+                            group_options(recipe.lr() * recipe.backbone_lr_ratio()));
+  param_groups.emplace_back(std::move(groups.head), group_options(recipe.lr()));
+  return std::make_unique<torch::optim::SGD>(std::move(param_groups), sgd_options(recipe.lr()));
+}
+
+/// Learning rate of each param group, in order.
+inline std::vector<double> learning_rates(const torch::optim::SGD& optimizer) {
+  std::vector<double> rates;
+  for (const auto& group : optimizer.param_groups()) {
+    rates.push_back(static_cast<const torch::optim::SGDOptions&>(group.options()).lr());
+  }
+  return rates;
+}
+
+/// Sets the learning rate of each param group, in order.
+inline void set_learning_rates(torch::optim::SGD& optimizer, const std::vector<double>& rates) {
+  auto& groups = optimizer.param_groups();
+  TORCH_CHECK(rates.size() == groups.size(), "set_learning_rates: ", rates.size(),
+              " rates for ", groups.size(), " param groups");
+  for (size_t i = 0; i < groups.size(); ++i) {
+    static_cast<torch::optim::SGDOptions&>(groups[i].options()).lr(rates[i]);
+  }
+}
+
+}  // namespace reidnet

@@ -1,0 +1,102 @@
+// The training recipe's library pieces against Debian's torch: losses, warm-up, parameter
+// groups and learning-rate schedules (REFERENCE.md §6).
+#include "support.hpp"
+
+#include <reidnet/reidnet.hpp>
+
+using reidnet::test::fixture;
+using reidnet::test::scalar;
+
+namespace {
+const std::map<std::string, torch::Tensor>& reference() {
+  static const auto tensors = reidnet::test::load_tensor_dict(fixture("training", "reference.pt"));
+  return tensors;
+}
+}  // namespace
+
+TEST_CASE("cross-entropy with and without label smoothing equals torch.nn.functional's") {
+  const auto& r = reference();
+  torch::nn::CrossEntropyLoss plain;
+  torch::nn::CrossEntropyLoss smooth(torch::nn::CrossEntropyLossOptions().label_smoothing(0.1));
+  CHECK(scalar(plain(r.at("logits"), r.at("targets"))) ==
+        doctest::Approx(scalar(r.at("ce"))).epsilon(1e-12));
+  CHECK(scalar(smooth(r.at("logits"), r.at("targets"))) ==
+        doctest::Approx(scalar(r.at("ce_smooth"))).epsilon(1e-12));
+}
+
+TEST_CASE("batch-hard triplet and circle losses equal the Python reference within 1e-9") {
+  const auto& r = reference();
+  reidnet::TripletLoss triplet;
+  reidnet::CircleLoss circle;
+  const double triplet_value = scalar(triplet(r.at("features"), r.at("labels")));
+  const double circle_value = scalar(circle(r.at("features"), r.at("labels")));
+  MESSAGE("triplet " << triplet_value << ", circle " << circle_value);
+  CHECK(triplet_value > 0);
+  CHECK(triplet_value == doctest::Approx(scalar(r.at("triplet"))).epsilon(1e-9));
+  CHECK(circle_value == doctest::Approx(scalar(r.at("circle"))).epsilon(1e-9));
+
+  SUBCASE("losses are differentiable and refuse mismatched shapes") {
+    auto features = r.at("features").clone().requires_grad_(true);
+    (triplet(features, r.at("labels")) + circle(features, r.at("labels"))).backward();
+    CHECK(features.grad().defined());
+    CHECK(torch::isfinite(features.grad()).all().item<bool>());
+    CHECK_THROWS_WITH_AS(triplet(r.at("features"), r.at("labels").narrow(0, 0, 3)),
+                         doctest::Contains("one label per feature row"), c10::Error);
+  }
+  SUBCASE("a batch without positive pairs gives a zero triplet loss") {
+    CHECK(scalar(triplet(r.at("features").narrow(0, 0, 3), torch::arange(3))) == 0.0);
+  }
+}
+
+TEST_CASE("the warm-up factor sequence equals the baseline's loop") {
+  const auto expected = reference().at("warmup");
+  const auto warmup = reidnet::LossWarmup::for_data(/*warm_epochs=*/5, /*train_images=*/100,
+                                                    /*batch_size=*/8);
+  const int64_t per_epoch = 100 / 8;
+  for (int64_t i = 0; i < expected.size(0); ++i) {
+    CAPTURE(i);
+    CHECK(warmup.factor(i / per_epoch, i) ==
+          doctest::Approx(expected[i].item<double>()).epsilon(1e-12));
+  }
+  CHECK(reidnet::LossWarmup{}.factor(0, 0) == 1.0);  // warm_epochs 0: no warm-up
+}
+
+TEST_CASE("SGD groups: backbone (with the unused model.fc) at ratio x lr, head at lr") {
+  reidnet::FtNet net(reidnet::FtNetOptions(10).linear_num(32));
+  const auto groups = reidnet::split_backbone_head(*net, "classifier");
+  CHECK(groups.head.size() == 6);  // Linear w/b, BN1d w/b, classifier Linear w/b
+  CHECK(groups.backbone.size() == net->model->parameters().size());
+  CHECK(groups.backbone.back().is_same(net->model->fc->bias));
+
+  auto sgd = reidnet::make_sgd(*net, reidnet::SgdRecipe().lr(0.05).backbone_lr_ratio(0.1));
+  const auto rates = reidnet::learning_rates(*sgd);
+  REQUIRE(rates.size() == 2);
+  CHECK(rates[0] == doctest::Approx(0.005));
+  CHECK(rates[1] == doctest::Approx(0.05));
+  const auto& head_options =
+      static_cast<const torch::optim::SGDOptions&>(sgd->param_groups()[1].options());
+  CHECK(head_options.nesterov());
+  CHECK(head_options.momentum() == doctest::Approx(0.9));
+  CHECK(head_options.weight_decay() == doctest::Approx(5e-4));
+  CHECK_THROWS_WITH_AS(reidnet::make_sgd(*net, reidnet::SgdRecipe().head("missing")),
+                       doctest::Contains("missing"), c10::Error);
+}
+
+TEST_CASE("StepLR at 2/3 of the epochs and cosine equal PyTorch's schedulers per epoch") {
+  const std::vector<double> base{0.005, 0.05};
+  const auto step = reidnet::StepSchedule::for_epochs(60);
+  const reidnet::CosineSchedule cosine{60, 0.01 * 0.05};
+  const auto& step_expected = reference().at("step_rates");
+  const auto& cosine_expected = reference().at("cosine_rates");
+  for (int64_t epoch = 0; epoch < 60; ++epoch) {
+    CAPTURE(epoch);
+    const auto step_rates = step.rates(base, epoch);
+    const auto cosine_rates = cosine.rates(base, epoch);
+    for (int64_t group = 0; group < 2; ++group) {
+      CHECK(step_rates[group] ==
+            doctest::Approx(step_expected[epoch][group].item<double>()).epsilon(1e-12));
+      CHECK(cosine_rates[group] ==
+            doctest::Approx(cosine_expected[epoch][group].item<double>()).epsilon(1e-9));
+    }
+  }
+}
