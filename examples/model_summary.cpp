@@ -1,6 +1,8 @@
 // reidnet-model-summary: builds the ReID model and prints its structure and size.
 //
 //   reidnet-model-summary --classes 751 --stride 1
+#include "common/cli.hpp"
+
 #include <reidnet/reidnet.hpp>
 
 #include <CLI/CLI.hpp>
@@ -15,11 +17,7 @@ int main(int argc, char** argv) {
   app.add_option("--stride", stride, "stride of layer4 (1 or 2)")->check(CLI::IsMember({1, 2}));
   app.add_option("--linear-num", linear_num, "bottleneck width (0 = none)")
       ->check(CLI::NonNegativeNumber);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& error) {
-    return app.exit(error) == 0 ? 0 : 2;
-  }
+  if (const auto exit_code = reidnet::examples::parse_flags(app, argc, argv)) return *exit_code;
 
   reidnet::FtNet net(reidnet::FtNetOptions(classes).stride(stride).linear_num(linear_num));
   net->eval();
