@@ -4,6 +4,7 @@
 ///     #include <reidnet/reidnet.hpp>
 ///     reidnet::FtNet net(751);
 
+#include <reidnet/checkpoint.hpp>
 #include <reidnet/class_block.hpp>
 #include <reidnet/ft_net.hpp>
 #include <reidnet/init.hpp>
