@@ -1,10 +1,12 @@
 #pragma once
-/// Umbrella header: every reidnet module and tool.
+/// Umbrella header: every reidnet module and tool that needs only LibTorch and fmt.
+/// Image decoding and data loading (libjpeg-turbo, libpng) are in <reidnet/data.hpp>.
 ///
 ///     #include <reidnet/reidnet.hpp>
 ///     reidnet::FtNet net(751);
 
 #include <reidnet/autocast.hpp>
+#include <reidnet/checkpoint.hpp>
 #include <reidnet/class_block.hpp>
 #include <reidnet/ft_net.hpp>
 #include <reidnet/init.hpp>

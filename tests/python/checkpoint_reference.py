@@ -1,0 +1,168 @@
+"""Writes the checkpoint files of tests/test_checkpoint.cpp into the folder given as argv[1].
+
+Real checkpoints, written by Debian's torch: torchvision's resnet50 state_dict and an ft_net
+state_dict with non-trivial BatchNorm statistics (zip format; the same in the legacy format,
+nested with DataParallel's prefix, and in fp16), small files covering every dtype, strides,
+storage offsets and shared storages (zip, legacy, safetensors), one saved "from CUDA",
+malicious pickles, and truncated, garbage and non-checkpoint files. outputs.pt holds the
+eval-mode outputs the C++ side must reproduce.
+"""
+import collections
+import io
+import json
+import os
+import struct
+import sys
+import tarfile
+
+import torch
+
+from reference_models import FtNet, randomize_batchnorm_statistics, resnet
+
+MARKER = "executed_marker"  # created only if a malicious pickle runs
+
+
+class RunsShellCommand:
+    """Unpickling this calls os.system: what a safe loader must refuse."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def small_tensors():
+    generator = torch.Generator().manual_seed(11)
+    big = torch.randn(6, 4, generator=generator)
+    base = torch.randn(3, 5, generator=generator)
+    tensors = collections.OrderedDict()
+    tensors["float32"] = torch.randn(2, 3, generator=generator)
+    tensors["transposed"] = base.t()                  # strides (1, 5)
+    tensors["shared_base"] = big
+    tensors["offset_view"] = big[2:5]                  # storage offset 8, shares big's storage
+    tensors["column_view"] = big[:, 1]                 # stride 4, offset 1
+    tensors["float64"] = torch.randn(4, dtype=torch.float64, generator=generator)
+    tensors["float16"] = torch.randn(3, 2, generator=generator).half()
+    tensors["bfloat16"] = torch.randn(5, generator=generator).bfloat16()
+    tensors["int64"] = torch.arange(-3, 4, dtype=torch.int64) * 1_000_000_007
+    tensors["int32"] = torch.arange(-2, 3, dtype=torch.int32)
+    tensors["int16"] = torch.tensor([-300, 7, 300], dtype=torch.int16)
+    tensors["int8"] = torch.tensor([-128, 0, 127], dtype=torch.int8)
+    tensors["uint8"] = torch.tensor([0, 1, 255], dtype=torch.uint8)
+    tensors["bool"] = torch.tensor([True, False, True])
+    tensors["scalar"] = torch.tensor(3.5)
+    tensors["empty"] = torch.zeros(0, 3)
+    return tensors
+
+
+def write_safetensors(path, tensors):
+    """The safetensors layout (no package needed): u64 header size, JSON header, raw data."""
+    names = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
+             torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
+             torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+    header, chunks, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    for name, tensor in tensors.items():
+        tensor = tensor.contiguous()
+        data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        header[name] = {"dtype": names[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    encoded = json.dumps(header).encode()
+    encoded += b" " * ((8 - len(encoded) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)) + encoded + b"".join(chunks))
+
+
+def save_legacy(obj, path):
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+
+
+def main():
+    out = sys.argv[1]
+    os.makedirs(out, exist_ok=True)
+    path = lambda name: os.path.join(out, name)
+    marker = path(MARKER)
+    if os.path.exists(marker):
+        os.remove(marker)
+    generator = torch.Generator().manual_seed(20261126)
+    torch.manual_seed(5)
+    image = torch.randn(2, 3, 128, 64, generator=generator)
+    outputs = {"input": image}
+
+    with torch.no_grad():
+        backbone = resnet(50).eval()
+        randomize_batchnorm_statistics(backbone, generator)
+        torch.save(backbone.state_dict(), path("resnet50.pth"))
+        outputs["resnet50/logits"] = backbone(image)
+
+        net = FtNet(751).eval()
+        randomize_batchnorm_statistics(net, generator)
+        state = net.state_dict()
+        torch.save(state, path("ft_net.pth"))
+        outputs["ft_net/logits"] = net(image)
+        outputs["ft_net/embed"] = net.embed(image)
+        save_legacy(state, path("ft_net_legacy.pth"))
+        torch.save({"epoch": 3, "state_dict": collections.OrderedDict(
+            ("module." + k, v) for k, v in state.items())}, path("ft_net_nested_dataparallel.pth"))
+        half = collections.OrderedDict(
+            (k, v.half() if v.is_floating_point() else v) for k, v in state.items())
+        torch.save(half, path("ft_net_fp16.pth"))
+        net.load_state_dict(torch.load(path("ft_net_fp16.pth")))
+        outputs["ft_net_fp16/logits"] = net(image)
+
+        tensors = small_tensors()
+        torch.save(tensors, path("tensors.pth"))
+        save_legacy(tensors, path("tensors_legacy.pth"))
+        write_safetensors(path("tensors.safetensors"),
+                          collections.OrderedDict((k, v) for k, v in tensors.items()
+                                                  if k not in ("offset_view", "column_view")))
+        torch.save({k: v.contiguous().clone() for k, v in tensors.items()},
+                   path("tensors_expected.pt"))
+
+    # Saved from a CUDA device: the location tag says cuda:0 (no GPU needed to write it).
+    original_location_tag = torch.serialization.location_tag
+    torch.serialization.location_tag = lambda storage: "cuda:0"
+    try:
+        torch.save(collections.OrderedDict(weight=torch.arange(6.0).reshape(2, 3)),
+                   path("cuda_saved.pth"))
+    finally:
+        torch.serialization.location_tag = original_location_tag
+
+    # Malicious files: unpickling them would run a shell command creating the marker.
+    evil = {"weight": torch.ones(2), "payload": RunsShellCommand("touch " + marker)}
+    torch.save(evil, path("malicious.pth"))                            # GLOBAL posix.system
+    torch.save(evil, path("malicious_protocol4.pth"), pickle_protocol=4)  # STACK_GLOBAL
+    save_legacy(evil, path("malicious_legacy.pth"))
+    torch.save({"epoch": 3, "state_dict": collections.OrderedDict(
+        weight=torch.ones(2), payload=RunsShellCommand("touch " + marker))},
+        path("malicious_nested.pth"))
+
+    # Truncated, garbage and non-checkpoint files.
+    for name in ("tensors.pth", "tensors_legacy.pth", "tensors.safetensors"):
+        data = open(path(name), "rb").read()
+        stem, ext = os.path.splitext(name)
+        with open(path(f"{stem}_truncated{ext}"), "wb") as f:
+            f.write(data[: len(data) * 2 // 3])
+    with open(path("garbage.bin"), "wb") as f:
+        f.write(torch.randint(0, 256, (4096,), generator=generator, dtype=torch.uint8)
+                .numpy().tobytes())
+    open(path("empty.pth"), "wb").close()
+    with open(path("text.pth"), "w") as f:
+        f.write("this is not a checkpoint, just some text\n" * 4)
+    torch.save([1, 2, 3], path("list.pth"))
+    torch.save({"epoch": 3, "lr": 0.1}, path("scalars.pth"))
+    with tarfile.open(path("tar_format.pth"), "w") as archive:
+        payload = b"storages"
+        info = tarfile.TarInfo("storages")
+        info.size = len(payload)
+        archive.addfile(info, io.BytesIO(payload))
+
+    torch.save(outputs, path("outputs.pt"))
+    if os.path.exists(marker):
+        raise SystemExit("the marker exists after writing the fixtures")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+// Checkpoint interop with Python (reidnet/checkpoint.hpp): real torch.save files written by
+// tests/python/checkpoint_reference.py load and reproduce Python's outputs; files reidnet
+// writes load in Python bit-identically; malicious, truncated and garbage files are refused
+// with std::runtime_error and nothing executed.
+#include "support.hpp"
+
+#include <reidnet/reidnet.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
+using reidnet::test::fixture;
+using reidnet::test::max_relative_difference;
+
+namespace {
+
+constexpr double kOutputTolerance = 1e-4;  // max relative difference of fp32 outputs
+
+std::string file(const std::string& name) { return fixture("checkpoint", name); }
+
+const std::map<std::string, torch::Tensor>& outputs() {
+  static const auto tensors = reidnet::test::load_tensor_dict(file("outputs.pt"));
+  return tensors;
+}
+
+torch::Tensor logits_of(reidnet::FtNet& net) {
+  torch::NoGradGuard no_grad;
+  net->eval();
+  return net(outputs().at("input"));
+}
+
+// The message of the std::runtime_error that `body` throws ("" if it does not throw).
+template <typename Body>
+std::string error_of(Body body) {
+  try {
+    body();
+  } catch (const std::runtime_error& error) {
+    return error.what();
+  }
+  return "";
+}
+
+std::vector<uint8_t> bytes_of(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in.good());
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// A copy of every parameter and buffer, to prove a failed load changed nothing.
+std::vector<torch::Tensor> snapshot(const torch::nn::Module& module) {
+  std::vector<torch::Tensor> out;
+  for (const auto& item : reidnet::state_dict(module)) out.push_back(item.value().clone());
+  return out;
+}
+
+bool unchanged(const torch::nn::Module& module, const std::vector<torch::Tensor>& before) {
+  const auto state = reidnet::state_dict(module);
+  for (size_t i = 0; i < before.size(); ++i) {
+    if (!torch::equal(state[i].value(), before[i])) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("ft_net checkpoints in every container and structure reproduce Python's logits") {
+  for (const char* name : {"ft_net.pth", "ft_net_legacy.pth", "ft_net_nested_dataparallel.pth"}) {
+    CAPTURE(name);
+    reidnet::FtNet net(751);
+    const auto report = reidnet::load_state_dict(*net, file(name));
+    CHECK(report.complete());
+    CHECK(report.loaded.size() == 329);
+    const double error = max_relative_difference(logits_of(net), outputs().at("ft_net/logits"));
+    MESSAGE(name << ": max relative difference of logits " << error);
+    CHECK(error < kOutputTolerance);
+  }
+}
+
+TEST_CASE("an fp16 checkpoint is cast to the module's fp32 and matches Python's logits") {
+  const auto tensors = reidnet::read_state_dict(file("ft_net_fp16.pth"));
+  CHECK((tensors["model.conv1.weight"].scalar_type() == torch::kFloat16));
+  CHECK((tensors["model.bn1.num_batches_tracked"].scalar_type() == torch::kInt64));
+  reidnet::FtNet net(751);
+  reidnet::load_state_dict(*net, tensors);
+  CHECK((net->model->conv1->weight.scalar_type() == torch::kFloat32));
+  const double error = max_relative_difference(logits_of(net), outputs().at("ft_net_fp16/logits"));
+  MESSAGE("fp16 file: max relative difference of logits " << error);
+  CHECK(error < kOutputTolerance);
+}
+
+TEST_CASE("torchvision's resnet50 state_dict loads into resnet50 and into FtNet's backbone") {
+  const auto tensors = reidnet::read_state_dict(file("resnet50.pth"));
+  REQUIRE(tensors.size() == 320);
+  const auto& input = outputs().at("input");
+  torch::NoGradGuard no_grad;
+
+  auto backbone = reidnet::resnet50();
+  reidnet::load_state_dict(*backbone, tensors);
+  backbone->eval();
+  const double error = max_relative_difference(backbone(input), outputs().at("resnet50/logits"));
+  MESSAGE("resnet50: max relative difference of logits " << error);
+  CHECK(error < kOutputTolerance);
+
+  reidnet::FtNet net(751);
+  const auto before = snapshot(*net);
+  const auto refusal = error_of([&] { reidnet::load_state_dict(*net, tensors); });
+  CHECK(refusal.find("missing: model.conv1.weight") != std::string::npos);
+  CHECK(refusal.find("classifier.classifier.0.bias") != std::string::npos);
+  CHECK(refusal.find("unexpected: conv1.weight") != std::string::npos);
+  CHECK(unchanged(*net, before));
+
+  const auto report =
+      reidnet::load_state_dict(*net, file("resnet50.pth"), reidnet::LoadOptions().into("model."));
+  CHECK(report.complete());
+  CHECK(report.loaded.size() == 320);
+  net->eval();
+  CHECK(max_relative_difference(net->model(input), outputs().at("resnet50/logits")) < kOutputTolerance);
+}
+
+TEST_CASE("a 751-class checkpoint fine-tunes a 10-class model: all but the last Linear load") {
+  reidnet::FtNet net(10);
+  const auto before = snapshot(*net);
+  const auto refusal = error_of([&] { reidnet::load_state_dict(*net, file("ft_net.pth")); });
+  INFO(refusal);
+  CHECK(refusal.find("ft_net.pth") != std::string::npos);
+  CHECK(refusal.find("classifier.classifier.0.weight: checkpoint [751, 512] vs module [10, 512]") !=
+        std::string::npos);
+  CHECK(refusal.find("classifier.classifier.0.bias") != std::string::npos);
+  CHECK(unchanged(*net, before));
+
+  const auto new_head = net->classifier->classifier[0]->as<torch::nn::Linear>()->weight.clone();
+  const auto kept = reidnet::load_state_dict(
+      *net, file("ft_net.pth"), reidnet::LoadOptions().keep({"classifier.classifier."}));
+  CHECK(kept.complete());
+  CHECK(kept.loaded.size() == 327);
+  CHECK(torch::equal(net->classifier->classifier[0]->as<torch::nn::Linear>()->weight, new_head));
+  const auto reference = reidnet::read_state_dict(file("ft_net.pth"));
+  CHECK(torch::equal(net->model->conv1->weight, reference["model.conv1.weight"]));
+  CHECK(torch::equal(reidnet::state_dict(*net)["classifier.add_block.1.running_var"],
+                     reference["classifier.add_block.1.running_var"]));
+
+  reidnet::FtNet other(10);
+  const auto report = reidnet::load_state_dict(*other, reference, reidnet::LoadOptions().strict(false));
+  CHECK(report.loaded.size() == 327);
+  CHECK(report.mismatched.size() == 2);
+  CHECK(report.missing.empty());
+  CHECK(report.unexpected.empty());
+}
+
+TEST_CASE("strides, storage offsets, shared storages and every dtype read exactly") {
+  const auto expected = reidnet::test::load_tensor_dict(file("tensors_expected.pt"));
+  for (const char* name : {"tensors.pth", "tensors_legacy.pth", "tensors.safetensors"}) {
+    CAPTURE(name);
+    const auto tensors = reidnet::read_state_dict(file(name));
+    for (const auto& item : tensors) {
+      CAPTURE(item.key());
+      const auto& reference = expected.at(item.key());
+      CHECK((item.value().scalar_type() == reference.scalar_type()));
+      CHECK((item.value().sizes() == reference.sizes()));
+      CHECK(torch::equal(item.value(), reference));
+    }
+    if (std::string(name) != "tensors.safetensors") {
+      CHECK(tensors.size() == expected.size());
+      const auto& base = tensors["shared_base"];
+      CHECK(tensors["offset_view"].data_ptr<float>() == base.data_ptr<float>() + 8);
+      CHECK((tensors["column_view"].strides() == c10::IntArrayRef({4})));
+      CHECK((tensors["transposed"].strides() == c10::IntArrayRef({1, 5})));
+    }
+  }
+}
+
+TEST_CASE("tensors saved from CUDA load onto the CPU or onto the requested device") {
+  const auto tensors = reidnet::read_state_dict(file("cuda_saved.pth"));
+  CHECK(tensors["weight"].device() == torch::Device(torch::kCPU));
+  CHECK(torch::equal(tensors["weight"], torch::arange(6.0).reshape({2, 3})));
+  if (torch::cuda::is_available()) {
+    const auto on_gpu = reidnet::read_state_dict(file("cuda_saved.pth"), torch::kCUDA);
+    CHECK(on_gpu["weight"].is_cuda());
+    auto linear = torch::nn::Linear(3, 2);
+    linear->to(torch::kCUDA);
+    reidnet::load_state_dict(*linear, tensors, reidnet::LoadOptions().strict(false));
+    CHECK(torch::equal(linear->weight.cpu(), tensors["weight"]));
+  }
+}
+
+TEST_CASE("malicious pickles are refused by name and nothing runs") {
+  for (const char* name : {"malicious.pth", "malicious_protocol4.pth", "malicious_legacy.pth",
+                           "malicious_nested.pth"}) {
+    CAPTURE(name);
+    const auto message = error_of([&] { reidnet::read_state_dict(file(name)); });
+    INFO(message);
+    CHECK(message.find(name) != std::string::npos);
+    CHECK(message.find("refusing the pickle global 'posix.system'") != std::string::npos);
+    reidnet::FtNet net(751);
+    CHECK(!error_of([&] { reidnet::load_state_dict(*net, file(name)); }).empty());
+  }
+  CHECK(!std::filesystem::exists(file("executed_marker")));
+}
+
+TEST_CASE("missing, truncated, garbage and non-checkpoint files raise runtime_error naming the problem") {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"no_such_file.pth", "cannot open"},
+      {"empty.pth", "only 0 bytes"},
+      {"garbage.bin", "not a checkpoint"},
+      {"text.pth", "not a checkpoint"},
+      {"tensors_truncated.pth", "truncated"},
+      {"tensors_legacy_truncated.pth", "truncated"},
+      {"tensors_truncated.safetensors", "corrupt"},
+      {"tar_format.pth", "unsupported legacy sub-format"},
+      {"list.pth", "not a state dict"},
+      {"scalars.pth", "'epoch' (int)"},
+      {"", "directory"},
+  };
+  for (const auto& [name, problem] : cases) {
+    CAPTURE(name);
+    const auto message = error_of([&] { reidnet::read_state_dict(file(name)); });
+    INFO(message);
+    CHECK(message.find(file(name)) != std::string::npos);
+    CHECK(message.find(problem) != std::string::npos);
+  }
+}
+
+TEST_CASE("every truncation and byte flip of small checkpoints fails cleanly or parses in bounds") {
+  for (const char* name : {"tensors.pth", "tensors_legacy.pth", "tensors.safetensors",
+                           "malicious.pth", "cuda_saved.pth"}) {
+    CAPTURE(name);
+    auto bytes = bytes_of(file(name));
+    size_t refused = 0;
+    const auto parse = [&](size_t length) {
+      const reidnet::detail::MemorySource source(bytes.data(), length);
+      try {
+        const auto layout = reidnet::detail::read_checkpoint_layout(source);
+        for (const auto& storage : layout.storages) {
+          const auto size = storage.numel * reidnet::detail::dtype_info(storage.dtype).element_size;
+          REQUIRE(storage.byte_offset + size <= length);
+        }
+      } catch (const reidnet::detail::CheckpointError&) {
+        ++refused;
+      }
+    };
+    for (size_t length = 0; length < bytes.size(); ++length) parse(length);
+    CHECK(refused == bytes.size());  // no proper prefix is a valid checkpoint
+    for (size_t at = 0; at < bytes.size(); ++at) {
+      const auto original = bytes[at];
+      for (const uint8_t flip : {0x01, 0x80, 0xff}) {
+        bytes[at] = static_cast<uint8_t>(original ^ flip);
+        parse(bytes.size());
+      }
+      bytes[at] = original;
+    }
+  }
+}
+
+TEST_CASE("files reidnet writes load in Python bit-identically and strictly into the model") {
+  reidnet::FtNet net(751);
+  reidnet::load_state_dict(*net, file("ft_net.pth"));
+  reidnet::save_state_dict(*net, file("cpp_ft_net.pth"));
+  reidnet::save_tensors(reidnet::read_state_dict(file("tensors.pth")), file("cpp_tensors.pth"));
+
+  // Round trip through reidnet's own reader.
+  const auto again = reidnet::read_state_dict(file("cpp_ft_net.pth"));
+  const auto original = reidnet::state_dict(*net);
+  REQUIRE(again.size() == original.size());
+  for (size_t i = 0; i < again.size(); ++i) {
+    CHECK(again[i].key() == original[i].key());
+    CHECK(torch::equal(again[i].value(), original[i].value()));
+  }
+  CHECK(reidnet::test::run_python("checkpoint_check.py", fixture("checkpoint", "")) == 0);
+}
+
+TEST_CASE("writing is atomic: failures leave no file, success replaces the old file whole") {
+  const auto folder = std::filesystem::path(file("atomic"));
+  std::filesystem::remove_all(folder);
+  std::filesystem::create_directories(folder);
+  const auto target = (folder / "weights.pth").string();
+
+  reidnet::StateDict tensors;
+  tensors.insert("a", torch::arange(4.0));
+  reidnet::save_tensors(tensors, target);
+  tensors.insert("complex", torch::zeros({2}, torch::kComplexFloat));
+  const auto message = error_of([&] { reidnet::save_tensors(tensors, target); });
+  CHECK(message.find("'complex'") != std::string::npos);
+  CHECK(message.find(target) != std::string::npos);
+  CHECK(reidnet::read_state_dict(target).size() == 1);  // the old file, intact
+  CHECK(!error_of([&] { reidnet::save_tensors(tensors, (folder / "missing" / "x.pth").string()); }).empty());
+
+  reidnet::StateDict replacement;
+  replacement.insert("b", torch::ones({2, 2}, torch::kBFloat16));
+  reidnet::save_tensors(replacement, target);
+  CHECK(torch::equal(reidnet::read_state_dict(target)["b"], replacement["b"]));
+  size_t files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(folder)) files += entry.is_regular_file();
+  CHECK(files == 1);  // no temporary left behind
+}
