@@ -1,0 +1,12 @@
+#pragma once
+/// Umbrella header of the data pipeline: images, transforms, data sets and the loader.
+/// Needs the CMake target reidnet::data (libjpeg-turbo, libpng); the models need only
+/// reidnet::reidnet and <reidnet/reidnet.hpp>.
+///
+///     #include <reidnet/data.hpp>
+///     auto data = reidnet::read_dataset("Market-1501-v15.09.15");
+
+#include <reidnet/data_loader.hpp>
+#include <reidnet/datasets.hpp>
+#include <reidnet/image.hpp>
+#include <reidnet/transforms.hpp>

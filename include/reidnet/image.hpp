@@ -1,0 +1,210 @@
+#pragma once
+/// Reading and writing pictures as uint8 [H, W, 3] RGB tensors, with the pixels PIL gives.
+///
+///     torch::Tensor image = reidnet::read_image("0002_c1s1_000451_03.jpg");  // [128, 64, 3]
+///
+/// JPEG goes through libjpeg-turbo (the decoder PIL uses, with the same default settings:
+/// accurate integer DCT and fancy upsampling), PNG through libpng with PIL's `convert('RGB')`
+/// rules: grey is replicated, alpha is dropped (not composited), palettes are looked up.
+/// Needs the CMake target reidnet::data.
+
+#include <reidnet/detail/file_io.hpp>
+
+#include <png.h>
+#include <torch/torch.h>
+#include <turbojpeg.h>
+
+#include <algorithm>
+#include <csetjmp>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace reidnet {
+
+namespace detail {
+
+inline bool is_jpeg(const std::vector<unsigned char>& bytes) {
+  return bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF;
+}
+
+inline bool is_png(const std::vector<unsigned char>& bytes) {
+  return bytes.size() >= 8 && png_sig_cmp(bytes.data(), 0, 8) == 0;
+}
+
+/// Owns a turbojpeg handle.
+struct TurboJpegHandle {
+  tjhandle handle;
+  explicit TurboJpegHandle(bool compress) : handle(compress ? tjInitCompress() : tjInitDecompress()) {
+    if (handle == nullptr) throw std::runtime_error("cannot initialise libjpeg-turbo");
+  }
+  ~TurboJpegHandle() { tjDestroy(handle); }
+  TurboJpegHandle(const TurboJpegHandle&) = delete;
+  TurboJpegHandle& operator=(const TurboJpegHandle&) = delete;
+};
+
+inline torch::Tensor decode_jpeg(const std::vector<unsigned char>& bytes, const std::string& name) {
+  TurboJpegHandle decoder(false);
+  int width = 0, height = 0, subsampling = 0, colorspace = 0;
+  if (tjDecompressHeader3(decoder.handle, bytes.data(), static_cast<unsigned long>(bytes.size()),
+                          &width, &height, &subsampling, &colorspace) != 0) {
+    throw std::runtime_error("corrupt JPEG " + name + ": " + tjGetErrorStr2(decoder.handle));
+  }
+  if (colorspace == TJCS_CMYK || colorspace == TJCS_YCCK) {
+    throw std::runtime_error("CMYK JPEG " + name + " is not supported: convert it to RGB");
+  }
+  auto image = torch::empty({height, width, 3}, torch::kUInt8);
+  const int status = tjDecompress2(decoder.handle, bytes.data(),
+                                   static_cast<unsigned long>(bytes.size()),
+                                   image.data_ptr<uint8_t>(), width, 0, height, TJPF_RGB, 0);
+  if (status != 0) {
+    const std::string message = tjGetErrorStr2(decoder.handle);
+    // libjpeg reports most damage as warnings and goes on; like PIL, refuse a file whose data
+    // ends early, but accept the harmless warnings (e.g. extraneous bytes before a marker).
+    const bool harmless = tjGetErrorCode(decoder.handle) == TJERR_WARNING &&
+                          message.find("Premature end") == std::string::npos;
+    if (!harmless) throw std::runtime_error("corrupt or truncated JPEG " + name + ": " + message);
+  }
+  return image;
+}
+
+/// libpng reports errors by longjmp; the message is kept here for the exception.
+struct PngReadState {
+  const std::vector<unsigned char>* bytes = nullptr;
+  size_t offset = 0;
+  std::string error;
+  torch::Tensor image;
+  std::vector<png_bytep> rows;
+};
+
+inline void png_read_from_memory(png_structp png, png_bytep out, png_size_t count) {
+  auto* state = static_cast<PngReadState*>(png_get_io_ptr(png));
+  if (state->offset + count > state->bytes->size()) png_error(png, "file is truncated");
+  std::memcpy(out, state->bytes->data() + state->offset, count);
+  state->offset += count;
+}
+
+inline void png_record_error(png_structp png, png_const_charp message) {
+  static_cast<PngReadState*>(png_get_error_ptr(png))->error = message;
+  png_longjmp(png, 1);
+}
+
+inline void png_ignore_warning(png_structp, png_const_charp) {}
+
+inline torch::Tensor decode_png(const std::vector<unsigned char>& bytes, const std::string& name) {
+  // Everything a longjmp may cross lives on the heap behind pointers set before setjmp.
+  const auto state = std::make_unique<PngReadState>();
+  state->bytes = &bytes;
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, state.get(), png_record_error,
+                                           png_ignore_warning);
+  png_infop info = png ? png_create_info_struct(png) : nullptr;
+  if (png == nullptr || info == nullptr) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    throw std::runtime_error("cannot initialise libpng to read " + name);
+  }
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    throw std::runtime_error("corrupt or truncated PNG " + name + ": " + state->error);
+  }
+  png_set_read_fn(png, state.get(), png_read_from_memory);
+  png_read_info(png, info);
+  const png_uint_32 width = png_get_image_width(png, info);
+  const png_uint_32 height = png_get_image_height(png, info);
+  const int color_type = png_get_color_type(png, info);
+  // PIL's convert('RGB'): 16-bit samples keep their high byte, palettes are looked up
+  // without transparency, grey is replicated and alpha is dropped.
+  png_set_strip_16(png);
+  if (color_type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+  if (color_type == PNG_COLOR_TYPE_GRAY || color_type == PNG_COLOR_TYPE_GRAY_ALPHA) {
+    png_set_expand_gray_1_2_4_to_8(png);
+    png_set_gray_to_rgb(png);
+  }
+  if (color_type & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(png);
+  png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+  if (png_get_channels(png, info) != 3 || png_get_rowbytes(png, info) != width * 3) {
+    png_error(png, "unsupported pixel format");
+  }
+  state->image = torch::empty({static_cast<int64_t>(height), static_cast<int64_t>(width), 3},
+                              torch::kUInt8);
+  state->rows.resize(height);
+  for (png_uint_32 y = 0; y < height; ++y) {
+    state->rows[y] = state->image.data_ptr<uint8_t>() + static_cast<size_t>(y) * width * 3;
+  }
+  png_read_image(png, state->rows.data());
+  png_read_end(png, nullptr);
+  png_destroy_read_struct(&png, &info, nullptr);
+  return state->image;
+}
+
+/// Checks `image` is a uint8 [H, W, 3] tensor and returns it contiguous on the CPU.
+inline torch::Tensor checked_rgb(const torch::Tensor& image, const std::string& what) {
+  if (image.dim() != 3 || image.size(2) != 3 || image.scalar_type() != torch::kUInt8) {
+    throw std::runtime_error(what + ": expected a uint8 [H, W, 3] RGB image, got " +
+                             std::string(image.scalar_type() == torch::kUInt8 ? "uint8 " : "non-uint8 ") +
+                             c10::str(image.sizes()));
+  }
+  if (image.size(0) == 0 || image.size(1) == 0) throw std::runtime_error(what + ": empty image");
+  return image.to(torch::kCPU).contiguous();
+}
+
+}  // namespace detail
+
+/// Decodes a JPEG or PNG file (by content, not extension) into a uint8 [H, W, 3] RGB tensor.
+/// Throws std::runtime_error naming the file if it is missing, truncated, corrupt or not a picture.
+inline torch::Tensor read_image(const std::string& path) {
+  const auto bytes = detail::read_file_bytes(path);
+  if (detail::is_jpeg(bytes)) return detail::decode_jpeg(bytes, path);
+  if (detail::is_png(bytes)) return detail::decode_png(bytes, path);
+  throw std::runtime_error("cannot read image " + path + ": not a JPEG or PNG file");
+}
+
+/// Encodes a uint8 [H, W, 3] RGB image as JPEG (4:2:0, like PIL's default) into `path`,
+/// atomically: a failed write leaves no file behind.
+inline void write_jpeg(const std::string& path, const torch::Tensor& image, int quality = 90) {
+  const auto rgb = detail::checked_rgb(image, "write_jpeg " + path);
+  if (quality < 1 || quality > 100) {
+    throw std::runtime_error("write_jpeg " + path + ": quality must be in 1..100");
+  }
+  detail::TurboJpegHandle encoder(true);
+  unsigned char* buffer = nullptr;
+  unsigned long size = 0;
+  const int status =
+      tjCompress2(encoder.handle, rgb.data_ptr<uint8_t>(), static_cast<int>(rgb.size(1)), 0,
+                  static_cast<int>(rgb.size(0)), TJPF_RGB, &buffer, &size, TJSAMP_420, quality, 0);
+  if (status != 0) {
+    tjFree(buffer);
+    throw std::runtime_error("cannot encode JPEG " + path + ": " + tjGetErrorStr2(encoder.handle));
+  }
+  std::vector<unsigned char> bytes(buffer, buffer + size);
+  tjFree(buffer);
+  detail::write_file_atomically(path, bytes);
+}
+
+/// Encodes a uint8 [H, W, 3] RGB image as PNG into `path`, atomically.
+inline void write_png(const std::string& path, const torch::Tensor& image) {
+  const auto rgb = detail::checked_rgb(image, "write_png " + path);
+  png_image description;
+  std::memset(&description, 0, sizeof(description));
+  description.version = PNG_IMAGE_VERSION;
+  description.width = static_cast<png_uint_32>(rgb.size(1));
+  description.height = static_cast<png_uint_32>(rgb.size(0));
+  description.format = PNG_FORMAT_RGB;
+  png_alloc_size_t size = 0;
+  if (!png_image_write_to_memory(&description, nullptr, &size, 0, rgb.data_ptr<uint8_t>(), 0,
+                                 nullptr)) {
+    throw std::runtime_error("cannot encode PNG " + path + ": " + description.message);
+  }
+  std::vector<unsigned char> bytes(size);
+  if (!png_image_write_to_memory(&description, bytes.data(), &size, 0, rgb.data_ptr<uint8_t>(),
+                                 0, nullptr)) {
+    throw std::runtime_error("cannot encode PNG " + path + ": " + description.message);
+  }
+  bytes.resize(size);
+  detail::write_file_atomically(path, bytes);
+}
+
+}  // namespace reidnet

@@ -1,0 +1,155 @@
+// Pixel parity of reidnet's image reading and transforms with PIL and torchvision on real
+// photographs (tests/python/image_reference.py): decoding identical, Resize within one grey
+// level (in practice identical), the eval transform within 1/255 before normalisation,
+// ColorJitter's adjustments identical; and clear errors for broken files.
+#include "support.hpp"
+
+#include <reidnet/data.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+using reidnet::test::fixture;
+
+namespace {
+
+nlohmann::json manifest() {
+  std::ifstream file(fixture("image", "manifest.json"));
+  REQUIRE_MESSAGE(file.good(), "missing manifest.json: run ctest so the Python fixture runs first");
+  return nlohmann::json::parse(file);
+}
+
+const std::map<std::string, torch::Tensor>& references() {
+  static const auto tensors = reidnet::test::load_tensor_dict(fixture("image", "reference.pt"));
+  return tensors;
+}
+
+const torch::Tensor& reference(const std::string& key) {
+  const auto found = references().find(key);
+  REQUIRE_MESSAGE(found != references().end(), "reference.pt lacks " << key);
+  return found->second;
+}
+
+std::string picture(const std::string& file) { return fixture("image", "pictures/" + file); }
+
+int64_t max_level_difference(const torch::Tensor& a, const torch::Tensor& b) {
+  REQUIRE(a.sizes() == b.sizes());
+  if (torch::equal(a, b)) return 0;
+  return (a.to(torch::kInt32) - b.to(torch::kInt32)).abs().max().item<int64_t>();
+}
+
+}  // namespace
+
+TEST_CASE("read_image decodes JPEG and PNG (RGB, grey, alpha, palette, 16-bit) exactly as PIL") {
+  for (const auto& file : manifest()["files"]) {
+    CAPTURE(file.get<std::string>());
+    const auto image = reidnet::read_image(picture(file));
+    const auto& expected = reference("decoded/" + file.get<std::string>());
+    CHECK(image.sizes() == expected.sizes());
+    CHECK((image.scalar_type() == torch::kUInt8));
+    CHECK(max_level_difference(image, expected) == 0);
+  }
+}
+
+TEST_CASE("resize equals torchvision's bicubic Resize on PIL, up and down") {
+  const auto m = manifest();
+  int64_t worst = 0, differing = 0;
+  for (const auto& file : m["resize_files"]) {
+    const auto image = reidnet::read_image(picture(file));
+    for (const auto& size : m["resize_sizes"]) {
+      const int64_t h = size[0], w = size[1];
+      CAPTURE(file.get<std::string>());
+      CAPTURE(h);
+      CAPTURE(w);
+      const auto& expected = reference("resized/" + file.get<std::string>() + "/" +
+                                       std::to_string(h) + "x" + std::to_string(w));
+      const auto resized = reidnet::resize(image, h, w);
+      const auto difference = max_level_difference(resized, expected);
+      CHECK(difference <= 1);  // the bound; PIL's integer arithmetic gives 0
+      worst = std::max(worst, difference);
+      if (difference != 0) differing += (resized != expected).sum().item<int64_t>();
+    }
+  }
+  MESSAGE("worst difference from PIL: " << worst << " grey levels, " << differing << " values differ");
+  CHECK(worst == 0);
+}
+
+TEST_CASE("eval_transform equals torchvision's Resize+ToTensor+Normalize within 1/255") {
+  const std::array<float, 3> stds = reidnet::kImageNetStd;
+  const auto std_tensor = torch::tensor({stds[0], stds[1], stds[2]}).view({3, 1, 1});
+  for (const auto& file : manifest()["resize_files"]) {
+    CAPTURE(file.get<std::string>());
+    const auto output = reidnet::eval_transform(reidnet::read_image(picture(file)), 256, 128);
+    const auto& expected = reference("eval/" + file.get<std::string>());
+    REQUIRE(output.sizes() == expected.sizes());
+    // Undo the normalisation's scale: the difference in [0, 1] pixel units.
+    const double difference = ((output - expected) * std_tensor).abs().max().item<double>();
+    CHECK(difference <= 1.0 / 255 + 1e-6);
+    CHECK(difference <= 1e-6);  // identical pixels, identical float arithmetic
+  }
+}
+
+TEST_CASE("brightness, contrast and saturation equal torchvision's PIL adjustments") {
+  const auto m = manifest();
+  for (const auto& file : m["colour_files"]) {
+    const auto image = reidnet::read_image(picture(file));
+    for (const auto& factor_json : m["factors"]) {
+      const double factor = factor_json;
+      std::ostringstream factor_text;
+      factor_text << factor;  // Python's str() of these factors
+      const std::string suffix = file.get<std::string>() + "/" + factor_text.str();
+      CAPTURE(suffix);
+      CHECK(max_level_difference(reidnet::adjust_brightness(image, factor),
+                                 reference("brightness/" + suffix)) == 0);
+      CHECK(max_level_difference(reidnet::adjust_contrast(image, factor),
+                                 reference("contrast/" + suffix)) == 0);
+      CHECK(max_level_difference(reidnet::adjust_saturation(image, factor),
+                                 reference("saturation/" + suffix)) == 0);
+    }
+  }
+}
+
+TEST_CASE("broken, missing and non-image files raise errors naming the file") {
+  std::vector<std::string> files = manifest()["broken"];
+  files.push_back("does_not_exist.jpg");
+  files.push_back("");  // the pictures folder itself
+  for (const auto& file : files) {
+    CAPTURE(file);
+    const auto path = picture(file);
+    try {
+      reidnet::read_image(path);
+      FAIL("read_image accepted " << path);
+    } catch (const std::runtime_error& error) {
+      CHECK(std::string(error.what()).find(path) != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("write_jpeg and write_png round-trip through read_image") {
+  const auto directory = std::filesystem::temp_directory_path() / "reidnet_test_image_write";
+  std::filesystem::create_directories(directory);
+  const auto image = reidnet::read_image(picture("chelsea_rgb.png"));
+  const auto png = (directory / "copy.png").string();
+  reidnet::write_png(png, image);
+  CHECK(max_level_difference(reidnet::read_image(png), image) == 0);
+  const auto jpeg = (directory / "copy.jpg").string();
+  reidnet::write_jpeg(jpeg, image, 95);
+  const auto decoded = reidnet::read_image(jpeg);
+  CHECK(decoded.sizes() == image.sizes());
+  CHECK((decoded.to(torch::kFloat) - image.to(torch::kFloat)).abs().mean().item<double>() < 4.0);
+  CHECK_THROWS_WITH_AS(reidnet::write_png((directory / "no_such_dir" / "x.png").string(), image),
+                       doctest::Contains("no_such_dir"), std::runtime_error);
+  CHECK_THROWS_AS(reidnet::write_jpeg(jpeg, torch::zeros({4, 4}, torch::kUInt8)), std::runtime_error);
+  std::filesystem::remove_all(directory);
+}
+
+TEST_CASE("transforms reject malformed tensors and sizes with clear errors") {
+  CHECK_THROWS_WITH_AS(reidnet::resize(torch::zeros({4, 4, 3}, torch::kFloat), 8, 8),
+                       doctest::Contains("uint8"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(reidnet::resize(torch::zeros({4, 4, 3}, torch::kUInt8), 0, 8),
+                       doctest::Contains("positive"), std::runtime_error);
+  CHECK_THROWS_AS(reidnet::eval_transform(torch::zeros({4, 4}, torch::kUInt8), 8, 8),
+                  std::runtime_error);
+}
