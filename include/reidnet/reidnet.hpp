@@ -5,8 +5,11 @@
 ///     reidnet::FtNet net(751);
 
 #include <reidnet/class_block.hpp>
+#include <reidnet/evaluate.hpp>
+#include <reidnet/features.hpp>
 #include <reidnet/ft_net.hpp>
 #include <reidnet/init.hpp>
+#include <reidnet/re_ranking.hpp>
 #include <reidnet/residual_blocks.hpp>
 #include <reidnet/resnet.hpp>
 #include <reidnet/state_dict.hpp>
