@@ -8,10 +8,13 @@
 #include <reidnet/autocast.hpp>
 #include <reidnet/checkpoint.hpp>
 #include <reidnet/class_block.hpp>
+#include <reidnet/evaluate.hpp>
+#include <reidnet/features.hpp>
 #include <reidnet/ft_net.hpp>
 #include <reidnet/init.hpp>
 #include <reidnet/losses.hpp>
 #include <reidnet/optim.hpp>
+#include <reidnet/re_ranking.hpp>
 #include <reidnet/residual_blocks.hpp>
 #include <reidnet/resnet.hpp>
 #include <reidnet/schedules.hpp>

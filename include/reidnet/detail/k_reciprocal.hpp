@@ -1,0 +1,321 @@
+#pragma once
+// Internals of reidnet/re_ranking.hpp: k-reciprocal re-ranking (Zhong et al. 2017) computed the
+// way the Python baseline's re_ranking.py does, but without its dense N x N matrices: the
+// distance matrix is visited in row blocks (only each row's k1+1 nearest neighbours and the
+// query rows are kept), and V is sparse (a handful of neighbours per row).
+//
+// Notation: N = Nq + Ng images, queries first. M = [[q_q, q_g], [q_g^T, g_g]] is the similarity
+// matrix. The baseline's distance is D[i, j] = t(M[j, i]) / max_r t(M[r, i]) with
+// t(s) = (2 - 2 s)^2 in float32; i.e. row i of D is column i of t(M) divided by its maximum.
+// A "source" provides M's columns as rows:
+//   int64_t size() const;                              // N
+//   torch::Tensor rows(int64_t begin, int64_t end);    // [end - begin, N]: M[:, i] for each i
+//   float distance(int64_t i, int64_t j) const;        // t(M[j, i]) (not yet normalised)
+
+#include <reidnet/detail/ranking.hpp>
+
+#include <ATen/Parallel.h>
+#include <c10/util/irange.h>
+#include <torch/types.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace reidnet::detail {
+
+// The baseline's distance of a cosine similarity s: (2 - 2 s)^2, in s's own precision.
+template <class Scalar>
+float rerank_distance(Scalar similarity) {
+  const Scalar euclidean = Scalar(2) - Scalar(2) * similarity;
+  return static_cast<float>(euclidean * euclidean);
+}
+
+// A sparse row-major matrix (CSR) with float values and int32 column indices.
+struct SparseRows {
+  std::vector<int64_t> offsets;  // size rows + 1
+  std::vector<int32_t> columns;  // ascending within a row
+  std::vector<float> values;
+
+  int64_t begin(int64_t row) const { return offsets[static_cast<size_t>(row)]; }
+  int64_t end(int64_t row) const { return offsets[static_cast<size_t>(row) + 1]; }
+
+  // Packs per-row (columns, values) lists built in parallel.
+  static SparseRows pack(std::vector<std::vector<int32_t>>&& row_columns,
+                         std::vector<std::vector<float>>&& row_values) {
+    SparseRows out;
+    out.offsets.assign(row_columns.size() + 1, 0);
+    for (const auto r : c10::irange(row_columns.size())) {
+      out.offsets[r + 1] = out.offsets[r] + static_cast<int64_t>(row_columns[r].size());
+    }
+    out.columns.reserve(static_cast<size_t>(out.offsets.back()));
+    out.values.reserve(static_cast<size_t>(out.offsets.back()));
+    for (const auto r : c10::irange(row_columns.size())) {
+      out.columns.insert(out.columns.end(), row_columns[r].begin(), row_columns[r].end());
+      out.values.insert(out.values.end(), row_values[r].begin(), row_values[r].end());
+      std::vector<int32_t>().swap(row_columns[r]);
+      std::vector<float>().swap(row_values[r]);
+    }
+    return out;
+  }
+
+  // The transpose (CSC view of this matrix): rows ascending within each column.
+  SparseRows transpose(int64_t num_columns) const {
+    SparseRows out;
+    out.offsets.assign(static_cast<size_t>(num_columns) + 1, 0);
+    for (const auto c : columns) ++out.offsets[static_cast<size_t>(c) + 1];
+    for (const auto c : c10::irange(num_columns)) {
+      out.offsets[static_cast<size_t>(c) + 1] += out.offsets[static_cast<size_t>(c)];
+    }
+    out.columns.resize(columns.size());
+    out.values.resize(values.size());
+    std::vector<int64_t> fill(out.offsets.begin(), out.offsets.end() - 1);
+    const auto rows = static_cast<int64_t>(offsets.size()) - 1;
+    for (const auto r : c10::irange(rows)) {
+      for (auto e = begin(r); e < end(r); ++e) {
+        const auto slot = fill[static_cast<size_t>(columns[static_cast<size_t>(e)])]++;
+        out.columns[static_cast<size_t>(slot)] = static_cast<int32_t>(r);
+        out.values[static_cast<size_t>(slot)] = values[static_cast<size_t>(e)];
+      }
+    }
+    return out;
+  }
+};
+
+// Each row's k1+1 nearest neighbours (itself usually first), nearest first.
+struct NeighbourLists {
+  torch::Tensor table;  // int64 [N, k1 + 1], CPU
+  const int64_t* row(int64_t i) const { return table.data_ptr<int64_t>() + i * table.size(1); }
+};
+
+// Pass over D in row blocks: each row's maximum and k1+1 nearest neighbours, and the
+// normalised query-gallery block D[:Nq, Nq:] written into `query_rows` [Nq, Ng].
+template <class Source>
+NeighbourLists nearest_neighbours(Source& source, int64_t num_queries, int64_t k1,
+                                  int64_t block_rows, std::vector<float>& row_max,
+                                  torch::Tensor& query_rows) {
+  const auto n = source.size();
+  NeighbourLists lists{torch::empty({n, k1 + 1}, torch::kLong)};
+  row_max.assign(static_cast<size_t>(n), 0.0f);
+  int64_t begin = 0;
+  while (begin < n) {
+    // Blocks never straddle the query/gallery boundary.
+    const auto limit = begin < num_queries ? num_queries : n;
+    const auto end = std::min(begin + block_rows, limit);
+    const torch::Tensor similarity = source.rows(begin, end);
+    const torch::Tensor distance = (2 - 2 * similarity).square().to(torch::kFloat);
+    const torch::Tensor maximum = std::get<0>(distance.max(1));
+    if (!torch::isfinite(maximum).all().item<bool>()) {
+      throw std::runtime_error(fmt::format(
+          "reidnet::re_ranking: similarities of images {}..{} hold NaN or infinity", begin,
+          end - 1));
+    }
+    const torch::Tensor normalised = distance / maximum.unsqueeze(1);
+    const torch::Tensor nearest = std::get<1>(normalised.topk(k1 + 1, 1, /*largest=*/false));
+    lists.table.slice(0, begin, end).copy_(nearest);
+    const torch::Tensor maximum_cpu = maximum.to(torch::kCPU).contiguous();
+    std::copy(maximum_cpu.data_ptr<float>(), maximum_cpu.data_ptr<float>() + (end - begin),
+              row_max.begin() + begin);
+    if (begin < num_queries) {
+      query_rows.slice(0, begin, end).copy_(normalised.slice(1, num_queries, n));
+    }
+    begin = end;
+  }
+  return lists;
+}
+
+// Images among the first k+1 neighbours of i that have i among their own first k+1,
+// in i's neighbour order.
+inline void k_reciprocal(const NeighbourLists& lists, int64_t i, int64_t k,
+                         std::vector<int32_t>& out) {
+  out.clear();
+  const auto* forward = lists.row(i);
+  for (const auto a : c10::irange(k + 1)) {
+    const auto* backward = lists.row(forward[a]);
+    if (std::find(backward, backward + k + 1, i) != backward + k + 1) {
+      out.push_back(static_cast<int32_t>(forward[a]));
+    }
+  }
+}
+
+// V: for each row, the k-reciprocal set grown by the candidates' (k1/2)-reciprocal sets that
+// overlap it by more than 2/3, weighted by exp(-D) and normalised to sum 1.
+template <class Source>
+SparseRows reciprocal_weights(const Source& source, const NeighbourLists& lists,
+                              const std::vector<float>& row_max, int64_t k1) {
+  const auto n = source.size();
+  // int(np.around(k1 / 2)): rounds half to even, e.g. 7 -> 4, 5 -> 2.
+  const auto half = static_cast<int64_t>(std::nearbyint(static_cast<double>(k1) / 2.0));
+  std::vector<std::vector<int32_t>> columns(static_cast<size_t>(n));
+  std::vector<std::vector<float>> values(static_cast<size_t>(n));
+  at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> reciprocal;
+    std::vector<int32_t> candidate_set;
+    for (const auto i : c10::irange(begin, end)) {
+      k_reciprocal(lists, i, k1, reciprocal);
+      auto& expansion = columns[static_cast<size_t>(i)];
+      expansion = reciprocal;
+      for (const auto candidate : reciprocal) {
+        k_reciprocal(lists, candidate, half, candidate_set);
+        const auto shared = std::count_if(candidate_set.begin(), candidate_set.end(), [&](int32_t c) {
+          return std::find(reciprocal.begin(), reciprocal.end(), c) != reciprocal.end();
+        });
+        if (static_cast<double>(shared) > 2.0 / 3 * static_cast<double>(candidate_set.size())) {
+          expansion.insert(expansion.end(), candidate_set.begin(), candidate_set.end());
+        }
+      }
+      std::sort(expansion.begin(), expansion.end());
+      expansion.erase(std::unique(expansion.begin(), expansion.end()), expansion.end());
+      auto& weights = values[static_cast<size_t>(i)];
+      weights.resize(expansion.size());
+      double total = 0.0;
+      for (const auto e : c10::irange(expansion.size())) {
+        const float d = source.distance(i, expansion[e]) / row_max[static_cast<size_t>(i)];
+        weights[e] = std::exp(-d);
+        total += weights[e];
+      }
+      for (auto& w : weights) w = w / static_cast<float>(total);
+    }
+  });
+  return SparseRows::pack(std::move(columns), std::move(values));
+}
+
+// Local query expansion: each row becomes the mean of the rows of its k2 nearest neighbours.
+inline SparseRows expand_queries(const SparseRows& weights, const NeighbourLists& lists,
+                                 int64_t n, int64_t k2) {
+  std::vector<std::vector<int32_t>> columns(static_cast<size_t>(n));
+  std::vector<std::vector<float>> values(static_cast<size_t>(n));
+  at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
+    std::vector<float> dense(static_cast<size_t>(n), 0.0f);
+    std::vector<char> seen(static_cast<size_t>(n), 0);
+    for (const auto i : c10::irange(begin, end)) {
+      auto& touched = columns[static_cast<size_t>(i)];
+      const auto* neighbours = lists.row(i);
+      for (const auto a : c10::irange(k2)) {
+        const auto r = neighbours[a];
+        for (auto e = weights.begin(r); e < weights.end(r); ++e) {
+          const auto c = weights.columns[static_cast<size_t>(e)];
+          if (!seen[static_cast<size_t>(c)]) {
+            seen[static_cast<size_t>(c)] = 1;
+            touched.push_back(c);
+          }
+          dense[static_cast<size_t>(c)] += weights.values[static_cast<size_t>(e)];
+        }
+      }
+      std::sort(touched.begin(), touched.end());
+      auto& row_values = values[static_cast<size_t>(i)];
+      row_values.reserve(touched.size());
+      for (const auto c : touched) {
+        row_values.push_back(dense[static_cast<size_t>(c)] / static_cast<float>(k2));
+        dense[static_cast<size_t>(c)] = 0.0f;
+        seen[static_cast<size_t>(c)] = 0;
+      }
+    }
+  });
+  return SparseRows::pack(std::move(columns), std::move(values));
+}
+
+// final[q, g] = jaccard(q, Nq + g) * (1 - lambda) + D[q, Nq + g] * lambda, in place over the
+// normalised query rows of D. jaccard = 1 - m / (2 - m), m = sum_k min(V[q, k], V[j, k]).
+inline void blend_jaccard(const SparseRows& weights, int64_t n, int64_t num_queries,
+                          double lambda, torch::Tensor& query_rows) {
+  const auto by_column = weights.transpose(n);
+  const auto num_gallery = n - num_queries;
+  const auto keep = static_cast<float>(lambda);
+  const auto mix = static_cast<float>(1.0 - lambda);
+  auto* out = query_rows.data_ptr<float>();
+  at::parallel_for(0, num_queries, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> overlap(static_cast<size_t>(n), 0.0f);
+    for (const auto q : c10::irange(begin, end)) {
+      std::fill(overlap.begin(), overlap.end(), 0.0f);
+      for (auto e = weights.begin(q); e < weights.end(q); ++e) {
+        const auto k = weights.columns[static_cast<size_t>(e)];
+        const auto mine = weights.values[static_cast<size_t>(e)];
+        for (auto f = by_column.begin(k); f < by_column.end(k); ++f) {
+          const auto j = by_column.columns[static_cast<size_t>(f)];
+          overlap[static_cast<size_t>(j)] += std::min(mine, by_column.values[static_cast<size_t>(f)]);
+        }
+      }
+      auto* row = out + q * num_gallery;
+      for (const auto g : c10::irange(num_gallery)) {
+        const float m = overlap[static_cast<size_t>(num_queries + g)];
+        const float jaccard = 1.0f - m / (2.0f - m);
+        row[g] = jaccard * mix + row[g] * keep;
+      }
+    }
+  });
+}
+
+// The whole algorithm over any source; returns the re-ranked distance [Nq, Ng].
+template <class Source>
+torch::Tensor k_reciprocal_rerank(Source& source, int64_t num_queries, int64_t k1, int64_t k2,
+                                  double lambda, int64_t block_rows) {
+  const auto n = source.size();
+  auto query_rows = torch::empty({num_queries, n - num_queries}, torch::kFloat);
+  std::vector<float> row_max;
+  const auto lists = nearest_neighbours(source, num_queries, k1, block_rows, row_max, query_rows);
+  auto weights = reciprocal_weights(source, lists, row_max, k1);
+  if (k2 != 1) weights = expand_queries(weights, lists, n, k2);
+  blend_jaccard(weights, n, num_queries, lambda, query_rows);
+  return query_rows;
+}
+
+// M from the baseline's three similarity blocks (CPU, contiguous, one floating dtype).
+struct SimilarityBlocks {
+  torch::Tensor q_g, q_q, g_g;
+  int64_t num_queries() const { return q_g.size(0); }
+  int64_t size() const { return q_g.size(0) + q_g.size(1); }
+
+  // Columns begin..end of M, as rows; a block lies within the queries or within the gallery.
+  torch::Tensor rows(int64_t begin, int64_t end) const {
+    const auto nq = num_queries();
+    if (begin < nq) {
+      return torch::cat({q_q.t().slice(0, begin, end), q_g.slice(0, begin, end)}, 1);
+    }
+    return torch::cat({q_g.t().slice(0, begin - nq, end - nq), g_g.t().slice(0, begin - nq, end - nq)},
+                      1);
+  }
+
+  float distance(int64_t i, int64_t j) const {
+    const auto nq = num_queries();
+    const auto ng = q_g.size(1);
+    return AT_DISPATCH_FLOATING_TYPES(q_g.scalar_type(), "reidnet::re_ranking", [&] {
+      // M[j, i]
+      scalar_t s;
+      if (j < nq) {
+        s = i < nq ? q_q.data_ptr<scalar_t>()[j * nq + i] : q_g.data_ptr<scalar_t>()[j * ng + (i - nq)];
+      } else {
+        s = i < nq ? q_g.data_ptr<scalar_t>()[i * ng + (j - nq)]
+                   : g_g.data_ptr<scalar_t>()[(j - nq) * ng + (i - nq)];
+      }
+      return rerank_distance(s);
+    });
+  }
+};
+
+// M = F F^T from the stacked features F = [qf; gf] (the similarity blocks are never stored).
+struct SimilarityFromFeatures {
+  torch::Tensor features;      // [N, D] on the compute device
+  torch::Tensor features_cpu;  // the same, CPU float32 contiguous, for single entries
+  int64_t size() const { return features.size(0); }
+
+  torch::Tensor rows(int64_t begin, int64_t end) const {
+    return features.slice(0, begin, end).matmul(features.t());
+  }
+
+  float distance(int64_t i, int64_t j) const {
+    const auto dim = features_cpu.size(1);
+    const auto* a = features_cpu.data_ptr<float>() + i * dim;
+    const auto* b = features_cpu.data_ptr<float>() + j * dim;
+    float dot = 0.0f;
+    for (const auto d : c10::irange(dim)) dot += a[d] * b[d];
+    return rerank_distance(dot);
+  }
+};
+
+}  // namespace reidnet::detail

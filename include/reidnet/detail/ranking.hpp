@@ -1,0 +1,123 @@
+#pragma once
+// Internals of reidnet/evaluate.hpp: input checks and the per-query Market-1501 protocol
+// (REFERENCE.md §7) on one row of scores, without sorting the whole gallery.
+
+#include <ATen/Parallel.h>
+#include <c10/util/irange.h>
+#include <torch/types.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace reidnet::detail {
+
+inline std::string shape_of(const torch::Tensor& tensor) {
+  return fmt::format("[{}]", fmt::join(tensor.sizes().vec(), ", "));
+}
+
+// A 1-D integer tensor of `expected` entries, as contiguous CPU int64.
+inline torch::Tensor checked_ids(const torch::Tensor& ids, int64_t expected,
+                                 const std::string& what, const std::string& rows_of,
+                                 const std::string& caller) {
+  if (!ids.defined() || ids.dim() != 1) {
+    throw std::runtime_error(fmt::format("{}: {} must be a 1-D integer tensor, got shape {}",
+                                         caller, what, ids.defined() ? shape_of(ids) : "none"));
+  }
+  if (c10::isFloatingType(ids.scalar_type()) || ids.scalar_type() == torch::kBool) {
+    throw std::runtime_error(fmt::format("{}: {} must hold integers (int64), got {}", caller, what,
+                                         c10::toString(ids.scalar_type())));
+  }
+  if (ids.size(0) != expected) {
+    throw std::runtime_error(fmt::format("{}: {} have {} entries but {} have {} rows", caller,
+                                         what, ids.size(0), rows_of, expected));
+  }
+  return ids.to(torch::kCPU, torch::kLong).contiguous();
+}
+
+inline void check_matrix(const torch::Tensor& matrix, const std::string& what,
+                         const std::string& caller) {
+  if (!matrix.defined() || matrix.dim() != 2) {
+    throw std::runtime_error(fmt::format("{}: {} must be a 2-D tensor, got shape {}", caller, what,
+                                         matrix.defined() ? shape_of(matrix) : "none"));
+  }
+  if (!c10::isFloatingType(matrix.scalar_type())) {
+    throw std::runtime_error(fmt::format("{}: {} must be floating point, got {}", caller, what,
+                                         c10::toString(matrix.scalar_type())));
+  }
+}
+
+// Whether gallery item a comes before b: better score first, ties by gallery order.
+template <class Scalar>
+struct RankOrder {
+  const Scalar* scores;
+  bool higher_is_better;
+  bool operator()(int64_t a, int64_t b) const {
+    const Scalar sa = scores[a];
+    const Scalar sb = scores[b];
+    if (sa != sb) return higher_is_better ? sa > sb : sa < sb;
+    return a < b;
+  }
+};
+
+// The gallery labels of one evaluation, and the good/junk rules of §7.
+struct GalleryIds {
+  const int64_t* labels;
+  const int64_t* cameras;
+  int64_t size;
+
+  // good = same id, different camera (and not an id -1 junk detection).
+  bool good(int64_t j, int64_t query_label, int64_t query_camera) const {
+    return labels[j] == query_label && cameras[j] != query_camera && labels[j] != -1;
+  }
+  // junk = same id and same camera, or id -1.
+  bool junk(int64_t j, int64_t query_label, int64_t query_camera) const {
+    return labels[j] == -1 || (labels[j] == query_label && cameras[j] == query_camera);
+  }
+};
+
+// Working memory of one thread, reused across queries.
+struct QueryScratch {
+  std::vector<int64_t> good;         // good gallery indices, in rank order
+  std::vector<int64_t> before_good;  // [i]: non-good, non-junk items ranked before good[i]
+};
+
+// 0-based ranks (junk removed) of the good items of one query, ascending, in `ranks`.
+// O(Ng log ngood): each ordinary item is binary-searched among the good ones instead of
+// sorting the gallery.
+template <class Scalar>
+void good_ranks(const Scalar* scores, bool higher_is_better, const GalleryIds& gallery,
+                int64_t query_label, int64_t query_camera, QueryScratch& scratch,
+                std::vector<int64_t>& ranks) {
+  const RankOrder<Scalar> before{scores, higher_is_better};
+  auto& good = scratch.good;
+  good.clear();
+  for (const auto j : c10::irange(gallery.size)) {
+    if (gallery.good(j, query_label, query_camera)) good.push_back(j);
+  }
+  ranks.clear();
+  if (good.empty()) return;
+  std::sort(good.begin(), good.end(), before);
+  auto& counts = scratch.before_good;
+  counts.assign(good.size() + 1, 0);
+  for (const auto j : c10::irange(gallery.size)) {
+    if (gallery.junk(j, query_label, query_camera) || gallery.good(j, query_label, query_camera)) {
+      continue;
+    }
+    // Number of good items ranked before j = the slot j falls into.
+    const auto slot = std::partition_point(good.begin(), good.end(),
+                                           [&](int64_t g) { return before(g, j); });
+    ++counts[static_cast<size_t>(slot - good.begin())];
+  }
+  int64_t others = 0;
+  for (const auto i : c10::irange(good.size())) {
+    others += counts[i];
+    ranks.push_back(static_cast<int64_t>(i) + others);
+  }
+}
+
+}  // namespace reidnet::detail
