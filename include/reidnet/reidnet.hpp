@@ -6,6 +6,7 @@
 
 #include <reidnet/class_block.hpp>
 #include <reidnet/ft_net.hpp>
+#include <reidnet/inference.hpp>
 #include <reidnet/init.hpp>
 #include <reidnet/residual_blocks.hpp>
 #include <reidnet/resnet.hpp>
