@@ -11,6 +11,7 @@
 #include <reidnet/evaluate.hpp>
 #include <reidnet/features.hpp>
 #include <reidnet/ft_net.hpp>
+#include <reidnet/inference.hpp>
 #include <reidnet/init.hpp>
 #include <reidnet/losses.hpp>
 #include <reidnet/optim.hpp>

@@ -1,0 +1,305 @@
+#pragma once
+/// The inference fast path: an eval-only snapshot of a FtNet or ResNet with BatchNorm folded
+/// into the convs (and BatchNorm1d into the bottleneck Linear), weights pre-cast and, on CPU,
+/// reordered once into oneDNN's blocked layout; it runs under InferenceMode and leaves the
+/// original module untouched. Outputs match the module in eval mode (float, on the device).
+///
+///     auto fast = reidnet::optimize_for_inference(net, reidnet::InferenceOptions().dtype(torch::kBFloat16));
+///     torch::Tensor feature = fast.embed(images);   // what net->embed(images) returns in eval()
+
+#include <reidnet/detail/inference_ops.hpp>
+#include <reidnet/ft_net.hpp>
+#include <reidnet/resnet.hpp>
+
+#include <c10/core/InferenceMode.h>
+#include <torch/nn/modules/activation.h>
+#include <torch/types.h>
+#include <torch/version.h>
+
+#include <cstdint>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace reidnet {
+
+/// How `optimize_for_inference` prepares the model. Every optimisation can be switched off,
+/// so that reidnet-bench can show what each one is worth.
+struct InferenceOptions {
+  /// Weights and activations: torch::kFloat32, torch::kBFloat16 or torch::kFloat16.
+  TORCH_ARG(torch::Dtype, dtype) = torch::kFloat32;
+  TORCH_ARG(torch::Device, device) = torch::Device(torch::kCPU);
+  /// NHWC activations and weights on the dense path (CUDA, or CPU without prepack).
+  TORCH_ARG(bool, channels_last) = true;
+  /// Fold every BatchNorm2d into its conv, and BatchNorm1d into the bottleneck Linear.
+  TORCH_ARG(bool, fold_bn) = true;
+  /// In-place ReLU and residual add into the conv output (no extra activation buffers).
+  TORCH_ARG(bool, fuse) = true;
+  /// CPU: run in oneDNN's blocked layout with weights reordered once (needs fold_bn and a
+  /// LibTorch built with oneDNN; ignored on CUDA and for fp16).
+  TORCH_ARG(bool, prepack) = true;
+};
+
+namespace detail {
+
+struct ResidualBlockPlan {
+  std::vector<ConvBn> convs;  // ReLU after each but the last
+  bool has_downsample = false;
+  ConvBn downsample;
+};
+
+/// Everything the optimised forward needs; immutable once built.
+struct InferencePlan {
+  KernelConfig config;
+  ConvBn stem;
+  std::vector<ResidualBlockPlan> blocks;
+  int64_t input_channels = 3;
+  int64_t num_features = 0;
+  // Head (fp32 on the device): embed = [Linear] [BatchNorm1d affine] [LeakyReLU].
+  bool has_linear = false;
+  at::Tensor linear_weight, linear_bias;
+  bool has_norm = false;
+  at::Tensor norm_scale, norm_shift;
+  bool leaky_relu = false;
+  double leaky_slope = 0.1;
+  at::Tensor classifier_weight, classifier_bias;
+  int64_t feature_dim = 0;
+  std::string name;
+};
+
+/// The `index`-th layer of a Sequential as a `T` (Sequential::ptr<T> does not compile for
+/// BatchNorm in LibTorch 1.13, whose forward is declared in a base class).
+template <class T>
+const T& child(const torch::nn::SequentialImpl& sequential, size_t index) {
+  const auto* layer = dynamic_cast<const T*>(sequential.ptr(index).get());
+  TORCH_CHECK(layer != nullptr, "optimize_for_inference: unexpected layer ", index, " (",
+              sequential.ptr(index)->name(), ") in a Sequential");
+  return *layer;
+}
+
+inline KernelConfig make_kernel_config(const InferenceOptions& options) {
+  TORCH_CHECK(options.dtype() == torch::kFloat32 || options.dtype() == torch::kBFloat16 ||
+                  options.dtype() == torch::kFloat16,
+              "InferenceOptions::dtype must be float32, bfloat16 or float16, got ",
+              options.dtype());
+  KernelConfig config;
+  config.dtype = options.dtype();
+  config.device = options.device();
+  config.channels_last = options.channels_last();
+  config.fold_bn = options.fold_bn();
+  config.fuse = options.fuse();
+  config.prepack = options.prepack() && options.fold_bn() && options.device().is_cpu() &&
+                   options.dtype() != torch::kFloat16 && onednn_available();
+#if TORCH_VERSION_MAJOR < 2
+  TORCH_CHECK(!(options.device().is_cpu() && options.dtype() == torch::kFloat16),
+              "InferenceOptions::dtype float16 on CPU needs LibTorch 2.x (1.x has no fp16 CPU "
+              "convolution); use torch::kBFloat16 on CPU");
+#endif
+  return config;
+}
+
+inline at::Tensor to_head(const at::Tensor& tensor, const KernelConfig& config) {
+  return tensor.to(at::TensorOptions().dtype(at::kFloat).device(config.device));
+}
+
+inline std::vector<std::pair<const torch::nn::Conv2dImpl*, const torch::nn::BatchNorm2dImpl*>>
+conv_bn_pairs(const BottleneckImpl& block) {
+  return {{block.conv1.get(), block.bn1.get()},
+          {block.conv2.get(), block.bn2.get()},
+          {block.conv3.get(), block.bn3.get()}};
+}
+
+inline std::vector<std::pair<const torch::nn::Conv2dImpl*, const torch::nn::BatchNorm2dImpl*>>
+conv_bn_pairs(const BasicBlockImpl& block) {
+  return {{block.conv1.get(), block.bn1.get()}, {block.conv2.get(), block.bn2.get()}};
+}
+
+template <class Block, class Init>
+void build_backbone(ResNetImpl<Block, Init>& net, InferencePlan& plan) {
+  using BlockImpl = typename Block::Impl;
+  const auto& config = plan.config;
+  plan.stem = make_conv_bn(*net.conv1, *net.bn1, config);
+  plan.input_channels = net.conv1->options.in_channels();
+  plan.num_features = net.num_features();
+  for (size_t stage = 1; stage <= 4; ++stage) {
+    auto& layer = net.layer(stage);
+    for (size_t i = 0; i < layer->size(); ++i) {
+      const auto& block = layer->template at<BlockImpl>(i);
+      ResidualBlockPlan block_plan;
+      for (const auto& [conv, norm] : conv_bn_pairs(block)) {
+        block_plan.convs.push_back(make_conv_bn(*conv, *norm, config));
+      }
+      if (block.downsample) {
+        block_plan.has_downsample = true;
+        block_plan.downsample =
+            make_conv_bn(child<torch::nn::Conv2dImpl>(*block.downsample, 0),
+                         child<torch::nn::BatchNorm2dImpl>(*block.downsample, 1), config);
+      }
+      plan.blocks.push_back(std::move(block_plan));
+    }
+  }
+}
+
+template <class AddBlockInit, class ClassifierInit>
+void build_head(ClassBlockImpl<AddBlockInit, ClassifierInit>& head, InferencePlan& plan) {
+  const auto& config = plan.config;
+  const auto& add_block = head.add_block;
+  size_t index = 0;
+  DenseAffine linear;
+  if (head.options.linear() > 0) {
+    plan.has_linear = true;
+    linear = linear_affine(child<torch::nn::LinearImpl>(*add_block, index++));
+  }
+  if (head.options.bnorm()) {
+    const auto affine =
+        batch_norm_affine(child<torch::nn::BatchNorm1dImpl>(*add_block, index++));
+    if (plan.has_linear && config.fold_bn) {
+      // Linear then BatchNorm1d, nothing between: one Linear with rows scaled (exact in eval).
+      linear.weight = linear.weight * affine.scale.unsqueeze(1);
+      linear.bias = linear.bias * affine.scale + affine.shift;
+    } else {
+      plan.has_norm = true;
+      plan.norm_scale = to_head(affine.scale, config);
+      plan.norm_shift = to_head(affine.shift, config);
+    }
+  }
+  if (head.options.relu()) {
+    plan.leaky_relu = true;
+    plan.leaky_slope =
+        child<torch::nn::LeakyReLUImpl>(*add_block, index).options.negative_slope();
+  }
+  if (plan.has_linear) {
+    plan.linear_weight = to_head(linear.weight, config);
+    plan.linear_bias = to_head(linear.bias, config);
+  }
+  const auto classifier = linear_affine(child<torch::nn::LinearImpl>(*head.classifier, 0));
+  plan.classifier_weight = to_head(classifier.weight, config);
+  plan.classifier_bias = to_head(classifier.bias, config);
+  plan.feature_dim = head.feature_dim();
+}
+
+}  // namespace detail
+
+/// The optimised model; cheap to copy (shares its immutable weights). Not a torch::nn::Module:
+/// it cannot be trained, only run. Outputs are inference tensors (no autograd history).
+class InferenceModel {
+ public:
+  explicit InferenceModel(std::shared_ptr<const detail::InferencePlan> plan)
+      : plan_(std::move(plan)) {}
+
+  /// The test-time feature: FtNet's `embed` (B, feature_dim), or ResNet's pooled features.
+  torch::Tensor embed(const torch::Tensor& images) const {
+    c10::InferenceMode guard;
+    return embed_from_features(backbone(images));
+  }
+
+  /// What the module's `forward` returns: identity logits (FtNet) or ImageNet logits (ResNet).
+  torch::Tensor forward(const torch::Tensor& images) const {
+    c10::InferenceMode guard;
+    return at::linear(embed_from_features(backbone(images)), plan_->classifier_weight,
+                      plan_->classifier_bias);
+  }
+
+  torch::Tensor operator()(const torch::Tensor& images) const { return forward(images); }
+
+  /// Pooled backbone output (B, num_features), float.
+  torch::Tensor forward_features(const torch::Tensor& images) const {
+    c10::InferenceMode guard;
+    return backbone(images);
+  }
+
+  /// Width of `embed`'s output.
+  int64_t feature_dim() const { return plan_->feature_dim; }
+
+  /// The optimisations actually in effect (prepack falls back off where oneDNN cannot run).
+  std::string describe() const {
+    const auto& config = plan_->config;
+    std::ostringstream out;
+    out << plan_->name << " dtype=" << c10::toString(config.dtype) << " device=" << config.device
+        << " fold_bn=" << config.fold_bn << " fuse=" << config.fuse
+        << " prepack=" << config.prepack
+        << " channels_last=" << (config.prepack ? false : config.channels_last);
+    return out.str();
+  }
+
+  torch::Device device() const { return plan_->config.device; }
+  torch::Dtype dtype() const { return plan_->config.dtype; }
+
+ private:
+  at::Tensor backbone(const at::Tensor& images) const {
+    const auto& plan = *plan_;
+    const auto& config = plan.config;
+    TORCH_CHECK(images.dim() == 4 && images.size(1) == plan.input_channels,
+                "InferenceModel expects images of shape (B, ", plan.input_channels,
+                ", H, W), got ", images.sizes());
+    TORCH_CHECK(images.is_floating_point(), "InferenceModel expects floating-point images, got ",
+                images.scalar_type());
+    at::Tensor x;
+    if (config.prepack) {
+      x = images.to(at::TensorOptions().dtype(at::kFloat).device(config.device))
+              .contiguous()
+              .to_mkldnn(config.dtype);
+    } else {
+      x = images.to(at::TensorOptions().dtype(config.dtype).device(config.device))
+              .contiguous(config.memory_format());
+    }
+    x = relu(plan.stem.run(x, config));
+    x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
+    for (const auto& block : plan.blocks) {
+      at::Tensor out = x;
+      for (size_t i = 0; i < block.convs.size(); ++i) {
+        out = block.convs[i].run(out, config);
+        if (i + 1 < block.convs.size()) out = relu(out);
+      }
+      const at::Tensor identity = block.has_downsample ? block.downsample.run(x, config) : x;
+      x = config.fuse ? out.add_(identity).relu_() : at::relu(out + identity);
+    }
+    x = at::adaptive_avg_pool2d(x, {1, 1});
+    if (config.prepack) x = x.to_dense();
+    return x.flatten(1).to(at::kFloat);
+  }
+
+  // Only ever applied to a fresh conv output, so the in-place form is safe.
+  at::Tensor relu(at::Tensor x) const { return plan_->config.fuse ? x.relu_() : at::relu(x); }
+
+  at::Tensor embed_from_features(at::Tensor features) const {
+    const auto& plan = *plan_;
+    if (plan.has_linear) features = at::linear(features, plan.linear_weight, plan.linear_bias);
+    if (plan.has_norm) features = features * plan.norm_scale + plan.norm_shift;
+    if (plan.leaky_relu) features = at::leaky_relu(features, plan.leaky_slope);
+    return features;
+  }
+
+  std::shared_ptr<const detail::InferencePlan> plan_;
+};
+
+/// An inference-ready snapshot of a ResNet: `embed` = pooled features, `forward` = logits.
+template <class Block, class Init>
+InferenceModel optimize_for_inference(ResNet<Block, Init>& net,
+                                      const InferenceOptions& options = {}) {
+  torch::NoGradGuard no_grad;
+  auto plan = std::make_shared<detail::InferencePlan>();
+  plan->config = detail::make_kernel_config(options);
+  plan->name = "ResNet";
+  detail::build_backbone(*net, *plan);
+  const auto fc = detail::linear_affine(*net->fc);
+  plan->classifier_weight = detail::to_head(fc.weight, plan->config);
+  plan->classifier_bias = detail::to_head(fc.bias, plan->config);
+  plan->feature_dim = plan->num_features;
+  return InferenceModel(std::move(plan));
+}
+
+/// An inference-ready snapshot of a FtNet: `embed` = its test-time feature, `forward` = logits.
+inline InferenceModel optimize_for_inference(FtNet& net, const InferenceOptions& options = {}) {
+  torch::NoGradGuard no_grad;
+  auto plan = std::make_shared<detail::InferencePlan>();
+  plan->config = detail::make_kernel_config(options);
+  plan->name = "FtNet";
+  detail::build_backbone(*net->model, *plan);
+  detail::build_head(*net->classifier, *plan);
+  return InferenceModel(std::move(plan));
+}
+
+}  // namespace reidnet

@@ -1,0 +1,188 @@
+// The inference fast path (reidnet/inference.hpp) against the unoptimised module in eval mode:
+// fp32 within 1e-4 relative, bf16 cosine >= 0.999 per row; every switch; the original module
+// left unchanged; bad inputs rejected. (The module itself is checked against Python in models.)
+#include "support.hpp"
+
+#include <reidnet/reidnet.hpp>
+
+#include <map>
+#include <string>
+
+using reidnet::test::max_relative_difference;
+
+namespace {
+
+constexpr double kFp32Tolerance = 1e-4;
+constexpr double kBf16MinCosine = 0.999;
+// Small images keep the suite fast; 64x32 still leaves a 2x1 map after layer4.
+constexpr int64_t kHeight = 64;
+constexpr int64_t kWidth = 32;
+
+/// Non-trivial BatchNorm statistics and affine terms, so that folding is really exercised.
+void randomize_batch_norms(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  auto randomize = [](auto& norm) {
+    const auto n = norm.running_mean.size(0);
+    norm.running_mean.copy_(torch::randn({n}) * 0.1);
+    norm.running_var.copy_(torch::rand({n}) * 0.5 + 0.75);
+    norm.weight.copy_(torch::rand({n}) * 0.5 + 0.75);
+    norm.bias.copy_(torch::randn({n}) * 0.1);
+  };
+  for (auto& child : module.modules()) {
+    if (auto* norm2d = dynamic_cast<torch::nn::BatchNorm2dImpl*>(child.get())) randomize(*norm2d);
+    if (auto* norm1d = dynamic_cast<torch::nn::BatchNorm1dImpl*>(child.get())) randomize(*norm1d);
+  }
+}
+
+reidnet::FtNet make_ft_net(int64_t stride, int64_t linear_num) {
+  torch::manual_seed(7);
+  reidnet::FtNet net(reidnet::FtNetOptions(751).stride(stride).linear_num(linear_num));
+  randomize_batch_norms(*net);
+  net->eval();
+  return net;
+}
+
+double min_row_cosine(const torch::Tensor& actual, const torch::Tensor& expected) {
+  return torch::cosine_similarity(actual, expected, 1).min().item<double>();
+}
+
+std::map<std::string, torch::Tensor> snapshot(torch::nn::Module& module) {
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& item : module.named_parameters()) out[item.key()] = item.value().clone();
+  for (const auto& item : module.named_buffers()) out[item.key()] = item.value().clone();
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("fp32 FtNet embed and forward match the module for stride 1/2, linear 0/512, batch 1/3") {
+  torch::NoGradGuard no_grad;
+  for (const int64_t stride : {1, 2}) {
+    for (const int64_t linear_num : {0, 512}) {
+      auto net = make_ft_net(stride, linear_num);
+      const auto fast = reidnet::optimize_for_inference(net);
+      CHECK(fast.feature_dim() == net->feature_dim());
+      for (const int64_t batch : {1, 3}) {
+        CAPTURE(stride);
+        CAPTURE(linear_num);
+        CAPTURE(batch);
+        const auto images = torch::randn({batch, 3, kHeight, kWidth});
+        const auto expected_embed = net->embed(images);
+        const auto embed = fast.embed(images);
+        CHECK((embed.scalar_type() == torch::kFloat32));
+        CHECK(embed.sizes() == expected_embed.sizes());
+        CHECK(max_relative_difference(embed, expected_embed) < kFp32Tolerance);
+        CHECK(max_relative_difference(fast.forward(images), net->forward(images)) <
+              kFp32Tolerance);
+      }
+    }
+  }
+}
+
+TEST_CASE("bf16 FtNet embed has cosine >= 0.999 to the fp32 module, per row") {
+  torch::NoGradGuard no_grad;
+  for (const int64_t stride : {1, 2}) {
+    for (const int64_t linear_num : {0, 512}) {
+      auto net = make_ft_net(stride, linear_num);
+      const auto fast =
+          reidnet::optimize_for_inference(net, reidnet::InferenceOptions().dtype(torch::kBFloat16));
+      for (const int64_t batch : {1, 3}) {
+        CAPTURE(stride);
+        CAPTURE(linear_num);
+        CAPTURE(batch);
+        const auto images = torch::randn({batch, 3, kHeight, kWidth});
+        const auto embed = fast.embed(images);
+        CHECK((embed.scalar_type() == torch::kFloat32));
+        CHECK(min_row_cosine(embed, net->embed(images)) >= kBf16MinCosine);
+      }
+    }
+  }
+}
+
+TEST_CASE("each optimisation switched off on its own still matches the module (fp32)") {
+  torch::NoGradGuard no_grad;
+  auto net = make_ft_net(2, 512);
+  const auto images = torch::randn({2, 3, kHeight, kWidth});
+  const auto expected = net->embed(images);
+  const std::map<std::string, reidnet::InferenceOptions> variants{
+      {"no fold_bn", reidnet::InferenceOptions().fold_bn(false)},
+      {"no fuse", reidnet::InferenceOptions().fuse(false)},
+      {"no prepack", reidnet::InferenceOptions().prepack(false)},
+      {"no prepack, NCHW", reidnet::InferenceOptions().prepack(false).channels_last(false)},
+      {"nothing", reidnet::InferenceOptions().prepack(false).channels_last(false).fuse(false)
+                      .fold_bn(false)}};
+  for (const auto& [name, options] : variants) {
+    CAPTURE(name);
+    const auto fast = reidnet::optimize_for_inference(net, options);
+    CHECK(max_relative_difference(fast.embed(images), expected) < kFp32Tolerance);
+  }
+  const auto dense_bf16 = reidnet::optimize_for_inference(
+      net, reidnet::InferenceOptions().dtype(torch::kBFloat16).prepack(false));
+  CHECK(min_row_cosine(dense_bf16.embed(images), expected) >= kBf16MinCosine);
+}
+
+TEST_CASE("ResNet-50 and ResNet-18: embed is the pooled feature, forward the logits") {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(3);
+  auto resnet50 = reidnet::resnet50(reidnet::ResNetOptions().last_stride(1));
+  auto resnet18 = reidnet::resnet18();
+  randomize_batch_norms(*resnet50);
+  randomize_batch_norms(*resnet18);
+  resnet50->eval();
+  resnet18->eval();
+  const auto images = torch::randn({2, 3, kHeight, kWidth});
+  const auto fast50 = reidnet::optimize_for_inference(resnet50);
+  CHECK(fast50.feature_dim() == 2048);
+  CHECK(max_relative_difference(fast50.embed(images), resnet50->forward_features(images)) <
+        kFp32Tolerance);
+  CHECK(max_relative_difference(fast50.forward(images), resnet50->forward(images)) <
+        kFp32Tolerance);
+  const auto fast18 = reidnet::optimize_for_inference(resnet18);
+  CHECK(fast18.feature_dim() == 512);
+  CHECK(max_relative_difference(fast18.forward(images), resnet18->forward(images)) <
+        kFp32Tolerance);
+  const auto fast18_bf16 =
+      reidnet::optimize_for_inference(resnet18, reidnet::InferenceOptions().dtype(torch::kBFloat16));
+  CHECK(min_row_cosine(fast18_bf16.embed(images), resnet18->forward_features(images)) >=
+        kBf16MinCosine);
+}
+
+TEST_CASE("the original module is left unchanged, and later changes to it do not leak in") {
+  torch::manual_seed(11);
+  reidnet::FtNet net(reidnet::FtNetOptions(10));
+  randomize_batch_norms(*net);
+  net->train();
+  const auto before = snapshot(*net);
+  const auto fast = reidnet::optimize_for_inference(net);
+  CHECK(net->is_training());
+  const auto after = snapshot(*net);
+  REQUIRE(after.size() == before.size());
+  for (const auto& [key, value] : before) {
+    CAPTURE(key);
+    CHECK(torch::equal(after.at(key), value));
+    CHECK((after.at(key).scalar_type() == value.scalar_type()));
+  }
+  for (const auto& parameter : net->parameters()) CHECK(parameter.requires_grad());
+
+  const auto images = torch::randn({2, 3, kHeight, kWidth});
+  const auto first = fast.embed(images);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& parameter : net->parameters()) parameter.mul_(2);
+  }
+  CHECK(torch::equal(fast.embed(images), first));
+}
+
+TEST_CASE("bad inputs and options are rejected with a message") {
+  auto net = make_ft_net(2, 512);
+  const auto fast = reidnet::optimize_for_inference(net);
+  CHECK_THROWS_WITH_AS(fast.embed(torch::randn({2, 1, kHeight, kWidth})),
+                       doctest::Contains("expects images of shape"), c10::Error);
+  CHECK_THROWS_WITH_AS(fast.embed(torch::randn({3, kHeight, kWidth})),
+                       doctest::Contains("expects images of shape"), c10::Error);
+  CHECK_THROWS_WITH_AS(fast.embed(torch::zeros({1, 3, kHeight, kWidth}, torch::kUInt8)),
+                       doctest::Contains("floating-point"), c10::Error);
+  CHECK_THROWS_WITH_AS(
+      reidnet::optimize_for_inference(net, reidnet::InferenceOptions().dtype(torch::kFloat64)),
+      doctest::Contains("InferenceOptions::dtype"), c10::Error);
+}
