@@ -49,6 +49,7 @@ struct TrainConfig {
   bool channels_last = true;
   uint64_t seed = 0;
   int64_t threads = 2;
+  int64_t epochs_this_run = 0;  // 0 = until total_epoch
 };
 
 /// Writes opts.yaml atomically: the baseline's keys (nclasses, stride, linear_num, droprate,
@@ -102,24 +103,17 @@ inline void write_opts_yaml(const TrainConfig& c, const std::filesystem::path& p
   std::filesystem::rename(temporary, path);
 }
 
-/// The architecture recorded in an opts.yaml (what reidnet-test needs to rebuild the model).
-struct ModelOpts {
-  int64_t nclasses = 751;
-  int64_t stride = 2;
-  int64_t linear_num = 512;
-  double droprate = 0.5;
-  int64_t height = 256;
-  int64_t width = 128;
-};
-
-inline ModelOpts read_model_opts(const std::filesystem::path& path) {
+/// Reads back what reidnet-test needs from an opts.yaml (ours or the Python baseline's):
+/// nclasses, stride, linear_num, droprate and the input size; other fields keep defaults.
+inline TrainConfig read_opts_yaml(const std::filesystem::path& path) {
   YAML::Node node;
   try {
     node = YAML::LoadFile(path.string());
   } catch (const YAML::Exception& error) {
     throw std::runtime_error(path.string() + ": cannot read opts.yaml (" + error.what() + ")");
   }
-  ModelOpts opts;
+  TrainConfig opts;
+  opts.nclasses = 751;  // the baseline's default when opts.yaml predates the key
   auto get = [&](const char* key, auto& value) {
     if (!node[key]) return;
     try {

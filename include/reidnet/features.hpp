@@ -7,7 +7,7 @@
 ///     auto features = reidnet::extract_features(net, loader,   // net: FtNet; [N, 512] CPU
 ///                                               reidnet::FeatureOptions().device(torch::kCUDA));
 
-#include <reidnet/detail/autocast.hpp>
+#include <reidnet/autocast.hpp>
 #include <reidnet/detail/ranking.hpp>
 
 #include <torch/arg.h>
@@ -19,6 +19,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -61,6 +62,12 @@ struct has_data_member<T, std::void_t<decltype(std::declval<const T&>().data)>>
     : std::true_type {};
 template <class T>
 inline constexpr bool always_false = false;
+// Module holders (reidnet::FtNet, ...) have `->parameters()`; optimised models do not.
+template <class T, class = void>
+struct is_module_holder : std::false_type {};
+template <class T>
+struct is_module_holder<T, std::void_t<decltype(std::declval<T&>()->parameters())>>
+    : std::true_type {};
 
 /// The image tensor of a batch: the batch itself, its `images`, or its `data`.
 template <class Batch>
@@ -114,37 +121,48 @@ inline void check_feature_options(const FeatureOptions& options) {
 
 }  // namespace detail
 
-/// Features [N, D] (float32, CPU) of every image of `batches`, in order. `model` is a module
-/// holder with `embed(images)` (e.g. reidnet::FtNet); it runs in eval mode without gradients
-/// and is left in the training mode it had.
+/// Features [N, D] (float32, CPU) of every image of `batches`, in order. `model` is either a
+/// module holder with `embed(images)` (e.g. reidnet::FtNet), run in eval mode without
+/// gradients and left in the training mode it had, or an inference-ready model from
+/// `optimize_for_inference`, which already fixes its device and dtype.
 template <class Model, class Batches>
 torch::Tensor extract_features(Model& model, Batches&& batches, const FeatureOptions& options = {}) {
   detail::check_feature_options(options);
-  const auto parameters = model->parameters();
-  auto device = parameters.empty() ? torch::Device(torch::kCPU) : parameters.front().device();
-  if (options.device() && *options.device() != device) {
-    device = *options.device();
-    model->to(device);
-  }
-  const bool reduced = options.dtype() != torch::kFloat32;
-  const bool use_autocast = reduced && options.autocast();
-  const auto input_dtype = reduced && !use_autocast ? options.dtype() : torch::kFloat32;
-  if (!use_autocast && !parameters.empty() && parameters.front().scalar_type() != input_dtype) {
-    throw std::runtime_error(fmt::format(
-        "extract_features: inputs of dtype {} need a model whose parameters are {} (they are "
-        "{}); convert it with model->to(dtype) or use FeatureOptions::autocast(true)",
-        c10::toString(input_dtype), c10::toString(input_dtype),
-        c10::toString(parameters.front().scalar_type())));
-  }
-
-  detail::EvalModeScope<Model> eval_mode(model);
   torch::NoGradGuard no_grad;
   namespace F = torch::nn::functional;
-  auto embed = [&](const torch::Tensor& images) {
-    if (!use_autocast) return model->embed(images).to(torch::kFloat);
-    detail::AutocastScope autocast(device.type(), options.dtype());
-    return model->embed(images).to(torch::kFloat);
-  };
+  std::function<torch::Tensor(const torch::Tensor&)> embed;
+  torch::Device device(torch::kCPU);
+  auto input_dtype = torch::kFloat32;
+  // Only a module holder has a training mode to set and restore.
+  std::optional<std::conditional_t<detail::is_module_holder<Model>::value,
+                                   detail::EvalModeScope<Model>, bool>> eval_mode;
+  if constexpr (detail::is_module_holder<Model>::value) {
+    const auto parameters = model->parameters();
+    device = parameters.empty() ? torch::Device(torch::kCPU) : parameters.front().device();
+    if (options.device() && *options.device() != device) {
+      device = *options.device();
+      model->to(device);
+    }
+    const bool reduced = options.dtype() != torch::kFloat32;
+    const bool use_autocast = reduced && options.autocast();
+    input_dtype = reduced && !use_autocast ? options.dtype() : torch::kFloat32;
+    if (!use_autocast && !parameters.empty() && parameters.front().scalar_type() != input_dtype) {
+      throw std::runtime_error(fmt::format(
+          "extract_features: inputs of dtype {} need a model whose parameters are {} (they are "
+          "{}); convert it with model->to(dtype) or use FeatureOptions::autocast(true)",
+          c10::toString(input_dtype), c10::toString(input_dtype),
+          c10::toString(parameters.front().scalar_type())));
+    }
+    eval_mode.emplace(model);
+    embed = [&model, device, use_autocast, dtype = options.dtype()](const torch::Tensor& images) {
+      if (!use_autocast) return model->embed(images).to(torch::kFloat);
+      AutocastGuard autocast(device, dtype);
+      return model->embed(images).to(torch::kFloat);
+    };
+  } else {
+    device = model.device();
+    embed = [&model](const torch::Tensor& images) { return model.embed(images).to(torch::kFloat); };
+  }
 
   std::vector<torch::Tensor> features;
   int64_t seen = 0;

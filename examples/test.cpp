@@ -1,0 +1,245 @@
+// reidnet-test: extract query and gallery features with a trained FtNet and evaluate
+// Rank@k and mAP with the Market-1501 protocol (REFERENCE.md §7).
+//
+//   reidnet-test --data Market-1501 --model-dir model/ft_ResNet50
+//   reidnet-test --data toy --model-dir runs/toy --rerank --show 0
+#include "common/canvas.hpp"
+#include "common/cli.hpp"
+#include "common/opts_yaml.hpp"
+
+#include <reidnet/checkpoint.hpp>
+#include <reidnet/data.hpp>
+#include <reidnet/reidnet.hpp>
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace fs = std::filesystem;
+
+using reidnet::examples::UsageError;
+
+namespace {
+
+struct TestConfig {
+  std::string data, model_dir, weights, features_out, ranks_out, show_out;
+  int64_t nclasses = 0, stride = 0, linear_num = -1, height = 0, width = 0;
+  int64_t batch_size = 256, threads = 2, workers = 2, show = -1, top_k = 10;
+  std::string ms = "1", ap = "trapezoid", device = "cpu", dtype = "fp32";
+  bool rerank = false, save_ranks = false, optimize = true;
+};
+
+std::vector<double> parse_scales(const std::string& text) {
+  std::vector<double> scales;
+  std::stringstream stream(text);
+  for (std::string item; std::getline(stream, item, ',');) {
+    try {
+      size_t used = 0;
+      scales.push_back(std::stod(item, &used));
+      if (used != item.size() || scales.back() <= 0) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw UsageError("--ms " + text + ": expected positive numbers separated by commas, e.g. 1,1.1");
+    }
+  }
+  return scales;
+}
+
+torch::Tensor column(const std::vector<reidnet::Sample>& samples, int64_t reidnet::Sample::*field) {
+  std::vector<int64_t> values;
+  for (const auto& sample : samples) values.push_back(sample.*field);
+  return torch::tensor(values, torch::kLong);
+}
+
+// Rebuilds the model from opts.yaml and the flags that override it, and loads the weights.
+reidnet::FtNet load_model(TestConfig& c) {
+  reidnet::examples::TrainConfig opts;
+  if (!c.model_dir.empty()) {
+    const auto yaml = fs::path(c.model_dir) / "opts.yaml";
+    if (!fs::exists(yaml)) throw UsageError("--model-dir " + c.model_dir + ": no opts.yaml there");
+    opts = reidnet::examples::read_opts_yaml(yaml);
+    if (c.weights.empty()) c.weights = (fs::path(c.model_dir) / "net_last.pth").string();
+  }
+  if (c.weights.empty()) throw UsageError("give --model-dir (with opts.yaml) or --weights");
+  if (c.nclasses > 0) opts.nclasses = c.nclasses;
+  if (c.stride > 0) opts.stride = c.stride;
+  if (c.linear_num >= 0) opts.linear_num = c.linear_num;
+  if (c.height <= 0) c.height = opts.height;
+  if (c.width <= 0) c.width = opts.width;
+  reidnet::FtNet net(reidnet::FtNetOptions(opts.nclasses)
+                         .stride(opts.stride)
+                         .linear_num(opts.linear_num)
+                         .droprate(opts.droprate));
+  reidnet::load_state_dict(*net, c.weights);
+  net->eval();
+  return net;
+}
+
+// The query and its top-k gallery images, bordered green (same id) or red (wrong id).
+void write_ranked_list_picture(const std::string& path, const reidnet::Sample& query,
+                               const std::vector<reidnet::Sample>& gallery,
+                               const reidnet::RankedLists& top, int64_t row) {
+  constexpr int64_t kHeight = 128, kWidth = 64, kGap = 8, kBorder = 4, kLabel = 18;
+  const int64_t k = top.indices.size(1);
+  reidnet::examples::Canvas canvas(kHeight + 2 * kBorder + kLabel + 2 * kGap,
+                                   (k + 1) * (kWidth + 2 * kBorder + kGap) + 2 * kGap);
+  auto place = [&](const reidnet::Sample& sample, int64_t slot, reidnet::examples::Color color,
+                   const std::string& label) {
+    const int64_t left = kGap + slot * (kWidth + 2 * kBorder + kGap) + (slot > 0 ? kGap : 0);
+    canvas.text(kGap / 2, left, label, reidnet::examples::kBlack);
+    canvas.fill_rect(kGap + kLabel, left, kHeight + 2 * kBorder, kWidth + 2 * kBorder, color);
+    canvas.paste(reidnet::resize(reidnet::read_image(sample.path), kHeight, kWidth),
+                 kGap + kLabel + kBorder, left + kBorder);
+  };
+  place(query, 0, reidnet::examples::kGrey, "QUERY");
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t index = top.indices[row][i].item<int64_t>();
+    if (index < 0) break;
+    const bool good = top.good[row][i].item<bool>();
+    place(gallery[index], i + 1, good ? reidnet::examples::kGreen : reidnet::examples::kRed,
+          std::to_string(i + 1));
+  }
+  reidnet::write_png(path, canvas.pixels());
+}
+
+void write_ranks(const std::string& path, const std::vector<reidnet::Sample>& query,
+                 const std::vector<reidnet::Sample>& gallery, const reidnet::RankedLists& top) {
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream file(temporary);
+    file << "query_index,query_path,rank,gallery_index,gallery_path,score,good\n";
+    for (int64_t q = 0; q < top.indices.size(0); ++q) {
+      for (int64_t i = 0; i < top.indices.size(1); ++i) {
+        const int64_t index = top.indices[q][i].item<int64_t>();
+        if (index < 0) break;
+        file << fmt::format("{},{},{},{},{},{:.6f},{}\n", q, query[q].path, i + 1, index,
+                            gallery[index].path, top.scores[q][i].item<double>(),
+                            top.good[q][i].item<bool>() ? 1 : 0);
+      }
+    }
+    if (!file) throw std::runtime_error("cannot write " + temporary);
+  }
+  fs::rename(temporary, path);
+}
+
+int run(TestConfig& c) {
+  const auto scales = parse_scales(c.ms);
+  const torch::Device device(c.device == "cuda" ? torch::kCUDA : torch::kCPU);
+  if (device.is_cuda() && !torch::cuda::is_available()) {
+    throw UsageError("--device cuda: no CUDA device is available to this LibTorch");
+  }
+  reidnet::Dataset data;
+  try {
+    data = reidnet::read_dataset(c.data);
+  } catch (const std::exception& error) {
+    throw UsageError(error.what());
+  }
+  if (data.query.empty()) throw UsageError("--data " + c.data + ": the query split has no images");
+  if (data.gallery.empty()) throw UsageError("--data " + c.data + ": the gallery split has no images");
+  auto net = load_model(c);
+
+  const auto dtype = c.dtype == "bf16" ? torch::kBFloat16 : c.dtype == "fp16" ? torch::kHalf
+                                                                               : torch::kFloat;
+  auto features_of = [&](const std::vector<reidnet::Sample>& samples, const char* split) {
+    reidnet::DataLoader loader(samples, reidnet::make_eval_transform(c.height, c.width),
+                               reidnet::LoaderOptions().batch_size(c.batch_size).workers(c.workers));
+    fmt::print("extracting {} features of {} images\n", split, samples.size());
+    auto options = reidnet::FeatureOptions().device(device).scales(scales).dtype(dtype);
+    if (c.optimize) {
+      // The fast path holds weights already cast to `dtype`, so no autocast on top.
+      auto fast = reidnet::optimize_for_inference(
+          net, reidnet::InferenceOptions().device(device).dtype(dtype));
+      return reidnet::extract_features(fast, loader.epoch(0), options.autocast(false));
+    }
+    return reidnet::extract_features(net, loader.epoch(0), options);
+  };
+  const auto qf = features_of(data.query, "query");
+  const auto gf = features_of(data.gallery, "gallery");
+  const auto ql = column(data.query, &reidnet::Sample::person_id);
+  const auto qc = column(data.query, &reidnet::Sample::camera);
+  const auto gl = column(data.gallery, &reidnet::Sample::person_id);
+  const auto gc = column(data.gallery, &reidnet::Sample::camera);
+
+  auto eval_options = reidnet::EvalOptions();
+  if (c.ap == "plain") eval_options.average_precision(reidnet::kPlainAP);
+  torch::Tensor scores;
+  reidnet::EvalResult result;
+  if (c.rerank) {
+    scores = reidnet::re_ranking_features(qf, gf);
+    eval_options.score_kind(reidnet::kDistance);
+    result = reidnet::evaluate_scores(scores, ql, qc, gl, gc, eval_options);
+  } else {
+    scores = qf.matmul(gf.t());
+    result = reidnet::evaluate(qf, ql, qc, gf, gl, gc, eval_options);
+  }
+  fmt::print("{}\n", reidnet::format_baseline_line(result));
+
+  const std::string features_path = c.features_out.empty()
+      ? (fs::path(c.model_dir.empty() ? "." : c.model_dir) / "features.pth").string()
+      : c.features_out;
+  reidnet::StateDict features;
+  for (const auto& [key, value] : {std::pair<const char*, torch::Tensor>{"qf", qf}, {"ql", ql},
+                                   {"qc", qc}, {"gf", gf}, {"gl", gl}, {"gc", gc}}) {
+    features.insert(key, value);
+  }
+  reidnet::save_tensors(features, features_path);
+  fmt::print("features written to {}\n", features_path);
+
+  if (c.save_ranks || c.show >= 0) {
+    const auto top = reidnet::top_k_ranks(
+        scores, ql, qc, gl, gc,
+        reidnet::RankOptions().k(c.top_k).score_kind(eval_options.score_kind()));
+    if (c.save_ranks) {
+      const auto path = c.ranks_out.empty() ? features_path + ".ranks.csv" : c.ranks_out;
+      write_ranks(path, data.query, data.gallery, top);
+      fmt::print("top-{} lists written to {}\n", c.top_k, path);
+    }
+    if (c.show >= 0) {
+      if (c.show >= static_cast<int64_t>(data.query.size())) {
+        throw UsageError(fmt::format("--show {}: there are only {} query images", c.show,
+                                     data.query.size()));
+      }
+      const auto path = c.show_out.empty() ? fmt::format("show_{}.png", c.show) : c.show_out;
+      write_ranked_list_picture(path, data.query[c.show], data.gallery, top, c.show);
+      fmt::print("ranked list of query {} drawn to {}\n", c.show, path);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Evaluate a reidnet FtNet on a ReID data set (Rank@k, mAP)"};
+  TestConfig c;
+  app.add_option("--data,--test_dir", c.data, "data set root with query and gallery images")->required();
+  app.add_option("--model-dir", c.model_dir, "folder with opts.yaml and net_last.pth (reidnet-train's --out)");
+  app.add_option("--weights", c.weights, "weights file (default: <model-dir>/net_last.pth)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--nclasses", c.nclasses, "override opts.yaml: number of training ids")->check(CLI::PositiveNumber);
+  app.add_option("--stride", c.stride, "override opts.yaml: layer4 stride")->check(CLI::IsMember({1, 2}));
+  app.add_option("--linear-num,--linear_num", c.linear_num, "override opts.yaml: bottleneck width")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--height", c.height, "input height (default: opts.yaml)")->check(CLI::PositiveNumber);
+  app.add_option("--width", c.width, "input width (default: opts.yaml)")->check(CLI::PositiveNumber);
+  app.add_option("--batch-size,--batchsize", c.batch_size, "images per batch")->check(CLI::PositiveNumber);
+  app.add_option("--ms", c.ms, "multi-scale factors s (images resized by sqrt(s)), e.g. 1,1.1");
+  app.add_flag("--rerank", c.rerank, "k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)");
+  app.add_option("--ap", c.ap, "average precision: trapezoid (the baseline's) or plain")
+      ->check(CLI::IsMember({"trapezoid", "plain"}));
+  app.add_option("--device", c.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--dtype", c.dtype, "fp32, bf16 or fp16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  app.add_flag("!--no-optimize", c.optimize, "run the plain module instead of the inference fast path");
+  app.add_option("--threads", c.threads, "CPU threads")->check(CLI::PositiveNumber);
+  app.add_option("--workers", c.workers, "decoding threads")->check(CLI::NonNegativeNumber);
+  app.add_option("--features-out", c.features_out, "where to write qf/ql/qc/gf/gl/gc (default: <model-dir>/features.pth)");
+  app.add_option("--show", c.show, "draw query QUERY_INDEX and its top-10 to a PNG")->check(CLI::NonNegativeNumber);
+  app.add_option("--show-out", c.show_out, "PNG path for --show (default: show_<index>.png)");
+  app.add_flag("--save-ranks", c.save_ranks, "write every query's top-k list to a CSV");
+  app.add_option("--ranks-out", c.ranks_out, "CSV path for --save-ranks");
+  app.add_option("--top-k", c.top_k, "length of the lists of --save-ranks and --show")->check(CLI::PositiveNumber);
+  if (const auto exit_code = reidnet::examples::parse_flags(app, argc, argv)) return *exit_code;
+  torch::set_num_threads(static_cast<int>(c.threads));
+  return reidnet::examples::run_reporting_errors("reidnet-test", [&] { return run(c); });
+}
