@@ -72,7 +72,7 @@ TEST_CASE("ft_net checkpoints in every container and structure reproduce Python'
     CHECK(report.complete());
     CHECK(report.loaded.size() == 329);
     const double error = max_relative_difference(logits_of(net), outputs().at("ft_net/logits"));
-    MESSAGE(name << ": max relative difference of logits " << error);
+    MESSAGE(std::string(name) << ": max relative difference of logits " << error);
     CHECK(error < kOutputTolerance);
   }
 }
