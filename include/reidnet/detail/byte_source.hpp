@@ -96,9 +96,13 @@ class MemorySource : public ByteSource {
 /// A file read with positioned reads straight into the caller's buffer (no whole-file copy).
 class FileSource : public ByteSource {
  public:
-  explicit FileSource(const std::string& path) : file_(path, std::ios::binary) {
+  explicit FileSource(const std::string& path) {
+    // Opening a FIFO or device could block or never end: accept regular files only.
     std::error_code ignored;
-    if (std::filesystem::is_directory(path, ignored)) throw CheckpointError("it is a directory");
+    if (std::filesystem::exists(path, ignored) && !std::filesystem::is_regular_file(path, ignored)) {
+      throw CheckpointError("it is a directory or another non-regular file");
+    }
+    file_.open(path, std::ios::binary);
     if (!file_) throw CheckpointError("cannot open the file (missing or unreadable)");
     file_.seekg(0, std::ios::end);
     const auto end = file_.tellg();
