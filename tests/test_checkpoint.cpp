@@ -252,6 +252,53 @@ TEST_CASE("every truncation and byte flip of small checkpoints fails cleanly or 
   }
 }
 
+TEST_CASE("a ZIP64 end of central directory reads like the plain one") {
+  // torch.save switches to ZIP64 records past 4 GiB or 65535 records; rewrite a small file's
+  // end record into that form (ZIP64 end record, locator, saturated classic record).
+  const auto original = bytes_of(file("tensors.pth"));
+  REQUIRE(original.size() > 22);
+  const size_t end_at = original.size() - 22;
+  REQUIRE(reidnet::detail::little_endian<uint32_t>(original.data(), end_at) == 0x06054b50);
+  const uint64_t count = reidnet::detail::little_endian<uint16_t>(original.data(), end_at + 10);
+  const uint64_t directory_size = reidnet::detail::little_endian<uint32_t>(original.data(), end_at + 12);
+  const uint64_t directory_offset = reidnet::detail::little_endian<uint32_t>(original.data(), end_at + 16);
+  std::string zip64(original.begin(), original.begin() + static_cast<std::ptrdiff_t>(end_at));
+  const uint64_t record_at = zip64.size();
+  using reidnet::detail::append_little_endian;
+  append_little_endian<uint32_t>(zip64, 0x06064b50);
+  append_little_endian<uint64_t>(zip64, 44);
+  append_little_endian<uint16_t>(zip64, 45);
+  append_little_endian<uint16_t>(zip64, 45);
+  append_little_endian<uint32_t>(zip64, 0);
+  append_little_endian<uint32_t>(zip64, 0);
+  append_little_endian<uint64_t>(zip64, count);
+  append_little_endian<uint64_t>(zip64, count);
+  append_little_endian<uint64_t>(zip64, directory_size);
+  append_little_endian<uint64_t>(zip64, directory_offset);
+  append_little_endian<uint32_t>(zip64, 0x07064b50);
+  append_little_endian<uint32_t>(zip64, 0);
+  append_little_endian<uint64_t>(zip64, record_at);
+  append_little_endian<uint32_t>(zip64, 1);
+  append_little_endian<uint32_t>(zip64, 0x06054b50);
+  append_little_endian<uint16_t>(zip64, 0);
+  append_little_endian<uint16_t>(zip64, 0);
+  append_little_endian<uint16_t>(zip64, 0xffff);
+  append_little_endian<uint16_t>(zip64, 0xffff);
+  append_little_endian<uint32_t>(zip64, 0xffffffff);
+  append_little_endian<uint32_t>(zip64, 0xffffffff);
+  append_little_endian<uint16_t>(zip64, 0);
+  const auto* data = reinterpret_cast<const uint8_t*>(zip64.data());
+  const auto layout = reidnet::detail::read_checkpoint_layout(
+      reidnet::detail::MemorySource(data, zip64.size()));
+  const auto plain = reidnet::detail::read_checkpoint_layout(
+      reidnet::detail::MemorySource(original.data(), original.size()));
+  CHECK(layout.tensors.size() == plain.tensors.size());
+  CHECK(layout.storages.size() == plain.storages.size());
+  for (size_t i = 0; i < layout.storages.size(); ++i) {
+    CHECK(layout.storages[i].byte_offset == plain.storages[i].byte_offset);
+  }
+}
+
 TEST_CASE("files reidnet writes load in Python bit-identically and strictly into the model") {
   reidnet::FtNet net(751);
   reidnet::load_state_dict(*net, file("ft_net.pth"));
