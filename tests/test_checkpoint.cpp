@@ -148,6 +148,24 @@ TEST_CASE("a 751-class checkpoint fine-tunes a 10-class model: all but the last 
   CHECK(report.unexpected.empty());
 }
 
+TEST_CASE("checkpoints from before PyTorch 0.4.1 (no num_batches_tracked) load as in Python") {
+  auto tensors = reidnet::read_state_dict(file("resnet50.pth"));
+  reidnet::StateDict old_format;
+  for (const auto& item : tensors) {
+    if (item.key().find("num_batches_tracked") == std::string::npos) {
+      old_format.insert(item.key(), item.value());
+    }
+  }
+  REQUIRE(old_format.size() == 320 - 53);
+  auto backbone = reidnet::resnet50();
+  backbone->bn1->num_batches_tracked.fill_(7);
+  const auto report = reidnet::load_state_dict(*backbone, old_format);
+  CHECK(report.complete());
+  CHECK(report.loaded.size() == 320);
+  CHECK(backbone->bn1->num_batches_tracked.item<int64_t>() == 0);  // Python's BatchNorm loads 0
+  CHECK(torch::equal(backbone->bn1->running_var, tensors["bn1.running_var"]));
+}
+
 TEST_CASE("strides, storage offsets, shared storages and every dtype read exactly") {
   const auto expected = reidnet::test::load_tensor_dict(file("tensors_expected.pt"));
   for (const char* name : {"tensors.pth", "tensors_legacy.pth", "tensors.safetensors"}) {
