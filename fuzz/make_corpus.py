@@ -5,6 +5,7 @@ and structure the reader accepts, plus the refused kinds. Run with Debian's pyth
 import collections
 import os
 import shutil
+import struct
 import sys
 import tempfile
 
@@ -33,6 +34,22 @@ def main():
                      "malicious.pth", "malicious_protocol4.pth", "malicious_legacy.pth",
                      "list.pth", "scalars.pth", "tensors_truncated.pth"):
             shutil.copy(os.path.join(scratch, name), os.path.join(out, name))
+    with open(os.path.join(out, "tensors.pth"), "rb") as f:
+        data = f.read()
+    with open(os.path.join(out, "zip64_end_record.pth"), "wb") as f:
+        f.write(to_zip64(data))
+
+
+def to_zip64(data):
+    """The same archive with a ZIP64 end record, locator and saturated classic end record."""
+    end = len(data) - 22
+    assert struct.unpack_from("<I", data, end)[0] == 0x06054B50
+    count, size, offset = struct.unpack_from("<HII", data, end + 10)
+    record_at = end
+    record = struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, size, offset)
+    locator = struct.pack("<IIQI", 0x07064B50, 0, record_at, 1)
+    classic = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return data[:end] + record + locator + classic
 
 
 def checkpoint_reference_main(folder):

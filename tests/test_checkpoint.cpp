@@ -72,7 +72,7 @@ TEST_CASE("ft_net checkpoints in every container and structure reproduce Python'
     CHECK(report.complete());
     CHECK(report.loaded.size() == 329);
     const double error = max_relative_difference(logits_of(net), outputs().at("ft_net/logits"));
-    MESSAGE(name << ": max relative difference of logits " << error);
+    MESSAGE(std::string(name) << ": max relative difference of logits " << error);
     CHECK(error < kOutputTolerance);
   }
 }
@@ -146,6 +146,24 @@ TEST_CASE("a 751-class checkpoint fine-tunes a 10-class model: all but the last 
   CHECK(report.mismatched.size() == 2);
   CHECK(report.missing.empty());
   CHECK(report.unexpected.empty());
+}
+
+TEST_CASE("checkpoints from before PyTorch 0.4.1 (no num_batches_tracked) load as in Python") {
+  auto tensors = reidnet::read_state_dict(file("resnet50.pth"));
+  reidnet::StateDict old_format;
+  for (const auto& item : tensors) {
+    if (item.key().find("num_batches_tracked") == std::string::npos) {
+      old_format.insert(item.key(), item.value());
+    }
+  }
+  REQUIRE(old_format.size() == 320 - 53);
+  auto backbone = reidnet::resnet50();
+  backbone->bn1->num_batches_tracked.fill_(7);
+  const auto report = reidnet::load_state_dict(*backbone, old_format);
+  CHECK(report.complete());
+  CHECK(report.loaded.size() == 320);
+  CHECK(backbone->bn1->num_batches_tracked.item<int64_t>() == 0);  // Python's BatchNorm loads 0
+  CHECK(torch::equal(backbone->bn1->running_var, tensors["bn1.running_var"]));
 }
 
 TEST_CASE("strides, storage offsets, shared storages and every dtype read exactly") {
@@ -249,6 +267,53 @@ TEST_CASE("every truncation and byte flip of small checkpoints fails cleanly or 
       }
       bytes[at] = original;
     }
+  }
+}
+
+TEST_CASE("a ZIP64 end of central directory reads like the plain one") {
+  // torch.save switches to ZIP64 records past 4 GiB or 65535 records; rewrite a small file's
+  // end record into that form (ZIP64 end record, locator, saturated classic record).
+  const auto original = bytes_of(file("tensors.pth"));
+  REQUIRE(original.size() > 22);
+  const size_t end_at = original.size() - 22;
+  REQUIRE(reidnet::detail::little_endian<uint32_t>(original.data(), end_at) == 0x06054b50);
+  const uint64_t count = reidnet::detail::little_endian<uint16_t>(original.data(), end_at + 10);
+  const uint64_t directory_size = reidnet::detail::little_endian<uint32_t>(original.data(), end_at + 12);
+  const uint64_t directory_offset = reidnet::detail::little_endian<uint32_t>(original.data(), end_at + 16);
+  std::string zip64(original.begin(), original.begin() + static_cast<std::ptrdiff_t>(end_at));
+  const uint64_t record_at = zip64.size();
+  using reidnet::detail::append_little_endian;
+  append_little_endian<uint32_t>(zip64, 0x06064b50);
+  append_little_endian<uint64_t>(zip64, 44);
+  append_little_endian<uint16_t>(zip64, 45);
+  append_little_endian<uint16_t>(zip64, 45);
+  append_little_endian<uint32_t>(zip64, 0);
+  append_little_endian<uint32_t>(zip64, 0);
+  append_little_endian<uint64_t>(zip64, count);
+  append_little_endian<uint64_t>(zip64, count);
+  append_little_endian<uint64_t>(zip64, directory_size);
+  append_little_endian<uint64_t>(zip64, directory_offset);
+  append_little_endian<uint32_t>(zip64, 0x07064b50);
+  append_little_endian<uint32_t>(zip64, 0);
+  append_little_endian<uint64_t>(zip64, record_at);
+  append_little_endian<uint32_t>(zip64, 1);
+  append_little_endian<uint32_t>(zip64, 0x06054b50);
+  append_little_endian<uint16_t>(zip64, 0);
+  append_little_endian<uint16_t>(zip64, 0);
+  append_little_endian<uint16_t>(zip64, 0xffff);
+  append_little_endian<uint16_t>(zip64, 0xffff);
+  append_little_endian<uint32_t>(zip64, 0xffffffff);
+  append_little_endian<uint32_t>(zip64, 0xffffffff);
+  append_little_endian<uint16_t>(zip64, 0);
+  const auto* data = reinterpret_cast<const uint8_t*>(zip64.data());
+  const auto layout = reidnet::detail::read_checkpoint_layout(
+      reidnet::detail::MemorySource(data, zip64.size()));
+  const auto plain = reidnet::detail::read_checkpoint_layout(
+      reidnet::detail::MemorySource(original.data(), original.size()));
+  CHECK(layout.tensors.size() == plain.tensors.size());
+  CHECK(layout.storages.size() == plain.storages.size());
+  for (size_t i = 0; i < layout.storages.size(); ++i) {
+    CHECK(layout.storages[i].byte_offset == plain.storages[i].byte_offset);
   }
 }
 

@@ -188,11 +188,22 @@ inline LoadReport load_state_dict(torch::nn::Module& module, const StateDict& te
     copies.emplace_back(*target, source);
     report.loaded.push_back(key);
   }
+  // Checkpoints saved before PyTorch 0.4.1 (old torchvision weight files) have no
+  // BatchNorm num_batches_tracked; Python's BatchNorm then loads 0, and so do we.
+  const std::string batches_tracked = "num_batches_tracked";
   for (const auto& item : targets) {
     const auto& key = item.key();
-    if (detail::starts_with(key, options.into()) && !kept(key) && !provided.count(key)) {
-      report.missing.push_back(key);
+    if (!detail::starts_with(key, options.into()) || kept(key) || provided.count(key)) continue;
+    const auto stem = key.size() > batches_tracked.size()
+                          ? key.substr(0, key.size() - batches_tracked.size())
+                          : std::string();
+    if (!stem.empty() && key.compare(stem.size(), std::string::npos, batches_tracked) == 0 &&
+        provided.count(stem + "running_mean")) {
+      copies.emplace_back(item.value(), torch::zeros_like(item.value()));
+      report.loaded.push_back(key);
+      continue;
     }
+    report.missing.push_back(key);
   }
   if (options.strict() && !report.complete()) {
     throw std::runtime_error("strict state_dict load refused, the module is unchanged (" +

@@ -7,6 +7,7 @@
   FtNet(751).load_state_dict(..., strict=True) accepts it.
 - cpp_tensors.pth (reidnet::save_tensors of tensors.pth as read by reidnet): every dtype,
   bit-identical to tensors_expected.pt.
+- both load with torch.load(weights_only=True), PyTorch's restricted unpickler.
 Exits non-zero with a message naming the first difference.
 """
 import collections
@@ -55,6 +56,9 @@ def main():
 
     compare("cpp_tensors.pth", torch.load(path("cpp_tensors.pth")),
             torch.load(path("tensors_expected.pt")))
+    # PyTorch's own restricted loader (the default from torch 2.6) accepts the files too.
+    for name in ("cpp_ft_net.pth", "cpp_tensors.pth"):
+        torch.load(path(name), weights_only=True)
     print("checkpoint_check: files written by reidnet load in Python, bit-identical")
 
 

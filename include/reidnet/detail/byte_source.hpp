@@ -96,9 +96,13 @@ class MemorySource : public ByteSource {
 /// A file read with positioned reads straight into the caller's buffer (no whole-file copy).
 class FileSource : public ByteSource {
  public:
-  explicit FileSource(const std::string& path) : file_(path, std::ios::binary) {
+  explicit FileSource(const std::string& path) {
+    // Opening a FIFO or device could block or never end: accept regular files only.
     std::error_code ignored;
-    if (std::filesystem::is_directory(path, ignored)) throw CheckpointError("it is a directory");
+    if (std::filesystem::exists(path, ignored) && !std::filesystem::is_regular_file(path, ignored)) {
+      throw CheckpointError("it is a directory or another non-regular file");
+    }
+    file_.open(path, std::ios::binary);
     if (!file_) throw CheckpointError("cannot open the file (missing or unreadable)");
     file_.seekg(0, std::ios::end);
     const auto end = file_.tellg();
@@ -109,6 +113,23 @@ class FileSource : public ByteSource {
 
  protected:
   void read_unchecked(uint64_t offset, void* out, uint64_t length) const override {
+    // Pickles are read a few bytes at a time: serve small reads from a cached window.
+    constexpr uint64_t kSmallRead = 4096;
+    constexpr uint64_t kWindow = 1 << 16;
+    if (length <= kSmallRead) {
+      if (offset < window_start_ || offset + length > window_start_ + window_.size()) {
+        window_.resize(static_cast<size_t>(std::min(kWindow, size_ - offset)));
+        read_direct(offset, window_.data(), window_.size());
+        window_start_ = offset;
+      }
+      std::memcpy(out, window_.data() + (offset - window_start_), static_cast<size_t>(length));
+      return;
+    }
+    read_direct(offset, out, length);
+  }
+
+ private:
+  void read_direct(uint64_t offset, void* out, uint64_t length) const {
     file_.clear();
     file_.seekg(static_cast<std::streamoff>(offset));
     auto* cursor = static_cast<char*>(out);
@@ -125,8 +146,9 @@ class FileSource : public ByteSource {
     }
   }
 
- private:
   mutable std::ifstream file_;
+  mutable std::vector<char> window_;
+  mutable uint64_t window_start_ = 0;
   uint64_t size_ = 0;
 };
 

@@ -122,6 +122,9 @@ inline const char* kind_name(Value::Kind kind) {
 class Unpickler {
  public:
   static constexpr int kMaxDepth = 64;
+  /// Real state dicts have a few values per tensor; this bounds the memory a hostile pickle
+  /// of repeated one-byte opcodes can claim.
+  static constexpr uint64_t kMaxValues = uint64_t{1} << 21;
 
   Unpickler(const ByteSource& source, uint64_t offset) : source_(source), position_(offset) {}
 
@@ -159,9 +162,9 @@ class Unpickler {
       case '0': pop(); return;
       case '1': pop_mark(); return;
       case '2': push(top()); return;
-      case 'N': push(Value::make(Kind::None)); return;
+      case 'N': push(fresh(Kind::None)); return;
       case 0x88: case 0x89: {
-        auto value = Value::make(Kind::Bool);
+        auto value = fresh(Kind::Bool);
         value->integer = opcode == 0x88;
         push(value);
         return;
@@ -173,7 +176,7 @@ class Unpickler {
       case 0x8b: push_long(read_integer<uint32_t>()); return;
       case 'G': {
         const uint64_t bits = read_integer<uint64_t>(/*big_endian=*/true);
-        auto value = Value::make(Kind::Float);
+        auto value = fresh(Kind::Float);
         std::memcpy(&value->real, &bits, sizeof bits);
         push(value);
         return;
@@ -184,21 +187,21 @@ class Unpickler {
       case 'B': push_text(Kind::Bytes, read_integer<uint32_t>()); return;
       case 'C': push_text(Kind::Bytes, read_integer<uint8_t>()); return;
       case 0x8e: push_text(Kind::Bytes, read_integer<uint64_t>()); return;
-      case ')': push(Value::make(Kind::Tuple)); return;
+      case ')': push(fresh(Kind::Tuple)); return;
       case 't': push(make_sequence(Kind::Tuple, pop_mark())); return;
       case 0x85: case 0x86: case 0x87: {
         const size_t count = opcode - 0x84u;
         push(make_sequence(Kind::Tuple, pop_values(count)));
         return;
       }
-      case ']': push(Value::make(Kind::List)); return;
+      case ']': push(fresh(Kind::List)); return;
       case 'l': push(make_sequence(Kind::List, pop_mark())); return;
       case 'a': append(pop_values(1)); return;
       case 'e': append(pop_mark()); return;
-      case '}': push(Value::make(Kind::Dict)); return;
+      case '}': push(fresh(Kind::Dict)); return;
       case 'd': {
         auto items = pop_mark();
-        push(Value::make(Kind::Dict));
+        push(fresh(Kind::Dict));
         set_items(std::move(items));
         return;
       }
@@ -243,6 +246,14 @@ class Unpickler {
     }
   }
 
+  ValuePtr fresh(Kind kind) {
+    if (++created_ > kMaxValues) {
+      throw CheckpointError("pickle holds more than " + std::to_string(kMaxValues) +
+                            " objects: not a plausible tensor checkpoint");
+    }
+    return Value::make(kind);
+  }
+
   // ----- input
   uint8_t read_byte() {
     uint8_t byte = 0;
@@ -280,7 +291,10 @@ class Unpickler {
   }
 
   // ----- stack
-  void push(ValuePtr value) { stack_.push_back(std::move(value)); }
+  void push(ValuePtr value) {
+    if (stack_.size() >= kMaxValues) throw CheckpointError("pickle stack implausibly deep");
+    stack_.push_back(std::move(value));
+  }
 
   const ValuePtr& top() const {
     if (stack_.size() <= floor()) throw CheckpointError("malformed pickle: stack underflow");
@@ -313,7 +327,7 @@ class Unpickler {
   }
 
   void push_int(int64_t number) {
-    auto value = Value::make(Kind::Int);
+    auto value = fresh(Kind::Int);
     value->integer = number;
     push(value);
   }
@@ -322,7 +336,7 @@ class Unpickler {
     if (length > 64) throw CheckpointError("pickle integer of " + std::to_string(length) + " bytes");
     auto bytes = read_bytes(length);
     if (length > 8) {
-      auto value = Value::make(Kind::BigInt);
+      auto value = fresh(Kind::BigInt);
       value->text = std::move(bytes);
       push(value);
       return;
@@ -336,7 +350,7 @@ class Unpickler {
   }
 
   void push_text(Kind kind, uint64_t length) {
-    auto value = Value::make(kind);
+    auto value = fresh(kind);
     value->text = read_bytes(length);
     push(value);
   }
@@ -352,7 +366,7 @@ class Unpickler {
   }
 
   ValuePtr make_sequence(Kind kind, std::vector<ValuePtr> items) {
-    auto value = Value::make(kind);
+    auto value = fresh(kind);
     for (const auto& item : items) adopt(*value, item);
     value->items = std::move(items);
     return value;
@@ -401,7 +415,7 @@ class Unpickler {
 
   // ----- memo
   void memo_put(uint64_t index) {
-    if (memo_.size() > (uint64_t{1} << 24)) throw CheckpointError("pickle memo too large");
+    if (memo_.size() >= kMaxValues) throw CheckpointError("pickle memo too large");
     memo_[index] = top();
   }
 
@@ -419,7 +433,7 @@ class Unpickler {
     if (module == "torch") {
       for (const auto& info : dtype_table()) {
         if (name == info.storage) {
-          auto value = Value::make(Kind::StorageType);
+          auto value = fresh(Kind::StorageType);
           value->dtype = info.dtype;
           value->text = full;
           return value;
@@ -435,7 +449,7 @@ class Unpickler {
     };
     for (const char* candidate : allowed) {
       if (full == candidate) {
-        auto value = Value::make(Kind::Global);
+        auto value = fresh(Kind::Global);
         value->text = full;
         return value;
       }
@@ -475,7 +489,7 @@ class Unpickler {
     const auto& name = callable->text;
     if (name == "collections.OrderedDict") {
       expect_arguments(*arguments, name, 0, 0);
-      return Value::make(Kind::Dict);
+      return fresh(Kind::Dict);
     }
     if (name == "torch._utils._rebuild_parameter" || name == "torch._utils._rebuild_parameter_with_state") {
       expect_arguments(*arguments, name, 3, 4);
@@ -499,7 +513,7 @@ class Unpickler {
       throw CheckpointError("malformed tensor: size and stride lengths differ");
     }
     check_extent(*tensor);
-    auto value = Value::make(Kind::Tensor);
+    auto value = fresh(Kind::Tensor);
     value->tensor = std::move(tensor);
     return value;
   }
@@ -562,7 +576,7 @@ class Unpickler {
       throw CheckpointError("malformed checkpoint: storage " + storage->key +
                             " is declared with two types or sizes");
     }
-    auto value = Value::make(Kind::Storage);
+    auto value = fresh(Kind::Storage);
     value->storage = storage;
     return value;
   }
@@ -579,6 +593,7 @@ class Unpickler {
   std::unordered_map<uint64_t, ValuePtr> memo_;
   std::unordered_map<std::string, std::shared_ptr<StorageRef>> storage_index_;
   std::vector<std::shared_ptr<StorageRef>> storage_order_;
+  uint64_t created_ = 0;
 };
 
 /// Writes pickle (protocol 2) opcodes: enough for an OrderedDict of tensors.
