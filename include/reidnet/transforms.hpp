@@ -162,31 +162,35 @@ inline torch::Tensor horizontal_flip(const torch::Tensor& image) {
   return detail::checked_hwc_u8(image, "horizontal_flip").flip({1}).contiguous();
 }
 
-/// torchvision's adjust_brightness on PIL (ImageEnhance.Brightness): blend with black.
-inline torch::Tensor adjust_brightness(const torch::Tensor& image, double factor) {
-  const auto input = detail::checked_rgb_u8(image, "adjust_brightness");
-  auto output = detail::copy_of(input);
+namespace detail {
+
+/// Image.blend(constant grey `level`, image, factor).
+inline torch::Tensor blend_with_level(const torch::Tensor& rgb, uint8_t level, double factor) {
+  auto output = copy_of(rgb);
   uint8_t* pixels = output.data_ptr<uint8_t>();
   for (int64_t i = 0; i < output.numel(); ++i) {
-    pixels[i] = detail::pil_blend(0, pixels[i], static_cast<float>(factor));
+    pixels[i] = pil_blend(level, pixels[i], static_cast<float>(factor));
   }
   return output;
+}
+
+}  // namespace detail
+
+/// torchvision's adjust_brightness on PIL (ImageEnhance.Brightness): blend with black.
+inline torch::Tensor adjust_brightness(const torch::Tensor& image, double factor) {
+  return detail::blend_with_level(detail::checked_rgb_u8(image, "adjust_brightness"), 0, factor);
 }
 
 /// torchvision's adjust_contrast on PIL (ImageEnhance.Contrast): blend with the rounded mean
 /// grey level.
 inline torch::Tensor adjust_contrast(const torch::Tensor& image, double factor) {
   const auto input = detail::checked_rgb_u8(image, "adjust_contrast");
-  auto output = detail::copy_of(input);
-  uint8_t* pixels = output.data_ptr<uint8_t>();
-  const int64_t count = output.size(0) * output.size(1);
+  const uint8_t* pixels = input.data_ptr<uint8_t>();
+  const int64_t count = input.size(0) * input.size(1);
   int64_t total = 0;
   for (int64_t p = 0; p < count; ++p) total += detail::pil_luma(pixels + 3 * p);
   const auto mean = static_cast<uint8_t>(static_cast<int>(static_cast<double>(total) / count + 0.5));
-  for (int64_t i = 0; i < output.numel(); ++i) {
-    pixels[i] = detail::pil_blend(mean, pixels[i], static_cast<float>(factor));
-  }
-  return output;
+  return detail::blend_with_level(input, mean, factor);
 }
 
 /// torchvision's adjust_saturation on PIL (ImageEnhance.Color): blend with the grey image.
