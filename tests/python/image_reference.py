@@ -66,7 +66,15 @@ def save_variants(name, array, folder):
         la = rgb.convert("L")
         la.putalpha(alpha)
         save("_la.png", la)
-        save("_palette.png", rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64))
+        palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+        save("_palette.png", palette)
+        # Transparency chunks (tRNS), which convert('RGB') ignores.
+        save("_palette_trns.png", palette, transparency=0)
+        save("_rgb_trns.png", rgb, transparency=(0, 0, 0))
+        save("_grey_trns.png", rgb.convert("L"), transparency=0)
+        # 16-bit grey: PIL opens it as mode "I" and clips to 0..255 in convert('RGB').
+        grey = np.asarray(rgb.convert("L")).astype(np.uint16)
+        save("_grey16.png", Image.fromarray(grey * 3))
         # 16 bits per sample: PIL keeps the high byte of each RGB sample.
         deep = (array.astype(np.uint16) * 257 + 3).byteswap().tobytes()
         with open(os.path.join(folder, f"{name}_rgb16.png"), "wb") as out:
