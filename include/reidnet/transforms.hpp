@@ -130,16 +130,6 @@ inline torch::Tensor resize(const torch::Tensor& image, int64_t height, int64_t 
   return output;
 }
 
-/// torchvision's Pad(padding) with zeros, on all four sides.
-inline torch::Tensor pad(const torch::Tensor& image, int64_t padding) {
-  const auto input = detail::checked_hwc_u8(image, "pad");
-  if (padding < 0) throw std::runtime_error("pad: padding must be >= 0");
-  auto output = torch::zeros({input.size(0) + 2 * padding, input.size(1) + 2 * padding,
-                              input.size(2)}, torch::kUInt8);
-  output.narrow(0, padding, input.size(0)).narrow(1, padding, input.size(1)).copy_(input);
-  return output;
-}
-
 /// The window [top, top + height) x [left, left + width); parts outside the image are zero,
 /// as PIL's crop gives.
 inline torch::Tensor crop(const torch::Tensor& image, int64_t top, int64_t left, int64_t height,
@@ -155,6 +145,13 @@ inline torch::Tensor crop(const torch::Tensor& image, int64_t top, int64_t left,
         .copy_(input.narrow(0, y0, y1 - y0).narrow(1, x0, x1 - x0));
   }
   return output;
+}
+
+/// torchvision's Pad(padding) with zeros, on all four sides.
+inline torch::Tensor pad(const torch::Tensor& image, int64_t padding) {
+  const auto input = detail::checked_hwc_u8(image, "pad");
+  if (padding < 0) throw std::runtime_error("pad: padding must be >= 0");
+  return crop(input, -padding, -padding, input.size(0) + 2 * padding, input.size(1) + 2 * padding);
 }
 
 /// Mirrors left-right.
