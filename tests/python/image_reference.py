@@ -8,7 +8,8 @@ palette, 16-bit), then decoded and transformed by PIL and torchvision:
 - manifest.json: the file names, the resize sizes, the colour factors, the broken files;
 - reference.pt: a plain dict of tensors: decoded/<file> (PIL convert('RGB'), uint8 HWC),
   resized/<file>/<h>x<w> (torchvision Resize bicubic, uint8 HWC), eval/<file> (Resize,
-  ToTensor, Normalize; float CHW), brightness|contrast|saturation/<file>/<factor> (uint8 HWC).
+  ToTensor, Normalize; float CHW), pad_crop_flip/<file> (Resize, Pad(10), crop at (3, 17),
+  hflip; uint8 HWC), brightness|contrast|saturation/<file>/<factor> (uint8 HWC).
 """
 import io
 import json
@@ -151,6 +152,10 @@ def main():
             evaluated = normalize(
                 transforms.Resize((256, 128), interpolation=InterpolationMode.BICUBIC)(image))
             tensors[f"eval/{file}"] = evaluated
+            # Pad(10) -> crop at (3, 17) -> hflip, the train transform with fixed draws.
+            resized = transforms.Resize((256, 128), interpolation=InterpolationMode.BICUBIC)(image)
+            shifted = F.hflip(F.crop(F.pad(resized, 10), 3, 17, 256, 128))
+            tensors[f"pad_crop_flip/{file}"] = torch.from_numpy(np.array(shifted))
         if file in colour_files:
             for factor in FACTORS:
                 for kind, function in (("brightness", F.adjust_brightness),
