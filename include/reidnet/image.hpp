@@ -154,7 +154,7 @@ inline torch::Tensor decode_png(const std::vector<unsigned char>& bytes, const s
     }
     png_read_image(png, state->rows.data());
   }
-  png_read_end(png, nullptr);
+  // Like PIL, accept a file that ends after the image data (no IEND): png_read_end is not called.
   png_destroy_read_struct(&png, &info, nullptr);
   return state->image;
 }

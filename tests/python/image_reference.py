@@ -73,6 +73,12 @@ def save_variants(name, array, folder):
         save("_palette_trns.png", palette, transparency=0)
         save("_rgb_trns.png", rgb, transparency=(0, 0, 0))
         save("_grey_trns.png", rgb.convert("L"), transparency=0)
+        # Cut after the image data (no IEND chunk): PIL still reads it.
+        with open(os.path.join(folder, f"{name}_rgb.png"), "rb") as f:
+            complete = f.read()
+        with open(os.path.join(folder, f"{name}_no_iend.png"), "wb") as f:
+            f.write(complete[:-12])
+        files.append(f"{name}_no_iend.png")
         # 16-bit grey: PIL opens it as mode "I" and clips to 0..255 in convert('RGB').
         grey = np.asarray(rgb.convert("L")).astype(np.uint16)
         save("_grey16.png", Image.fromarray(grey * 3))
