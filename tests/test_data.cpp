@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <set>
 
 namespace fs = std::filesystem;
@@ -18,7 +19,8 @@ namespace {
 struct TemporaryFolder {
   fs::path path;
   explicit TemporaryFolder(const std::string& name)
-      : path(fs::temp_directory_path() / ("reidnet_test_data_" + name)) {
+      : path(fs::temp_directory_path() /
+             ("reidnet_test_data_" + name + "_" + std::to_string(std::random_device{}()))) {
     fs::remove_all(path);
     fs::create_directories(path);
   }
