@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <set>
 
 namespace fs = std::filesystem;
@@ -18,7 +19,8 @@ namespace {
 struct TemporaryFolder {
   fs::path path;
   explicit TemporaryFolder(const std::string& name)
-      : path(fs::temp_directory_path() / ("reidnet_test_data_" + name)) {
+      : path(fs::temp_directory_path() /
+             ("reidnet_test_data_" + name + "_" + std::to_string(std::random_device{}()))) {
     fs::remove_all(path);
     fs::create_directories(path);
   }
@@ -236,6 +238,26 @@ TEST_CASE("RandomHorizontalFlip flips half of the pictures") {
     flips += !torch::equal(reidnet::train_transform(columns, flip_only, rng), plain);
   }
   CHECK(std::abs(flips / double(kDraws) - 0.5) < 0.03);  // 4 sigma
+  auto rng = reidnet::sample_rng(7, 0, 0);
+  const auto once = reidnet::train_transform(columns, flip_only, rng);
+  CHECK((torch::equal(once, plain) ||
+         torch::equal(once, reidnet::eval_transform(reidnet::horizontal_flip(columns), 32, 16))));
+}
+
+TEST_CASE("train_transform equals Resize, Pad, RandomCrop, flip, ToTensor, Normalize step by step") {
+  const auto image = torch::randint(0, 256, {100, 41, 3}, torch::kUInt8);
+  const auto options = reidnet::TrainTransformOptions().height(64).width(32).padding(10);
+  for (int i = 0; i < 20; ++i) {
+    auto rng = reidnet::sample_rng(2, 0, i);
+    auto draws = rng;  // the same draws, in the recipe's order
+    const auto top = reidnet::detail::random_integer(draws, 0, 21);
+    const auto left = reidnet::detail::random_integer(draws, 0, 21);
+    const bool flip = reidnet::detail::uniform01(draws) < 0.5;
+    auto expected = reidnet::crop(reidnet::pad(reidnet::resize(image, 64, 32), 10), top, left, 64, 32);
+    if (flip) expected = reidnet::horizontal_flip(expected);
+    CHECK(torch::equal(reidnet::train_transform(image, options, rng),
+                       reidnet::to_normalized_tensor(expected)));
+  }
 
 }
 

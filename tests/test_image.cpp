@@ -10,15 +10,20 @@
 
 #include <filesystem>
 #include <fstream>
+#include <random>
 
 using reidnet::test::fixture;
 
 namespace {
 
-nlohmann::json manifest() {
-  std::ifstream file(fixture("image", "manifest.json"));
-  REQUIRE_MESSAGE(file.good(), "missing manifest.json: run ctest so the Python fixture runs first");
-  return nlohmann::json::parse(file);
+// Kept for the whole run: loops like `for (x : manifest()["files"])` need it to outlive them.
+const nlohmann::json& manifest() {
+  static const nlohmann::json parsed = [] {
+    std::ifstream file(fixture("image", "manifest.json"));
+    REQUIRE_MESSAGE(file.good(), "missing manifest.json: run ctest so the Python fixture runs first");
+    return nlohmann::json::parse(file);
+  }();
+  return parsed;
 }
 
 const std::map<std::string, torch::Tensor>& references() {
@@ -54,7 +59,7 @@ TEST_CASE("read_image decodes JPEG and PNG (RGB, grey, alpha, palette, 16-bit) e
 }
 
 TEST_CASE("resize equals torchvision's bicubic Resize on PIL, up and down") {
-  const auto m = manifest();
+  const auto& m = manifest();
   int64_t worst = 0, differing = 0;
   for (const auto& file : m["resize_files"]) {
     const auto image = reidnet::read_image(picture(file));
@@ -91,8 +96,18 @@ TEST_CASE("eval_transform equals torchvision's Resize+ToTensor+Normalize within 
   }
 }
 
+TEST_CASE("pad, crop and horizontal_flip equal torchvision's Pad, crop and hflip on PIL") {
+  for (const auto& file : manifest()["resize_files"]) {
+    CAPTURE(file.get<std::string>());
+    const auto resized = reidnet::resize(reidnet::read_image(picture(file)), 256, 128);
+    const auto shifted =
+        reidnet::horizontal_flip(reidnet::crop(reidnet::pad(resized, 10), 3, 17, 256, 128));
+    CHECK(max_level_difference(shifted, reference("pad_crop_flip/" + file.get<std::string>())) == 0);
+  }
+}
+
 TEST_CASE("brightness, contrast and saturation equal torchvision's PIL adjustments") {
-  const auto m = manifest();
+  const auto& m = manifest();
   for (const auto& file : m["colour_files"]) {
     const auto image = reidnet::read_image(picture(file));
     for (const auto& factor_json : m["factors"]) {
@@ -128,7 +143,8 @@ TEST_CASE("broken, missing and non-image files raise errors naming the file") {
 }
 
 TEST_CASE("write_jpeg and write_png round-trip through read_image") {
-  const auto directory = std::filesystem::temp_directory_path() / "reidnet_test_image_write";
+  const auto directory = std::filesystem::temp_directory_path() /
+                         ("reidnet_test_image_write_" + std::to_string(std::random_device{}()));
   std::filesystem::create_directories(directory);
   const auto image = reidnet::read_image(picture("chelsea_rgb.png"));
   const auto png = (directory / "copy.png").string();

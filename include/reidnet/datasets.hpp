@@ -134,10 +134,11 @@ inline void require_directory(const std::filesystem::path& directory, const std:
   }
 }
 
-/// The pictures of one Market-style folder (names carry id and camera), sorted by name.
-inline std::vector<Sample> read_market_folder(const std::filesystem::path& directory,
-                                              const DatasetOptions& options, Dataset& dataset) {
-  require_directory(directory, "image");
+/// The pictures in `directory` with Market-style names, sorted by name; the person id is
+/// `folder_id` when given (folder-per-id layouts), else the one in the name.
+inline std::vector<Sample> read_named_pictures(const std::filesystem::path& directory,
+                                               std::optional<int64_t> folder_id,
+                                               const DatasetOptions& options, Dataset& dataset) {
   std::vector<Sample> samples;
   for (const auto& path : sorted_entries(directory)) {
     if (!std::filesystem::is_regular_file(path) || !is_image_file(path)) continue;
@@ -147,9 +148,16 @@ inline std::vector<Sample> read_market_folder(const std::filesystem::path& direc
                   options, dataset);
       continue;
     }
-    samples.push_back({path.string(), parsed->person_id, parsed->camera, -1});
+    samples.push_back({path.string(), folder_id.value_or(parsed->person_id), parsed->camera, -1});
   }
   return samples;
+}
+
+/// The pictures of one Market-style folder (names carry id and camera), sorted by name.
+inline std::vector<Sample> read_market_folder(const std::filesystem::path& directory,
+                                              const DatasetOptions& options, Dataset& dataset) {
+  require_directory(directory, "image");
+  return read_named_pictures(directory, std::nullopt, options, dataset);
 }
 
 /// Junk detections (-1) are not an identity to learn.
@@ -300,16 +308,8 @@ inline std::vector<Sample> read_id_folders(const std::filesystem::path& director
                   dataset);
       continue;
     }
-    for (const auto& path : sorted_entries(folder)) {
-      if (!std::filesystem::is_regular_file(path) || !is_image_file(path)) continue;
-      const auto parsed = parse_market_name(path.filename().string());
-      if (!parsed) {
-        reject_name(path.string(), "expected <id>_c<camera>..., like 0002_c1s1_000451_03.jpg",
-                    options, dataset);
-        continue;
-      }
-      samples.push_back({path.string(), person_id, parsed->camera, -1});
-    }
+    const auto pictures = read_named_pictures(folder, person_id, options, dataset);
+    samples.insert(samples.end(), pictures.begin(), pictures.end());
   }
   return samples;
 }

@@ -78,6 +78,7 @@ struct PngReadState {
   std::string error;
   torch::Tensor image;
   std::vector<png_bytep> rows;
+  std::vector<png_byte> wide_grey;  // 16-bit grey samples, big-endian
 };
 
 inline void png_read_from_memory(png_structp png, png_bytep out, png_size_t count) {
@@ -114,28 +115,46 @@ inline torch::Tensor decode_png(const std::vector<unsigned char>& bytes, const s
   const png_uint_32 width = png_get_image_width(png, info);
   const png_uint_32 height = png_get_image_height(png, info);
   const int color_type = png_get_color_type(png, info);
-  // PIL's convert('RGB'): 16-bit samples keep their high byte, palettes are looked up
-  // without transparency, grey is replicated and alpha is dropped.
-  png_set_strip_16(png);
-  if (color_type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
-  if (color_type == PNG_COLOR_TYPE_GRAY || color_type == PNG_COLOR_TYPE_GRAY_ALPHA) {
-    png_set_expand_gray_1_2_4_to_8(png);
-    png_set_gray_to_rgb(png);
-  }
-  if (color_type & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(png);
-  png_set_interlace_handling(png);
-  png_read_update_info(png, info);
-  if (png_get_channels(png, info) != 3 || png_get_rowbytes(png, info) != width * 3) {
-    png_error(png, "unsupported pixel format");
-  }
+  const int bit_depth = png_get_bit_depth(png, info);
   state->image = torch::empty({static_cast<int64_t>(height), static_cast<int64_t>(width), 3},
                               torch::kUInt8);
+  uint8_t* const pixels = state->image.data_ptr<uint8_t>();
   state->rows.resize(height);
-  for (png_uint_32 y = 0; y < height; ++y) {
-    state->rows[y] = state->image.data_ptr<uint8_t>() + static_cast<size_t>(y) * width * 3;
+  png_set_interlace_handling(png);
+  if (color_type == PNG_COLOR_TYPE_GRAY && bit_depth == 16) {
+    // PIL opens 16-bit grey as mode "I", whose convert('RGB') clips each value to 0..255.
+    state->wide_grey.resize(static_cast<size_t>(height) * width * 2);
+    for (png_uint_32 y = 0; y < height; ++y) {
+      state->rows[y] = state->wide_grey.data() + static_cast<size_t>(y) * width * 2;
+    }
+    png_read_update_info(png, info);
+    png_read_image(png, state->rows.data());
+    for (size_t i = 0; i < static_cast<size_t>(height) * width; ++i) {
+      const int value = (state->wide_grey[2 * i] << 8) | state->wide_grey[2 * i + 1];
+      std::fill_n(pixels + 3 * i, 3, static_cast<uint8_t>(std::min(value, 255)));
+    }
+  } else {
+    // PIL's convert('RGB'): 16-bit samples keep their high byte, palettes are looked up,
+    // grey is replicated, alpha and transparency (tRNS) are dropped.
+    png_set_strip_16(png);
+    if (color_type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+    if (color_type == PNG_COLOR_TYPE_GRAY || color_type == PNG_COLOR_TYPE_GRAY_ALPHA) {
+      png_set_expand_gray_1_2_4_to_8(png);
+      png_set_gray_to_rgb(png);
+    }
+    if ((color_type & PNG_COLOR_MASK_ALPHA) || png_get_valid(png, info, PNG_INFO_tRNS)) {
+      png_set_strip_alpha(png);
+    }
+    png_read_update_info(png, info);
+    if (png_get_channels(png, info) != 3 || png_get_rowbytes(png, info) != width * 3) {
+      png_error(png, "unsupported pixel format");
+    }
+    for (png_uint_32 y = 0; y < height; ++y) {
+      state->rows[y] = pixels + static_cast<size_t>(y) * width * 3;
+    }
+    png_read_image(png, state->rows.data());
   }
-  png_read_image(png, state->rows.data());
-  png_read_end(png, nullptr);
+  // Like PIL, accept a file that ends after the image data (no IEND): png_read_end is not called.
   png_destroy_read_struct(&png, &info, nullptr);
   return state->image;
 }

@@ -130,16 +130,6 @@ inline torch::Tensor resize(const torch::Tensor& image, int64_t height, int64_t 
   return output;
 }
 
-/// torchvision's Pad(padding) with zeros, on all four sides.
-inline torch::Tensor pad(const torch::Tensor& image, int64_t padding) {
-  const auto input = detail::checked_hwc_u8(image, "pad");
-  if (padding < 0) throw std::runtime_error("pad: padding must be >= 0");
-  auto output = torch::zeros({input.size(0) + 2 * padding, input.size(1) + 2 * padding,
-                              input.size(2)}, torch::kUInt8);
-  output.narrow(0, padding, input.size(0)).narrow(1, padding, input.size(1)).copy_(input);
-  return output;
-}
-
 /// The window [top, top + height) x [left, left + width); parts outside the image are zero,
 /// as PIL's crop gives.
 inline torch::Tensor crop(const torch::Tensor& image, int64_t top, int64_t left, int64_t height,
@@ -157,36 +147,47 @@ inline torch::Tensor crop(const torch::Tensor& image, int64_t top, int64_t left,
   return output;
 }
 
+/// torchvision's Pad(padding) with zeros, on all four sides.
+inline torch::Tensor pad(const torch::Tensor& image, int64_t padding) {
+  const auto input = detail::checked_hwc_u8(image, "pad");
+  if (padding < 0) throw std::runtime_error("pad: padding must be >= 0");
+  return crop(input, -padding, -padding, input.size(0) + 2 * padding, input.size(1) + 2 * padding);
+}
+
 /// Mirrors left-right.
 inline torch::Tensor horizontal_flip(const torch::Tensor& image) {
   return detail::checked_hwc_u8(image, "horizontal_flip").flip({1}).contiguous();
 }
 
-/// torchvision's adjust_brightness on PIL (ImageEnhance.Brightness): blend with black.
-inline torch::Tensor adjust_brightness(const torch::Tensor& image, double factor) {
-  const auto input = detail::checked_rgb_u8(image, "adjust_brightness");
-  auto output = detail::copy_of(input);
+namespace detail {
+
+/// Image.blend(constant grey `level`, image, factor).
+inline torch::Tensor blend_with_level(const torch::Tensor& rgb, uint8_t level, double factor) {
+  auto output = copy_of(rgb);
   uint8_t* pixels = output.data_ptr<uint8_t>();
   for (int64_t i = 0; i < output.numel(); ++i) {
-    pixels[i] = detail::pil_blend(0, pixels[i], static_cast<float>(factor));
+    pixels[i] = pil_blend(level, pixels[i], static_cast<float>(factor));
   }
   return output;
+}
+
+}  // namespace detail
+
+/// torchvision's adjust_brightness on PIL (ImageEnhance.Brightness): blend with black.
+inline torch::Tensor adjust_brightness(const torch::Tensor& image, double factor) {
+  return detail::blend_with_level(detail::checked_rgb_u8(image, "adjust_brightness"), 0, factor);
 }
 
 /// torchvision's adjust_contrast on PIL (ImageEnhance.Contrast): blend with the rounded mean
 /// grey level.
 inline torch::Tensor adjust_contrast(const torch::Tensor& image, double factor) {
   const auto input = detail::checked_rgb_u8(image, "adjust_contrast");
-  auto output = detail::copy_of(input);
-  uint8_t* pixels = output.data_ptr<uint8_t>();
-  const int64_t count = output.size(0) * output.size(1);
+  const uint8_t* pixels = input.data_ptr<uint8_t>();
+  const int64_t count = input.size(0) * input.size(1);
   int64_t total = 0;
   for (int64_t p = 0; p < count; ++p) total += detail::pil_luma(pixels + 3 * p);
   const auto mean = static_cast<uint8_t>(static_cast<int>(static_cast<double>(total) / count + 0.5));
-  for (int64_t i = 0; i < output.numel(); ++i) {
-    pixels[i] = detail::pil_blend(mean, pixels[i], static_cast<float>(factor));
-  }
-  return output;
+  return detail::blend_with_level(input, mean, factor);
 }
 
 /// torchvision's adjust_saturation on PIL (ImageEnhance.Color): blend with the grey image.

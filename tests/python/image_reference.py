@@ -8,7 +8,8 @@ palette, 16-bit), then decoded and transformed by PIL and torchvision:
 - manifest.json: the file names, the resize sizes, the colour factors, the broken files;
 - reference.pt: a plain dict of tensors: decoded/<file> (PIL convert('RGB'), uint8 HWC),
   resized/<file>/<h>x<w> (torchvision Resize bicubic, uint8 HWC), eval/<file> (Resize,
-  ToTensor, Normalize; float CHW), brightness|contrast|saturation/<file>/<factor> (uint8 HWC).
+  ToTensor, Normalize; float CHW), pad_crop_flip/<file> (Resize, Pad(10), crop at (3, 17),
+  hflip; uint8 HWC), brightness|contrast|saturation/<file>/<factor> (uint8 HWC).
 """
 import io
 import json
@@ -66,7 +67,21 @@ def save_variants(name, array, folder):
         la = rgb.convert("L")
         la.putalpha(alpha)
         save("_la.png", la)
-        save("_palette.png", rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64))
+        palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+        save("_palette.png", palette)
+        # Transparency chunks (tRNS), which convert('RGB') ignores.
+        save("_palette_trns.png", palette, transparency=0)
+        save("_rgb_trns.png", rgb, transparency=(0, 0, 0))
+        save("_grey_trns.png", rgb.convert("L"), transparency=0)
+        # Cut after the image data (no IEND chunk): PIL still reads it.
+        with open(os.path.join(folder, f"{name}_rgb.png"), "rb") as f:
+            complete = f.read()
+        with open(os.path.join(folder, f"{name}_no_iend.png"), "wb") as f:
+            f.write(complete[:-12])
+        files.append(f"{name}_no_iend.png")
+        # 16-bit grey: PIL opens it as mode "I" and clips to 0..255 in convert('RGB').
+        grey = np.asarray(rgb.convert("L")).astype(np.uint16)
+        save("_grey16.png", Image.fromarray(grey * 3))
         # 16 bits per sample: PIL keeps the high byte of each RGB sample.
         deep = (array.astype(np.uint16) * 257 + 3).byteswap().tobytes()
         with open(os.path.join(folder, f"{name}_rgb16.png"), "wb") as out:
@@ -143,6 +158,10 @@ def main():
             evaluated = normalize(
                 transforms.Resize((256, 128), interpolation=InterpolationMode.BICUBIC)(image))
             tensors[f"eval/{file}"] = evaluated
+            # Pad(10) -> crop at (3, 17) -> hflip, the train transform with fixed draws.
+            resized = transforms.Resize((256, 128), interpolation=InterpolationMode.BICUBIC)(image)
+            shifted = F.hflip(F.crop(F.pad(resized, 10), 3, 17, 256, 128))
+            tensors[f"pad_crop_flip/{file}"] = torch.from_numpy(np.array(shifted))
         if file in colour_files:
             for factor in FACTORS:
                 for kind, function in (("brightness", F.adjust_brightness),

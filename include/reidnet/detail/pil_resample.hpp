@@ -14,6 +14,14 @@ namespace reidnet::detail {
 
 constexpr int kPilPrecisionBits = 32 - 8 - 2;
 
+// The vertical pass multiplies uint8 by int32 weights, which x86-64's baseline SSE2 cannot
+// vectorise; GCC builds an AVX2 clone too and picks it at load time where the CPU has it.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define REIDNET_DETAIL_AVX2_CLONE __attribute__((target_clones("avx2", "default")))
+#else
+#define REIDNET_DETAIL_AVX2_CLONE
+#endif
+
 inline double pil_bicubic_kernel(double x) {
   constexpr double a = -0.5;
   if (x < 0.0) x = -x;
@@ -70,29 +78,42 @@ inline uint8_t pil_clip8(int32_t value) {
   return static_cast<uint8_t>(value >> kPilPrecisionBits);
 }
 
-/// Horizontal pass over rows [row_begin, row_end) of an interleaved `channels` image.
-inline void pil_resample_horizontal(const uint8_t* in, int in_width, int channels, int row_begin,
-                                    int row_end, const ResampleCoefficients& c, int out_width,
-                                    uint8_t* out) {
+/// Horizontal pass over rows [row_begin, row_end) of an interleaved image of `Channels`
+/// channels (a compile-time count, so that the sums stay in registers).
+template <int Channels>
+void pil_resample_horizontal_n(const uint8_t* in, int in_width, int row_begin, int row_end,
+                               const ResampleCoefficients& c, int out_width, uint8_t* out) {
   constexpr int32_t half = 1 << (kPilPrecisionBits - 1);
-  int32_t sums[4];
   for (int y = row_begin; y < row_end; ++y) {
-    const uint8_t* row = in + static_cast<size_t>(y) * in_width * channels;
-    uint8_t* out_row = out + static_cast<size_t>(y - row_begin) * out_width * channels;
+    const uint8_t* row = in + static_cast<size_t>(y) * in_width * Channels;
+    uint8_t* out_row = out + static_cast<size_t>(y - row_begin) * out_width * Channels;
     for (int xx = 0; xx < out_width; ++xx) {
       const int32_t* k = &c.weights[static_cast<size_t>(xx) * c.kernel_size];
-      const uint8_t* source = row + static_cast<size_t>(c.first[xx]) * channels;
-      for (int ch = 0; ch < channels; ++ch) sums[ch] = half;
-      for (int x = 0; x < c.count[xx]; ++x) {
-        for (int ch = 0; ch < channels; ++ch) sums[ch] += source[x * channels + ch] * k[x];
+      const uint8_t* source = row + static_cast<size_t>(c.first[xx]) * Channels;
+      const int taps = c.count[xx];
+      int32_t sums[Channels];
+      for (int ch = 0; ch < Channels; ++ch) sums[ch] = half;
+      for (int x = 0; x < taps; ++x) {
+        for (int ch = 0; ch < Channels; ++ch) sums[ch] += source[x * Channels + ch] * k[x];
       }
-      for (int ch = 0; ch < channels; ++ch) out_row[xx * channels + ch] = pil_clip8(sums[ch]);
+      for (int ch = 0; ch < Channels; ++ch) out_row[xx * Channels + ch] = pil_clip8(sums[ch]);
     }
   }
 }
 
+inline void pil_resample_horizontal(const uint8_t* in, int in_width, int channels, int row_begin,
+                                    int row_end, const ResampleCoefficients& c, int out_width,
+                                    uint8_t* out) {
+  switch (channels) {
+    case 1: return pil_resample_horizontal_n<1>(in, in_width, row_begin, row_end, c, out_width, out);
+    case 2: return pil_resample_horizontal_n<2>(in, in_width, row_begin, row_end, c, out_width, out);
+    case 3: return pil_resample_horizontal_n<3>(in, in_width, row_begin, row_end, c, out_width, out);
+    default: return pil_resample_horizontal_n<4>(in, in_width, row_begin, row_end, c, out_width, out);
+  }
+}
+
 /// Vertical pass; `c.first` is relative to `in`'s first row minus `row_offset`.
-inline void pil_resample_vertical(const uint8_t* in, int row_length, int row_offset,
+REIDNET_DETAIL_AVX2_CLONE inline void pil_resample_vertical(const uint8_t* in, int row_length, int row_offset,
                                   const ResampleCoefficients& c, int out_height, uint8_t* out) {
   constexpr int32_t half = 1 << (kPilPrecisionBits - 1);
   std::vector<int32_t> sums(row_length);
@@ -137,3 +158,5 @@ inline void pil_resize_bicubic(const uint8_t* in, int in_height, int in_width, i
 }
 
 }  // namespace reidnet::detail
+
+#undef REIDNET_DETAIL_AVX2_CLONE
