@@ -140,8 +140,13 @@ inline void evaluate_block(const torch::Tensor& block, int64_t first_query, cons
       std::vector<int64_t> ranks;
       for (const auto row : c10::irange(begin, end)) {
         const auto q = first_query + row;
-        good_ranks(scores + row * gallery.size, higher_is_better, gallery, labels[q], cameras[q],
-                   scratch, ranks);
+        if (higher_is_better) {
+          good_ranks<scalar_t, true>(scores + row * gallery.size, gallery, labels[q], cameras[q],
+                                     scratch, ranks);
+        } else {
+          good_ranks<scalar_t, false>(scores + row * gallery.size, gallery, labels[q], cameras[q],
+                                      scratch, ranks);
+        }
         if (ranks.empty()) continue;
         out.first_hit[q] = ranks.front();
         out.ap[q] = average_precision(ranks, options.average_precision());
@@ -346,8 +351,14 @@ inline RankedLists top_k_ranks(const torch::Tensor& scores, const torch::Tensor&
         }
       }
       const auto kept = std::min<int64_t>(k, static_cast<int64_t>(candidates.size()));
-      std::partial_sort(candidates.begin(), candidates.begin() + kept, candidates.end(),
-                        detail::RankOrder<double>{row, higher_is_better});
+      const auto middle = candidates.begin() + kept;
+      if (higher_is_better) {
+        std::partial_sort(candidates.begin(), middle, candidates.end(),
+                          detail::RankOrder<double, true>{row});
+      } else {
+        std::partial_sort(candidates.begin(), middle, candidates.end(),
+                          detail::RankOrder<double, false>{row});
+      }
       for (const auto r : c10::irange(kept)) {
         const auto j = candidates[static_cast<size_t>(r)];
         out_index[q * k + r] = j;
