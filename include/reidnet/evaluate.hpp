@@ -257,13 +257,7 @@ inline EvalResult evaluate(const torch::Tensor& query_features, const torch::Ten
                            const torch::Tensor& gallery_labels,
                            const torch::Tensor& gallery_cameras, const EvalOptions& options = {}) {
   const std::string caller = "reidnet::evaluate";
-  detail::check_matrix(query_features, "query features", caller);
-  detail::check_matrix(gallery_features, "gallery features", caller);
-  if (query_features.size(1) != gallery_features.size(1)) {
-    throw std::runtime_error(fmt::format(
-        "{}: query features {} and gallery features {} differ in feature dimension", caller,
-        detail::shape_of(query_features), detail::shape_of(gallery_features)));
-  }
+  detail::check_feature_pair(query_features, gallery_features, caller);
   const auto ids = detail::check_ids(
       query_labels, query_cameras, gallery_labels, gallery_cameras, query_features.size(0),
       gallery_features.size(0), fmt::format("query features {}", detail::shape_of(query_features)),

@@ -126,13 +126,7 @@ inline torch::Tensor re_ranking_features(const torch::Tensor& query_features,
                                          const torch::Tensor& gallery_features,
                                          const ReRankingOptions& options = {}) {
   const std::string caller = "reidnet::re_ranking_features";
-  detail::check_matrix(query_features, "query features", caller);
-  detail::check_matrix(gallery_features, "gallery features", caller);
-  if (query_features.size(1) != gallery_features.size(1)) {
-    throw std::runtime_error(fmt::format(
-        "{}: query features {} and gallery features {} differ in feature dimension", caller,
-        detail::shape_of(query_features), detail::shape_of(gallery_features)));
-  }
+  detail::check_feature_pair(query_features, gallery_features, caller);
   const auto nq = query_features.size(0);
   const auto ng = gallery_features.size(0);
   detail::check_not_empty(nq, ng,

@@ -51,6 +51,18 @@ inline void check_matrix(const torch::Tensor& matrix, const std::string& what,
   }
 }
 
+// Query [Nq, D] and gallery [Ng, D] features of the same width.
+inline void check_feature_pair(const torch::Tensor& query_features,
+                               const torch::Tensor& gallery_features, const std::string& caller) {
+  check_matrix(query_features, "query features", caller);
+  check_matrix(gallery_features, "gallery features", caller);
+  if (query_features.size(1) != gallery_features.size(1)) {
+    throw std::runtime_error(fmt::format(
+        "{}: query features {} and gallery features {} differ in feature dimension", caller,
+        shape_of(query_features), shape_of(gallery_features)));
+  }
+}
+
 // Whether gallery item a comes before b: better score first, ties by gallery order.
 // Branch-free, since the evaluation calls it ~10^8 times on unpredictable data.
 template <class Scalar, bool HigherIsBetter>
