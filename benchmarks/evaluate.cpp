@@ -9,8 +9,8 @@
 // Each run prints one `key=value` line that benchmarks/evaluate_compare.py parses.
 #include <reidnet/reidnet.hpp>
 
-#include <CLI/CLI.hpp>
 #include <fmt/core.h>
+#include <CLI/CLI.hpp>
 
 #include <sys/resource.h>
 
@@ -105,7 +105,8 @@ int main(int argc, char** argv) {
   for (auto* command : {app.add_subcommand("protocol", "Rank@k/mAP of the features"),
                         app.add_subcommand("re-ranking", "k-reciprocal re-ranking, then mAP")}) {
     command->add_option("--data", data_path, "features file from evaluate_reference.py");
-    command->add_option("--queries", synthetic.queries, "generated queries")->check(CLI::PositiveNumber);
+    command->add_option("--queries", synthetic.queries, "generated queries")
+        ->check(CLI::PositiveNumber);
     command->add_option("--gallery", synthetic.gallery, "generated gallery images")
         ->check(CLI::PositiveNumber);
     command->add_option("--dim", synthetic.dim, "feature width")->check(CLI::PositiveNumber);
@@ -116,11 +117,14 @@ int main(int argc, char** argv) {
         ->check(CLI::NonNegativeNumber);
   }
   int repeat = 3;
-  app.get_subcommand("protocol")->add_option("--repeat", repeat, "timed runs")->check(CLI::PositiveNumber);
+  app.get_subcommand("protocol")
+      ->add_option("--repeat", repeat, "timed runs")
+      ->check(CLI::PositiveNumber);
   std::string from = "matrices";
   int64_t block_rows = 512;
   app.get_subcommand("re-ranking")
-      ->add_option("--from", from, "matrices: the baseline's q_g/q_q/g_g API; features: no matrices")
+      ->add_option("--from", from,
+                   "matrices: the baseline's q_g/q_q/g_g API; features: no matrices")
       ->check(CLI::IsMember({"matrices", "features"}));
   app.get_subcommand("re-ranking")
       ->add_option("--block-rows", block_rows, "distance rows per block")
@@ -144,9 +148,10 @@ int main(int argc, char** argv) {
         result = reidnet::evaluate(data.qf, data.ql, data.qc, data.gf, data.gl, data.gc);
         times.push_back(seconds_since(start));
       }
-      fmt::print("benchmark=evaluate {} seconds={:.4f} best={:.4f} peak_rss_mb={:.0f} mINP={:.6f} {}\n",
-                 shape, median(times), *std::min_element(times.begin(), times.end()),
-                 peak_rss_mb(), result.mINP, reidnet::format_baseline_line(result));
+      fmt::print(
+          "benchmark=evaluate {} seconds={:.4f} best={:.4f} peak_rss_mb={:.0f} mINP={:.6f} {}\n",
+          shape, median(times), *std::min_element(times.begin(), times.end()), peak_rss_mb(),
+          result.mINP, reidnet::format_baseline_line(result));
       return 0;
     }
     // As the baseline's evaluate_rerank.py: the similarity matrices exist before the timer.
@@ -164,12 +169,13 @@ int main(int argc, char** argv) {
                               : reidnet::re_ranking(q_g, q_q, g_g, options);
     const auto elapsed = seconds_since(start);
     const auto peak = peak_rss_mb();
-    const auto result = reidnet::evaluate_scores(
-        distance, data.ql, data.qc, data.gl, data.gc,
-        reidnet::EvalOptions().score_kind(reidnet::kDistance));
-    fmt::print("benchmark=re_ranking from={} {} seconds={:.3f} peak_rss_mb={:.0f} "
-               "rss_before_mb={:.0f} {}\n",
-               from, shape, elapsed, peak, before, reidnet::format_baseline_line(result));
+    const auto result =
+        reidnet::evaluate_scores(distance, data.ql, data.qc, data.gl, data.gc,
+                                 reidnet::EvalOptions().score_kind(reidnet::kDistance));
+    fmt::print(
+        "benchmark=re_ranking from={} {} seconds={:.3f} peak_rss_mb={:.0f} "
+        "rss_before_mb={:.0f} {}\n",
+        from, shape, elapsed, peak, before, reidnet::format_baseline_line(result));
     return 0;
   } catch (const std::exception& error) {
     fmt::print(stderr, "reidnet-evaluate: {}\n", error.what());

@@ -57,8 +57,7 @@ struct has_images_member<T, std::void_t<decltype(std::declval<const T&>().images
 template <class T, class = void>
 struct has_data_member : std::false_type {};
 template <class T>
-struct has_data_member<T, std::void_t<decltype(std::declval<const T&>().data)>>
-    : std::true_type {};
+struct has_data_member<T, std::void_t<decltype(std::declval<const T&>().data)>> : std::true_type {};
 template <class T>
 inline constexpr bool always_false = false;
 
@@ -118,7 +117,8 @@ inline void check_feature_options(const FeatureOptions& options) {
 /// holder with `embed(images)` (e.g. reidnet::FtNet); it runs in eval mode without gradients
 /// and is left in the training mode it had.
 template <class Model, class Batches>
-torch::Tensor extract_features(Model& model, Batches&& batches, const FeatureOptions& options = {}) {
+torch::Tensor extract_features(Model& model, Batches&& batches,
+                               const FeatureOptions& options = {}) {
   detail::check_feature_options(options);
   const auto parameters = model->parameters();
   auto device = parameters.empty() ? torch::Device(torch::kCPU) : parameters.front().device();
@@ -165,12 +165,13 @@ torch::Tensor extract_features(Model& model, Batches&& batches, const FeatureOpt
       const auto view = flipped ? x.flip({3}) : x;
       for (const auto scale : options.scales()) {
         const auto factor = std::sqrt(scale);
-        const auto input = scale == 1.0 ? view
-                                        : F::interpolate(view, F::InterpolateFuncOptions()
-                                                                   .scale_factor(std::vector<double>{
-                                                                       factor, factor})
-                                                                   .mode(torch::kBicubic)
-                                                                   .align_corners(false));
+        const auto input =
+            scale == 1.0
+                ? view
+                : F::interpolate(view, F::InterpolateFuncOptions()
+                                           .scale_factor(std::vector<double>{factor, factor})
+                                           .mode(torch::kBicubic)
+                                           .align_corners(false));
         const auto feature = embed(input);
         sum = sum.defined() ? sum + feature : feature;
       }

@@ -21,7 +21,7 @@ class AutocastScope {
  public:
   AutocastScope(c10::DeviceType device_type, c10::ScalarType dtype)
       : device_type_(device_type == c10::DeviceType::CUDA ? c10::DeviceType::CUDA
-                                                           : c10::DeviceType::CPU) {
+                                                          : c10::DeviceType::CPU) {
     was_enabled_ = enabled();
     previous_dtype_ = get_dtype();
     set(true, dtype);

@@ -14,6 +14,7 @@
 
 #include <reidnet/detail/ranking.hpp>
 
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/irange.h>
 #include <torch/types.h>
@@ -97,8 +98,8 @@ struct NeighbourLists {
 
 // The k smallest entries of a row, nearest first (ties by index): one pass with a bounded
 // max-heap, which a full sort or torch::topk would make ~20x slower at Market-1501 size.
-inline void smallest(const float* row, int64_t n, int64_t k, std::vector<std::pair<float, int64_t>>& heap,
-                     int64_t* out) {
+inline void smallest(const float* row, int64_t n, int64_t k,
+                     std::vector<std::pair<float, int64_t>>& heap, int64_t* out) {
   heap.clear();
   for (const auto j : c10::irange(k)) heap.emplace_back(row[j], j);
   std::make_heap(heap.begin(), heap.end());
@@ -162,8 +163,9 @@ NeighbourLists nearest_neighbours(Source& source, int64_t num_queries, int64_t k
       });
     });
     if (bad_row >= 0) {
-      throw std::runtime_error(fmt::format(
-          "reidnet::re_ranking: the similarities of image {} hold NaN or infinity", bad_row.load()));
+      throw std::runtime_error(
+          fmt::format("reidnet::re_ranking: the similarities of image {} hold NaN or infinity",
+                      bad_row.load()));
     }
     begin = end;
   }
@@ -203,9 +205,10 @@ SparseRows reciprocal_weights(const Source& source, const NeighbourLists& lists,
       expansion = reciprocal;
       for (const auto candidate : reciprocal) {
         k_reciprocal(lists, candidate, half, candidate_set);
-        const auto shared = std::count_if(candidate_set.begin(), candidate_set.end(), [&](int32_t c) {
-          return std::find(reciprocal.begin(), reciprocal.end(), c) != reciprocal.end();
-        });
+        const auto shared =
+            std::count_if(candidate_set.begin(), candidate_set.end(), [&](int32_t c) {
+              return std::find(reciprocal.begin(), reciprocal.end(), c) != reciprocal.end();
+            });
         if (static_cast<double>(shared) > 2.0 / 3 * static_cast<double>(candidate_set.size())) {
           expansion.insert(expansion.end(), candidate_set.begin(), candidate_set.end());
         }
@@ -227,8 +230,8 @@ SparseRows reciprocal_weights(const Source& source, const NeighbourLists& lists,
 }
 
 // Local query expansion: each row becomes the mean of the rows of its k2 nearest neighbours.
-inline SparseRows expand_queries(const SparseRows& weights, const NeighbourLists& lists,
-                                 int64_t n, int64_t k2) {
+inline SparseRows expand_queries(const SparseRows& weights, const NeighbourLists& lists, int64_t n,
+                                 int64_t k2) {
   std::vector<std::vector<int32_t>> columns(static_cast<size_t>(n));
   std::vector<std::vector<float>> values(static_cast<size_t>(n));
   at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
@@ -263,8 +266,8 @@ inline SparseRows expand_queries(const SparseRows& weights, const NeighbourLists
 
 // final[q, g] = jaccard(q, Nq + g) * (1 - lambda) + D[q, Nq + g] * lambda, in place over the
 // normalised query rows of D. jaccard = 1 - m / (2 - m), m = sum_k min(V[q, k], V[j, k]).
-inline void blend_jaccard(const SparseRows& weights, int64_t n, int64_t num_queries,
-                          double lambda, torch::Tensor& query_rows) {
+inline void blend_jaccard(const SparseRows& weights, int64_t n, int64_t num_queries, double lambda,
+                          torch::Tensor& query_rows) {
   const auto by_column = weights.transpose(n);
   const auto num_gallery = n - num_queries;
   const auto keep = static_cast<float>(lambda);
@@ -279,7 +282,8 @@ inline void blend_jaccard(const SparseRows& weights, int64_t n, int64_t num_quer
         const auto mine = weights.values[static_cast<size_t>(e)];
         for (auto f = by_column.begin(k); f < by_column.end(k); ++f) {
           const auto j = by_column.columns[static_cast<size_t>(f)];
-          overlap[static_cast<size_t>(j)] += std::min(mine, by_column.values[static_cast<size_t>(f)]);
+          overlap[static_cast<size_t>(j)] +=
+              std::min(mine, by_column.values[static_cast<size_t>(f)]);
         }
       }
       auto* row = out + q * num_gallery;
@@ -321,8 +325,8 @@ struct SimilarityBlocks {
       const auto columns = q_q.narrow(1, begin, end - begin).contiguous();
       return torch::cat({columns.t().contiguous(), q_g.slice(0, begin, end)}, 1);
     }
-    const auto columns = torch::cat({q_g.narrow(1, begin - nq, end - begin),
-                                     g_g.narrow(1, begin - nq, end - begin)});
+    const auto columns = torch::cat(
+        {q_g.narrow(1, begin - nq, end - begin), g_g.narrow(1, begin - nq, end - begin)});
     return columns.t().contiguous();
   }
 
@@ -333,7 +337,8 @@ struct SimilarityBlocks {
       // M[j, i]
       scalar_t s;
       if (j < nq) {
-        s = i < nq ? q_q.data_ptr<scalar_t>()[j * nq + i] : q_g.data_ptr<scalar_t>()[j * ng + (i - nq)];
+        s = i < nq ? q_q.data_ptr<scalar_t>()[j * nq + i]
+                   : q_g.data_ptr<scalar_t>()[j * ng + (i - nq)];
       } else {
         s = i < nq ? q_g.data_ptr<scalar_t>()[i * ng + (j - nq)]
                    : g_g.data_ptr<scalar_t>()[(j - nq) * ng + (i - nq)];

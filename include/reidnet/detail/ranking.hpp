@@ -33,8 +33,8 @@ inline torch::Tensor checked_ids(const torch::Tensor& ids, int64_t expected,
                                          c10::toString(ids.scalar_type())));
   }
   if (ids.size(0) != expected) {
-    throw std::runtime_error(fmt::format("{}: {} have {} entries but {} have {} rows", caller,
-                                         what, ids.size(0), rows_of, expected));
+    throw std::runtime_error(fmt::format("{}: {} have {} entries but {} have {} rows", caller, what,
+                                         ids.size(0), rows_of, expected));
   }
   return ids.to(torch::kCPU, torch::kLong).contiguous();
 }
@@ -57,9 +57,9 @@ inline void check_feature_pair(const torch::Tensor& query_features,
   check_matrix(query_features, "query features", caller);
   check_matrix(gallery_features, "gallery features", caller);
   if (query_features.size(1) != gallery_features.size(1)) {
-    throw std::runtime_error(fmt::format(
-        "{}: query features {} and gallery features {} differ in feature dimension", caller,
-        shape_of(query_features), shape_of(gallery_features)));
+    throw std::runtime_error(
+        fmt::format("{}: query features {} and gallery features {} differ in feature dimension",
+                    caller, shape_of(query_features), shape_of(gallery_features)));
   }
 }
 
