@@ -128,25 +128,23 @@ inline void evaluate_block(const torch::Tensor& block, int64_t first_query, cons
                            const int64_t* cameras, const GalleryIds& gallery,
                            const EvalOptions& options, const std::string& caller,
                            QueryOutcomes& out) {
-  if (!torch::isfinite(block).all().item<bool>()) {
-    throw std::runtime_error(
-        fmt::format("{}: the scores of queries {}..{} hold NaN or infinity; check the features",
-                    caller, first_query, first_query + block.size(0) - 1));
-  }
   const bool higher_is_better = std::holds_alternative<Similarity>(options.score_kind());
   AT_DISPATCH_FLOATING_TYPES(block.scalar_type(), "reidnet::evaluate", [&] {
     const auto* scores = block.data_ptr<scalar_t>();
     at::parallel_for(0, block.size(0), 4, [&](int64_t begin, int64_t end) {
-      QueryScratch scratch;
+      QueryScratch<scalar_t> scratch;
       std::vector<int64_t> ranks;
       for (const auto row : c10::irange(begin, end)) {
         const auto q = first_query + row;
-        if (higher_is_better) {
-          good_ranks<scalar_t, true>(scores + row * gallery.size, gallery, labels[q], cameras[q],
-                                     scratch, ranks);
-        } else {
-          good_ranks<scalar_t, false>(scores + row * gallery.size, gallery, labels[q], cameras[q],
-                                      scratch, ranks);
+        const auto* row_scores = scores + row * gallery.size;
+        const bool finite = higher_is_better
+                                ? good_ranks<scalar_t, true>(row_scores, gallery, labels[q],
+                                                             cameras[q], scratch, ranks)
+                                : good_ranks<scalar_t, false>(row_scores, gallery, labels[q],
+                                                              cameras[q], scratch, ranks);
+        if (!finite) {
+          throw std::runtime_error(fmt::format(
+              "{}: the scores of query {} hold NaN or infinity; check the features", caller, q));
         }
         if (ranks.empty()) continue;
         out.first_hit[q] = ranks.front();
