@@ -59,6 +59,7 @@ def main():
     parser.add_argument("--noise", type=float, default=2.5, help="see evaluate_reference.py")
     parser.add_argument("--rerank-queries", type=int, default=800)
     parser.add_argument("--rerank-gallery", type=int, default=4800)
+    parser.add_argument("--protocol-only", action="store_true", help="skip the re-ranking part")
     parser.add_argument("--market-rerank", action="store_true",
                         help="also time reidnet's re-ranking at the protocol size")
     parser.add_argument("--threads", type=int, default=0, help="reidnet threads (0 = default)")
@@ -91,6 +92,8 @@ def main():
         print("evaluate speed-up (median python / median reidnet): %.1fx"
               % (statistics.median(baseline) / statistics.median(ours)))
 
+        if args.protocol_only:
+            return
         print("\n== re-ranking: %d queries x %d gallery" % (args.rerank_queries, args.rerank_gallery))
         b = python("re-ranking", small)
         o = run([program, "re-ranking", "--data", small, "--from", "matrices", *threads])

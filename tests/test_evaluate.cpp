@@ -234,7 +234,7 @@ TEST_CASE("re_ranking equals the NumPy k-reciprocal reference within 1e-5 (3 par
     const auto blocks = reidnet::re_ranking(q_g, q_q, g_g, options);
     CHECK((blocks.scalar_type() == torch::kFloat));
     CHECK(max_abs(blocks, expected) <= kReRanking);
-    MESSAGE(s.tag << ": max |reidnet - NumPy| = " << max_abs(blocks, expected));
+    MESSAGE(std::string(s.tag) << ": max |reidnet - NumPy| = " << max_abs(blocks, expected));
     // Block size changes nothing.
     auto small_blocks = options;
     CHECK(max_abs(reidnet::re_ranking(q_g, q_q, g_g, small_blocks.block_rows(7)), blocks) == 0.0);
@@ -287,6 +287,19 @@ torch::Tensor unit_rows(const torch::Tensor& x) { return x / x.norm(2, {1}, true
 
 }  // namespace
 
+// Runs a scope on one intra-op thread: the tiny ResNet-50 passes below gain nothing from more,
+// and on a busy machine OpenMP's spinning threads make them several times slower.
+class OneThread {
+ public:
+  OneThread() : previous_(at::get_num_threads()) { at::set_num_threads(1); }
+  ~OneThread() { at::set_num_threads(previous_); }
+  OneThread(const OneThread&) = delete;
+  OneThread& operator=(const OneThread&) = delete;
+
+ private:
+  int previous_;
+};
+
 // One tiny FtNet, its inputs and the features of one whole batch, shared by the test cases
 // below (ResNet-50 passes dominate this topic's run time).
 struct ExtractionCase {
@@ -304,6 +317,7 @@ struct ExtractionCase {
 };
 
 TEST_CASE("extract_features: eval mode, image + flipped image, L2-normalised, caller's mode kept") {
+  const OneThread one_thread;
   auto& c = ExtractionCase::get();
   CHECK(c.net->is_training());  // the caller's mode is restored
   c.net->eval();
@@ -320,6 +334,7 @@ TEST_CASE("extract_features: eval mode, image + flipped image, L2-normalised, ca
 }
 
 TEST_CASE("extract_features is batch-size independent and reads batches' .images") {
+  const OneThread one_thread;
   auto& c = ExtractionCase::get();
   const std::vector<LabelledBatch> batches{{c.images.slice(0, 0, 1), longs({0})},
                                            {c.images.slice(0, 1, 4), longs({1, 2, 3})}};
@@ -327,6 +342,7 @@ TEST_CASE("extract_features is batch-size independent and reads batches' .images
 }
 
 TEST_CASE("extract_features multi-scale: each scale s adds the batch resized by sqrt(s), bicubic") {
+  const OneThread one_thread;
   namespace F = torch::nn::functional;
   auto& c = ExtractionCase::get();
   const auto scaled = reidnet::extract_features(c.net, std::vector<torch::Tensor>{c.images},
@@ -348,6 +364,7 @@ TEST_CASE("extract_features multi-scale: each scale s adds the batch resized by 
 }
 
 TEST_CASE("extract_features with bf16 autocast on the CPU stays close to float32") {
+  const OneThread one_thread;
   auto& c = ExtractionCase::get();
   const auto low = reidnet::extract_features(c.net, std::vector<torch::Tensor>{c.images},
                                              reidnet::FeatureOptions().dtype(torch::kBFloat16));
@@ -356,6 +373,7 @@ TEST_CASE("extract_features with bf16 autocast on the CPU stays close to float32
 }
 
 TEST_CASE("extract_features rejects bad batches and precision settings") {
+  const OneThread one_thread;
   auto& net = ExtractionCase::get().net;
   CHECK_ERROR_MENTIONS(
       reidnet::extract_features(net, std::vector<torch::Tensor>{torch::randn({2, 64, 32})}),
