@@ -15,10 +15,10 @@ using reidnet::test::load_tensor_dict;
 
 namespace {
 
-constexpr double kExact = 1e-12;           // float64 bookkeeping on identical scores
-constexpr double kFeatureScores = 1e-6;    // mAP/CMC when scores come from a float32 matmul
-constexpr double kReRanking = 1e-5;        // the issue's bound for re-ranked distances
-constexpr double kExtraction = 1e-5;       // features of the same model, same inputs
+constexpr double kExact = 1e-12;         // float64 bookkeeping on identical scores
+constexpr double kFeatureScores = 1e-6;  // mAP/CMC when scores come from a float32 matmul
+constexpr double kReRanking = 1e-5;      // the issue's bound for re-ranked distances
+constexpr double kExtraction = 1e-5;     // features of the same model, same inputs
 
 const std::map<std::string, torch::Tensor>& reference() {
   static const auto tensors = load_tensor_dict(fixture("evaluate", "evaluate.pt"));
@@ -48,11 +48,10 @@ std::string error_of(const std::function<void()>& call) {
   return "";
 }
 
-#define CHECK_ERROR_MENTIONS(call, text)                                               \
-  do {                                                                                 \
-    const auto message = error_of([&] { (void)(call); });                              \
-    CHECK_MESSAGE(message.find(text) != std::string::npos, "error was: '" << message   \
-                                                                         << "'");      \
+#define CHECK_ERROR_MENTIONS(call, text)                                                      \
+  do {                                                                                        \
+    const auto message = error_of([&] { (void)(call); });                                     \
+    CHECK_MESSAGE(message.find(text) != std::string::npos, "error was: '" << message << "'"); \
   } while (false)
 
 // One query (id 1, camera 1) against a gallery ranked in index order, whose good images
@@ -105,7 +104,8 @@ TEST_CASE("junk (same id and camera, id -1) is removed; distractors (id 0) are n
   CHECK(result.rank1() == 0.0);
   CHECK(result.rank5() == 1.0);
   SUBCASE("an id -1 gallery image is junk even for a query labelled -1") {
-    const auto minus_one = reidnet::evaluate_scores(scores, longs({-1}), longs({2}), labels, cameras);
+    const auto minus_one =
+        reidnet::evaluate_scores(scores, longs({-1}), longs({2}), labels, cameras);
     CHECK(minus_one.num_valid_queries == 0);
     CHECK(minus_one.mAP == 0.0);
   }
@@ -141,11 +141,11 @@ TEST_CASE("ties in score are broken by gallery order, for similarities and dista
   const auto equal = torch::ones({1, 4});
   const auto cameras = torch::full({4}, 2, torch::kLong);
   // Good images at gallery indices 1 and 3 -> ranks {2, 4}; at 0 and 2 -> ranks {1, 3}.
-  const auto late = reidnet::evaluate_scores(equal, longs({1}), longs({1}), longs({2, 1, 2, 1}),
-                                             cameras);
+  const auto late =
+      reidnet::evaluate_scores(equal, longs({1}), longs({1}), longs({2, 1, 2, 1}), cameras);
   CHECK(late.mAP == doctest::Approx(1.0 / 3).epsilon(1e-12));
-  const auto early = reidnet::evaluate_scores(equal, longs({1}), longs({1}), longs({1, 2, 1, 2}),
-                                              cameras);
+  const auto early =
+      reidnet::evaluate_scores(equal, longs({1}), longs({1}), longs({1, 2, 1, 2}), cameras);
   CHECK(early.mAP == doctest::Approx(0.5 + (0.5 + 2.0 / 3) / 4).epsilon(1e-12));
   // Distances rank ascending: the smallest distance first.
   const auto distance = torch::tensor({{0.5f, 0.1f, 0.5f, 0.9f}});
@@ -178,8 +178,9 @@ TEST_CASE("bad inputs are rejected with messages naming the shapes") {
   CHECK_ERROR_MENTIONS(reidnet::evaluate(qf, ql, ql, gf, gl, gl,
                                          reidnet::EvalOptions().score_kind(reidnet::kDistance)),
                        "evaluate_scores only");
-  CHECK_ERROR_MENTIONS(reidnet::evaluate(qf, ql, ql, gf, gl, gl, reidnet::EvalOptions().query_block(0)),
-                       "query_block");
+  CHECK_ERROR_MENTIONS(
+      reidnet::evaluate(qf, ql, ql, gf, gl, gl, reidnet::EvalOptions().query_block(0)),
+      "query_block");
 }
 
 TEST_CASE("parity with the NumPy reference: exact on tied integer features and score matrices") {
@@ -219,7 +220,11 @@ TEST_CASE("re_ranking equals the NumPy k-reciprocal reference within 1e-5 (3 par
   const auto q_g = saved("rerank/q_g"), q_q = saved("rerank/q_q"), g_g = saved("rerank/g_g");
   const auto ql = saved("rerank/ql"), qc = saved("rerank/qc"), gl = saved("rerank/gl"),
              gc = saved("rerank/gc");
-  struct Setting { int64_t k1, k2; double lambda; const char* tag; };
+  struct Setting {
+    int64_t k1, k2;
+    double lambda;
+    const char* tag;
+  };
   for (const auto& s : {Setting{20, 6, 0.3, "rerank/k1=20/k2=6/lambda=0.3"},
                         Setting{7, 1, 0.5, "rerank/k1=7/k2=1/lambda=0.5"},
                         Setting{5, 3, 0.0, "rerank/k1=5/k2=3/lambda=0.0"}}) {
@@ -229,6 +234,7 @@ TEST_CASE("re_ranking equals the NumPy k-reciprocal reference within 1e-5 (3 par
     const auto blocks = reidnet::re_ranking(q_g, q_q, g_g, options);
     CHECK((blocks.scalar_type() == torch::kFloat));
     CHECK(max_abs(blocks, expected) <= kReRanking);
+    MESSAGE(std::string(s.tag) << ": max |reidnet - NumPy| = " << max_abs(blocks, expected));
     // Block size changes nothing.
     auto small_blocks = options;
     CHECK(max_abs(reidnet::re_ranking(q_g, q_q, g_g, small_blocks.block_rows(7)), blocks) == 0.0);
@@ -248,7 +254,8 @@ TEST_CASE("re_ranking rejects bad shapes and parameters") {
   const auto q_g = torch::rand({4, 30}), q_q = torch::rand({4, 4}), g_g = torch::rand({30, 30});
   CHECK_ERROR_MENTIONS(reidnet::re_ranking(q_g, torch::rand({3, 3}), g_g),
                        "q_g [4, 30], q_q [3, 3], g_g [30, 30]");
-  CHECK_ERROR_MENTIONS(reidnet::re_ranking(q_g, q_q, g_g, 20, 22), "k2 must be in [1, k1 + 1 = 21]");
+  CHECK_ERROR_MENTIONS(reidnet::re_ranking(q_g, q_q, g_g, 20, 22),
+                       "k2 must be in [1, k1 + 1 = 21]");
   CHECK_ERROR_MENTIONS(reidnet::re_ranking(q_g, q_q, g_g, 40), "needs more than k1 images");
   CHECK_ERROR_MENTIONS(reidnet::re_ranking(q_g, q_q, g_g, 20, 6, 1.5), "lambda");
   CHECK_ERROR_MENTIONS(reidnet::re_ranking(torch::rand({0, 30}), torch::rand({0, 0}), g_g),
@@ -280,6 +287,19 @@ torch::Tensor unit_rows(const torch::Tensor& x) { return x / x.norm(2, {1}, true
 
 }  // namespace
 
+// Runs a scope on one intra-op thread: the tiny ResNet-50 passes below gain nothing from more,
+// and on a busy machine OpenMP's spinning threads make them several times slower.
+class OneThread {
+ public:
+  OneThread() : previous_(at::get_num_threads()) { at::set_num_threads(1); }
+  ~OneThread() { at::set_num_threads(previous_); }
+  OneThread(const OneThread&) = delete;
+  OneThread& operator=(const OneThread&) = delete;
+
+ private:
+  int previous_;
+};
+
 // One tiny FtNet, its inputs and the features of one whole batch, shared by the test cases
 // below (ResNet-50 passes dominate this topic's run time).
 struct ExtractionCase {
@@ -297,6 +317,7 @@ struct ExtractionCase {
 };
 
 TEST_CASE("extract_features: eval mode, image + flipped image, L2-normalised, caller's mode kept") {
+  const OneThread one_thread;
   auto& c = ExtractionCase::get();
   CHECK(c.net->is_training());  // the caller's mode is restored
   c.net->eval();
@@ -306,12 +327,14 @@ TEST_CASE("extract_features: eval mode, image + flipped image, L2-normalised, ca
   CHECK(c.features.device().is_cpu());
   CHECK(max_abs(c.features, expected) <= kExtraction);
   CHECK(max_abs(c.features.norm(2, {1}), torch::ones({4})) <= 1e-6);
-  const auto raw = reidnet::extract_features(c.net, std::vector<torch::Tensor>{c.images},
-                                             reidnet::FeatureOptions().flip(false).normalize(false));
+  const auto raw =
+      reidnet::extract_features(c.net, std::vector<torch::Tensor>{c.images},
+                                reidnet::FeatureOptions().flip(false).normalize(false));
   CHECK(max_abs(raw, c.net->embed(c.images)) <= kExtraction);
 }
 
 TEST_CASE("extract_features is batch-size independent and reads batches' .images") {
+  const OneThread one_thread;
   auto& c = ExtractionCase::get();
   const std::vector<LabelledBatch> batches{{c.images.slice(0, 0, 1), longs({0})},
                                            {c.images.slice(0, 1, 4), longs({1, 2, 3})}};
@@ -319,6 +342,7 @@ TEST_CASE("extract_features is batch-size independent and reads batches' .images
 }
 
 TEST_CASE("extract_features multi-scale: each scale s adds the batch resized by sqrt(s), bicubic") {
+  const OneThread one_thread;
   namespace F = torch::nn::functional;
   auto& c = ExtractionCase::get();
   const auto scaled = reidnet::extract_features(c.net, std::vector<torch::Tensor>{c.images},
@@ -340,6 +364,7 @@ TEST_CASE("extract_features multi-scale: each scale s adds the batch resized by 
 }
 
 TEST_CASE("extract_features with bf16 autocast on the CPU stays close to float32") {
+  const OneThread one_thread;
   auto& c = ExtractionCase::get();
   const auto low = reidnet::extract_features(c.net, std::vector<torch::Tensor>{c.images},
                                              reidnet::FeatureOptions().dtype(torch::kBFloat16));
@@ -348,6 +373,7 @@ TEST_CASE("extract_features with bf16 autocast on the CPU stays close to float32
 }
 
 TEST_CASE("extract_features rejects bad batches and precision settings") {
+  const OneThread one_thread;
   auto& net = ExtractionCase::get().net;
   CHECK_ERROR_MENTIONS(
       reidnet::extract_features(net, std::vector<torch::Tensor>{torch::randn({2, 64, 32})}),

@@ -10,6 +10,7 @@
 
 #include <reidnet/detail/ranking.hpp>
 
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/irange.h>
 #include <torch/arg.h>
@@ -127,21 +128,24 @@ inline void evaluate_block(const torch::Tensor& block, int64_t first_query, cons
                            const int64_t* cameras, const GalleryIds& gallery,
                            const EvalOptions& options, const std::string& caller,
                            QueryOutcomes& out) {
-  if (!torch::isfinite(block).all().item<bool>()) {
-    throw std::runtime_error(fmt::format(
-        "{}: the scores of queries {}..{} hold NaN or infinity; check the features", caller,
-        first_query, first_query + block.size(0) - 1));
-  }
   const bool higher_is_better = std::holds_alternative<Similarity>(options.score_kind());
   AT_DISPATCH_FLOATING_TYPES(block.scalar_type(), "reidnet::evaluate", [&] {
     const auto* scores = block.data_ptr<scalar_t>();
     at::parallel_for(0, block.size(0), 4, [&](int64_t begin, int64_t end) {
-      QueryScratch scratch;
+      QueryScratch<scalar_t> scratch;
       std::vector<int64_t> ranks;
       for (const auto row : c10::irange(begin, end)) {
         const auto q = first_query + row;
-        good_ranks(scores + row * gallery.size, higher_is_better, gallery, labels[q], cameras[q],
-                   scratch, ranks);
+        const auto* row_scores = scores + row * gallery.size;
+        const bool finite = higher_is_better
+                                ? good_ranks<scalar_t, true>(row_scores, gallery, labels[q],
+                                                             cameras[q], scratch, ranks)
+                                : good_ranks<scalar_t, false>(row_scores, gallery, labels[q],
+                                                              cameras[q], scratch, ranks);
+        if (!finite) {
+          throw std::runtime_error(fmt::format(
+              "{}: the scores of query {} hold NaN or infinity; check the features", caller, q));
+        }
         if (ranks.empty()) continue;
         out.first_hit[q] = ranks.front();
         out.ap[q] = average_precision(ranks, options.average_precision());
@@ -173,9 +177,8 @@ inline EvalResult summarize(QueryOutcomes&& out, int64_t gallery_size) {
   result.ap = torch::tensor(out.ap, torch::kDouble);
   result.first_hit = torch::tensor(out.first_hit, torch::kLong);
   result.mAP = ap_sum / static_cast<double>(result.num_queries);
-  result.mINP = result.num_valid_queries > 0
-                    ? inp_sum / static_cast<double>(result.num_valid_queries)
-                    : 0.0;
+  result.mINP =
+      result.num_valid_queries > 0 ? inp_sum / static_cast<double>(result.num_valid_queries) : 0.0;
   return result;
 }
 
@@ -193,14 +196,13 @@ inline CheckedIds check_ids(const torch::Tensor& ql, const torch::Tensor& qc,
                             int64_t num_gallery, const std::string& query_rows,
                             const std::string& gallery_rows, const std::string& caller) {
   if (num_queries == 0) {
-    throw std::runtime_error(
-        fmt::format("{}: there are no queries ({}); evaluation needs at least one", caller,
-                    query_rows));
+    throw std::runtime_error(fmt::format(
+        "{}: there are no queries ({}); evaluation needs at least one", caller, query_rows));
   }
   if (num_gallery == 0) {
-    throw std::runtime_error(fmt::format(
-        "{}: the gallery is empty ({}); evaluation needs at least one gallery image", caller,
-        gallery_rows));
+    throw std::runtime_error(
+        fmt::format("{}: the gallery is empty ({}); evaluation needs at least one gallery image",
+                    caller, gallery_rows));
   }
   return {checked_ids(ql, num_queries, "query labels", query_rows, caller),
           checked_ids(qc, num_queries, "query cameras", query_rows, caller),
@@ -252,13 +254,7 @@ inline EvalResult evaluate(const torch::Tensor& query_features, const torch::Ten
                            const torch::Tensor& gallery_labels,
                            const torch::Tensor& gallery_cameras, const EvalOptions& options = {}) {
   const std::string caller = "reidnet::evaluate";
-  detail::check_matrix(query_features, "query features", caller);
-  detail::check_matrix(gallery_features, "gallery features", caller);
-  if (query_features.size(1) != gallery_features.size(1)) {
-    throw std::runtime_error(fmt::format(
-        "{}: query features {} and gallery features {} differ in feature dimension", caller,
-        detail::shape_of(query_features), detail::shape_of(gallery_features)));
-  }
+  detail::check_feature_pair(query_features, gallery_features, caller);
   const auto ids = detail::check_ids(
       query_labels, query_cameras, gallery_labels, gallery_cameras, query_features.size(0),
       gallery_features.size(0), fmt::format("query features {}", detail::shape_of(query_features)),
@@ -278,8 +274,7 @@ inline EvalResult evaluate(const torch::Tensor& query_features, const torch::Ten
   const auto gallery = ids.gallery();
   for (int64_t begin = 0; begin < queries.size(0); begin += block_rows) {
     const auto end = std::min(begin + block_rows, queries.size(0));
-    const auto block =
-        queries.slice(0, begin, end).matmul(gallery_t).to(torch::kCPU).contiguous();
+    const auto block = queries.slice(0, begin, end).matmul(gallery_t).to(torch::kCPU).contiguous();
     detail::evaluate_block(block, begin, ids.query_labels.data_ptr<int64_t>(),
                            ids.query_cameras.data_ptr<int64_t>(), gallery, options, caller, out);
   }
@@ -314,8 +309,8 @@ inline RankedLists top_k_ranks(const torch::Tensor& scores, const torch::Tensor&
   const std::string caller = "reidnet::top_k_ranks";
   detail::check_matrix(scores, "scores", caller);
   if (options.k() < 1) {
-    throw std::runtime_error(fmt::format("{}: RankOptions::k must be >= 1, got {}", caller,
-                                         options.k()));
+    throw std::runtime_error(
+        fmt::format("{}: RankOptions::k must be >= 1, got {}", caller, options.k()));
   }
   const auto rows = fmt::format("scores {}", detail::shape_of(scores));
   const auto ids = detail::check_ids(query_labels, query_cameras, gallery_labels, gallery_cameras,
@@ -323,10 +318,10 @@ inline RankedLists top_k_ranks(const torch::Tensor& scores, const torch::Tensor&
   const auto values = scores.to(torch::kCPU, torch::kDouble).contiguous();
   const auto num_queries = scores.size(0);
   const auto k = options.k();
-  RankedLists lists{torch::full({num_queries, k}, -1, torch::kLong),
-                    torch::full({num_queries, k}, std::numeric_limits<double>::quiet_NaN(),
-                                torch::kDouble),
-                    torch::zeros({num_queries, k}, torch::kBool)};
+  RankedLists lists{
+      torch::full({num_queries, k}, -1, torch::kLong),
+      torch::full({num_queries, k}, std::numeric_limits<double>::quiet_NaN(), torch::kDouble),
+      torch::zeros({num_queries, k}, torch::kBool)};
   const auto gallery = ids.gallery();
   const auto* labels = ids.query_labels.data_ptr<int64_t>();
   const auto* cameras = ids.query_cameras.data_ptr<int64_t>();
@@ -346,8 +341,14 @@ inline RankedLists top_k_ranks(const torch::Tensor& scores, const torch::Tensor&
         }
       }
       const auto kept = std::min<int64_t>(k, static_cast<int64_t>(candidates.size()));
-      std::partial_sort(candidates.begin(), candidates.begin() + kept, candidates.end(),
-                        detail::RankOrder<double>{row, higher_is_better});
+      const auto middle = candidates.begin() + kept;
+      if (higher_is_better) {
+        std::partial_sort(candidates.begin(), middle, candidates.end(),
+                          detail::RankOrder<double, true>{row});
+      } else {
+        std::partial_sort(candidates.begin(), middle, candidates.end(),
+                          detail::RankOrder<double, false>{row});
+      }
       for (const auto r : c10::irange(kept)) {
         const auto j = candidates[static_cast<size_t>(r)];
         out_index[q * k + r] = j;

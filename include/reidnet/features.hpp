@@ -58,8 +58,7 @@ struct has_images_member<T, std::void_t<decltype(std::declval<const T&>().images
 template <class T, class = void>
 struct has_data_member : std::false_type {};
 template <class T>
-struct has_data_member<T, std::void_t<decltype(std::declval<const T&>().data)>>
-    : std::true_type {};
+struct has_data_member<T, std::void_t<decltype(std::declval<const T&>().data)>> : std::true_type {};
 template <class T>
 inline constexpr bool always_false = false;
 // Module holders (reidnet::FtNet, ...) have `->parameters()`; optimised models do not.
@@ -126,7 +125,8 @@ inline void check_feature_options(const FeatureOptions& options) {
 /// gradients and left in the training mode it had, or an inference-ready model from
 /// `optimize_for_inference`, which already fixes its device and dtype.
 template <class Model, class Batches>
-torch::Tensor extract_features(Model& model, Batches&& batches, const FeatureOptions& options = {}) {
+torch::Tensor extract_features(Model& model, Batches&& batches,
+                               const FeatureOptions& options = {}) {
   detail::check_feature_options(options);
   torch::NoGradGuard no_grad;
   namespace F = torch::nn::functional;
@@ -183,12 +183,13 @@ torch::Tensor extract_features(Model& model, Batches&& batches, const FeatureOpt
       const auto view = flipped ? x.flip({3}) : x;
       for (const auto scale : options.scales()) {
         const auto factor = std::sqrt(scale);
-        const auto input = scale == 1.0 ? view
-                                        : F::interpolate(view, F::InterpolateFuncOptions()
-                                                                   .scale_factor(std::vector<double>{
-                                                                       factor, factor})
-                                                                   .mode(torch::kBicubic)
-                                                                   .align_corners(false));
+        const auto input =
+            scale == 1.0
+                ? view
+                : F::interpolate(view, F::InterpolateFuncOptions()
+                                           .scale_factor(std::vector<double>{factor, factor})
+                                           .mode(torch::kBicubic)
+                                           .align_corners(false));
         const auto feature = embed(input);
         sum = sum.defined() ? sum + feature : feature;
       }

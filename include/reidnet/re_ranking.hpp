@@ -66,18 +66,18 @@ inline void check_rerank_options(const ReRankingOptions& options, int64_t total,
         fmt::format("{}: block_rows must be >= 1, got {}", caller, options.block_rows()));
   }
   if (total <= options.k1()) {
-    throw std::runtime_error(fmt::format(
-        "{}: k1 = {} needs more than k1 images in total (queries + gallery), got {}; "
-        "lower k1",
-        caller, options.k1(), total));
+    throw std::runtime_error(
+        fmt::format("{}: k1 = {} needs more than k1 images in total (queries + gallery), got {}; "
+                    "lower k1",
+                    caller, options.k1(), total));
   }
 }
 
 inline void check_not_empty(int64_t queries, int64_t gallery, const std::string& shapes,
                             const std::string& caller) {
   if (queries == 0 || gallery == 0) {
-    throw std::runtime_error(fmt::format(
-        "{}: needs at least one query and one gallery image, got {}", caller, shapes));
+    throw std::runtime_error(
+        fmt::format("{}: needs at least one query and one gallery image, got {}", caller, shapes));
   }
 }
 
@@ -93,9 +93,8 @@ inline torch::Tensor re_ranking(const torch::Tensor& q_g, const torch::Tensor& q
   detail::check_matrix(g_g, "g_g", caller);
   const auto nq = q_g.size(0);
   const auto ng = q_g.size(1);
-  const auto shapes =
-      fmt::format("q_g {}, q_q {}, g_g {}", detail::shape_of(q_g), detail::shape_of(q_q),
-                  detail::shape_of(g_g));
+  const auto shapes = fmt::format("q_g {}, q_q {}, g_g {}", detail::shape_of(q_g),
+                                  detail::shape_of(q_q), detail::shape_of(g_g));
   if (q_q.size(0) != nq || q_q.size(1) != nq || g_g.size(0) != ng || g_g.size(1) != ng) {
     throw std::runtime_error(fmt::format(
         "{}: shapes must be q_g [Nq, Ng], q_q [Nq, Nq], g_g [Ng, Ng]; got {}", caller, shapes));
@@ -126,25 +125,18 @@ inline torch::Tensor re_ranking_features(const torch::Tensor& query_features,
                                          const torch::Tensor& gallery_features,
                                          const ReRankingOptions& options = {}) {
   const std::string caller = "reidnet::re_ranking_features";
-  detail::check_matrix(query_features, "query features", caller);
-  detail::check_matrix(gallery_features, "gallery features", caller);
-  if (query_features.size(1) != gallery_features.size(1)) {
-    throw std::runtime_error(fmt::format(
-        "{}: query features {} and gallery features {} differ in feature dimension", caller,
-        detail::shape_of(query_features), detail::shape_of(gallery_features)));
-  }
+  detail::check_feature_pair(query_features, gallery_features, caller);
   const auto nq = query_features.size(0);
   const auto ng = gallery_features.size(0);
-  detail::check_not_empty(nq, ng,
-                          fmt::format("query features {}, gallery features {}",
-                                      detail::shape_of(query_features),
-                                      detail::shape_of(gallery_features)),
-                          caller);
+  detail::check_not_empty(
+      nq, ng,
+      fmt::format("query features {}, gallery features {}", detail::shape_of(query_features),
+                  detail::shape_of(gallery_features)),
+      caller);
   detail::check_rerank_options(options, nq + ng, caller);
-  const auto features =
-      torch::cat({query_features.to(torch::kFloat),
-                  gallery_features.to(query_features.device(), torch::kFloat)})
-          .contiguous();
+  const auto features = torch::cat({query_features.to(torch::kFloat),
+                                    gallery_features.to(query_features.device(), torch::kFloat)})
+                            .contiguous();
   detail::SimilarityFromFeatures source{features, features.to(torch::kCPU).contiguous()};
   return detail::k_reciprocal_rerank(source, nq, options.k1(), options.k2(), options.lambda(),
                                      options.block_rows());

@@ -115,7 +115,8 @@ def re_ranking(q_g, q_q, g_g, k1=20, k2=6, lambda_value=0.3):
     dist = np.power(2. - 2 * similarity, 2).astype(np.float32)
     dist = np.transpose(dist / np.max(dist, axis=0))
     n = dist.shape[0]
-    initial_rank = np.argsort(dist, axis=1, kind="stable")[:, :k1 + 1]
+    # Positions 0..k1 of each row hold its k1+1 nearest, sorted (the baseline's "top K1+1").
+    initial_rank = np.argpartition(dist, range(1, k1 + 1))
     half = int(np.around(k1 / 2))
 
     V = np.zeros_like(dist, dtype=np.float32)

@@ -14,6 +14,7 @@
 
 #include <reidnet/detail/ranking.hpp>
 
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/irange.h>
 #include <torch/types.h>
@@ -21,10 +22,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace reidnet::detail {
@@ -93,36 +96,76 @@ struct NeighbourLists {
   const int64_t* row(int64_t i) const { return table.data_ptr<int64_t>() + i * table.size(1); }
 };
 
+// The k smallest entries of a row, nearest first (ties by index): one pass with a bounded
+// max-heap, which a full sort or torch::topk would make ~20x slower at Market-1501 size.
+inline void smallest(const float* row, int64_t n, int64_t k,
+                     std::vector<std::pair<float, int64_t>>& heap, int64_t* out) {
+  heap.clear();
+  for (const auto j : c10::irange(k)) heap.emplace_back(row[j], j);
+  std::make_heap(heap.begin(), heap.end());
+  for (auto j = k; j < n; ++j) {
+    // An equal value never wins: its index is larger than every index in the heap.
+    if (row[j] < heap.front().first) {
+      std::pop_heap(heap.begin(), heap.end());
+      heap.back() = {row[j], j};
+      std::push_heap(heap.begin(), heap.end());
+    }
+  }
+  std::sort_heap(heap.begin(), heap.end());
+  for (const auto a : c10::irange(k)) out[a] = heap[static_cast<size_t>(a)].second;
+}
+
 // Pass over D in row blocks: each row's maximum and k1+1 nearest neighbours, and the
-// normalised query-gallery block D[:Nq, Nq:] written into `query_rows` [Nq, Ng].
+// normalised query-gallery block D[:Nq, Nq:] written into `query_rows` [Nq, Ng]. The
+// distances t(s) (the baseline computes them in the similarities' precision, then rounds to
+// float32) and the normalisation are fused into one pass per row.
 template <class Source>
 NeighbourLists nearest_neighbours(Source& source, int64_t num_queries, int64_t k1,
                                   int64_t block_rows, std::vector<float>& row_max,
                                   torch::Tensor& query_rows) {
   const auto n = source.size();
-  NeighbourLists lists{torch::empty({n, k1 + 1}, torch::kLong)};
+  const auto width = k1 + 1;
+  NeighbourLists lists{torch::empty({n, width}, torch::kLong)};
   row_max.assign(static_cast<size_t>(n), 0.0f);
+  auto* table = lists.table.data_ptr<int64_t>();
+  auto* out = query_rows.data_ptr<float>();
+  const auto num_gallery = n - num_queries;
   int64_t begin = 0;
   while (begin < n) {
     // Blocks never straddle the query/gallery boundary.
     const auto limit = begin < num_queries ? num_queries : n;
     const auto end = std::min(begin + block_rows, limit);
-    const torch::Tensor similarity = source.rows(begin, end);
-    const torch::Tensor distance = (2 - 2 * similarity).square().to(torch::kFloat);
-    const torch::Tensor maximum = std::get<0>(distance.max(1));
-    if (!torch::isfinite(maximum).all().item<bool>()) {
-      throw std::runtime_error(fmt::format(
-          "reidnet::re_ranking: similarities of images {}..{} hold NaN or infinity", begin,
-          end - 1));
-    }
-    const torch::Tensor normalised = distance / maximum.unsqueeze(1);
-    const torch::Tensor nearest = std::get<1>(normalised.topk(k1 + 1, 1, /*largest=*/false));
-    lists.table.slice(0, begin, end).copy_(nearest);
-    const torch::Tensor maximum_cpu = maximum.to(torch::kCPU).contiguous();
-    std::copy(maximum_cpu.data_ptr<float>(), maximum_cpu.data_ptr<float>() + (end - begin),
-              row_max.begin() + begin);
-    if (begin < num_queries) {
-      query_rows.slice(0, begin, end).copy_(normalised.slice(1, num_queries, n));
+    const torch::Tensor similarity = source.rows(begin, end).to(torch::kCPU).contiguous();
+    std::atomic<int64_t> bad_row{-1};
+    AT_DISPATCH_FLOATING_TYPES(similarity.scalar_type(), "reidnet::re_ranking", [&] {
+      const auto* block = similarity.data_ptr<scalar_t>();
+      at::parallel_for(0, end - begin, 8, [&](int64_t first, int64_t last) {
+        std::vector<float> row(static_cast<size_t>(n));
+        std::vector<std::pair<float, int64_t>> heap;
+        for (const auto r : c10::irange(first, last)) {
+          const auto* source_row = block + r * n;
+          float maximum = 0.0f;
+          bool finite = true;
+          for (const auto j : c10::irange(n)) {
+            const float d = rerank_distance(source_row[j]);
+            row[static_cast<size_t>(j)] = d;
+            finite &= std::isfinite(d);
+            maximum = std::max(maximum, d);
+          }
+          if (!finite) bad_row = begin + r;
+          for (auto& d : row) d = d / maximum;
+          row_max[static_cast<size_t>(begin + r)] = maximum;
+          smallest(row.data(), n, width, heap, table + (begin + r) * width);
+          if (begin < num_queries) {
+            std::copy(row.begin() + num_queries, row.end(), out + (begin + r) * num_gallery);
+          }
+        }
+      });
+    });
+    if (bad_row >= 0) {
+      throw std::runtime_error(
+          fmt::format("reidnet::re_ranking: the similarities of image {} hold NaN or infinity",
+                      bad_row.load()));
     }
     begin = end;
   }
@@ -162,9 +205,10 @@ SparseRows reciprocal_weights(const Source& source, const NeighbourLists& lists,
       expansion = reciprocal;
       for (const auto candidate : reciprocal) {
         k_reciprocal(lists, candidate, half, candidate_set);
-        const auto shared = std::count_if(candidate_set.begin(), candidate_set.end(), [&](int32_t c) {
-          return std::find(reciprocal.begin(), reciprocal.end(), c) != reciprocal.end();
-        });
+        const auto shared =
+            std::count_if(candidate_set.begin(), candidate_set.end(), [&](int32_t c) {
+              return std::find(reciprocal.begin(), reciprocal.end(), c) != reciprocal.end();
+            });
         if (static_cast<double>(shared) > 2.0 / 3 * static_cast<double>(candidate_set.size())) {
           expansion.insert(expansion.end(), candidate_set.begin(), candidate_set.end());
         }
@@ -186,8 +230,8 @@ SparseRows reciprocal_weights(const Source& source, const NeighbourLists& lists,
 }
 
 // Local query expansion: each row becomes the mean of the rows of its k2 nearest neighbours.
-inline SparseRows expand_queries(const SparseRows& weights, const NeighbourLists& lists,
-                                 int64_t n, int64_t k2) {
+inline SparseRows expand_queries(const SparseRows& weights, const NeighbourLists& lists, int64_t n,
+                                 int64_t k2) {
   std::vector<std::vector<int32_t>> columns(static_cast<size_t>(n));
   std::vector<std::vector<float>> values(static_cast<size_t>(n));
   at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
@@ -222,8 +266,8 @@ inline SparseRows expand_queries(const SparseRows& weights, const NeighbourLists
 
 // final[q, g] = jaccard(q, Nq + g) * (1 - lambda) + D[q, Nq + g] * lambda, in place over the
 // normalised query rows of D. jaccard = 1 - m / (2 - m), m = sum_k min(V[q, k], V[j, k]).
-inline void blend_jaccard(const SparseRows& weights, int64_t n, int64_t num_queries,
-                          double lambda, torch::Tensor& query_rows) {
+inline void blend_jaccard(const SparseRows& weights, int64_t n, int64_t num_queries, double lambda,
+                          torch::Tensor& query_rows) {
   const auto by_column = weights.transpose(n);
   const auto num_gallery = n - num_queries;
   const auto keep = static_cast<float>(lambda);
@@ -238,7 +282,8 @@ inline void blend_jaccard(const SparseRows& weights, int64_t n, int64_t num_quer
         const auto mine = weights.values[static_cast<size_t>(e)];
         for (auto f = by_column.begin(k); f < by_column.end(k); ++f) {
           const auto j = by_column.columns[static_cast<size_t>(f)];
-          overlap[static_cast<size_t>(j)] += std::min(mine, by_column.values[static_cast<size_t>(f)]);
+          overlap[static_cast<size_t>(j)] +=
+              std::min(mine, by_column.values[static_cast<size_t>(f)]);
         }
       }
       auto* row = out + q * num_gallery;
@@ -272,13 +317,17 @@ struct SimilarityBlocks {
   int64_t size() const { return q_g.size(0) + q_g.size(1); }
 
   // Columns begin..end of M, as rows; a block lies within the queries or within the gallery.
+  // Columns are gathered as contiguous [N, block] pieces first, then transposed by LibTorch's
+  // blocked 2-D transpose (a strided gather straight from the big matrices is ~3x slower).
   torch::Tensor rows(int64_t begin, int64_t end) const {
     const auto nq = num_queries();
     if (begin < nq) {
-      return torch::cat({q_q.t().slice(0, begin, end), q_g.slice(0, begin, end)}, 1);
+      const auto columns = q_q.narrow(1, begin, end - begin).contiguous();
+      return torch::cat({columns.t().contiguous(), q_g.slice(0, begin, end)}, 1);
     }
-    return torch::cat({q_g.t().slice(0, begin - nq, end - nq), g_g.t().slice(0, begin - nq, end - nq)},
-                      1);
+    const auto columns = torch::cat(
+        {q_g.narrow(1, begin - nq, end - begin), g_g.narrow(1, begin - nq, end - begin)});
+    return columns.t().contiguous();
   }
 
   float distance(int64_t i, int64_t j) const {
@@ -288,7 +337,8 @@ struct SimilarityBlocks {
       // M[j, i]
       scalar_t s;
       if (j < nq) {
-        s = i < nq ? q_q.data_ptr<scalar_t>()[j * nq + i] : q_g.data_ptr<scalar_t>()[j * ng + (i - nq)];
+        s = i < nq ? q_q.data_ptr<scalar_t>()[j * nq + i]
+                   : q_g.data_ptr<scalar_t>()[j * ng + (i - nq)];
       } else {
         s = i < nq ? q_g.data_ptr<scalar_t>()[i * ng + (j - nq)]
                    : g_g.data_ptr<scalar_t>()[(j - nq) * ng + (i - nq)];

@@ -1,0 +1,184 @@
+// reidnet-evaluate: times reidnet::evaluate and reidnet::re_ranking on Market-1501-sized
+// features (3,368 queries x 19,732 gallery, 512-d), read from a file written by
+// benchmarks/evaluate_reference.py (so the Python baseline sees the same data) or generated.
+//
+//   reidnet-evaluate protocol --data market.pt --repeat 3
+//   reidnet-evaluate re-ranking --data market.pt --from matrices
+//   reidnet-evaluate re-ranking --queries 500 --gallery 3000      # generated features
+//
+// Each run prints one `key=value` line that benchmarks/evaluate_compare.py parses.
+#include <reidnet/reidnet.hpp>
+
+#include <fmt/core.h>
+#include <CLI/CLI.hpp>
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Data {
+  torch::Tensor qf, ql, qc, gf, gl, gc;
+};
+
+struct Synthetic {
+  int64_t queries = 3368;
+  int64_t gallery = 19732;
+  int64_t dim = 512;
+  int64_t ids = 751;
+  int64_t cameras = 6;
+  double noise = 2.5;
+  uint64_t seed = 1;
+};
+
+// Identity clusters on the unit sphere plus distractors (id 0, 14%) and junk (id -1, 19%),
+// the distribution of benchmarks/evaluate_reference.py.
+Data generate(const Synthetic& s) {
+  torch::manual_seed(s.seed);
+  const auto centers = torch::randn({s.ids + 1, s.dim});
+  const auto ql = torch::randint(1, s.ids + 1, {s.queries}, torch::kLong);
+  const auto qc = torch::randint(1, s.cameras + 1, {s.queries}, torch::kLong);
+  auto gl = torch::randint(1, s.ids + 1, {s.gallery}, torch::kLong);
+  const auto kind = torch::rand({s.gallery});
+  gl.masked_fill_(kind < 0.14, 0);
+  gl.masked_fill_((kind >= 0.14) & (kind < 0.33), -1);
+  const auto gc = torch::randint(1, s.cameras + 1, {s.gallery}, torch::kLong);
+  auto features = [&](const torch::Tensor& labels) {
+    auto f = centers.index_select(0, labels.clamp_min(0)) * (labels > 0).unsqueeze(1);
+    f = f + s.noise * torch::randn(f.sizes());
+    return f / f.norm(2, {1}, true);
+  };
+  return {features(ql), ql, qc, features(gl), gl, gc};
+}
+
+// A plain dict of tensors saved by torch.save (what evaluate_reference.py writes).
+Data load(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) throw std::runtime_error("cannot open --data file " + path);
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(file)),
+                                std::istreambuf_iterator<char>());
+  std::map<std::string, torch::Tensor> tensors;
+  for (const auto& item : torch::pickle_load(bytes).toGenericDict()) {
+    tensors.emplace(item.key().toStringRef(), item.value().toTensor());
+  }
+  auto get = [&](const std::string& key) {
+    const auto found = tensors.find(key);
+    if (found == tensors.end()) {
+      throw std::runtime_error(fmt::format("--data file {} lacks the tensor '{}'", path, key));
+    }
+    return found->second;
+  };
+  return {get("qf"), get("ql"), get("qc"), get("gf"), get("gl"), get("gc")};
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+double peak_rss_mb() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // kilobytes on Linux
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Time reidnet::evaluate and reidnet::re_ranking on Market-1501-sized features"};
+  app.require_subcommand(1);
+  std::string data_path;
+  Synthetic synthetic;
+  int threads = 0;
+  for (auto* command : {app.add_subcommand("protocol", "Rank@k/mAP of the features"),
+                        app.add_subcommand("re-ranking", "k-reciprocal re-ranking, then mAP")}) {
+    command->add_option("--data", data_path, "features file from evaluate_reference.py");
+    command->add_option("--queries", synthetic.queries, "generated queries")
+        ->check(CLI::PositiveNumber);
+    command->add_option("--gallery", synthetic.gallery, "generated gallery images")
+        ->check(CLI::PositiveNumber);
+    command->add_option("--dim", synthetic.dim, "feature width")->check(CLI::PositiveNumber);
+    command->add_option("--ids", synthetic.ids, "identities")->check(CLI::PositiveNumber);
+    command->add_option("--seed", synthetic.seed, "seed of the generated features");
+    command->add_option("--noise", synthetic.noise, "noise of the generated features");
+    command->add_option("--threads", threads, "intra-op threads (0 = LibTorch's default)")
+        ->check(CLI::NonNegativeNumber);
+  }
+  int repeat = 3;
+  app.get_subcommand("protocol")
+      ->add_option("--repeat", repeat, "timed runs")
+      ->check(CLI::PositiveNumber);
+  std::string from = "matrices";
+  int64_t block_rows = 512;
+  app.get_subcommand("re-ranking")
+      ->add_option("--from", from,
+                   "matrices: the baseline's q_g/q_q/g_g API; features: no matrices")
+      ->check(CLI::IsMember({"matrices", "features"}));
+  app.get_subcommand("re-ranking")
+      ->add_option("--block-rows", block_rows, "distance rows per block")
+      ->check(CLI::PositiveNumber);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    return app.exit(error) == 0 ? 0 : 2;
+  }
+
+  try {
+    if (threads > 0) at::set_num_threads(threads);
+    const auto data = data_path.empty() ? generate(synthetic) : load(data_path);
+    const auto shape = fmt::format("queries={} gallery={} dim={} threads={}", data.qf.size(0),
+                                   data.gf.size(0), data.qf.size(1), at::get_num_threads());
+    if (app.got_subcommand("protocol")) {
+      std::vector<double> times;
+      reidnet::EvalResult result;
+      for (int run = 0; run < repeat; ++run) {
+        const auto start = std::chrono::steady_clock::now();
+        result = reidnet::evaluate(data.qf, data.ql, data.qc, data.gf, data.gl, data.gc);
+        times.push_back(seconds_since(start));
+      }
+      fmt::print(
+          "benchmark=evaluate {} seconds={:.4f} best={:.4f} peak_rss_mb={:.0f} mINP={:.6f} {}\n",
+          shape, median(times), *std::min_element(times.begin(), times.end()), peak_rss_mb(),
+          result.mINP, reidnet::format_baseline_line(result));
+      return 0;
+    }
+    // As the baseline's evaluate_rerank.py: the similarity matrices exist before the timer.
+    torch::Tensor q_g, q_q, g_g;
+    if (from == "matrices") {
+      q_g = data.qf.mm(data.gf.t());
+      q_q = data.qf.mm(data.qf.t());
+      g_g = data.gf.mm(data.gf.t());
+    }
+    const auto before = peak_rss_mb();
+    const auto start = std::chrono::steady_clock::now();
+    const auto options = reidnet::ReRankingOptions().block_rows(block_rows);
+    const auto distance = from == "features"
+                              ? reidnet::re_ranking_features(data.qf, data.gf, options)
+                              : reidnet::re_ranking(q_g, q_q, g_g, options);
+    const auto elapsed = seconds_since(start);
+    const auto peak = peak_rss_mb();
+    const auto result =
+        reidnet::evaluate_scores(distance, data.ql, data.qc, data.gl, data.gc,
+                                 reidnet::EvalOptions().score_kind(reidnet::kDistance));
+    fmt::print(
+        "benchmark=re_ranking from={} {} seconds={:.3f} peak_rss_mb={:.0f} "
+        "rss_before_mb={:.0f} {}\n",
+        from, shape, elapsed, peak, before, reidnet::format_baseline_line(result));
+    return 0;
+  } catch (const std::exception& error) {
+    fmt::print(stderr, "reidnet-evaluate: {}\n", error.what());
+    return 1;
+  }
+}
