@@ -16,9 +16,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <fstream>
-#include <iterator>
-#include <map>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -59,22 +56,15 @@ Data generate(const Synthetic& s) {
   return {features(ql), ql, qc, features(gl), gl, gc};
 }
 
-// A plain dict of tensors saved by torch.save (what evaluate_reference.py writes).
+// A dict of tensors saved by torch.save (what evaluate_reference.py writes), or the features
+// file reidnet-test writes.
 Data load(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) throw std::runtime_error("cannot open --data file " + path);
-  const std::vector<char> bytes((std::istreambuf_iterator<char>(file)),
-                                std::istreambuf_iterator<char>());
-  std::map<std::string, torch::Tensor> tensors;
-  for (const auto& item : torch::pickle_load(bytes).toGenericDict()) {
-    tensors.emplace(item.key().toStringRef(), item.value().toTensor());
-  }
+  const auto tensors = reidnet::read_state_dict(path);
   auto get = [&](const std::string& key) {
-    const auto found = tensors.find(key);
-    if (found == tensors.end()) {
+    if (!tensors.contains(key)) {
       throw std::runtime_error(fmt::format("--data file {} lacks the tensor '{}'", path, key));
     }
-    return found->second;
+    return tensors[key];
   };
   return {get("qf"), get("ql"), get("qc"), get("gf"), get("gl"), get("gc")};
 }

@@ -126,13 +126,16 @@ void save_trainer_state(const fs::path& out, int64_t next_epoch, const History& 
   write_text_atomically(out / "trainer_state.yaml", std::string(yaml.c_str()) + "\n");
 }
 
-int64_t load_trainer_state(const fs::path& dir, History& history, torch::optim::SGD& optimizer) {
-  for (const char* file : {"trainer_state.yaml", "optimizer.pt", "net_last.pth"}) {
+void check_resume_folder(const fs::path& dir) {
+  for (const char* file : {"trainer_state.yaml", "optimizer.pt", "net_last.pth", "opts.yaml"}) {
     if (!fs::exists(dir / file)) {
       throw UsageError(fmt::format("--resume {}: {} is missing; resume needs a folder written "
                                    "by reidnet-train", dir.string(), file));
     }
   }
+}
+
+int64_t load_trainer_state(const fs::path& dir, History& history, torch::optim::SGD& optimizer) {
   const auto state = YAML::LoadFile((dir / "trainer_state.yaml").string());
   history.train_loss = state["train_loss"].as<std::vector<double>>();
   history.train_error = state["train_error"].as<std::vector<double>>();
@@ -375,6 +378,7 @@ int main(int argc, char** argv) {
   if (!resume.empty()) config.out = resume;
   torch::set_num_threads(static_cast<int>(config.threads));
   return reidnet::examples::run_reporting_errors("reidnet-train", [&] {
+    if (!resume.empty()) check_resume_folder(resume);
     reidnet::Dataset dataset;
     try {
       dataset = reidnet::read_dataset(config.data);
