@@ -7,7 +7,8 @@
 #   ROUNDS=3 CASES="embed_fp32_b16 train_bf16_b16" ABLATION=1 benchmarks/compare_speed.sh build
 #
 # Environment: ROUNDS (2), THREADS (2), EMBED_ITERS (4), EMBED_B1_ITERS (16), TRAIN_ITERS (2),
-# CASES (all five), ABLATION (1: also time reidnet with each optimisation off), PYTHON.
+# CASES (all five), ABLATION (1: also time reidnet embed fp32 batch 16 with each optimisation
+# off), PYTHON.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -58,7 +59,7 @@ run_case() {
   local reidnet_runs=()
   if [[ $mode == embed ]]; then
     reidnet_runs+=("default|")
-    if [[ $ablation == 1 && $batch != 1 ]]; then
+    if [[ $ablation == 1 && $case == embed_fp32_b16 ]]; then
       reidnet_runs+=("no-prepack|--no-prepack" "no-prepack-no-fold|--no-prepack --no-fold-bn"
                      "no-fuse|--no-fuse" "dense-NCHW|--no-prepack --no-channels-last")
     fi

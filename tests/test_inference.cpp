@@ -149,6 +149,13 @@ TEST_CASE("ResNet-50 and ResNet-18: embed is the pooled feature, forward the log
   CHECK(fast18.feature_dim() == 512);
   CHECK(max_relative_difference(fast18.forward(images), resnet18->forward(images)) <
         kFp32Tolerance);
+  // More input shapes than the fused path keeps oneDNN contexts for, then the first again.
+  for (const int64_t batch : {1, 2, 3, 4, 5, 1}) {
+    CAPTURE(batch);
+    const auto batch_images = torch::randn({batch, 3, kHeight, kWidth});
+    CHECK(max_relative_difference(fast18.embed(batch_images),
+                                  resnet18->forward_features(batch_images)) < kFp32Tolerance);
+  }
   const auto fast18_bf16 =
       reidnet::optimize_for_inference(resnet18, reidnet::InferenceOptions().dtype(torch::kBFloat16));
   CHECK(min_row_cosine(fast18_bf16.embed(images), resnet18->forward_features(images)) >=

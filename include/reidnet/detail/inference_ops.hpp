@@ -12,7 +12,6 @@
 #include <torch/types.h>
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <utility>
@@ -45,8 +44,10 @@ BatchNormAffine batch_norm_affine(const NormImpl& norm) {
 /// `conv2d_run`, registered by LibTorch builds with oneDNN since 1.12). Looked up at run time:
 /// where it is missing the blocked-layout path runs instead.
 struct PrepackedConvOps {
-  c10::optional<c10::OperatorHandle> prepack;
-  c10::optional<c10::OperatorHandle> run;
+  // c10::optional in LibTorch 1.x, std::optional in recent 2.x.
+  using MaybeOperator = decltype(c10::Dispatcher::singleton().findSchema({"", ""}));
+  MaybeOperator prepack;
+  MaybeOperator run;
 
   static const PrepackedConvOps& get() {
     static const PrepackedConvOps ops = [] {
@@ -58,7 +59,12 @@ struct PrepackedConvOps {
     }();
     return ops;
   }
-  bool available() const { return prepack.has_value() && run.has_value(); }
+  /// Both ops, with the argument lists this code passes (W, B, stride, padding, dilation,
+  /// groups, input_size, attr) and (X, context).
+  bool available() const {
+    return prepack.has_value() && run.has_value() &&
+           prepack->schema().arguments().size() == 8 && run->schema().arguments().size() == 2;
+  }
 };
 
 /// The kernels a model runs with, chosen once from the options and this LibTorch build.
@@ -85,23 +91,30 @@ struct KernelConfig {
   }
 };
 
-/// oneDNN contexts of one conv, one per input shape (a context is built for a fixed shape).
+/// oneDNN contexts of one conv, one per input shape (a context is built for a fixed shape and
+/// holds its own copy of the packed weights, so only the most recent few shapes are kept:
+/// a feature extractor sees the full batch and one smaller last batch).
 class PrepackedConvCache {
  public:
+  static constexpr size_t kMaxShapes = 3;
+
   c10::IValue get(const at::Tensor& x, const std::vector<c10::IValue>& prepack_arguments) {
     std::lock_guard<std::mutex> lock(mutex_);
-    const auto key = x.sizes().vec();
-    auto found = contexts_.find(key);
-    if (found != contexts_.end()) return found->second;
+    auto key = x.sizes().vec();
+    for (const auto& [shape, context] : contexts_) {
+      if (shape == key) return context;
+    }
     torch::jit::Stack stack(prepack_arguments);
     stack.insert(stack.begin() + 6, c10::IValue(key));  // input_size, before attr
     PrepackedConvOps::get().prepack->callBoxed(&stack);
-    return contexts_.emplace(key, stack.at(0)).first->second;
+    if (contexts_.size() == kMaxShapes) contexts_.erase(contexts_.begin());
+    contexts_.emplace_back(std::move(key), stack.at(0));
+    return contexts_.back().second;
   }
 
  private:
   std::mutex mutex_;
-  std::map<std::vector<int64_t>, c10::IValue> contexts_;
+  std::vector<std::pair<std::vector<int64_t>, c10::IValue>> contexts_;  // oldest first
 };
 
 /// One Conv2d (no bias in ResNet), its BatchNorm2d and, if `relu`, the ReLU after them.
