@@ -200,4 +200,14 @@ TEST_CASE("bad inputs and options are rejected with a message") {
   CHECK_THROWS_WITH_AS(
       reidnet::optimize_for_inference(net, reidnet::InferenceOptions().dtype(torch::kFloat64)),
       doctest::Contains("InferenceOptions::dtype"), c10::Error);
+  if (!torch::cuda::is_available()) {
+    CHECK_THROWS_WITH_AS(
+        reidnet::optimize_for_inference(net, reidnet::InferenceOptions().device(torch::kCUDA)),
+        doctest::Contains("no CUDA device"), c10::Error);
+  }
+#if TORCH_VERSION_MAJOR < 2
+  CHECK_THROWS_WITH_AS(
+      reidnet::optimize_for_inference(net, reidnet::InferenceOptions().dtype(torch::kFloat16)),
+      doctest::Contains("use torch::kBFloat16 on CPU"), c10::Error);
+#endif
 }

@@ -12,6 +12,7 @@
 #include <reidnet/resnet.hpp>
 
 #include <c10/core/InferenceMode.h>
+#include <torch/cuda.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/types.h>
 #include <torch/version.h>
@@ -85,6 +86,9 @@ inline KernelConfig make_kernel_config(const InferenceOptions& options) {
                   options.dtype() == torch::kFloat16,
               "InferenceOptions::dtype must be float32, bfloat16 or float16, got ",
               options.dtype());
+  TORCH_CHECK(!options.device().is_cuda() || torch::cuda::is_available(),
+              "InferenceOptions::device is ", options.device(),
+              " but this LibTorch sees no CUDA device; use torch::kCPU");
   KernelConfig config;
   config.dtype = options.dtype();
   config.device = options.device();
