@@ -12,6 +12,7 @@
 #include <reidnet/resnet.hpp>
 
 #include <c10/core/InferenceMode.h>
+#include <torch/cuda.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/types.h>
 #include <torch/version.h>
@@ -35,17 +36,18 @@ struct InferenceOptions {
   TORCH_ARG(bool, channels_last) = true;
   /// Fold every BatchNorm2d into its conv, and BatchNorm1d into the bottleneck Linear.
   TORCH_ARG(bool, fold_bn) = true;
-  /// In-place ReLU and residual add into the conv output (no extra activation buffers).
+  /// ReLU fused into the conv by oneDNN (CPU with prepack); residual add and ReLU in place.
   TORCH_ARG(bool, fuse) = true;
-  /// CPU: run in oneDNN's blocked layout with weights reordered once (needs fold_bn and a
-  /// LibTorch built with oneDNN; ignored on CUDA and for fp16).
+  /// CPU: weights prepacked once in oneDNN's blocked layout (needs fold_bn and a LibTorch
+  /// built with oneDNN; ignored on CUDA and for fp16). With fuse: channels_last activations
+  /// and oneDNN's fused conv+ReLU; without: activations in the blocked layout too.
   TORCH_ARG(bool, prepack) = true;
 };
 
 namespace detail {
 
 struct ResidualBlockPlan {
-  std::vector<ConvBn> convs;  // ReLU after each but the last
+  std::vector<ConvBn> convs;
   bool has_downsample = false;
   ConvBn downsample;
 };
@@ -84,6 +86,9 @@ inline KernelConfig make_kernel_config(const InferenceOptions& options) {
                   options.dtype() == torch::kFloat16,
               "InferenceOptions::dtype must be float32, bfloat16 or float16, got ",
               options.dtype());
+  TORCH_CHECK(!options.device().is_cuda() || torch::cuda::is_available(),
+              "InferenceOptions::device is ", options.device(),
+              " but this LibTorch sees no CUDA device; use torch::kCPU");
   KernelConfig config;
   config.dtype = options.dtype();
   config.device = options.device();
@@ -92,6 +97,12 @@ inline KernelConfig make_kernel_config(const InferenceOptions& options) {
   config.fuse = options.fuse();
   config.prepack = options.prepack() && options.fold_bn() && options.device().is_cpu() &&
                    options.dtype() != torch::kFloat16 && onednn_available();
+  if (config.prepack) {
+    config.backend = options.fuse() && PrepackedConvOps::get().available()
+                         ? ConvBackend::onednn_fused
+                         : ConvBackend::onednn_blocked;
+    if (config.backend == ConvBackend::onednn_fused) config.channels_last = true;
+  }
 #if TORCH_VERSION_MAJOR < 2
   TORCH_CHECK(!(options.device().is_cpu() && options.dtype() == torch::kFloat16),
               "InferenceOptions::dtype float16 on CPU needs LibTorch 2.x (1.x has no fp16 CPU "
@@ -120,7 +131,7 @@ template <class Block, class Init>
 void build_backbone(ResNetImpl<Block, Init>& net, InferencePlan& plan) {
   using BlockImpl = typename Block::Impl;
   const auto& config = plan.config;
-  plan.stem = make_conv_bn(*net.conv1, *net.bn1, config);
+  plan.stem = make_conv_bn(*net.conv1, *net.bn1, /*relu=*/true, config);
   plan.input_channels = net.conv1->options.in_channels();
   plan.num_features = net.num_features();
   for (size_t stage = 1; stage <= 4; ++stage) {
@@ -128,14 +139,18 @@ void build_backbone(ResNetImpl<Block, Init>& net, InferencePlan& plan) {
     for (size_t i = 0; i < layer->size(); ++i) {
       const auto& block = layer->template at<BlockImpl>(i);
       ResidualBlockPlan block_plan;
-      for (const auto& [conv, norm] : conv_bn_pairs(block)) {
-        block_plan.convs.push_back(make_conv_bn(*conv, *norm, config));
+      const auto pairs = conv_bn_pairs(block);
+      for (size_t k = 0; k < pairs.size(); ++k) {
+        // ReLU after each conv but the last, which comes before the residual add.
+        block_plan.convs.push_back(
+            make_conv_bn(*pairs[k].first, *pairs[k].second, k + 1 < pairs.size(), config));
       }
       if (block.downsample) {
         block_plan.has_downsample = true;
         block_plan.downsample =
             make_conv_bn(child<torch::nn::Conv2dImpl>(*block.downsample, 0),
-                         child<torch::nn::BatchNorm2dImpl>(*block.downsample, 1), config);
+                         child<torch::nn::BatchNorm2dImpl>(*block.downsample, 1),
+                         /*relu=*/false, config);
       }
       plan.blocks.push_back(std::move(block_plan));
     }
@@ -219,8 +234,12 @@ class InferenceModel {
     std::ostringstream out;
     out << plan_->name << " dtype=" << c10::toString(config.dtype) << " device=" << config.device
         << " fold_bn=" << config.fold_bn << " fuse=" << config.fuse
-        << " prepack=" << config.prepack
-        << " channels_last=" << (config.prepack ? false : config.channels_last);
+        << " prepack=" << config.prepack << " backend="
+        << (config.backend == detail::ConvBackend::onednn_fused     ? "onednn_fused"
+            : config.backend == detail::ConvBackend::onednn_blocked ? "onednn_blocked"
+                                                                    : "dense")
+        << " channels_last="
+        << (config.backend == detail::ConvBackend::onednn_blocked ? false : config.channels_last);
     return out.str();
   }
 
@@ -237,7 +256,7 @@ class InferenceModel {
     TORCH_CHECK(images.is_floating_point(), "InferenceModel expects floating-point images, got ",
                 images.scalar_type());
     at::Tensor x;
-    if (config.prepack) {
+    if (config.backend == detail::ConvBackend::onednn_blocked) {
       x = images.to(at::TensorOptions().dtype(at::kFloat).device(config.device))
               .contiguous()
               .to_mkldnn(config.dtype);
@@ -245,24 +264,18 @@ class InferenceModel {
       x = images.to(at::TensorOptions().dtype(config.dtype).device(config.device))
               .contiguous(config.memory_format());
     }
-    x = relu(plan.stem.run(x, config));
+    x = plan.stem.run(x, config);
     x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
     for (const auto& block : plan.blocks) {
       at::Tensor out = x;
-      for (size_t i = 0; i < block.convs.size(); ++i) {
-        out = block.convs[i].run(out, config);
-        if (i + 1 < block.convs.size()) out = relu(out);
-      }
+      for (const auto& conv : block.convs) out = conv.run(out, config);
       const at::Tensor identity = block.has_downsample ? block.downsample.run(x, config) : x;
       x = config.fuse ? out.add_(identity).relu_() : at::relu(out + identity);
     }
     x = at::adaptive_avg_pool2d(x, {1, 1});
-    if (config.prepack) x = x.to_dense();
+    if (config.backend == detail::ConvBackend::onednn_blocked) x = x.to_dense();
     return x.flatten(1).to(at::kFloat);
   }
-
-  // Only ever applied to a fresh conv output, so the in-place form is safe.
-  at::Tensor relu(at::Tensor x) const { return plan_->config.fuse ? x.relu_() : at::relu(x); }
 
   at::Tensor embed_from_features(at::Tensor features) const {
     const auto& plan = *plan_;

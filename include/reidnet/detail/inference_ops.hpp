@@ -4,12 +4,16 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 #include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/types.h>
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -36,6 +40,40 @@ BatchNormAffine batch_norm_affine(const NormImpl& norm) {
   return {scale, shift};
 }
 
+/// oneDNN's prepacked convolution with a fused ReLU (`mkldnn_prepacked::conv2d_prepack` /
+/// `conv2d_run`, registered by LibTorch builds with oneDNN since 1.12). Looked up at run time:
+/// where it is missing the blocked-layout path runs instead.
+struct PrepackedConvOps {
+  // c10::optional in LibTorch 1.x, std::optional in recent 2.x.
+  using MaybeOperator = decltype(c10::Dispatcher::singleton().findSchema({"", ""}));
+  MaybeOperator prepack;
+  MaybeOperator run;
+
+  static const PrepackedConvOps& get() {
+    static const PrepackedConvOps ops = [] {
+      PrepackedConvOps found;
+      auto& dispatcher = c10::Dispatcher::singleton();
+      found.prepack = dispatcher.findSchema({"mkldnn_prepacked::conv2d_prepack", ""});
+      found.run = dispatcher.findSchema({"mkldnn_prepacked::conv2d_run", ""});
+      return found;
+    }();
+    return ops;
+  }
+  /// Both ops, with the argument lists this code passes (W, B, stride, padding, dilation,
+  /// groups, input_size, attr) and (X, context).
+  bool available() const {
+    return prepack.has_value() && run.has_value() &&
+           prepack->schema().arguments().size() == 8 && run->schema().arguments().size() == 2;
+  }
+};
+
+/// The kernels a model runs with, chosen once from the options and this LibTorch build.
+enum class ConvBackend {
+  dense,          // at::conv2d on dense (channels_last) tensors: CUDA, or any CPU build
+  onednn_blocked, // activations and weights in oneDNN's blocked layout, eltwise ops in place
+  onednn_fused,   // channels_last activations, prepacked weights, conv+ReLU fused by oneDNN
+};
+
 /// What every kernel needs to know about how tensors are stored.
 struct KernelConfig {
   at::ScalarType dtype = at::kFloat;
@@ -44,41 +82,90 @@ struct KernelConfig {
   bool fold_bn = true;
   /// Activations and weights in oneDNN's own (blocked) layout, weights reordered once.
   bool prepack = true;
-  /// In-place ReLU and residual add (no extra activation buffers).
+  /// ReLU fused into the conv where oneDNN can; in-place ReLU and residual add elsewhere.
   bool fuse = true;
+  ConvBackend backend = ConvBackend::dense;
 
   at::MemoryFormat memory_format() const {
     return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   }
 };
 
-/// One Conv2d (no bias in ResNet) followed by its BatchNorm2d, ready to run.
+/// oneDNN contexts of one conv, one per input shape (a context is built for a fixed shape and
+/// holds its own copy of the packed weights, so only the most recent few shapes are kept:
+/// a feature extractor sees the full batch and one smaller last batch).
+class PrepackedConvCache {
+ public:
+  static constexpr size_t kMaxShapes = 3;
+
+  c10::IValue get(const at::Tensor& x, const std::vector<c10::IValue>& prepack_arguments) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto key = x.sizes().vec();
+    for (const auto& [shape, context] : contexts_) {
+      if (shape == key) return context;
+    }
+    torch::jit::Stack stack(prepack_arguments);
+    stack.insert(stack.begin() + 6, c10::IValue(key));  // input_size, before attr
+    PrepackedConvOps::get().prepack->callBoxed(&stack);
+    if (contexts_.size() == kMaxShapes) contexts_.erase(contexts_.begin());
+    contexts_.emplace_back(std::move(key), stack.at(0));
+    return contexts_.back().second;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::pair<std::vector<int64_t>, c10::IValue>> contexts_;  // oldest first
+};
+
+/// One Conv2d (no bias in ResNet), its BatchNorm2d and, if `relu`, the ReLU after them.
 struct ConvBn {
   at::Tensor weight;  // folded (or original) weight, dtype/device/memory format of the config
   at::Tensor bias;    // folded BatchNorm shift; undefined when BatchNorm is not folded
-  at::Tensor packed_weight;  // oneDNN blocked weight (prepack)
-  at::Tensor packed_bias;    // fp32 oneDNN bias (prepack)
+  at::Tensor packed_weight;  // oneDNN blocked weight (onednn_blocked)
+  at::Tensor packed_bias;    // fp32 oneDNN bias (onednn_blocked)
   at::Tensor bn_scale, bn_shift;  // unfolded BatchNorm, as (1, C, 1, 1) affine
   std::vector<int64_t> stride, padding, dilation;
   int64_t groups = 1;
+  bool relu = false;
+  std::shared_ptr<PrepackedConvCache> prepacked;  // onednn_fused
 
   at::Tensor run(const at::Tensor& x, const KernelConfig& config) const {
-    if (config.prepack) {
-      return at::mkldnn_convolution(x, packed_weight, packed_bias, padding, stride, dilation,
-                                    groups);
+    switch (config.backend) {
+      case ConvBackend::onednn_fused: {
+        const std::vector<c10::IValue> arguments{weight, bias, stride, padding, dilation, groups,
+                                                 std::string(relu ? "relu" : "none")};
+        torch::jit::Stack stack{x, prepacked->get(x, arguments)};
+        PrepackedConvOps::get().run->callBoxed(&stack);
+        return stack.at(0).toTensor();  // ReLU already applied by oneDNN
+      }
+      case ConvBackend::onednn_blocked:
+        return apply_relu(at::mkldnn_convolution(x, packed_weight, packed_bias, padding, stride,
+                                                 dilation, groups),
+                          config);
+      case ConvBackend::dense:
+        break;
     }
     auto y = at::conv2d(x, weight, bias, stride, padding, dilation, groups);
-    if (config.fold_bn) return y;
-    return config.fuse ? y.mul_(bn_scale).add_(bn_shift) : y * bn_scale + bn_shift;
+    if (!config.fold_bn) y = config.fuse ? y.mul_(bn_scale).add_(bn_shift) : y * bn_scale + bn_shift;
+    return apply_relu(std::move(y), config);
+  }
+
+ private:
+  // Only ever applied to a fresh conv output, so the in-place form is safe.
+  at::Tensor apply_relu(at::Tensor y, const KernelConfig& config) const {
+    if (!relu) return y;
+    return config.fuse ? y.relu_() : at::relu(y);
   }
 };
 
 inline std::vector<int64_t> to_vector(at::IntArrayRef values) { return values.vec(); }
 
 inline ConvBn make_conv_bn(const torch::nn::Conv2dImpl& conv,
-                           const torch::nn::BatchNorm2dImpl& norm, const KernelConfig& config) {
+                           const torch::nn::BatchNorm2dImpl& norm, bool relu,
+                           const KernelConfig& config) {
   const auto& conv_options = conv.options;
   ConvBn out;
+  out.relu = relu;
   out.stride = to_vector(*conv_options.stride());
   out.dilation = to_vector(*conv_options.dilation());
   // Every conv of torchvision's ResNet pads by dilation * (kernel - 1) / 2; reading the
@@ -94,7 +181,7 @@ inline ConvBn make_conv_bn(const torch::nn::Conv2dImpl& conv,
   if (config.fold_bn) {
     weight = weight * affine.scale.view({-1, 1, 1, 1});
     bias = bias * affine.scale + affine.shift;
-    if (!config.prepack) {  // the prepacked path keeps only the oneDNN copy
+    if (config.backend != ConvBackend::onednn_blocked) {  // that one keeps only its copy
       out.weight = weight.to(target).contiguous(config.memory_format());
       out.bias = bias.to(target);
     }
@@ -105,7 +192,10 @@ inline ConvBn make_conv_bn(const torch::nn::Conv2dImpl& conv,
     out.bn_scale = affine.scale.to(target).view({1, -1, 1, 1});
     out.bn_shift = affine.shift.to(target).view({1, -1, 1, 1});
   }
-  if (config.prepack) {
+  if (config.backend == ConvBackend::onednn_fused) {
+    out.prepacked = std::make_shared<PrepackedConvCache>();
+  }
+  if (config.backend == ConvBackend::onednn_blocked) {
     out.packed_weight = at::mkldnn_reorder_conv2d_weight(
         weight.to(at::kFloat).contiguous().to_mkldnn(config.dtype), out.padding, out.stride,
         out.dilation, out.groups);

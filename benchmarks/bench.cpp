@@ -1,0 +1,316 @@
+// reidnet-bench: speed of FtNet (ResNet-50 + ClassBlock) feature extraction and training.
+//
+//   reidnet-bench --mode embed --dtype bf16 --batch-size 16 --iters 10
+//   reidnet-bench --mode train --dtype bf16 --no-channels-last
+//
+// It warms up, then times each iteration; the last line is `throughput X img/s`.
+// benchmarks/compare_speed.sh runs it side by side with benchmarks/reference_python.py.
+#include <reidnet/reidnet.hpp>
+
+#include <ATen/autocast_mode.h>
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+#include <torch/cuda.h>
+#include <torch/torch.h>
+#include <torch/version.h>
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct BenchOptions {
+  std::string mode = "embed";
+  std::string dtype = "fp32";
+  std::string device = "cpu";
+  int64_t batch_size = 16;
+  int64_t iters = 10;
+  int64_t warmup = 2;
+  int threads = 2;
+  int64_t height = 256;
+  int64_t width = 128;
+  int64_t stride = 2;
+  int64_t linear_num = 512;
+  int64_t classes = 751;
+  bool eager = false;
+  bool no_fold_bn = false;
+  bool no_fuse = false;
+  bool no_prepack = false;
+  bool no_channels_last = false;
+};
+
+torch::Dtype parse_dtype(const std::string& name) {
+  if (name == "fp32") return torch::kFloat32;
+  if (name == "bf16") return torch::kBFloat16;
+  return torch::kFloat16;
+}
+
+/// The vector extensions that matter for oneDNN, from /proc/cpuinfo (Linux).
+std::string cpu_instruction_set() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  std::string model;
+  std::set<std::string> flags;
+  while (std::getline(cpuinfo, line)) {
+    if (model.empty() && line.rfind("model name", 0) == 0) model = line.substr(line.find(':') + 2);
+    if (line.rfind("flags", 0) == 0) {
+      std::istringstream words(line.substr(line.find(':') + 1));
+      std::string word;
+      while (words >> word) flags.insert(word);
+      break;
+    }
+  }
+  std::string out = model.empty() ? "unknown CPU" : model;
+  out += " [";
+  bool first = true;
+  for (const char* flag : {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16",
+                           "avx512_fp16"}) {
+    if (flags.count(flag) == 0) continue;
+    out += (first ? "" : " ") + std::string(flag);
+    first = false;
+  }
+  return out + "]";
+}
+
+double peak_rss_mib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // Linux reports KiB
+}
+
+/// Autocast for one forward pass (LibTorch 1.13 and 2.x spell it differently).
+class AutocastScope {
+ public:
+  AutocastScope(bool enabled, torch::Device device, torch::Dtype dtype)
+      : enabled_(enabled), device_(device) {
+    if (!enabled_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_dtype(device_.type(), dtype);
+    at::autocast::set_autocast_enabled(device_.type(), true);
+#else
+    if (device_.is_cpu()) {
+      at::autocast::set_autocast_cpu_dtype(dtype);
+      at::autocast::set_cpu_enabled(true);
+    } else {
+      at::autocast::set_autocast_gpu_dtype(dtype);
+      at::autocast::set_enabled(true);
+    }
+#endif
+    at::autocast::increment_nesting();
+  }
+  ~AutocastScope() {
+    if (!enabled_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(device_.type(), false);
+#else
+    if (device_.is_cpu()) {
+      at::autocast::set_cpu_enabled(false);
+    } else {
+      at::autocast::set_enabled(false);
+    }
+#endif
+    // Like Python's autocast exit: drop the cached low-precision weight copies once the
+    // outermost scope ends (they are stale after the optimizer step).
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  bool enabled_;
+  torch::Device device_;
+};
+
+/// Converts the 4-D weights to channels_last in place, as Python's
+/// `model.to(memory_format=torch.channels_last)` does.
+void to_channels_last(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (auto& parameter : module.parameters()) {
+    if (parameter.dim() == 4) {
+      parameter.set_data(parameter.data().contiguous(torch::MemoryFormat::ChannelsLast));
+    }
+  }
+}
+
+void synchronize(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize();
+}
+
+struct Timing {
+  std::vector<double> milliseconds;
+  double total_seconds = 0;
+};
+
+template <class Step>
+Timing time_iterations(const BenchOptions& options, const torch::Device& device, Step&& step) {
+  for (int64_t i = 0; i < options.warmup; ++i) step();
+  synchronize(device);
+  Timing timing;
+  const auto start = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < options.iters; ++i) {
+    const auto before = std::chrono::steady_clock::now();
+    step();
+    synchronize(device);
+    const auto after = std::chrono::steady_clock::now();
+    timing.milliseconds.push_back(std::chrono::duration<double, std::milli>(after - before).count());
+  }
+  timing.total_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return timing;
+}
+
+double percentile(std::vector<double> values, double fraction) {
+  std::sort(values.begin(), values.end());
+  const auto index = static_cast<size_t>(fraction * static_cast<double>(values.size() - 1) + 0.5);
+  return values[std::min(index, values.size() - 1)];
+}
+
+std::string embed_path(const BenchOptions& options, reidnet::FtNet& net,
+                       const torch::Device& device, const torch::Tensor& images,
+                       Timing& timing) {
+  const auto dtype = parse_dtype(options.dtype);
+  if (options.eager) {
+    // The unoptimised module, weights cast to the dtype, under InferenceMode.
+    net->to(device, dtype);
+    if (!options.no_channels_last) to_channels_last(*net);
+    const auto input = images.to(dtype).contiguous(options.no_channels_last
+                                                       ? torch::MemoryFormat::Contiguous
+                                                       : torch::MemoryFormat::ChannelsLast);
+    timing = time_iterations(options, device, [&] {
+      c10::InferenceMode guard;
+      net->embed(input);
+    });
+    return fmt::format("eager module, {}, {}", options.dtype,
+                       options.no_channels_last ? "NCHW" : "channels_last");
+  }
+  const auto fast = reidnet::optimize_for_inference(
+      net, reidnet::InferenceOptions()
+               .dtype(dtype)
+               .device(device)
+               .fold_bn(!options.no_fold_bn)
+               .fuse(!options.no_fuse)
+               .prepack(!options.no_prepack)
+               .channels_last(!options.no_channels_last));
+  timing = time_iterations(options, device, [&] { fast.embed(images); });
+  return "optimize_for_inference: " + fast.describe();
+}
+
+std::string train_path(const BenchOptions& options, reidnet::FtNet& net,
+                       const torch::Device& device, const torch::Tensor& images,
+                       Timing& timing) {
+  net->to(device);
+  net->train();
+  const bool channels_last = !options.no_channels_last;
+  if (channels_last) to_channels_last(*net);
+  // The baseline's recipe (REFERENCE.md §6): backbone at 0.1 x lr, the head at lr.
+  const double lr = 0.05;
+  auto group_options = [](double group_lr) {
+    return std::make_unique<torch::optim::SGDOptions>(
+        torch::optim::SGDOptions(group_lr).momentum(0.9).nesterov(true).weight_decay(5e-4));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(net->model->parameters(), group_options(0.1 * lr));
+  groups.emplace_back(net->classifier->parameters(), group_options(lr));
+  torch::optim::SGD optimizer(groups, torch::optim::SGDOptions(lr));
+  auto parameters = net->parameters();
+  const auto labels =
+      torch::randint(options.classes, {options.batch_size}, torch::TensorOptions(device).dtype(torch::kLong));
+  const auto dtype = parse_dtype(options.dtype);
+  const bool autocast = dtype != torch::kFloat32;
+  timing = time_iterations(options, device, [&] {
+    for (auto& parameter : parameters) parameter.mutable_grad().reset();  // set_to_none
+    torch::Tensor loss;
+    {
+      AutocastScope scope(autocast, device, dtype);
+      loss = torch::nn::functional::cross_entropy(net->forward(images), labels);
+    }
+    loss.backward();
+    optimizer.step();
+  });
+  return fmt::format("train step (SGD nesterov, 2 groups), {}{}", options.dtype,
+                     autocast ? " autocast" : "") +
+         (channels_last ? ", channels_last" : ", NCHW");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Time FtNet feature extraction (optimize_for_inference) or a training step"};
+  BenchOptions options;
+  app.add_option("--mode", options.mode, "embed or train")->check(CLI::IsMember({"embed", "train"}));
+  app.add_option("--dtype", options.dtype, "fp32, bf16 or fp16 (train: autocast dtype)")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  app.add_option("--device", options.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--batch-size", options.batch_size, "images per batch")->check(CLI::PositiveNumber);
+  app.add_option("--iters", options.iters, "timed iterations")->check(CLI::PositiveNumber);
+  app.add_option("--warmup", options.warmup, "untimed iterations first")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", options.threads, "intra-op CPU threads")->check(CLI::PositiveNumber);
+  app.add_option("--height", options.height, "input height")->check(CLI::PositiveNumber);
+  app.add_option("--width", options.width, "input width")->check(CLI::PositiveNumber);
+  app.add_option("--stride", options.stride, "FtNet layer4 stride")->check(CLI::IsMember({1, 2}));
+  app.add_option("--linear-num", options.linear_num, "FtNet bottleneck width (0 = none)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--classes", options.classes, "identities")->check(CLI::PositiveNumber);
+  app.add_flag("--eager", options.eager, "embed: time the unoptimised module instead");
+  app.add_flag("--no-fold-bn", options.no_fold_bn, "embed: keep BatchNorm separate");
+  app.add_flag("--no-fuse", options.no_fuse, "embed: out-of-place ReLU and residual add");
+  app.add_flag("--no-prepack", options.no_prepack, "embed: no oneDNN blocked weights (dense path)");
+  app.add_flag("--no-channels-last", options.no_channels_last, "NCHW instead of channels_last");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    return app.exit(error) == 0 ? 0 : 2;
+  }
+
+  try {
+    const torch::Device device(options.device == "cuda" ? torch::kCUDA : torch::kCPU);
+    if (device.is_cuda() && !torch::cuda::is_available()) {
+      fmt::print(stderr, "reidnet-bench: --device cuda, but this LibTorch sees no CUDA device\n");
+      return 1;
+    }
+    torch::set_num_threads(options.threads);
+    torch::manual_seed(0);
+    reidnet::FtNet net(reidnet::FtNetOptions(options.classes)
+                           .stride(options.stride)
+                           .linear_num(options.linear_num));
+    net->eval();
+    const auto images =
+        torch::randn({options.batch_size, 3, options.height, options.width}).to(device);
+    Timing timing;
+    const std::string path = options.mode == "embed"
+                                 ? embed_path(options, net, device, images, timing)
+                                 : train_path(options, net, device, images, timing);
+    const double throughput =
+        static_cast<double>(options.batch_size * options.iters) / timing.total_seconds;
+    // ResNet-50 forward at 256x128 is ~5.3 GFLOP (multiply-add = 2); layer4 stride 1 adds ~0.9.
+    const double gflop_per_image = (options.stride == 1 ? 6.2 : 5.3) *
+                                   static_cast<double>(options.height * options.width) /
+                                   (256.0 * 128.0);
+    fmt::print("reidnet-bench  mode={} dtype={} batch={} iters={} threads={} input={}x{}\n",
+               options.mode, options.dtype, options.batch_size, options.iters, options.threads,
+               options.height, options.width);
+    fmt::print("  path            {}\n", path);
+    fmt::print("  LibTorch        {}\n", TORCH_VERSION);
+    fmt::print("  device          {}\n", device.is_cuda() ? "cuda" : "cpu");
+    fmt::print("  CPU             {}\n", cpu_instruction_set());
+    fmt::print("  ms/batch p50    {:.1f}\n", percentile(timing.milliseconds, 0.5));
+    fmt::print("  ms/batch p95    {:.1f}\n", percentile(timing.milliseconds, 0.95));
+    fmt::print("  peak memory     {:.0f} MiB (host RSS)\n", peak_rss_mib());
+    if (options.mode == "embed") {
+      fmt::print("  forward GFLOP/s {:.0f}\n", throughput * gflop_per_image);
+    }
+    fmt::print("throughput {:.2f} img/s\n", throughput);
+  } catch (const std::exception& error) {
+    fmt::print(stderr, "reidnet-bench: {}\n", error.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,136 @@
+#!/usr/bin/python3
+"""The Python side of reidnet's speed comparison: the same FtNet (torchvision ResNet-50 +
+ClassBlock, tests/python/reference_models.py) on every path PyTorch offers from Python.
+
+    /usr/bin/python3 benchmarks/reference_python.py --mode embed --dtype fp32 --batch-size 16
+
+Paths (--paths, comma separated; default: all that apply to the mode and dtype):
+  embed fp32: eager (NCHW), eager_cl (channels_last), ts (trace + freeze + optimize_for_inference)
+  embed bf16: autocast_cl, bf16_cl (bf16 weights), ts_bf16 (frozen, optimised, bf16 weights)
+  train fp32: eager, eager_cl            train bf16: autocast, autocast_cl
+The paths are timed interleaved (--rounds rounds of each), and each prints its best round:
+    result <path> <img/s> <ms per batch, p50>
+benchmarks/compare_speed.sh runs this next to reidnet-bench and prints the ratios.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "python"))
+from reference_models import FtNet  # noqa: E402
+
+DEFAULT_PATHS = {
+    ("embed", "fp32"): ["eager", "eager_cl", "ts"],
+    ("embed", "bf16"): ["autocast_cl", "bf16_cl", "ts_bf16"],
+    ("train", "fp32"): ["eager", "eager_cl"],
+    ("train", "bf16"): ["autocast", "autocast_cl"],
+}
+
+
+class Embed(nn.Module):
+    """FtNet.embed as a module's forward, so that it can be traced."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net.embed(x)
+
+
+def embed_runner(path, args, images):
+    net = FtNet(args.classes, stride=args.stride, linear_num=args.linear_num).eval()
+    model = Embed(net).eval()
+    x = images
+    if path in ("eager_cl", "autocast_cl", "bf16_cl"):
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if path in ("bf16_cl", "ts_bf16"):
+        model = model.to(torch.bfloat16)
+        x = x.to(torch.bfloat16)
+    if path in ("ts", "ts_bf16"):
+        with torch.no_grad():
+            model = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, x)))
+    autocast = path == "autocast_cl"
+
+    def step():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            model(x)
+
+    return step
+
+
+def train_runner(path, args, images):
+    net = FtNet(args.classes, stride=args.stride, linear_num=args.linear_num).train()
+    x = images
+    if path.endswith("_cl"):
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    lr = 0.05
+    backbone = list(net.model.parameters())
+    head = list(net.classifier.parameters())
+    optimizer = torch.optim.SGD([{"params": backbone, "lr": 0.1 * lr}, {"params": head, "lr": lr}],
+                                lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    labels = torch.randint(args.classes, (x.shape[0],))
+    autocast = path.startswith("autocast")
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = nn.functional.cross_entropy(net(x), labels)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=["embed", "train"], default="embed")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--iters", type=int, default=5, help="timed iterations per round")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds per path")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--stride", type=int, default=2)
+    parser.add_argument("--linear-num", type=int, default=512)
+    parser.add_argument("--classes", type=int, default=751)
+    parser.add_argument("--paths", default="", help="comma-separated paths (default: all)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    paths = args.paths.split(",") if args.paths else DEFAULT_PATHS[(args.mode, args.dtype)]
+    images = torch.randn(args.batch_size, 3, args.height, args.width)
+    make = embed_runner if args.mode == "embed" else train_runner
+    steps = {path: make(path, args, images) for path in paths}
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    best = {path: (0.0, 0.0) for path in paths}
+    for _ in range(args.rounds):
+        for path, step in steps.items():
+            times = []
+            for _ in range(args.iters):
+                start = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - start)
+            throughput = args.batch_size * len(times) / sum(times)
+            if throughput > best[path][0]:
+                best[path] = (throughput, 1000 * statistics.median(times))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"mode={args.mode} dtype={args.dtype} batch={args.batch_size} iters={args.iters}")
+    for path in paths:
+        print(f"result {path} {best[path][0]:.2f} {best[path][1]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
