@@ -85,59 +85,6 @@ double peak_rss_mib() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // Linux reports KiB
 }
 
-/// Autocast for one forward pass (LibTorch 1.13 and 2.x spell it differently).
-class AutocastScope {
- public:
-  AutocastScope(bool enabled, torch::Device device, torch::Dtype dtype)
-      : enabled_(enabled), device_(device) {
-    if (!enabled_) return;
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    at::autocast::set_autocast_dtype(device_.type(), dtype);
-    at::autocast::set_autocast_enabled(device_.type(), true);
-#else
-    if (device_.is_cpu()) {
-      at::autocast::set_autocast_cpu_dtype(dtype);
-      at::autocast::set_cpu_enabled(true);
-    } else {
-      at::autocast::set_autocast_gpu_dtype(dtype);
-      at::autocast::set_enabled(true);
-    }
-#endif
-    at::autocast::increment_nesting();
-  }
-  ~AutocastScope() {
-    if (!enabled_) return;
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    at::autocast::set_autocast_enabled(device_.type(), false);
-#else
-    if (device_.is_cpu()) {
-      at::autocast::set_cpu_enabled(false);
-    } else {
-      at::autocast::set_enabled(false);
-    }
-#endif
-    // Like Python's autocast exit: drop the cached low-precision weight copies once the
-    // outermost scope ends (they are stale after the optimizer step).
-    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-  }
-  AutocastScope(const AutocastScope&) = delete;
-  AutocastScope& operator=(const AutocastScope&) = delete;
-
- private:
-  bool enabled_;
-  torch::Device device_;
-};
-
-/// Converts the 4-D weights to channels_last in place, as Python's
-/// `model.to(memory_format=torch.channels_last)` does.
-void to_channels_last(torch::nn::Module& module) {
-  torch::NoGradGuard no_grad;
-  for (auto& parameter : module.parameters()) {
-    if (parameter.dim() == 4) {
-      parameter.set_data(parameter.data().contiguous(torch::MemoryFormat::ChannelsLast));
-    }
-  }
-}
 
 void synchronize(const torch::Device& device) {
   if (device.is_cuda()) torch::cuda::synchronize();
@@ -179,7 +126,7 @@ std::string embed_path(const BenchOptions& options, reidnet::FtNet& net,
   if (options.eager) {
     // The unoptimised module, weights cast to the dtype, under InferenceMode.
     net->to(device, dtype);
-    if (!options.no_channels_last) to_channels_last(*net);
+    if (!options.no_channels_last) reidnet::to_channels_last(*net);
     const auto input = images.to(dtype).contiguous(options.no_channels_last
                                                        ? torch::MemoryFormat::Contiguous
                                                        : torch::MemoryFormat::ChannelsLast);
@@ -208,31 +155,22 @@ std::string train_path(const BenchOptions& options, reidnet::FtNet& net,
   net->to(device);
   net->train();
   const bool channels_last = !options.no_channels_last;
-  if (channels_last) to_channels_last(*net);
+  if (channels_last) reidnet::to_channels_last(*net);
   // The baseline's recipe (REFERENCE.md §6): backbone at 0.1 x lr, the head at lr.
-  const double lr = 0.05;
-  auto group_options = [](double group_lr) {
-    return std::make_unique<torch::optim::SGDOptions>(
-        torch::optim::SGDOptions(group_lr).momentum(0.9).nesterov(true).weight_decay(5e-4));
-  };
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(net->model->parameters(), group_options(0.1 * lr));
-  groups.emplace_back(net->classifier->parameters(), group_options(lr));
-  torch::optim::SGD optimizer(groups, torch::optim::SGDOptions(lr));
-  auto parameters = net->parameters();
+  auto optimizer = reidnet::make_sgd(*net);
   const auto labels =
       torch::randint(options.classes, {options.batch_size}, torch::TensorOptions(device).dtype(torch::kLong));
   const auto dtype = parse_dtype(options.dtype);
   const bool autocast = dtype != torch::kFloat32;
   timing = time_iterations(options, device, [&] {
-    for (auto& parameter : parameters) parameter.mutable_grad().reset();  // set_to_none
+    reidnet::clear_gradients(*optimizer);
     torch::Tensor loss;
     {
-      AutocastScope scope(autocast, device, dtype);
+      reidnet::AutocastGuard autocast_scope(device, dtype);
       loss = torch::nn::functional::cross_entropy(net->forward(images), labels);
     }
     loss.backward();
-    optimizer.step();
+    optimizer->step();
   });
   return fmt::format("train step (SGD nesterov, 2 groups), {}{}", options.dtype,
                      autocast ? " autocast" : "") +

@@ -77,13 +77,6 @@ void add_flags(CLI::App& app, TrainConfig& c, std::string& name) {
   app.add_option("--threads", c.threads, "CPU threads")->check(CLI::PositiveNumber);
 }
 
-// Conv weights in channels_last, so that convs and their gradients run in that layout.
-void use_channels_last(torch::nn::Module& module) {
-  for (auto& parameter : module.parameters()) {
-    if (parameter.dim() == 4) parameter.set_data(parameter.contiguous(torch::MemoryFormat::ChannelsLast));
-  }
-}
-
 fs::path checkpoint_name(int64_t epoch) { return fmt::format("net_{:03d}.pth", epoch); }
 
 void write_text_atomically(const fs::path& path, const std::string& text) {
@@ -179,7 +172,7 @@ class Trainer {
     }
     reidnet::examples::write_opts_yaml(c_, out / "opts.yaml");
     net->to(device_);
-    if (c_.channels_last) use_channels_last(*net);
+    if (c_.channels_last) reidnet::to_channels_last(*net);
 
     auto optimizer = reidnet::make_sgd(*net, reidnet::SgdRecipe()
                                                  .lr(c_.lr)
@@ -296,7 +289,7 @@ class Trainer {
     while (auto batch = run.next()) {
       const auto images = to_device(batch->images);
       const auto labels = batch->labels.to(device_, /*non_blocking=*/true);
-      optimizer.zero_grad();
+      reidnet::clear_gradients(optimizer);
       torch::Tensor loss, logits;
       {
         reidnet::AutocastGuard autocast(device_, dtype_);

@@ -67,6 +67,14 @@ inline std::unique_ptr<torch::optim::SGD> make_sgd(const torch::nn::Module& modu
   return std::make_unique<torch::optim::SGD>(std::move(param_groups), sgd_options(recipe.lr()));
 }
 
+/// Drops every parameter's gradient (Python's `zero_grad(set_to_none=True)`): backward then
+/// writes fresh gradients instead of adding to zeroed ones, saving a pass over the weights.
+inline void clear_gradients(torch::optim::Optimizer& optimizer) {
+  for (auto& group : optimizer.param_groups()) {
+    for (auto& parameter : group.params()) parameter.mutable_grad().reset();
+  }
+}
+
 /// Learning rate of each param group, in order.
 inline std::vector<double> learning_rates(const torch::optim::SGD& optimizer) {
   std::vector<double> rates;

@@ -14,6 +14,7 @@
 #include <reidnet/inference.hpp>
 #include <reidnet/init.hpp>
 #include <reidnet/losses.hpp>
+#include <reidnet/memory_format.hpp>
 #include <reidnet/optim.hpp>
 #include <reidnet/re_ranking.hpp>
 #include <reidnet/residual_blocks.hpp>
