@@ -86,10 +86,11 @@ class BasicBlockImpl : public torch::nn::Cloneable<BasicBlockImpl> {
     if (downsample) register_module("downsample", downsample);
   }
 
+  // In-place ReLU and add, as torchvision: fewer allocations, same values and gradients.
   torch::Tensor forward(const torch::Tensor& x) {
-    auto out = torch::relu(bn1(conv1(x)));
+    auto out = bn1(conv1(x)).relu_();
     out = bn2(conv2(out));
-    return torch::relu(out + detail::shortcut(downsample, x));
+    return out.add_(detail::shortcut(downsample, x)).relu_();
   }
 
   /// The BatchNorm whose weight `zero_init_residual` zeroes.
@@ -129,11 +130,12 @@ class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl> {
     if (downsample) register_module("downsample", downsample);
   }
 
+  // In-place ReLU and add, as torchvision: fewer allocations, same values and gradients.
   torch::Tensor forward(const torch::Tensor& x) {
-    auto out = torch::relu(bn1(conv1(x)));
-    out = torch::relu(bn2(conv2(out)));
+    auto out = bn1(conv1(x)).relu_();
+    out = bn2(conv2(out)).relu_();
     out = bn3(conv3(out));
-    return torch::relu(out + detail::shortcut(downsample, x));
+    return out.add_(detail::shortcut(downsample, x)).relu_();
   }
 
   /// The BatchNorm whose weight `zero_init_residual` zeroes.

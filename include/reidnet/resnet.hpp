@@ -72,7 +72,7 @@ class ResNetImpl : public torch::nn::Cloneable<ResNetImpl<Block, Init>> {
 
   /// Stem and layer1..layer4: the unpooled map (B, num_features, H/32, W/32).
   torch::Tensor feature_map(torch::Tensor x) {
-    x = torch::relu(bn1(conv1(x)));
+    x = bn1(conv1(x)).relu_();
     x = torch::max_pool2d(x, /*kernel_size=*/3, /*stride=*/2, /*padding=*/1);
     for (auto& layer : layers_) x = layer->forward(x);
     return x;
