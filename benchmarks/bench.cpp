@@ -5,6 +5,8 @@
 //
 // It warms up, then times each iteration; the last line is `throughput X img/s`.
 // benchmarks/compare_speed.sh runs it side by side with benchmarks/reference_python.py.
+#include "../examples/common/cli.hpp"
+
 #include <reidnet/reidnet.hpp>
 
 #include <ATen/autocast_mode.h>
@@ -202,11 +204,7 @@ int main(int argc, char** argv) {
   app.add_flag("--no-fuse", options.no_fuse, "embed: out-of-place ReLU and residual add");
   app.add_flag("--no-prepack", options.no_prepack, "embed: no oneDNN blocked weights (dense path)");
   app.add_flag("--no-channels-last", options.no_channels_last, "NCHW instead of channels_last");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& error) {
-    return app.exit(error) == 0 ? 0 : 2;
-  }
+  if (const auto exit_code = reidnet::examples::parse_flags(app, argc, argv)) return *exit_code;
 
   try {
     const torch::Device device(options.device == "cuda" ? torch::kCUDA : torch::kCPU);

@@ -4,6 +4,8 @@
 //
 //   reidnet-checkpoint-load --file resnet50.pth
 //   -> reidnet load_s=0.0812 peak_extra_mb=97.9 file_mb=97.8 tensors=320
+#include "../examples/common/cli.hpp"
+
 #include <reidnet/reidnet.hpp>
 
 #include <CLI/CLI.hpp>
@@ -37,11 +39,7 @@ int main(int argc, char** argv) {
   app.add_option("--file", path, "checkpoint to load (.pth or .safetensors)")
       ->required()
       ->check(CLI::ExistingFile);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& error) {
-    return app.exit(error) == 0 ? 0 : 2;
-  }
+  if (const auto exit_code = reidnet::examples::parse_flags(app, argc, argv)) return *exit_code;
   try {
     torch::empty({1});  // LibTorch's lazy start-up is not part of the load
     reset_peak_memory();

@@ -7,6 +7,8 @@
 //   reidnet-evaluate re-ranking --queries 500 --gallery 3000      # generated features
 //
 // Each run prints one `key=value` line that benchmarks/evaluate_compare.py parses.
+#include "../examples/common/cli.hpp"
+
 #include <reidnet/reidnet.hpp>
 
 #include <fmt/core.h>
@@ -119,11 +121,7 @@ int main(int argc, char** argv) {
   app.get_subcommand("re-ranking")
       ->add_option("--block-rows", block_rows, "distance rows per block")
       ->check(CLI::PositiveNumber);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& error) {
-    return app.exit(error) == 0 ? 0 : 2;
-  }
+  if (const auto exit_code = reidnet::examples::parse_flags(app, argc, argv)) return *exit_code;
 
   try {
     if (threads > 0) at::set_num_threads(threads);

@@ -4,6 +4,8 @@
 //
 //   reidnet-toy-data --out toy --ids 100
 //   reidnet-loader --data toy --workers 2 --rounds 3
+#include "../examples/common/cli.hpp"
+
 #include <reidnet/data.hpp>
 
 #include <CLI/CLI.hpp>
@@ -65,11 +67,7 @@ int main(int argc, char** argv) {
   app.add_option("--python", python, "Python with torch and torchvision");
   app.add_option("--reference", reference, "loader_reference.py")->check(CLI::ExistingFile);
   app.add_flag("--no-python", skip_python, "time reidnet only");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& error) {
-    return app.exit(error) == 0 ? 0 : 2;
-  }
+  if (const auto exit_code = reidnet::examples::parse_flags(app, argc, argv)) return *exit_code;
   try {
     const auto dataset = reidnet::read_dataset(data);
     if (dataset.train_all.empty()) throw std::runtime_error("no training pictures in " + data);

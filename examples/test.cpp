@@ -145,14 +145,9 @@ int run(TestConfig& c) {
     reidnet::DataLoader loader(samples, reidnet::make_eval_transform(c.height, c.width),
                                reidnet::LoaderOptions().batch_size(c.batch_size).workers(c.workers));
     fmt::print("extracting {} features of {} images\n", split, samples.size());
-    auto options = reidnet::FeatureOptions().device(device).scales(scales).dtype(dtype);
-    if (c.optimize) {
-      // The fast path holds weights already cast to `dtype`, so no autocast on top.
-      auto fast = reidnet::optimize_for_inference(
-          net, reidnet::InferenceOptions().device(device).dtype(dtype));
-      return reidnet::extract_features(fast, loader.epoch(0), options.autocast(false));
-    }
-    return reidnet::extract_features(net, loader.epoch(0), options);
+    return reidnet::extract_features(
+        net, loader.epoch(0),
+        reidnet::FeatureOptions().device(device).scales(scales).dtype(dtype).optimize(c.optimize));
   };
   const auto qf = features_of(data.query, "query");
   const auto gf = features_of(data.gallery, "gallery");

@@ -9,6 +9,8 @@
 // colour cast, blur, scale and viewpoint (mirrored, shifted). The gallery holds distractors
 // (0000) and junk detections (-1). Test ids are disjoint from training ids and every query has
 // a same-id gallery picture on another camera. The same seed gives the same files.
+#include "common/cli.hpp"
+
 #include <reidnet/data.hpp>
 #include <reidnet/detail/toy_data.hpp>
 
@@ -37,11 +39,7 @@ int main(int argc, char** argv) {
   app.add_option("--quality", s.quality, "JPEG quality")->check(CLI::Range(1, 100));
   app.add_option("--seed", s.seed, "random seed; the same seed writes the same files");
   app.add_flag("--overwrite", overwrite, "replace --out if it exists");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& error) {
-    return app.exit(error) == 0 ? 0 : 2;
-  }
+  if (const auto exit_code = reidnet::examples::parse_flags(app, argc, argv)) return *exit_code;
   if (s.ids + (s.test_ids < 0 ? s.ids : s.test_ids) > 9999) {
     fmt::print(stderr, "error: --ids plus --test-ids must be at most 9999 (4-digit Market ids)\n");
     return 2;

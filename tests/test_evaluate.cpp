@@ -19,6 +19,8 @@ constexpr double kExact = 1e-12;         // float64 bookkeeping on identical sco
 constexpr double kFeatureScores = 1e-6;  // mAP/CMC when scores come from a float32 matmul
 constexpr double kReRanking = 1e-5;      // the issue's bound for re-ranked distances
 constexpr double kExtraction = 1e-5;     // features of the same model, same inputs
+// The module itself, not the inference fast path (which test_inference.cpp checks).
+inline reidnet::FeatureOptions plain() { return reidnet::FeatureOptions().optimize(false); }
 
 const std::map<std::string, torch::Tensor>& reference() {
   static const auto tensors = load_tensor_dict(fixture("evaluate", "evaluate.pt"));
@@ -308,13 +310,22 @@ struct ExtractionCase {
   torch::Tensor features;
   ExtractionCase() {
     net->train();
-    features = reidnet::extract_features(net, std::vector<torch::Tensor>{images});
+    features = reidnet::extract_features(net, std::vector<torch::Tensor>{images}, plain());
   }
   static ExtractionCase& get() {
     static ExtractionCase instance;
     return instance;
   }
 };
+
+TEST_CASE("extract_features runs FtNet through optimize_for_inference by default, within 1e-4") {
+  const OneThread one_thread;
+  auto& c = ExtractionCase::get();
+  const auto fast = reidnet::extract_features(c.net, std::vector<torch::Tensor>{c.images});
+  CHECK(c.net->is_training());
+  // Unit rows: the max absolute difference is the relative one.
+  CHECK(max_abs(fast, c.features) <= 1e-4);
+}
 
 TEST_CASE("extract_features: eval mode, image + flipped image, L2-normalised, caller's mode kept") {
   const OneThread one_thread;
@@ -329,7 +340,7 @@ TEST_CASE("extract_features: eval mode, image + flipped image, L2-normalised, ca
   CHECK(max_abs(c.features.norm(2, {1}), torch::ones({4})) <= 1e-6);
   const auto raw =
       reidnet::extract_features(c.net, std::vector<torch::Tensor>{c.images},
-                                reidnet::FeatureOptions().flip(false).normalize(false));
+                                plain().flip(false).normalize(false));
   CHECK(max_abs(raw, c.net->embed(c.images)) <= kExtraction);
 }
 
@@ -338,7 +349,7 @@ TEST_CASE("extract_features is batch-size independent and reads batches' .images
   auto& c = ExtractionCase::get();
   const std::vector<LabelledBatch> batches{{c.images.slice(0, 0, 1), longs({0})},
                                            {c.images.slice(0, 1, 4), longs({1, 2, 3})}};
-  CHECK(max_abs(reidnet::extract_features(c.net, batches), c.features) <= kExtraction);
+  CHECK(max_abs(reidnet::extract_features(c.net, batches, plain()), c.features) <= kExtraction);
 }
 
 TEST_CASE("extract_features multi-scale: each scale s adds the batch resized by sqrt(s), bicubic") {
@@ -346,7 +357,7 @@ TEST_CASE("extract_features multi-scale: each scale s adds the batch resized by 
   namespace F = torch::nn::functional;
   auto& c = ExtractionCase::get();
   const auto scaled = reidnet::extract_features(c.net, std::vector<torch::Tensor>{c.images},
-                                                reidnet::FeatureOptions().scales({1.0, 1.21}));
+                                                plain().scales({1.0, 1.21}));
   c.net->eval();
   torch::NoGradGuard no_grad;
   torch::Tensor sum = torch::zeros({4, 16});
@@ -367,7 +378,7 @@ TEST_CASE("extract_features with bf16 autocast on the CPU stays close to float32
   const OneThread one_thread;
   auto& c = ExtractionCase::get();
   const auto low = reidnet::extract_features(c.net, std::vector<torch::Tensor>{c.images},
-                                             reidnet::FeatureOptions().dtype(torch::kBFloat16));
+                                             plain().dtype(torch::kBFloat16));
   CHECK((low.scalar_type() == torch::kFloat));
   CHECK((low * c.features).sum(1).min().item<double>() > 0.99);  // cosine similarity
 }
@@ -376,13 +387,13 @@ TEST_CASE("extract_features rejects bad batches and precision settings") {
   const OneThread one_thread;
   auto& net = ExtractionCase::get().net;
   CHECK_ERROR_MENTIONS(
-      reidnet::extract_features(net, std::vector<torch::Tensor>{torch::randn({2, 64, 32})}),
+      reidnet::extract_features(net, std::vector<torch::Tensor>{torch::randn({2, 64, 32})}, plain()),
       "must be a floating tensor [B, 3, H, W], got Float [2, 64, 32]");
-  CHECK_ERROR_MENTIONS(reidnet::extract_features(net, std::vector<torch::Tensor>{}),
+  CHECK_ERROR_MENTIONS(reidnet::extract_features(net, std::vector<torch::Tensor>{}, plain()),
                        "yielded no batches");
   CHECK_ERROR_MENTIONS(
       reidnet::extract_features(net, std::vector<torch::Tensor>{torch::randn({1, 3, 64, 32})},
-                                reidnet::FeatureOptions().dtype(torch::kHalf).autocast(false)),
+                                plain().dtype(torch::kHalf).autocast(false)),
       "convert it with model->to(dtype)");
   CHECK_ERROR_MENTIONS(
       reidnet::extract_features(net, std::vector<torch::Tensor>{torch::randn({1, 3, 64, 32})},

@@ -8,6 +8,7 @@
 ///                                               reidnet::FeatureOptions().device(torch::kCUDA));
 
 #include <reidnet/autocast.hpp>
+#include <reidnet/inference.hpp>
 #include <reidnet/detail/ranking.hpp>
 
 #include <torch/arg.h>
@@ -46,6 +47,9 @@ struct FeatureOptions {
   TORCH_ARG(bool, autocast) = true;
   /// L2-normalise each feature (what the evaluation protocol expects).
   TORCH_ARG(bool, normalize) = true;
+  /// Run an FtNet or ResNet through `optimize_for_inference` (folded BatchNorm, fused and
+  /// prepacked convs, weights pre-cast to `dtype`) instead of the module itself.
+  TORCH_ARG(bool, optimize) = true;
 };
 
 namespace detail {
@@ -61,6 +65,12 @@ template <class T>
 struct has_data_member<T, std::void_t<decltype(std::declval<const T&>().data)>> : std::true_type {};
 template <class T>
 inline constexpr bool always_false = false;
+// Models `optimize_for_inference` accepts.
+template <class T, class = void>
+struct has_inference_path : std::false_type {};
+template <class T>
+struct has_inference_path<T, std::void_t<decltype(optimize_for_inference(std::declval<T&>()))>>
+    : std::true_type {};
 // Module holders (reidnet::FtNet, ...) have `->parameters()`; optimised models do not.
 template <class T, class = void>
 struct is_module_holder : std::false_type {};
@@ -136,6 +146,15 @@ torch::Tensor extract_features(Model& model, Batches&& batches,
   // Only a module holder has a training mode to set and restore.
   std::optional<std::conditional_t<detail::is_module_holder<Model>::value,
                                    detail::EvalModeScope<Model>, bool>> eval_mode;
+  if constexpr (detail::has_inference_path<Model>::value) {
+    if (options.optimize()) {
+      const auto parameters = model->parameters();
+      const auto where = options.device().value_or(
+          parameters.empty() ? torch::Device(torch::kCPU) : parameters.front().device());
+      auto fast = optimize_for_inference(model, InferenceOptions().device(where).dtype(options.dtype()));
+      return extract_features(fast, std::forward<Batches>(batches), options);
+    }
+  }
   if constexpr (detail::is_module_holder<Model>::value) {
     const auto parameters = model->parameters();
     device = parameters.empty() ? torch::Device(torch::kCPU) : parameters.front().device();
