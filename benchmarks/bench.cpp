@@ -158,6 +158,7 @@ std::string train_path(const BenchOptions& options, reidnet::FtNet& net,
   net->train();
   const bool channels_last = !options.no_channels_last;
   if (channels_last) reidnet::to_channels_last(*net);
+  const auto input = channels_last ? images.contiguous(torch::MemoryFormat::ChannelsLast) : images;
   // The baseline's recipe (REFERENCE.md §6): backbone at 0.1 x lr, the head at lr.
   auto optimizer = reidnet::make_sgd(*net);
   const auto labels =
@@ -169,7 +170,7 @@ std::string train_path(const BenchOptions& options, reidnet::FtNet& net,
     torch::Tensor loss;
     {
       reidnet::AutocastGuard autocast_scope(device, dtype);
-      loss = torch::nn::functional::cross_entropy(net->forward(images), labels);
+      loss = torch::nn::functional::cross_entropy(net->forward(input), labels);
     }
     loss.backward();
     optimizer->step();
