@@ -159,6 +159,12 @@ TEST_CASE("bad flags and bad data give a clear usage error and exit code 2") {
                                                " --model-dir " + (workspace() / "run_a").string());
     CHECK(run.status == 2);
     CHECK(run.output.find("query") != std::string::npos);
+    fs::create_directories(out / "no_images" / "query");
+    fs::create_directories(out / "no_images" / "bounding_box_test");
+    run = run_program("reidnet-test", "--data " + (out / "no_images").string() + " --model-dir " +
+                                          (workspace() / "run_a").string());
+    CHECK(run.status == 2);
+    CHECK(run.output.find("no pictures") != std::string::npos);
     run = run_program("reidnet-test", "--data " + toy_data().string() + " --model-dir " +
                                           (workspace() / "initial").string() + " --linear-num 512");
     CHECK(run.status != 0);
