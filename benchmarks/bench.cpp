@@ -18,6 +18,10 @@
 
 #include <sys/resource.h>
 
+#ifdef REIDNET_BENCH_CUDA_MEMORY
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
 #include <algorithm>
 #include <chrono>
 #include <fstream>
@@ -87,6 +91,19 @@ double peak_rss_mib() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // Linux reports KiB
 }
 
+
+/// Peak bytes held by LibTorch's CUDA caching allocator since the last reset; -1 if unknown.
+double cuda_peak_mib(const torch::Device& device) {
+#ifdef REIDNET_BENCH_CUDA_MEMORY
+  if (device.is_cuda()) {
+    const auto index = device.has_index() ? device.index() : 0;
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index);
+    return static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0);  // 0: all pools
+  }
+#endif
+  (void)device;
+  return -1;
+}
 
 void synchronize(const torch::Device& device) {
   if (device.is_cuda()) torch::cuda::synchronize();
@@ -165,6 +182,8 @@ std::string train_path(const BenchOptions& options, reidnet::FtNet& net,
       torch::randint(options.classes, {options.batch_size}, torch::TensorOptions(device).dtype(torch::kLong));
   const auto dtype = parse_dtype(options.dtype);
   const bool autocast = dtype != torch::kFloat32;
+  // As reidnet-train: fp16 needs loss scaling (one host sync per step, as in Python).
+  reidnet::GradScaler scaler(reidnet::GradScalerOptions().enabled(dtype == torch::kFloat16));
   timing = time_iterations(options, device, [&] {
     reidnet::clear_gradients(*optimizer);
     torch::Tensor loss;
@@ -172,11 +191,12 @@ std::string train_path(const BenchOptions& options, reidnet::FtNet& net,
       reidnet::AutocastGuard autocast_scope(device, dtype);
       loss = torch::nn::functional::cross_entropy(net->forward(input), labels);
     }
-    loss.backward();
-    optimizer->step();
+    scaler.scale(loss).backward();
+    scaler.step(*optimizer);
+    scaler.update();
   });
-  return fmt::format("train step (SGD nesterov, 2 groups), {}{}", options.dtype,
-                     autocast ? " autocast" : "") +
+  return fmt::format("train step (SGD nesterov, 2 groups), {}{}{}", options.dtype,
+                     autocast ? " autocast" : "", scaler.is_enabled() ? " + GradScaler" : "") +
          (channels_last ? ", channels_last" : ", NCHW");
 }
 
@@ -214,6 +234,8 @@ int main(int argc, char** argv) {
       return 1;
     }
     torch::set_num_threads(options.threads);
+    // Let cuDNN time its algorithms for these fixed shapes, as Python's cudnn.benchmark does.
+    if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
     torch::manual_seed(0);
     reidnet::FtNet net(reidnet::FtNetOptions(options.classes)
                            .stride(options.stride)
@@ -241,6 +263,9 @@ int main(int argc, char** argv) {
     fmt::print("  ms/batch p50    {:.1f}\n", percentile(timing.milliseconds, 0.5));
     fmt::print("  ms/batch p95    {:.1f}\n", percentile(timing.milliseconds, 0.95));
     fmt::print("  peak memory     {:.0f} MiB (host RSS)\n", peak_rss_mib());
+    if (const double cuda_mib = cuda_peak_mib(device); cuda_mib >= 0) {
+      fmt::print("  peak CUDA mem   {:.0f} MiB (caching allocator)\n", cuda_mib);
+    }
     if (options.mode == "embed") {
       fmt::print("  forward GFLOP/s {:.0f}\n", throughput * gflop_per_image);
     }

@@ -8,7 +8,9 @@
 #
 # Environment: ROUNDS (2), THREADS (2), EMBED_ITERS (4), EMBED_B1_ITERS (16), TRAIN_ITERS (2),
 # CASES (all five), ABLATION (1: also time reidnet embed fp32 batch 16 with each optimisation
-# off), PYTHON.
+# off), PYTHON, DEVICE (cpu or cuda; CUDA cases are named like the CPU ones, e.g.
+# "embed_fp16_b128 train_fp16_b32"), PYTHON_EXTRA_PATHS (embed: also time these Python paths,
+# e.g. compile_cl).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,6 +25,8 @@ embed_b1_iters=${EMBED_B1_ITERS:-16}
 train_iters=${TRAIN_ITERS:-2}
 cases=${CASES:-"embed_fp32_b16 embed_bf16_b16 embed_fp32_b1 train_fp32_b16 train_bf16_b16"}
 ablation=${ABLATION:-0}
+device=${DEVICE:-cpu}
+python_extra_paths=${PYTHON_EXTRA_PATHS:-}
 
 if [[ ! -x $bench ]]; then
   echo "compare_speed.sh: $bench not found; build with -DREIDNET_BUILD_BENCHMARKS=ON" >&2
@@ -36,15 +40,20 @@ reidnet() {
   local case=$1 variant=$2
   shift 2
   local out
-  out=$("$bench" --threads "$threads" "$@" | tail -n 1)
+  out=$("$bench" --threads "$threads" --device "$device" "$@" | tail -n 1)
   echo "R $case $variant ${out#throughput }" | sed 's/ img\/s$//' >>"$log"
 }
 
 # python <case> <args...>: one reference run, every path, recorded as "P case path img/s".
 python_side() {
-  local case=$1
-  shift
-  "$python" "$reference" --threads "$threads" "$@" | awk -v c="$case" '/^result/ {print "P", c, $2, $3}' >>"$log"
+  local case=$1 mode=$2
+  shift 2
+  local paths=()
+  if [[ $mode == embed && -n $python_extra_paths ]]; then
+    paths=(--paths "$("$python" -c "import sys; sys.path.insert(0, '$root/benchmarks')
+import reference_python as r; print(','.join(r.default_paths('embed', sys.argv[1])))" "$dtype"),$python_extra_paths")
+  fi
+  "$python" "$reference" --threads "$threads" --device "$device" "${paths[@]}" "$@" | awk -v c="$case" '/^result/ {print "P", c, $2, $3}' >>"$log"
 }
 
 run_case() {
@@ -75,14 +84,14 @@ run_case() {
   }
   if ((round % 2 == 1)); then
     run_reidnet_side
-    python_side "$case" "${common[@]}"
+    python_side "$case" "$mode" "${common[@]}"
   else
-    python_side "$case" "${common[@]}"
+    python_side "$case" "$mode" "${common[@]}"
     run_reidnet_side
   fi
 }
 
-echo "reidnet vs Python, $rounds interleaved rounds, $threads threads, $(nproc) cores," \
+echo "reidnet vs Python on $device, $rounds interleaved rounds, $threads threads, $(nproc) cores," \
   "load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
 for ((round = 1; round <= rounds; round++)); do
   for case in $cases; do
@@ -93,7 +102,7 @@ done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Table: best of the rounds per side; spread = (best - worst) / best over the rounds.
-awk -v conv_fp32=220 -v conv_bf16=430 '
+awk -v conv_fp32=220 -v conv_bf16=430 -v device="$device" '
   { key = $1 " " $2 " " $3; v = $4 + 0
     if (!(key in best) || v > best[key]) best[key] = v
     if (!(key in worst) || v < worst[key]) worst[key] = v
@@ -114,7 +123,7 @@ awk -v conv_fp32=220 -v conv_bf16=430 '
       for (j in rv) { k = "R " c " " rv[j]; if (rv[j] == "default" || rv[j] == "channels_last") { br = rv[j]; brv = best[k] } }
       if (br == "") continue
       conv = ""
-      if (c ~ /^embed/) conv = sprintf("%6.0f%%", 100 * brv * 5.3 / (c ~ /bf16/ ? conv_bf16 : conv_fp32))
+      if (c ~ /^embed/ && device == "cpu") conv = sprintf("%6.0f%%", 100 * brv * 5.3 / (c ~ /bf16/ ? conv_bf16 : conv_fp32))
       printf "%-15s %-14s %8.2f %5.0f%% | %-12s %8.2f %5.0f%% | %-12s %8.2f | %6.2fx %6.2fx %7s\n",
         c, br, brv, spread("R " c " " br), bp, bpv, spread("P " c " " bp), ep, epv,
         brv / bpv, brv / epv, conv

@@ -105,7 +105,7 @@ void write_history(const fs::path& out, const History& history) {
 }
 
 void save_trainer_state(const fs::path& out, int64_t next_epoch, const History& history,
-                        torch::optim::SGD& optimizer) {
+                        torch::optim::SGD& optimizer, const reidnet::GradScaler& scaler) {
   const fs::path temporary = out / "optimizer.pt.tmp";
   torch::save(optimizer, temporary.string());
   fs::rename(temporary, out / "optimizer.pt");
@@ -115,6 +115,8 @@ void save_trainer_state(const fs::path& out, int64_t next_epoch, const History& 
   yaml << YAML::Key << "train_error" << YAML::Value << YAML::Flow << history.train_error;
   yaml << YAML::Key << "val_loss" << YAML::Value << YAML::Flow << history.val_loss;
   yaml << YAML::Key << "val_error" << YAML::Value << YAML::Flow << history.val_error;
+  yaml << YAML::Key << "loss_scale" << YAML::Value << scaler.state().scale;
+  yaml << YAML::Key << "loss_scale_growth_tracker" << YAML::Value << scaler.state().growth_tracker;
   yaml << YAML::EndMap;
   write_text_atomically(out / "trainer_state.yaml", std::string(yaml.c_str()) + "\n");
 }
@@ -128,13 +130,18 @@ void check_resume_folder(const fs::path& dir) {
   }
 }
 
-int64_t load_trainer_state(const fs::path& dir, History& history, torch::optim::SGD& optimizer) {
+int64_t load_trainer_state(const fs::path& dir, History& history, torch::optim::SGD& optimizer,
+                           reidnet::GradScaler& scaler) {
   const auto state = YAML::LoadFile((dir / "trainer_state.yaml").string());
   history.train_loss = state["train_loss"].as<std::vector<double>>();
   history.train_error = state["train_error"].as<std::vector<double>>();
   history.val_loss = state["val_loss"].as<std::vector<double>>();
   history.val_error = state["val_error"].as<std::vector<double>>();
   torch::load(optimizer, (dir / "optimizer.pt").string());
+  if (state["loss_scale"]) {
+    scaler.load_state({state["loss_scale"].as<double>(),
+                       state["loss_scale_growth_tracker"].as<int64_t>()});
+  }
   return state["next_epoch"].as<int64_t>();
 }
 
@@ -144,7 +151,9 @@ class Trainer {
       : c_(std::move(config)),
         data_(std::move(dataset)),
         device_(c_.device == "cuda" ? torch::kCUDA : torch::kCPU),
-        dtype_(c_.bf16 ? torch::kBFloat16 : c_.fp16 ? torch::kHalf : torch::kFloat) {}
+        dtype_(c_.bf16 ? torch::kBFloat16 : c_.fp16 ? torch::kHalf : torch::kFloat),
+        // fp16 gradients underflow without loss scaling; bf16 has fp32's range.
+        scaler_(reidnet::GradScalerOptions().enabled(c_.fp16)) {}
 
   int run() {
     if (device_.is_cuda() && !torch::cuda::is_available()) {
@@ -183,7 +192,7 @@ class Trainer {
     int64_t first_epoch = 0;
     if (!resume_.empty()) {
       reidnet::load_state_dict(*net, (fs::path(resume_) / "net_last.pth").string());
-      first_epoch = load_trainer_state(resume_, history, *optimizer);
+      first_epoch = load_trainer_state(resume_, history, *optimizer, scaler_);
       fmt::print("resuming {} at epoch {}\n", resume_, first_epoch + 1);
     }
     if (c_.total_epoch == 0) {
@@ -253,7 +262,7 @@ class Trainer {
       if ((epoch + 1) % 10 == 0) {
         reidnet::save_state_dict(*net, (out / checkpoint_name(epoch + 1)).string());
       }
-      save_trainer_state(out, epoch + 1, history, *optimizer);
+      save_trainer_state(out, epoch + 1, history, *optimizer, scaler_);
       write_history(out, history);
     }
     if (last_epoch < c_.total_epoch) {
@@ -310,8 +319,9 @@ class Trainer {
         return result;
       }
       const int64_t iteration = epoch * batches + step;
-      (loss * warmup.factor(epoch, iteration)).backward();
-      optimizer.step();
+      scaler_.scale(loss * warmup.factor(epoch, iteration)).backward();
+      scaler_.step(optimizer);  // skipped when fp16 gradients overflowed
+      scaler_.update();
       loss_sum += loss_value * static_cast<double>(labels.size(0));
       correct += logits.argmax(1).eq(labels).sum().item<int64_t>();
       result.images += labels.size(0);
@@ -353,6 +363,7 @@ class Trainer {
   reidnet::Dataset data_;
   torch::Device device_;
   torch::ScalarType dtype_;
+  reidnet::GradScaler scaler_;
 };
 
 }  // namespace

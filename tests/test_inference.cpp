@@ -211,3 +211,84 @@ TEST_CASE("bad inputs and options are rejected with a message") {
       doctest::Contains("use torch::kBFloat16 on CPU"), c10::Error);
 #endif
 }
+
+TEST_CASE("on CUDA the fast path matches the module: fp32 within 1e-4, fp16 and bf16 cosine >= 0.999") {
+  if (!torch::cuda::is_available()) {
+    MESSAGE("no CUDA device: the CUDA fast path is checked on GPU machines only");
+    return;
+  }
+  // TF32 convs (cuDNN's default) round to 10 mantissa bits; the fp32 bound needs them off.
+  const bool tf32 = at::globalContext().allowTF32CuDNN();
+  at::globalContext().setAllowTF32CuDNN(false);
+  auto net = make_ft_net(2, 512);
+  torch::manual_seed(11);
+  const auto images = torch::randn({4, 3, kHeight, kWidth});
+  torch::Tensor expected;
+  {
+    torch::NoGradGuard no_grad;
+    expected = net->embed(images);
+  }
+  for (const auto dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
+    for (const bool fuse : {true, false}) {
+      const auto fast = reidnet::optimize_for_inference(
+          net, reidnet::InferenceOptions().device(torch::kCUDA).dtype(dtype).fuse(fuse));
+      const std::string path = fast.describe();
+      CAPTURE(path);
+      MESSAGE(path);
+      const auto actual = fast.embed(images.to(torch::kCUDA)).cpu();
+      REQUIRE((actual.scalar_type() == torch::kFloat));
+      if (dtype == torch::kFloat32) {
+        CHECK(max_relative_difference(actual, expected) <= kFp32Tolerance);
+      } else {
+        CHECK(min_row_cosine(actual, expected) >= kBf16MinCosine);
+      }
+    }
+  }
+  at::globalContext().setAllowTF32CuDNN(tf32);
+}
+
+TEST_CASE("on CUDA the module matches the CPU, and an fp16 autocast step with GradScaler trains") {
+  if (!torch::cuda::is_available()) {
+    MESSAGE("no CUDA device: the module on CUDA is checked on GPU machines only");
+    return;
+  }
+  const bool tf32 = at::globalContext().allowTF32CuDNN();
+  at::globalContext().setAllowTF32CuDNN(false);
+  torch::manual_seed(12);
+  reidnet::FtNet net(reidnet::FtNetOptions(10).linear_num(64));
+  randomize_batch_norms(*net);
+  net->eval();
+  const auto images = torch::randn({4, 3, kHeight, kWidth});
+  torch::Tensor on_cpu;
+  {
+    torch::NoGradGuard no_grad;
+    on_cpu = net->forward(images);
+  }
+  net->to(torch::kCUDA);
+  reidnet::to_channels_last(*net);
+  const auto cuda_images = images.to(torch::kCUDA).contiguous(torch::MemoryFormat::ChannelsLast);
+  {
+    torch::NoGradGuard no_grad;
+    CHECK(max_relative_difference(net->forward(cuda_images).cpu(), on_cpu) <= kFp32Tolerance);
+  }
+  at::globalContext().setAllowTF32CuDNN(tf32);
+
+  net->train();
+  auto optimizer = reidnet::make_sgd(*net, reidnet::SgdRecipe().lr(0.01));
+  reidnet::GradScaler scaler;
+  const auto labels = torch::randint(10, {4}, torch::TensorOptions(torch::kCUDA).dtype(torch::kLong));
+  const auto before = net->classifier->classifier->parameters().front().clone();
+  for (int step = 0; step < 3; ++step) {
+    reidnet::clear_gradients(*optimizer);
+    torch::Tensor loss;
+    {
+      reidnet::AutocastGuard autocast(torch::kCUDA, torch::kHalf);
+      loss = torch::nn::functional::cross_entropy(net->forward(cuda_images), labels);
+    }
+    CHECK(std::isfinite(loss.item<double>()));
+    scaler.scale(loss).backward();
+    CHECK(scaler.step(*optimizer));
+    scaler.update();
+  }
+  CHECK_FALSE(torch::equal(net->classifier->classifier->parameters().front(), before));
+}

@@ -36,7 +36,8 @@ struct InferenceOptions {
   TORCH_ARG(bool, channels_last) = true;
   /// Fold every BatchNorm2d into its conv, and BatchNorm1d into the bottleneck Linear.
   TORCH_ARG(bool, fold_bn) = true;
-  /// ReLU fused into the conv by oneDNN (CPU with prepack); residual add and ReLU in place.
+  /// ReLU (and on CUDA the residual add) fused into the conv by oneDNN (CPU with prepack) or
+  /// cuDNN; residual add and ReLU in place elsewhere.
   TORCH_ARG(bool, fuse) = true;
   /// CPU: weights prepacked once in oneDNN's blocked layout (needs fold_bn and a LibTorch
   /// built with oneDNN; ignored on CUDA and for fp16). With fuse: channels_last activations
@@ -102,6 +103,10 @@ inline KernelConfig make_kernel_config(const InferenceOptions& options) {
                          ? ConvBackend::onednn_fused
                          : ConvBackend::onednn_blocked;
     if (config.backend == ConvBackend::onednn_fused) config.channels_last = true;
+  }
+  if (options.device().is_cuda() && options.fold_bn() && options.fuse() &&
+      cudnn_fusion_available(config)) {
+    config.backend = ConvBackend::cudnn_fused;
   }
 #if TORCH_VERSION_MAJOR < 2
   TORCH_CHECK(!(options.device().is_cpu() && options.dtype() == torch::kFloat16),
@@ -237,6 +242,7 @@ class InferenceModel {
         << " prepack=" << config.prepack << " backend="
         << (config.backend == detail::ConvBackend::onednn_fused     ? "onednn_fused"
             : config.backend == detail::ConvBackend::onednn_blocked ? "onednn_blocked"
+            : config.backend == detail::ConvBackend::cudnn_fused    ? "cudnn_fused"
                                                                     : "dense")
         << " channels_last="
         << (config.backend == detail::ConvBackend::onednn_blocked ? false : config.channels_last);
@@ -267,10 +273,10 @@ class InferenceModel {
     x = plan.stem.run(x, config);
     x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
     for (const auto& block : plan.blocks) {
-      at::Tensor out = x;
-      for (const auto& conv : block.convs) out = conv.run(out, config);
       const at::Tensor identity = block.has_downsample ? block.downsample.run(x, config) : x;
-      x = config.fuse ? out.add_(identity).relu_() : at::relu(out + identity);
+      at::Tensor out = x;
+      for (size_t k = 0; k + 1 < block.convs.size(); ++k) out = block.convs[k].run(out, config);
+      x = block.convs.back().run_add_relu(out, identity, config);
     }
     x = at::adaptive_avg_pool2d(x, {1, 1});
     if (config.backend == detail::ConvBackend::onednn_blocked) x = x.to_dense();

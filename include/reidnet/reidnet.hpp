@@ -12,6 +12,7 @@
 #include <reidnet/features.hpp>
 #include <reidnet/ft_net.hpp>
 #include <reidnet/inference.hpp>
+#include <reidnet/grad_scaler.hpp>
 #include <reidnet/init.hpp>
 #include <reidnet/losses.hpp>
 #include <reidnet/memory_format.hpp>

@@ -72,6 +72,7 @@ enum class ConvBackend {
   dense,          // at::conv2d on dense (channels_last) tensors: CUDA, or any CPU build
   onednn_blocked, // activations and weights in oneDNN's blocked layout, eltwise ops in place
   onednn_fused,   // channels_last activations, prepacked weights, conv+ReLU fused by oneDNN
+  cudnn_fused,    // CUDA: conv+bias+ReLU and conv+bias+residual add+ReLU fused by cuDNN
 };
 
 /// What every kernel needs to know about how tensors are stored.
@@ -142,12 +143,26 @@ struct ConvBn {
         return apply_relu(at::mkldnn_convolution(x, packed_weight, packed_bias, padding, stride,
                                                  dilation, groups),
                           config);
+      case ConvBackend::cudnn_fused:
+        if (relu) return at::cudnn_convolution_relu(x, weight, bias, stride, padding, dilation, groups);
+        break;
       case ConvBackend::dense:
         break;
     }
     auto y = at::conv2d(x, weight, bias, stride, padding, dilation, groups);
     if (!config.fold_bn) y = config.fuse ? y.mul_(bn_scale).add_(bn_shift) : y * bn_scale + bn_shift;
     return apply_relu(std::move(y), config);
+  }
+
+  /// relu(conv(x) + identity): the last conv of a residual block (built with relu = false).
+  at::Tensor run_add_relu(const at::Tensor& x, const at::Tensor& identity,
+                          const KernelConfig& config) const {
+    if (config.backend == ConvBackend::cudnn_fused) {
+      return at::cudnn_convolution_add_relu(x, weight, identity, at::Scalar(1.0), bias, stride,
+                                            padding, dilation, groups);
+    }
+    auto y = run(x, config);
+    return config.fuse ? y.add_(identity).relu_() : at::relu(y + identity);
   }
 
  private:
@@ -214,6 +229,26 @@ inline DenseAffine linear_affine(const torch::nn::LinearImpl& linear) {
   return {linear.weight.detach().to(at::kDouble),
           linear.bias.defined() ? linear.bias.detach().to(at::kDouble)
                                 : at::zeros({linear.weight.size(0)}, at::kDouble)};
+}
+
+/// Whether cuDNN's fused conv+bias+ReLU and conv+bias+add+ReLU run for this dtype and layout
+/// (they need a LibTorch built with cuDNN, and some cuDNN versions lack some dtypes): tried
+/// once on a tiny input, so that the model falls back to separate kernels instead of failing.
+inline bool cudnn_fusion_available(const KernelConfig& config) {
+  try {
+    const auto options = at::TensorOptions().dtype(config.dtype).device(config.device);
+    const auto x = at::randn({1, 8, 6, 6}, options).contiguous(config.memory_format());
+    const auto weight = at::randn({8, 8, 3, 3}, options).contiguous(config.memory_format());
+    const auto bias = at::randn({8}, options);
+    const std::vector<int64_t> one{1, 1};
+    const auto fused = at::cudnn_convolution_add_relu(x, weight, x, at::Scalar(1.0), bias, one,
+                                                      one, one, 1);
+    const auto reference = at::relu(at::conv2d(x, weight, bias, one, one, one, 1) + x);
+    return at::cudnn_convolution_relu(x, weight, bias, one, one, one, 1).defined() &&
+           at::allclose(fused.to(at::kFloat), reference.to(at::kFloat), 5e-2, 5e-2);
+  } catch (const c10::Error&) {
+    return false;
+  }
 }
 
 /// True when oneDNN can run the CPU path of this LibTorch build.
