@@ -7,6 +7,7 @@
 #include <torch/types.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (moved here from format.h in fmt 11)
 
 #include <algorithm>
 #include <cmath>
