@@ -5,6 +5,7 @@
 #include <reidnet/reidnet.hpp>
 
 #include <limits>
+#include <sstream>
 
 using reidnet::test::fixture;
 using reidnet::test::scalar;
@@ -156,4 +157,44 @@ TEST_CASE("GradScaler unscales gradients, skips a step with inf gradients and ad
     CHECK_THROWS_WITH_AS(scaler.load_state({-1.0, 0}), doctest::Contains("scale must be > 0"),
                          c10::Error);
   }
+}
+
+TEST_CASE("make_sgd's multi-tensor SGD takes exactly torch::optim::SGD's steps, and resumes") {
+  auto make_parameters = [] {
+    torch::manual_seed(5);
+    return std::vector<torch::Tensor>{torch::randn({4, 3}).requires_grad_(),
+                                      torch::randn({3}).requires_grad_()};
+  };
+  const auto options = torch::optim::SGDOptions(0.1).momentum(0.9).nesterov(true).weight_decay(5e-4);
+  auto plain_parameters = make_parameters();
+  auto foreach_parameters = make_parameters();
+  torch::optim::SGD plain(plain_parameters, options);
+  reidnet::ForeachSGD foreach_sgd(foreach_parameters, options);
+  auto take_step = [](torch::optim::Optimizer& optimizer, std::vector<torch::Tensor>& parameters,
+                      int step) {
+    optimizer.zero_grad();
+    ((parameters[0] * (step + 1)).pow(2).sum() + parameters[1].sin().sum()).backward();
+    optimizer.step();
+  };
+  for (int step = 0; step < 4; ++step) {
+    take_step(plain, plain_parameters, step);
+    take_step(foreach_sgd, foreach_parameters, step);
+    for (size_t i = 0; i < plain_parameters.size(); ++i) {
+      CHECK(torch::equal(plain_parameters[i], foreach_parameters[i]));
+    }
+  }
+  // Its state is torch::optim::SGD's: a plain SGD continues from it as if it had run all along.
+  std::ostringstream saved;
+  torch::serialize::OutputArchive archive;
+  foreach_sgd.save(archive);
+  archive.save_to(saved);
+  std::istringstream input(saved.str());
+  torch::serialize::InputArchive loaded;
+  loaded.load_from(input);
+  auto resumed_parameters = foreach_parameters;
+  torch::optim::SGD resumed(resumed_parameters, options);
+  resumed.load(loaded);
+  take_step(plain, plain_parameters, 4);
+  take_step(resumed, resumed_parameters, 4);
+  CHECK(torch::equal(plain_parameters[0], resumed_parameters[0]));
 }

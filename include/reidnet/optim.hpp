@@ -5,11 +5,15 @@
 ///     auto sgd = reidnet::make_sgd(*net, reidnet::SgdRecipe().lr(0.05));
 ///     // sgd->param_groups()[0] is the backbone (0.005), [1] the head (0.05)
 
+#include <ATen/ATen.h>
 #include <torch/nn/module.h>
 #include <torch/optim/sgd.h>
+#include <torch/utils.h>
 
 #include <memory>
+#include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace reidnet {
@@ -47,7 +51,80 @@ inline ParameterGroups split_backbone_head(const torch::nn::Module& module,
   return groups;
 }
 
+namespace detail {
+/// The key of a parameter's state in torch::optim::Optimizer: the TensorImpl address, as a
+/// string in LibTorch 1.x and as a pointer in 2.x.
+template <class Key>
+Key optimizer_state_key(const at::Tensor& parameter) {
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream key;  // how LibTorch 1.x spells it (c10::guts::to_string)
+    key << parameter.unsafeGetTensorImpl();
+    return key.str();
+  } else {
+    return parameter.unsafeGetTensorImpl();
+  }
+}
+}  // namespace detail
+
+/// torch::optim::SGD whose update runs as multi-tensor (`_foreach_`) kernels, as Python's
+/// SGD does by default on CUDA: a handful of launches per step instead of about five per
+/// parameter, which leave a GPU idle at small batches. The arithmetic, the state (momentum
+/// buffers) and the saved checkpoints are torch::optim::SGD's.
+class ForeachSGD : public torch::optim::SGD {
+ public:
+  using torch::optim::SGD::SGD;
+
+  torch::Tensor step(LossClosure closure = nullptr) override {
+    torch::NoGradGuard no_grad;
+    torch::Tensor loss;
+    if (closure) {
+      at::AutoGradMode enable_grad(true);
+      loss = closure();
+    }
+    using Key = typename std::decay_t<decltype(state_)>::key_type;
+    for (auto& group : param_groups()) {
+      const auto& options = static_cast<const torch::optim::SGDOptions&>(group.options());
+      std::vector<at::Tensor> parameters, gradients;
+      for (auto& parameter : group.params()) {
+        if (!parameter.grad().defined()) continue;
+        parameters.push_back(parameter);
+        gradients.push_back(parameter.grad());
+      }
+      if (parameters.empty()) continue;
+      // d_p = grad + weight_decay * p (a new list: the gradients stay as backward left them)
+      auto steps = options.weight_decay() != 0
+                       ? at::_foreach_add(gradients, parameters, options.weight_decay())
+                       : gradients;
+      if (options.momentum() != 0) {
+        std::vector<at::Tensor> buffers(parameters.size()), old_buffers, old_steps;
+        for (size_t i = 0; i < parameters.size(); ++i) {
+          const auto key = detail::optimizer_state_key<Key>(parameters[i]);
+          auto found = state_.find(key);
+          if (found == state_.end()) {  // first step: the buffer starts as d_p
+            auto state = std::make_unique<torch::optim::SGDParamState>();
+            state->momentum_buffer(steps[i].clone().detach());
+            buffers[i] = state->momentum_buffer();
+            state_[key] = std::move(state);
+          } else {
+            buffers[i] = static_cast<torch::optim::SGDParamState&>(*found->second).momentum_buffer();
+            old_buffers.push_back(buffers[i]);
+            old_steps.push_back(steps[i]);
+          }
+        }
+        if (!old_buffers.empty()) {  // buf = momentum * buf + (1 - dampening) * d_p
+          at::_foreach_mul_(old_buffers, options.momentum());
+          at::_foreach_add_(old_buffers, old_steps, 1 - options.dampening());
+        }
+        steps = options.nesterov() ? at::_foreach_add(steps, buffers, options.momentum()) : buffers;
+      }
+      at::_foreach_add_(parameters, steps, -options.lr());
+    }
+    return loss;
+  }
+};
+
 /// SGD with group 0 = backbone (lr * backbone_lr_ratio) and group 1 = head (lr).
+/// (a ForeachSGD: torch::optim::SGD's arithmetic in multi-tensor kernels).
 inline std::unique_ptr<torch::optim::SGD> make_sgd(const torch::nn::Module& module,
                                                    const SgdRecipe& recipe = {}) {
   auto groups = split_backbone_head(module, recipe.head());
@@ -64,7 +141,7 @@ inline std::unique_ptr<torch::optim::SGD> make_sgd(const torch::nn::Module& modu
   param_groups.emplace_back(std::move(groups.backbone),
                             group_options(recipe.lr() * recipe.backbone_lr_ratio()));
   param_groups.emplace_back(std::move(groups.head), group_options(recipe.lr()));
-  return std::make_unique<torch::optim::SGD>(std::move(param_groups), sgd_options(recipe.lr()));
+  return std::make_unique<ForeachSGD>(std::move(param_groups), sgd_options(recipe.lr()));
 }
 
 /// Drops every parameter's gradient (Python's `zero_grad(set_to_none=True)`): backward then

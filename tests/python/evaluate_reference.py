@@ -43,8 +43,8 @@ def evaluate_query(score, ql, qc, gl, gc, stable=True, descending=True):
     cmc = np.zeros(len(gl), dtype=np.int64)
     if good_index.size == 0:
         return 0.0, 0.0, None, cmc, -1
-    order = order[np.in1d(order, junk_index, invert=True)]
-    rows_good = np.argwhere(np.in1d(order, good_index)).flatten()
+    order = order[np.isin(order, junk_index, invert=True)]
+    rows_good = np.argwhere(np.isin(order, good_index)).flatten()
     ngood = len(good_index)
     cmc[rows_good[0]:] = 1
     ap = 0.0
