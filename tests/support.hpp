@@ -5,7 +5,9 @@
 #include <doctest/doctest.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -37,6 +39,14 @@ inline std::map<std::string, torch::Tensor> load_tensor_dict(const std::string& 
     out.emplace(item.key().toStringRef(), item.value().toTensor());
   }
   return out;
+}
+
+/// A fresh folder name under the system's temporary directory, unique per process and call.
+inline std::filesystem::path unique_temporary_path(const std::string& stem) {
+  static int calls = 0;
+  const auto ticks = std::chrono::steady_clock::now().time_since_epoch().count();
+  return std::filesystem::temp_directory_path() /
+         (stem + "_" + std::to_string(ticks) + "_" + std::to_string(++calls));
 }
 
 /// A one-element tensor as a double (usable in templates without `.template item<>`).

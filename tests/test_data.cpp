@@ -19,8 +19,7 @@ namespace {
 struct TemporaryFolder {
   fs::path path;
   explicit TemporaryFolder(const std::string& name)
-      : path(fs::temp_directory_path() /
-             ("reidnet_test_data_" + name + "_" + std::to_string(std::random_device{}()))) {
+      : path(reidnet::test::unique_temporary_path("reidnet_test_data_" + name)) {
     fs::remove_all(path);
     fs::create_directories(path);
   }

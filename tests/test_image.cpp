@@ -143,8 +143,7 @@ TEST_CASE("broken, missing and non-image files raise errors naming the file") {
 }
 
 TEST_CASE("write_jpeg and write_png round-trip through read_image") {
-  const auto directory = std::filesystem::temp_directory_path() /
-                         ("reidnet_test_image_write_" + std::to_string(std::random_device{}()));
+  const auto directory = reidnet::test::unique_temporary_path("reidnet_test_image_write");
   std::filesystem::create_directories(directory);
   const auto image = reidnet::read_image(picture("chelsea_rgb.png"));
   const auto png = (directory / "copy.png").string();

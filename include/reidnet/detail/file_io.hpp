@@ -1,16 +1,19 @@
 #pragma once
 // Whole-file reads and atomic writes, shared by the image and data set code.
 
+#include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
-#include <random>
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 namespace reidnet::detail {
@@ -29,10 +32,14 @@ inline std::vector<unsigned char> read_file_bytes(const std::string& path) {
   return bytes;
 }
 
-/// A sibling temporary name, unique enough for concurrent writers of one directory.
+/// A sibling temporary name, unique across threads (thread id, counter) and processes (clock);
+/// no std::random_device, which can throw or misbehave where the OS gives no entropy source.
 inline std::string temporary_sibling(const std::string& path) {
-  thread_local std::mt19937_64 generator{std::random_device{}()};
-  return path + ".tmp" + std::to_string(generator() % 1000000000ULL);
+  static std::atomic<uint64_t> counter{0};
+  const auto thread = std::hash<std::thread::id>{}(std::this_thread::get_id()) % 1000000ULL;
+  const auto ticks = std::chrono::steady_clock::now().time_since_epoch().count() % 1000000000LL;
+  return path + ".tmp" + std::to_string(ticks) + "_" + std::to_string(thread) + "_" +
+         std::to_string(counter++);
 }
 
 /// Writes `bytes` to a temporary sibling, then renames it over `path`: readers never see a

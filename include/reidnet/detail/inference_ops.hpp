@@ -162,7 +162,11 @@ struct ConvBn {
                                             padding, dilation, groups);
     }
     auto y = run(x, config);
-    return config.fuse ? y.add_(identity).relu_() : at::relu(y + identity);
+    if (!config.fuse) return at::relu(y + identity);
+    // One pass instead of two (add_, then relu_) over the block's output: ~15% of a CPU
+    // forward at batch 16 goes to these memory-bound passes. ATen's kernel is fp32 only.
+    if (y.scalar_type() == at::kFloat && !y.is_mkldnn()) return at::_add_relu_(y, identity);
+    return y.add_(identity).relu_();
   }
 
  private:
