@@ -50,6 +50,7 @@ struct BenchOptions {
   bool no_fuse = false;
   bool no_prepack = false;
   bool no_channels_last = false;
+  bool no_reuse_memory = false;
 };
 
 torch::Dtype parse_dtype(const std::string& name) {
@@ -225,6 +226,8 @@ int main(int argc, char** argv) {
   app.add_flag("--no-fuse", options.no_fuse, "embed: out-of-place ReLU and residual add");
   app.add_flag("--no-prepack", options.no_prepack, "embed: no oneDNN blocked weights (dense path)");
   app.add_flag("--no-channels-last", options.no_channels_last, "NCHW instead of channels_last");
+  app.add_flag("--no-reuse-memory", options.no_reuse_memory,
+               "leave glibc's malloc as is (fresh pages for every large tensor)");
   if (const auto exit_code = reidnet::examples::parse_flags(app, argc, argv)) return *exit_code;
 
   try {
@@ -234,6 +237,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     torch::set_num_threads(options.threads);
+    const bool reuse_memory = !options.no_reuse_memory && reidnet::reuse_freed_host_memory();
     // Let cuDNN time its algorithms for these fixed shapes, as Python's cudnn.benchmark does.
     if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
     torch::manual_seed(0);
@@ -256,7 +260,7 @@ int main(int argc, char** argv) {
     fmt::print("reidnet-bench  mode={} dtype={} batch={} iters={} threads={} input={}x{}\n",
                options.mode, options.dtype, options.batch_size, options.iters, options.threads,
                options.height, options.width);
-    fmt::print("  path            {}\n", path);
+    fmt::print("  path            {}{}\n", path, reuse_memory ? ", host memory reused" : "");
     fmt::print("  LibTorch        {}\n", TORCH_VERSION);
     fmt::print("  device          {}\n", device.is_cuda() ? "cuda" : "cpu");
     fmt::print("  CPU             {}\n", cpu_instruction_set());

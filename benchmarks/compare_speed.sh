@@ -10,7 +10,9 @@
 # CASES (all five), ABLATION (1: also time reidnet embed fp32 batch 16 with each optimisation
 # off), PYTHON, DEVICE (cpu or cuda; CUDA cases are named like the CPU ones, e.g.
 # "embed_fp16_b128 train_fp16_b32"), PYTHON_EXTRA_PATHS (embed: also time these Python paths,
-# e.g. compile_cl).
+# e.g. compile_cl), PYTHON_REUSE_MEMORY (1: also run the Python side with glibc tuned as
+# reidnet::reuse_freed_host_memory tunes it, paths suffixed "+reuse"; reported in their own
+# columns, not as "best Python").
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,6 +29,9 @@ cases=${CASES:-"embed_fp32_b16 embed_bf16_b16 embed_fp32_b1 train_fp32_b16 train
 ablation=${ABLATION:-0}
 device=${DEVICE:-cpu}
 python_extra_paths=${PYTHON_EXTRA_PATHS:-}
+python_reuse_memory=${PYTHON_REUSE_MEMORY:-1}
+# What reidnet::reuse_freed_host_memory() sets with mallopt, as glibc tunables for Python.
+reuse_tunables="glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647:glibc.malloc.top_pad=268435456"
 
 if [[ ! -x $bench ]]; then
   echo "compare_speed.sh: $bench not found; build with -DREIDNET_BUILD_BENCHMARKS=ON" >&2
@@ -53,7 +58,12 @@ python_side() {
     paths=(--paths "$("$python" -c "import sys; sys.path.insert(0, '$root/benchmarks')
 import reference_python as r; print(','.join(r.default_paths('embed', sys.argv[1])))" "$dtype"),$python_extra_paths")
   fi
-  "$python" "$reference" --threads "$threads" --device "$device" "${paths[@]}" "$@" | awk -v c="$case" '/^result/ {print "P", c, $2, $3}' >>"$log"
+  "$python" "$reference" --threads "$threads" --device "$device" "${paths[@]}" "$@" |
+    awk -v c="$case" '/^result/ {print "P", c, $2, $3}' >>"$log"
+  if [[ $python_reuse_memory == 1 && $device == cpu ]]; then
+    GLIBC_TUNABLES=$reuse_tunables "$python" "$reference" --threads "$threads" --device "$device" \
+      "${paths[@]}" "$@" | awk -v c="$case" '/^result/ {print "P", c, $2 "+reuse", $3}' >>"$log"
+  fi
 }
 
 run_case() {
@@ -66,6 +76,9 @@ run_case() {
   else iters=$embed_iters; warmup=2; fi
   local common=(--mode "$mode" --dtype "$dtype" --batch-size "$batch" --iters "$iters" --warmup "$warmup")
   local reidnet_runs=()
+  if [[ $case == embed_fp32_b16 || $case == train_fp32_b16 ]]; then
+    reidnet_runs+=("no-reuse|--no-reuse-memory")
+  fi
   if [[ $mode == embed ]]; then
     reidnet_runs+=("default|")
     if [[ $ablation == 1 && $case == embed_fp32_b16 ]]; then
@@ -110,13 +123,14 @@ awk -v conv_fp32=220 -v conv_bf16=430 -v device="$device" '
     if (!($2 in seen)) { seen[$2] = 1; order[++n] = $2 } }
   function spread(k) { return best[k] > 0 ? 100 * (best[k] - worst[k]) / best[k] : 0 }
   END {
-    printf "\n%-15s %-14s %8s %6s | %-12s %8s %6s | %-12s %8s | %7s %7s %7s\n",
+    printf "\n%-15s %-14s %8s %6s | %-12s %8s %6s | %-12s %8s | %7s %7s %7s | %-18s %8s %7s\n",
       "case", "reidnet", "img/s", "spread", "best Python", "img/s", "spread", "Py eager", "img/s",
-      "ratio", "xeager", "%conv"
+      "ratio", "xeager", "%conv", "best Py +reuse", "img/s", "ratio"
     for (i = 1; i <= n; i++) {
       c = order[i]; split(pvars[c], pv, " "); split(rvars[c], rv, " ")
-      bp = ""; bpv = 0; ep = ""; epv = 0
+      bp = ""; bpv = 0; ep = ""; epv = 0; tp = ""; tpv = 0
       for (j in pv) { k = "P " c " " pv[j]
+        if (pv[j] ~ /[+]reuse$/) { if (best[k] > tpv) { tpv = best[k]; tp = pv[j] }; continue }
         if (best[k] > bpv) { bpv = best[k]; bp = pv[j] }
         if (pv[j] !~ /^ts/ && best[k] > epv) { epv = best[k]; ep = pv[j] } }
       br = ""; brv = 0
@@ -124,9 +138,10 @@ awk -v conv_fp32=220 -v conv_bf16=430 -v device="$device" '
       if (br == "") continue
       conv = ""
       if (c ~ /^embed/ && device == "cpu") conv = sprintf("%6.0f%%", 100 * brv * 5.3 / (c ~ /bf16/ ? conv_bf16 : conv_fp32))
-      printf "%-15s %-14s %8.2f %5.0f%% | %-12s %8.2f %5.0f%% | %-12s %8.2f | %6.2fx %6.2fx %7s\n",
+      tuned = tpv > 0 ? sprintf("%-18s %8.2f %6.2fx", tp, tpv, brv / tpv) : ""
+      printf "%-15s %-14s %8.2f %5.0f%% | %-12s %8.2f %5.0f%% | %-12s %8.2f | %6.2fx %6.2fx %7s | %s\n",
         c, br, brv, spread("R " c " " br), bp, bpv, spread("P " c " " bp), ep, epv,
-        brv / bpv, brv / epv, conv
+        brv / bpv, brv / epv, conv, tuned
     }
     printf "\nevery run (best img/s over the rounds, spread):\n"
     for (k in best) printf "  %-40s %8.2f %5.0f%%\n", k, best[k], spread(k)

@@ -68,10 +68,11 @@ def embed_runner(path, args, images, device):
     if path == "compile_cl":
         model = torch.compile(model)
     autocast = path in ("autocast_cl", "compile_cl") and dtype != torch.float32
+    amp_dtype = dtype if autocast else torch.bfloat16  # 1.13 refuses float32 even when disabled
     sync = synchronizer(device)
 
     def step():
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=autocast):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
             model(x)
         sync()
 
@@ -92,6 +93,7 @@ def train_runner(path, args, images, device):
                                 lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     labels = torch.randint(args.classes, (x.shape[0],), device=device)
     autocast = path.startswith("autocast") and dtype != torch.float32
+    amp_dtype = dtype if autocast else torch.bfloat16
     # fp16 needs loss scaling, as in reidnet-bench and reidnet-train.
     use_scaler = dtype == torch.float16 and device.type == "cuda"
     scaler = (torch.amp.GradScaler("cuda", enabled=use_scaler) if hasattr(torch.amp, "GradScaler")
@@ -100,7 +102,7 @@ def train_runner(path, args, images, device):
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
             loss = nn.functional.cross_entropy(net(x), labels)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -236,5 +236,6 @@ int main(int argc, char** argv) {
   app.add_option("--top-k", c.top_k, "length of the lists of --save-ranks and --show")->check(CLI::PositiveNumber);
   if (const auto exit_code = reidnet::examples::parse_flags(app, argc, argv)) return *exit_code;
   torch::set_num_threads(static_cast<int>(c.threads));
+  reidnet::reuse_freed_host_memory();
   return reidnet::examples::run_reporting_errors("reidnet-test", [&] { return run(c); });
 }

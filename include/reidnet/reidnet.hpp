@@ -13,6 +13,7 @@
 #include <reidnet/ft_net.hpp>
 #include <reidnet/inference.hpp>
 #include <reidnet/grad_scaler.hpp>
+#include <reidnet/host_memory.hpp>
 #include <reidnet/init.hpp>
 #include <reidnet/losses.hpp>
 #include <reidnet/memory_format.hpp>
