@@ -19,6 +19,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 namespace fs = std::filesystem;
 using reidnet::examples::TrainConfig;
@@ -38,7 +39,7 @@ struct PhaseResult {
 
 void add_flags(CLI::App& app, TrainConfig& c, std::string& name) {
   app.add_option("--data,--data_dir", c.data, "data set root (Market-1501, DukeMTMC-reID, MSMT17 "
-                 "or the baseline's folder-per-id layout)")->required();
+                 "or the baseline's folder-per-id layout); with --resume, opts.yaml's by default");
   app.add_option("--out", c.out, "output folder (net_last.pth, opts.yaml, train.log, train.jpg)");
   app.add_option("--name", name, "baseline spelling: output folder model/NAME");
   app.add_flag("--train-all,--train_all", c.train_all, "train on every image (no val split)");
@@ -170,7 +171,9 @@ class Trainer {
                            .stride(c_.stride)
                            .droprate(c_.droprate)
                            .linear_num(c_.linear_num));
-    if (!c_.weights.empty()) {
+    if (!c_.weights.empty() && !resume_.empty()) {
+      fmt::print("resuming: the weights come from {}/net_last.pth, not --weights\n", resume_);
+    } else if (!c_.weights.empty()) {
       const auto report = reidnet::load_state_dict(*net, c_.weights,
           reidnet::LoadOptions().into("model.").strict(false));
       fmt::print("loaded {} backbone tensors from {}\n", report.loaded.size(), c_.weights);
@@ -366,6 +369,49 @@ class Trainer {
   reidnet::GradScaler scaler_;
 };
 
+/// The run in `folder`, as its opts.yaml records it, for --resume. Flags that only say how to
+/// run (where the data is now, device, threads, ...) may be given again; a recipe flag may not,
+/// since the resumed run would silently differ from the one that was started.
+TrainConfig resumed_config(const CLI::App& app, const TrainConfig& command_line,
+                           const std::string& folder) {
+  const std::set<std::string> run_flags{"--resume", "--data", "--device", "--threads", "--workers",
+                                        "--epochs-this-run", "--channels-last"};
+  for (const auto* option : app.get_options()) {
+    if (option->count() > 0 && run_flags.count(option->get_name()) == 0) {
+      throw UsageError(fmt::format("{} cannot be combined with --resume: the run continues with "
+                                   "the options in {}/opts.yaml", option->get_name(), folder));
+    }
+  }
+  TrainConfig config;
+  try {
+    config = reidnet::examples::read_opts_yaml(fs::path(folder) / "opts.yaml");
+  } catch (const std::exception& error) {
+    throw UsageError(error.what());
+  }
+  config.out = folder;
+  if (!command_line.data.empty()) config.data = command_line.data;
+  config.device = command_line.device;
+  config.threads = command_line.threads;
+  config.workers = command_line.workers;
+  config.epochs_this_run = command_line.epochs_this_run;
+  if (app.count("--channels-last") > 0) config.channels_last = command_line.channels_last;
+  return config;
+}
+
+int train(const TrainConfig& config, const std::string& resume) {
+  torch::set_num_threads(static_cast<int>(config.threads));
+  reidnet::reuse_freed_host_memory();  // ~10% per step: no fresh pages for every activation
+  reidnet::Dataset dataset;
+  try {
+    dataset = reidnet::read_dataset(config.data);
+  } catch (const std::exception& error) {
+    throw UsageError(error.what());
+  }
+  Trainer trainer(config, std::move(dataset));
+  trainer.resume_ = resume;
+  return trainer.run();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -373,25 +419,20 @@ int main(int argc, char** argv) {
   TrainConfig config;
   std::string name, resume;
   add_flags(app, config, name);
-  app.add_option("--resume", resume, "continue the run saved in this folder")->check(CLI::ExistingDirectory);
+  app.add_option("--resume", resume, "continue the run saved in this folder, with its opts.yaml")
+      ->check(CLI::ExistingDirectory);
   app.add_option("--epochs-this-run", config.epochs_this_run,
                  "stop after this many epochs (continue later with --resume), e.g. for time-limited jobs")
       ->check(CLI::PositiveNumber);
   if (const auto exit_code = reidnet::examples::parse_flags(app, argc, argv)) return *exit_code;
   if (!name.empty()) config.out = (fs::path("model") / name).string();
-  if (!resume.empty()) config.out = resume;
-  torch::set_num_threads(static_cast<int>(config.threads));
-  reidnet::reuse_freed_host_memory();  // ~10% per step: no fresh pages for every activation
   return reidnet::examples::run_reporting_errors("reidnet-train", [&] {
-    if (!resume.empty()) check_resume_folder(resume);
-    reidnet::Dataset dataset;
-    try {
-      dataset = reidnet::read_dataset(config.data);
-    } catch (const std::exception& error) {
-      throw UsageError(error.what());
+    if (!resume.empty()) {
+      check_resume_folder(resume);
+      config = resumed_config(app, config, resume);
+    } else if (config.data.empty()) {
+      throw UsageError("--data is required (the data set root)");
     }
-    Trainer trainer(config, std::move(dataset));
-    trainer.resume_ = resume;
-    return trainer.run();
+    return train(config, resume);
   });
 }

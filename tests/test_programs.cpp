@@ -113,7 +113,8 @@ TEST_CASE("a run stopped after epoch 1 and resumed ends with the same weights as
   INFO(first.output);
   REQUIRE(first.status == 0);
   CHECK(first.output.find("--resume") != std::string::npos);
-  const auto second = run_program("reidnet-train", train_flags(split) + flags + " --resume " + split.string());
+  // --resume alone continues with the run's opts.yaml (data folder included).
+  const auto second = run_program("reidnet-train", "--resume " + split.string() + " --threads 2");
   INFO(second.output);
   REQUIRE(second.status == 0);
   const auto a = reidnet::read_state_dict((whole / "net_last.pth").string());
@@ -146,6 +147,21 @@ TEST_CASE("bad flags and bad data give a clear usage error and exit code 2") {
     CHECK(run_program("reidnet-train", train_flags(out) + " --stride 3").status == 2);
     CHECK(run_program("reidnet-train", train_flags(out) + " --fp16 --bf16").status == 2);
     CHECK(run_program("reidnet-train", train_flags(out) + " --no-such-flag").status == 2);
+  }
+  SUBCASE("a recipe flag together with --resume") {
+    const auto folder = out / "looks_like_a_run";
+    fs::create_directories(folder);
+    for (const char* file : {"trainer_state.yaml", "optimizer.pt", "net_last.pth", "opts.yaml"}) {
+      std::ofstream(folder / file) << "\n";
+    }
+    const auto run = run_program("reidnet-train", "--resume " + folder.string() + " --lr 0.5");
+    CHECK(run.status == 2);
+    CHECK(run.output.find("--lr cannot be combined with --resume") != std::string::npos);
+  }
+  SUBCASE("no --data and no --resume") {
+    const auto run = run_program("reidnet-train", "--out " + out.string());
+    CHECK(run.status == 2);
+    CHECK(run.output.find("--data is required") != std::string::npos);
   }
   SUBCASE("resume from a folder that is not a run") {
     fs::create_directories(out / "empty");

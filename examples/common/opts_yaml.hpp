@@ -93,6 +93,8 @@ inline void write_opts_yaml(const TrainConfig& c, const std::filesystem::path& p
   put("backbone_lr_ratio", c.backbone_lr_ratio);
   put("seed", c.seed);
   put("weights", c.weights);
+  put("instances_per_id", c.instances_per_id);
+  put("channels_last", c.channels_last);
   out << YAML::EndMap;
   const auto temporary = path.string() + ".tmp";
   {
@@ -103,8 +105,9 @@ inline void write_opts_yaml(const TrainConfig& c, const std::filesystem::path& p
   std::filesystem::rename(temporary, path);
 }
 
-/// Reads back what reidnet-test needs from an opts.yaml (ours or the Python baseline's):
-/// nclasses, stride, linear_num, droprate and the input size; other fields keep defaults.
+/// Reads an opts.yaml (ours or the Python baseline's): the model (nclasses, stride,
+/// linear_num, droprate, input size) for reidnet-test, and the whole recipe for
+/// `reidnet-train --resume`; keys it lacks keep their defaults.
 inline TrainConfig read_opts_yaml(const std::filesystem::path& path) {
   YAML::Node node;
   try {
@@ -140,6 +143,26 @@ inline TrainConfig read_opts_yaml(const std::filesystem::path& path) {
   get("w", opts.width);
   get("height", opts.height);
   get("width", opts.width);
+  get("data_dir", opts.data);
+  get("train_all", opts.train_all);
+  get("color_jitter", opts.color_jitter);
+  get("batchsize", opts.batch_size);
+  get("erasing_p", opts.erasing_p);
+  get("lr", opts.lr);
+  get("weight_decay", opts.weight_decay);
+  get("total_epoch", opts.total_epoch);
+  get("warm_epoch", opts.warm_epoch);
+  get("cosine", opts.cosine);
+  get("use_circle", opts.circle);
+  get("use_triplet", opts.triplet);
+  get("label_smoothing", opts.label_smoothing);
+  get("fp16", opts.fp16);
+  get("bf16", opts.bf16);
+  get("backbone_lr_ratio", opts.backbone_lr_ratio);
+  get("seed", opts.seed);
+  get("weights", opts.weights);
+  get("instances_per_id", opts.instances_per_id);
+  get("channels_last", opts.channels_last);
   return opts;
 }
 

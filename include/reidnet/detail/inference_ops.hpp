@@ -99,21 +99,27 @@ class PrepackedConvCache {
  public:
   static constexpr size_t kMaxShapes = 3;
 
-  c10::IValue get(const at::Tensor& x, const std::vector<c10::IValue>& prepack_arguments) {
+  /// `prepack_arguments`: W, B, stride, padding, dilation, groups, attr (input_size is added
+  /// per shape). Built once, so that a call allocates nothing when its shape is cached.
+  explicit PrepackedConvCache(std::vector<c10::IValue> prepack_arguments)
+      : prepack_arguments_(std::move(prepack_arguments)) {}
+
+  c10::IValue get(const at::Tensor& x) {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto key = x.sizes().vec();
-    for (const auto& [shape, context] : contexts_) {
-      if (shape == key) return context;
+    const auto shape = x.sizes();
+    for (const auto& [cached_shape, context] : contexts_) {
+      if (shape.equals(cached_shape)) return context;
     }
-    torch::jit::Stack stack(prepack_arguments);
-    stack.insert(stack.begin() + 6, c10::IValue(key));  // input_size, before attr
+    torch::jit::Stack stack(prepack_arguments_);
+    stack.insert(stack.begin() + 6, c10::IValue(shape.vec()));  // input_size, before attr
     PrepackedConvOps::get().prepack->callBoxed(&stack);
     if (contexts_.size() == kMaxShapes) contexts_.erase(contexts_.begin());
-    contexts_.emplace_back(std::move(key), stack.at(0));
+    contexts_.emplace_back(shape.vec(), stack.at(0));
     return contexts_.back().second;
   }
 
  private:
+  const std::vector<c10::IValue> prepack_arguments_;
   std::mutex mutex_;
   std::vector<std::pair<std::vector<int64_t>, c10::IValue>> contexts_;  // oldest first
 };
@@ -133,11 +139,15 @@ struct ConvBn {
   at::Tensor run(const at::Tensor& x, const KernelConfig& config) const {
     switch (config.backend) {
       case ConvBackend::onednn_fused: {
-        const std::vector<c10::IValue> arguments{weight, bias, stride, padding, dilation, groups,
-                                                 std::string(relu ? "relu" : "none")};
-        torch::jit::Stack stack{x, prepacked->get(x, arguments)};
+        // Reused per thread: at batch 1, per-call allocations are a visible share of a conv.
+        thread_local torch::jit::Stack stack;
+        stack.clear();
+        stack.emplace_back(x);
+        stack.emplace_back(prepacked->get(x));
         PrepackedConvOps::get().run->callBoxed(&stack);
-        return stack.at(0).toTensor();  // ReLU already applied by oneDNN
+        auto y = std::move(stack.at(0)).toTensor();  // ReLU already applied by oneDNN
+        stack.clear();
+        return y;
       }
       case ConvBackend::onednn_blocked:
         return apply_relu(at::mkldnn_convolution(x, packed_weight, packed_bias, padding, stride,
@@ -212,7 +222,9 @@ inline ConvBn make_conv_bn(const torch::nn::Conv2dImpl& conv,
     out.bn_shift = affine.shift.to(target).view({1, -1, 1, 1});
   }
   if (config.backend == ConvBackend::onednn_fused) {
-    out.prepacked = std::make_shared<PrepackedConvCache>();
+    out.prepacked = std::make_shared<PrepackedConvCache>(std::vector<c10::IValue>{
+        out.weight, out.bias, out.stride, out.padding, out.dilation, out.groups,
+        std::string(relu ? "relu" : "none")});
   }
   if (config.backend == ConvBackend::onednn_blocked) {
     out.packed_weight = at::mkldnn_reorder_conv2d_weight(
