@@ -198,3 +198,15 @@ TEST_CASE("make_sgd's multi-tensor SGD takes exactly torch::optim::SGD's steps, 
   take_step(resumed, resumed_parameters, 4);
   CHECK(torch::equal(plain_parameters[0], resumed_parameters[0]));
 }
+
+TEST_CASE("reuse_freed_host_memory applies on glibc, and large tensors still come and go") {
+#if defined(__GLIBC__)
+  CHECK(reidnet::reuse_freed_host_memory());
+#else
+  CHECK_FALSE(reidnet::reuse_freed_host_memory());
+#endif
+  for (int round = 0; round < 3; ++round) {  // over glibc's 32 MiB mmap limit, freed each round
+    auto big = torch::full({48 << 20}, static_cast<float>(round), torch::kUInt8);
+    CHECK(big.sum().item<int64_t>() == static_cast<int64_t>(round) * (48 << 20));
+  }
+}
