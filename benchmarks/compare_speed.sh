@@ -53,16 +53,18 @@ reidnet() {
 python_side() {
   local case=$1 mode=$2
   shift 2
-  local paths=()
-  if [[ $mode == embed && -n $python_extra_paths ]]; then
-    paths=(--paths "$("$python" -c "import sys; sys.path.insert(0, '$root/benchmarks')
-import reference_python as r; print(','.join(r.default_paths('embed', sys.argv[1])))" "$dtype"),$python_extra_paths")
-  fi
-  "$python" "$reference" --threads "$threads" --device "$device" "${paths[@]}" "$@" |
-    awk -v c="$case" '/^result/ {print "P", c, $2, $3}' >>"$log"
+  local extra=()
+  [[ $mode == embed && -n $python_extra_paths ]] && extra=(--extra-paths "$python_extra_paths")
+  # reference <path suffix> <args...>: one run, every path, recorded as "P case path img/s".
+  reference() {
+    local suffix=$1
+    shift
+    "$python" "$reference" --threads "$threads" --device "$device" "${extra[@]}" "$@" |
+      awk -v c="$case" -v s="$suffix" '/^result/ {print "P", c, $2 s, $3}' >>"$log"
+  }
+  reference "" "$@"
   if [[ $python_reuse_memory == 1 && $device == cpu ]]; then
-    GLIBC_TUNABLES=$reuse_tunables "$python" "$reference" --threads "$threads" --device "$device" \
-      "${paths[@]}" "$@" | awk -v c="$case" '/^result/ {print "P", c, $2 "+reuse", $3}' >>"$log"
+    GLIBC_TUNABLES=$reuse_tunables reference "+reuse" "$@"
   fi
 }
 

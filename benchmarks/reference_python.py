@@ -128,6 +128,8 @@ def main():
     parser.add_argument("--linear-num", type=int, default=512)
     parser.add_argument("--classes", type=int, default=751)
     parser.add_argument("--paths", default="", help="comma-separated paths (default: all)")
+    parser.add_argument("--extra-paths", default="",
+                        help="comma-separated paths timed after the default ones (e.g. compile_cl)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -136,6 +138,7 @@ def main():
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     paths = args.paths.split(",") if args.paths else default_paths(args.mode, args.dtype)
+    paths += [path for path in args.extra_paths.split(",") if path]
     images = torch.randn(args.batch_size, 3, args.height, args.width).to(device)
     make = embed_runner if args.mode == "embed" else train_runner
     steps = {path: make(path, args, images, device) for path in paths}
