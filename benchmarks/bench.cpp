@@ -49,6 +49,7 @@ struct BenchOptions {
   bool no_fold_bn = false;
   bool no_fuse = false;
   bool no_prepack = false;
+  bool no_direct_onednn = false;
   bool no_channels_last = false;
   bool no_reuse_memory = false;
 };
@@ -164,6 +165,7 @@ std::string embed_path(const BenchOptions& options, reidnet::FtNet& net,
                .fold_bn(!options.no_fold_bn)
                .fuse(!options.no_fuse)
                .prepack(!options.no_prepack)
+               .call_onednn_directly(!options.no_direct_onednn)
                .channels_last(!options.no_channels_last));
   timing = time_iterations(options, device, [&] { fast.embed(images); });
   return "optimize_for_inference: " + fast.describe();
@@ -225,6 +227,8 @@ int main(int argc, char** argv) {
   app.add_flag("--no-fold-bn", options.no_fold_bn, "embed: keep BatchNorm separate");
   app.add_flag("--no-fuse", options.no_fuse, "embed: out-of-place ReLU and residual add");
   app.add_flag("--no-prepack", options.no_prepack, "embed: no oneDNN blocked weights (dense path)");
+  app.add_flag("--no-direct-onednn", options.no_direct_onednn,
+               "embed: LibTorch's oneDNN ops instead of calling oneDNN directly");
   app.add_flag("--no-channels-last", options.no_channels_last, "NCHW instead of channels_last");
   app.add_flag("--no-reuse-memory", options.no_reuse_memory,
                "leave glibc's malloc as is (fresh pages for every large tensor)");

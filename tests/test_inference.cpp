@@ -6,8 +6,10 @@
 #include <reidnet/reidnet.hpp>
 
 #include <map>
-#include <utility>
 #include <string>
+#include <thread>
+#include <utility>
+#include <vector>
 
 using reidnet::test::max_relative_difference;
 
@@ -115,6 +117,7 @@ TEST_CASE("each optimisation switched off on its own still matches the module (f
   const std::map<std::string, reidnet::InferenceOptions> variants{
       {"no fold_bn", reidnet::InferenceOptions().fold_bn(false)},
       {"no fuse", reidnet::InferenceOptions().fuse(false)},
+      {"LibTorch's oneDNN ops", reidnet::InferenceOptions().call_onednn_directly(false)},
       {"no prepack", reidnet::InferenceOptions().prepack(false)},
       {"no prepack, NCHW", reidnet::InferenceOptions().prepack(false).channels_last(false)},
       {"nothing", reidnet::InferenceOptions().prepack(false).channels_last(false).fuse(false)
@@ -124,9 +127,52 @@ TEST_CASE("each optimisation switched off on its own still matches the module (f
     const auto fast = reidnet::optimize_for_inference(net, options);
     CHECK(max_relative_difference(fast.embed(images), expected) < kFp32Tolerance);
   }
+  const auto libtorch_ops_bf16 = reidnet::optimize_for_inference(
+      net, reidnet::InferenceOptions().dtype(torch::kBFloat16).call_onednn_directly(false));
+  CHECK(min_row_cosine(libtorch_ops_bf16.embed(images), expected) >= kBf16MinCosine);
   const auto dense_bf16 = reidnet::optimize_for_inference(
       net, reidnet::InferenceOptions().dtype(torch::kBFloat16).prepack(false));
   CHECK(min_row_cosine(dense_bf16.embed(images), expected) >= kBf16MinCosine);
+}
+
+TEST_CASE("the default CPU path calls oneDNN directly where the build has it") {
+  auto net = make_ft_net(2, 512);
+  const bool direct = reidnet::direct_onednn_built() && torch::hasMKLDNN();
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    const auto fast =
+        reidnet::optimize_for_inference(net, reidnet::InferenceOptions().dtype(dtype));
+    CAPTURE(fast.describe());
+    const bool uses_direct = fast.describe().find("backend=onednn_direct") != std::string::npos;
+    CHECK(uses_direct == direct);
+  }
+  // Off on request, and for what it does not run (fp16, unfolded BatchNorm).
+  CHECK(reidnet::optimize_for_inference(net, reidnet::InferenceOptions().call_onednn_directly(false))
+            .describe()
+            .find("onednn_direct") == std::string::npos);
+  CHECK(reidnet::optimize_for_inference(net, reidnet::InferenceOptions().fold_bn(false))
+            .describe()
+            .find("onednn_direct") == std::string::npos);
+}
+
+TEST_CASE("concurrent forwards of one model, on new and cached shapes, give the serial results") {
+  torch::NoGradGuard no_grad;
+  auto net = make_ft_net(2, 0);
+  const auto fast = reidnet::optimize_for_inference(net);
+  std::vector<torch::Tensor> inputs, expected;
+  for (const int64_t batch : {1, 2, 3, 2}) {
+    inputs.push_back(torch::randn({batch, 3, kHeight, kWidth}));
+    expected.push_back(net->embed(inputs.back()));
+  }
+  std::vector<torch::Tensor> results(inputs.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    threads.emplace_back([&, i] { results[i] = fast.embed(inputs[i]); });
+  }
+  for (auto& thread : threads) thread.join();
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    CAPTURE(i);
+    CHECK(max_relative_difference(results[i], expected[i]) < kFp32Tolerance);
+  }
 }
 
 TEST_CASE("ResNet-50 and ResNet-18: embed is the pooled feature, forward the logits") {

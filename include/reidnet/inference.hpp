@@ -8,6 +8,9 @@
 ///     torch::Tensor feature = fast.embed(images);   // what net->embed(images) returns in eval()
 
 #include <reidnet/detail/inference_ops.hpp>
+#if defined(REIDNET_WITH_ONEDNN)
+#include <reidnet/detail/onednn_backbone.hpp>
+#endif
 #include <reidnet/ft_net.hpp>
 #include <reidnet/resnet.hpp>
 
@@ -43,15 +46,22 @@ struct InferenceOptions {
   /// built with oneDNN; ignored on CUDA and for fp16). With fuse: channels_last activations
   /// and oneDNN's fused conv+ReLU; without: activations in the blocked layout too.
   TORCH_ARG(bool, prepack) = true;
+  /// CPU, with prepack and fuse, float32 or bfloat16: run the backbone on oneDNN's own API
+  /// (weights reordered once per kernel, residual add fused into the conv), where reidnet
+  /// was built with it (REIDNET_WITH_ONEDNN, see README); LibTorch's oneDNN ops otherwise.
+  TORCH_ARG(bool, call_onednn_directly) = true;
 };
+
+/// Whether this build can call oneDNN directly (InferenceOptions::call_onednn_directly).
+constexpr bool direct_onednn_built() {
+#if defined(REIDNET_WITH_ONEDNN)
+  return true;
+#else
+  return false;
+#endif
+}
 
 namespace detail {
-
-struct ResidualBlockPlan {
-  std::vector<ConvBn> convs;
-  bool has_downsample = false;
-  ConvBn downsample;
-};
 
 /// Everything the optimised forward needs; immutable once built.
 struct InferencePlan {
@@ -70,6 +80,9 @@ struct InferencePlan {
   at::Tensor classifier_weight, classifier_bias;
   int64_t feature_dim = 0;
   std::string name;
+#if defined(REIDNET_WITH_ONEDNN)
+  std::shared_ptr<const OnednnBackbone> onednn;  // the onednn_direct backend's whole backbone
+#endif
 };
 
 /// The `index`-th layer of a Sequential as a `T` (Sequential::ptr<T> does not compile for
@@ -103,6 +116,10 @@ inline KernelConfig make_kernel_config(const InferenceOptions& options) {
                          ? ConvBackend::onednn_fused
                          : ConvBackend::onednn_blocked;
     if (config.backend == ConvBackend::onednn_fused) config.channels_last = true;
+    if (direct_onednn_built() && options.call_onednn_directly() && options.fuse()) {
+      config.backend = ConvBackend::onednn_direct;
+      config.channels_last = true;
+    }
   }
   if (options.device().is_cuda() && options.fold_bn() && options.fuse() &&
       cudnn_fusion_available(config)) {
@@ -160,6 +177,15 @@ void build_backbone(ResNetImpl<Block, Init>& net, InferencePlan& plan) {
       plan.blocks.push_back(std::move(block_plan));
     }
   }
+#if defined(REIDNET_WITH_ONEDNN)
+  if (config.backend == ConvBackend::onednn_direct) {
+    // The convs move into oneDNN's backbone: one copy of the weights.
+    plan.onednn = std::make_shared<const OnednnBackbone>(
+        std::move(plan.stem), std::move(plan.blocks), config.dtype,
+        onednn_activation_layout(config.dtype));
+    plan.blocks.clear();
+  }
+#endif
 }
 
 template <class AddBlockInit, class ClassifierInit>
@@ -243,6 +269,7 @@ class InferenceModel {
         << (config.backend == detail::ConvBackend::onednn_fused     ? "onednn_fused"
             : config.backend == detail::ConvBackend::onednn_blocked ? "onednn_blocked"
             : config.backend == detail::ConvBackend::cudnn_fused    ? "cudnn_fused"
+            : config.backend == detail::ConvBackend::onednn_direct  ? "onednn_direct"
                                                                     : "dense")
         << " channels_last="
         << (config.backend == detail::ConvBackend::onednn_blocked ? false : config.channels_last);
@@ -261,6 +288,9 @@ class InferenceModel {
                 ", H, W), got ", images.sizes());
     TORCH_CHECK(images.is_floating_point(), "InferenceModel expects floating-point images, got ",
                 images.scalar_type());
+#if defined(REIDNET_WITH_ONEDNN)
+    if (plan.onednn) return plan.onednn->run(images).to(at::kFloat);
+#endif
     at::Tensor x;
     if (config.backend == detail::ConvBackend::onednn_blocked) {
       x = images.to(at::TensorOptions().dtype(at::kFloat).device(config.device))

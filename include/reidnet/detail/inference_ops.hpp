@@ -73,6 +73,7 @@ enum class ConvBackend {
   onednn_blocked, // activations and weights in oneDNN's blocked layout, eltwise ops in place
   onednn_fused,   // channels_last activations, prepacked weights, conv+ReLU fused by oneDNN
   cudnn_fused,    // CUDA: conv+bias+ReLU and conv+bias+residual add+ReLU fused by cuDNN
+  onednn_direct,  // CPU: the whole backbone on oneDNN's own API (detail/onednn_backbone.hpp)
 };
 
 /// What every kernel needs to know about how tensors are stored.
@@ -157,6 +158,7 @@ struct ConvBn {
         if (relu) return at::cudnn_convolution_relu(x, weight, bias, stride, padding, dilation, groups);
         break;
       case ConvBackend::dense:
+      case ConvBackend::onednn_direct:  // runs in OnednnBackbone, never here
         break;
     }
     auto y = at::conv2d(x, weight, bias, stride, padding, dilation, groups);
@@ -187,6 +189,13 @@ struct ConvBn {
   }
 };
 
+/// The convs of one residual block, in order, and its downsample conv if it has one.
+struct ResidualBlockPlan {
+  std::vector<ConvBn> convs;
+  bool has_downsample = false;
+  ConvBn downsample;
+};
+
 inline std::vector<int64_t> to_vector(at::IntArrayRef values) { return values.vec(); }
 
 inline ConvBn make_conv_bn(const torch::nn::Conv2dImpl& conv,
@@ -212,7 +221,9 @@ inline ConvBn make_conv_bn(const torch::nn::Conv2dImpl& conv,
     bias = bias * affine.scale + affine.shift;
     if (config.backend != ConvBackend::onednn_blocked) {  // that one keeps only its copy
       out.weight = weight.to(target).contiguous(config.memory_format());
-      out.bias = bias.to(target);
+      // oneDNN adds a float bias to bf16 convs: no need to round it.
+      out.bias = bias.to(config.backend == ConvBackend::onednn_direct ? target.dtype(at::kFloat)
+                                                                       : target);
     }
   } else {
     // Unfolded: keep the conv as is; BatchNorm becomes a per-channel affine after it.
