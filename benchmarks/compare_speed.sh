@@ -83,6 +83,8 @@ run_case() {
   fi
   if [[ $mode == embed ]]; then
     reidnet_runs+=("default|")
+    # Where the build calls oneDNN directly: what LibTorch's own oneDNN ops would give.
+    [[ $device == cpu ]] && reidnet_runs+=("libtorch-ops|--no-direct-onednn")
     if [[ $ablation == 1 && $case == embed_fp32_b16 ]]; then
       reidnet_runs+=("no-prepack|--no-prepack" "no-prepack-no-fold|--no-prepack --no-fold-bn"
                      "no-fuse|--no-fuse" "dense-NCHW|--no-prepack --no-channels-last")
