@@ -181,8 +181,7 @@ void build_backbone(ResNetImpl<Block, Init>& net, InferencePlan& plan) {
   if (config.backend == ConvBackend::onednn_direct) {
     // The convs move into oneDNN's backbone: one copy of the weights.
     plan.onednn = std::make_shared<const OnednnBackbone>(
-        std::move(plan.stem), std::move(plan.blocks), config.dtype,
-        onednn_activation_layout(config.dtype));
+        std::move(plan.stem), std::move(plan.blocks), config.dtype);
     plan.blocks.clear();
   }
 #endif

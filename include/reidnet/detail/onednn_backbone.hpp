@@ -30,23 +30,22 @@ namespace reidnet::detail {
 
 static_assert(DNNL_VERSION_MAJOR == 2, "reidnet's direct oneDNN backend is written for oneDNN 2.x");
 
-/// The layout of every activation between convs, by measurement on AVX-512 (FtNet, 2 cores):
-/// fp32 runs best on oneDNN's 16-channel blocks (44 vs 37 img/s NHWC at batch 16, equal at
-/// batch 1); bf16 on NHWC, where the AMX/bf16 kernels are (200 vs 33 img/s blocked).
-inline dnnl::memory::format_tag onednn_activation_layout(at::ScalarType dtype) {
-  return dtype == at::kBFloat16 ? dnnl::memory::format_tag::nhwc
-                                : dnnl::memory::format_tag::nChw16c;
+/// The layout of every activation between convs, by measurement on AVX-512 (FtNet, 2 cores,
+/// img/s): fp32 runs best on oneDNN's 16-channel blocks from batch 2 on (batch 16: 49.8 vs
+/// 45.5 NHWC; batch 2: 35.1 vs 31.6), but on NHWC at batch 1, where the blocked kernels split
+/// the work badly over threads (kernel time 31.5 vs 24.6 ms); bf16 on NHWC, where the AMX
+/// kernels are (200 vs 33 img/s blocked at batch 16).
+inline dnnl::memory::format_tag onednn_activation_layout(at::ScalarType dtype, int64_t batch) {
+  return dtype == at::kBFloat16 || batch == 1 ? dnnl::memory::format_tag::nhwc
+                                              : dnnl::memory::format_tag::nChw16c;
 }
 
 class OnednnBackbone {
  public:
   /// `stem` and `blocks` as built for the onednn_direct backend: folded weights in `dtype`
-  /// (any strides), fp32 bias. `activation_layout`: oneDNN's tag for every activation.
-  OnednnBackbone(ConvBn stem, std::vector<ResidualBlockPlan> blocks, at::ScalarType dtype,
-                 dnnl::memory::format_tag activation_layout)
-      : engine_(dnnl::engine::kind::cpu, 0),
-        data_type_(to_onednn(dtype)),
-        activation_layout_(activation_layout) {
+  /// (any strides), fp32 bias.
+  OnednnBackbone(ConvBn stem, std::vector<ResidualBlockPlan> blocks, at::ScalarType dtype)
+      : engine_(dnnl::engine::kind::cpu, 0), data_type_(to_onednn(dtype)) {
     stem_ = make_layer(std::move(stem), /*sum=*/false);
     for (auto& block : blocks) {
       Block layers;
@@ -211,7 +210,7 @@ class OnednnBackbone {
   }
 
   dnnl::memory::desc activation_desc(const dnnl::memory::dims& dims) const {
-    return dnnl::memory::desc(dims, data_type_, activation_layout_);
+    return dnnl::memory::desc(dims, data_type_, onednn_activation_layout(scalar_type(), dims[0]));
   }
 
   /// Output size and the right padding that makes oneDNN's size equation hold (PyTorch
@@ -375,7 +374,6 @@ class OnednnBackbone {
 
   dnnl::engine engine_;
   dnnl::memory::data_type data_type_;
-  dnnl::memory::format_tag activation_layout_;
   Layer stem_;
   std::vector<Block> blocks_;
   mutable std::mutex mutex_;
