@@ -44,9 +44,8 @@ trap 'rm -f "$log"' EXIT
 reidnet() {
   local case=$1 variant=$2
   shift 2
-  local out
-  out=$("$bench" --threads "$threads" --device "$device" "$@" | tail -n 1)
-  echo "R $case $variant ${out#throughput }" | sed 's/ img\/s$//' >>"$log"
+  "$bench" --threads "$threads" --device "$device" "$@" |
+    awk -v c="$case" -v v="$variant" '/ms\/batch p50/ {p50 = $3} /^throughput/ {print "R", c, v, $2, p50}' >>"$log"
 }
 
 # python <case> <args...>: one reference run, every path, recorded as "P case path img/s".
@@ -60,7 +59,7 @@ python_side() {
     local suffix=$1
     shift
     "$python" "$reference" --threads "$threads" --device "$device" "${extra[@]}" "$@" |
-      awk -v c="$case" -v s="$suffix" '/^result/ {print "P", c, $2 s, $3}' >>"$log"
+      awk -v c="$case" -v s="$suffix" '/^result/ {print "P", c, $2 s, $3, $4}' >>"$log"
   }
   reference "" "$@"
   if [[ $python_reuse_memory == 1 && $device == cpu ]]; then
@@ -118,23 +117,27 @@ for ((round = 1; round <= rounds; round++)); do
 done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-# Table: best of the rounds per side; spread = (best - worst) / best over the rounds.
+# Table: best of the rounds per side; spread = (best - worst) / best over the rounds. "p50
+# ratio" compares the fastest median batch time of each side instead of the throughput, which
+# a few stalled batches on a shared machine drag down on either side.
 awk -v conv_fp32=220 -v conv_bf16=430 -v device="$device" '
   { key = $1 " " $2 " " $3; v = $4 + 0
     if (!(key in best) || v > best[key]) best[key] = v
     if (!(key in worst) || v < worst[key]) worst[key] = v
+    if ($5 > 0 && (!(key in p50) || $5 < p50[key])) p50[key] = $5
     if ($1 == "R") { rvars[$2] = rvars[$2] " " $3 } else { pvars[$2] = pvars[$2] " " $3 }
     if (!($2 in seen)) { seen[$2] = 1; order[++n] = $2 } }
   function spread(k) { return best[k] > 0 ? 100 * (best[k] - worst[k]) / best[k] : 0 }
   END {
-    printf "\n%-15s %-14s %8s %6s | %-12s %8s %6s | %-12s %8s | %7s %7s %7s | %-18s %8s %7s\n",
+    printf "\n%-15s %-14s %8s %6s | %-12s %8s %6s | %-12s %8s | %7s %7s %7s %9s | %-18s %8s %7s\n",
       "case", "reidnet", "img/s", "spread", "best Python", "img/s", "spread", "Py eager", "img/s",
-      "ratio", "xeager", "%conv", "best Py +reuse", "img/s", "ratio"
+      "ratio", "xeager", "%conv", "p50 ratio", "best Py +reuse", "img/s", "ratio"
     for (i = 1; i <= n; i++) {
       c = order[i]; split(pvars[c], pv, " "); split(rvars[c], rv, " ")
-      bp = ""; bpv = 0; ep = ""; epv = 0; tp = ""; tpv = 0
+      bp = ""; bpv = 0; ep = ""; epv = 0; tp = ""; tpv = 0; pp50 = 0
       for (j in pv) { k = "P " c " " pv[j]
         if (pv[j] ~ /[+]reuse$/) { if (best[k] > tpv) { tpv = best[k]; tp = pv[j] }; continue }
+        if (k in p50 && (pp50 == 0 || p50[k] < pp50)) pp50 = p50[k]
         if (best[k] > bpv) { bpv = best[k]; bp = pv[j] }
         if (pv[j] !~ /^ts/ && best[k] > epv) { epv = best[k]; ep = pv[j] } }
       br = ""; brv = 0
@@ -143,10 +146,12 @@ awk -v conv_fp32=220 -v conv_bf16=430 -v device="$device" '
       conv = ""
       if (c ~ /^embed/ && device == "cpu") conv = sprintf("%6.0f%%", 100 * brv * 5.3 / (c ~ /bf16/ ? conv_bf16 : conv_fp32))
       tuned = tpv > 0 ? sprintf("%-18s %8.2f %6.2fx", tp, tpv, brv / tpv) : ""
-      printf "%-15s %-14s %8.2f %5.0f%% | %-12s %8.2f %5.0f%% | %-12s %8.2f | %6.2fx %6.2fx %7s | %s\n",
-        c, br, brv, spread("R " c " " br), bp, bpv, spread("P " c " " bp), ep, epv,
-        brv / bpv, brv / epv, conv, tuned
+      rk = "R " c " " br
+      median = (rk in p50 && pp50 > 0) ? sprintf("%8.2fx", pp50 / p50[rk]) : ""
+      printf "%-15s %-14s %8.2f %5.0f%% | %-12s %8.2f %5.0f%% | %-12s %8.2f | %6.2fx %6.2fx %7s %9s | %s\n",
+        c, br, brv, spread(rk), bp, bpv, spread("P " c " " bp), ep, epv,
+        brv / bpv, brv / epv, conv, median, tuned
     }
-    printf "\nevery run (best img/s over the rounds, spread):\n"
-    for (k in best) printf "  %-40s %8.2f %5.0f%%\n", k, best[k], spread(k)
+    printf "\nevery run (best img/s over the rounds, spread, fastest p50 ms):\n"
+    for (k in best) printf "  %-40s %8.2f %5.0f%% %8.1f\n", k, best[k], spread(k), p50[k]
   }' "$log"
