@@ -175,6 +175,17 @@ TEST_CASE("concurrent forwards of one model, on new and cached shapes, give the 
   }
 }
 
+TEST_CASE("an empty batch gives empty features in every dtype") {
+  auto net = make_ft_net(2, 512);
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    const auto fast =
+        reidnet::optimize_for_inference(net, reidnet::InferenceOptions().dtype(dtype));
+    CAPTURE(fast.describe());
+    const auto embed = fast.embed(torch::randn({0, 3, kHeight, kWidth}));
+    CHECK(embed.sizes() == torch::IntArrayRef({0, net->feature_dim()}));
+  }
+}
+
 TEST_CASE("ResNet-50 and ResNet-18: embed is the pooled feature, forward the logits") {
   torch::NoGradGuard no_grad;
   torch::manual_seed(3);
