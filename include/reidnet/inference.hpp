@@ -42,9 +42,10 @@ struct InferenceOptions {
   /// ReLU (and on CUDA the residual add) fused into the conv by oneDNN (CPU with prepack) or
   /// cuDNN; residual add and ReLU in place elsewhere.
   TORCH_ARG(bool, fuse) = true;
-  /// CPU: weights prepacked once in oneDNN's blocked layout (needs fold_bn and a LibTorch
-  /// built with oneDNN; ignored on CUDA and for fp16). With fuse: channels_last activations
-  /// and oneDNN's fused conv+ReLU; without: activations in the blocked layout too.
+  /// CPU: weights prepacked once for oneDNN (needs fold_bn and a LibTorch built with oneDNN;
+  /// ignored on CUDA and for fp16). With fuse: the direct oneDNN backbone (see below), or
+  /// channels_last activations and LibTorch's fused conv+ReLU op; without: LibTorch's oneDNN
+  /// convs on activations in the blocked layout.
   TORCH_ARG(bool, prepack) = true;
   /// CPU, with prepack and fuse, float32 or bfloat16: run the backbone on oneDNN's own API
   /// (weights reordered once per kernel, residual add fused into the conv), where reidnet

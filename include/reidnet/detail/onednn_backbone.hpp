@@ -189,7 +189,7 @@ class OnednnBackbone {
     return dnnl::memory::desc(dims, to_onednn(weight.scalar_type()), strides);
   }
 
-  Layer make_layer(ConvBn conv, bool sum) const {
+  static Layer make_layer(ConvBn conv, bool sum) {
     TORCH_CHECK(conv.bias.defined(), "the direct oneDNN backend needs BatchNorm folded");
     Layer layer;
     layer.conv = std::move(conv);
