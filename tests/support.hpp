@@ -3,9 +3,9 @@
 #include "reidnet_test_config.hpp"
 
 #include <doctest/doctest.h>
+#include <reidnet/detail/file_io.hpp>
 #include <torch/torch.h>
 
-#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -41,12 +41,10 @@ inline std::map<std::string, torch::Tensor> load_tensor_dict(const std::string& 
   return out;
 }
 
-/// A fresh folder name under the system's temporary directory, unique per process and call.
+/// A fresh folder name under the system's temporary directory, unique per process and call
+/// (the library's own unique sibling names).
 inline std::filesystem::path unique_temporary_path(const std::string& stem) {
-  static int calls = 0;
-  const auto ticks = std::chrono::steady_clock::now().time_since_epoch().count();
-  return std::filesystem::temp_directory_path() /
-         (stem + "_" + std::to_string(ticks) + "_" + std::to_string(++calls));
+  return reidnet::detail::temporary_sibling((std::filesystem::temp_directory_path() / stem).string());
 }
 
 /// A one-element tensor as a double (usable in templates without `.template item<>`).

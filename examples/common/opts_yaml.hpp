@@ -52,6 +52,45 @@ struct TrainConfig {
   int64_t epochs_this_run = 0;  // 0 = until total_epoch
 };
 
+/// The baseline's model families that reidnet does not build (yet): written as false, and
+/// refused when an opts.yaml turns one on.
+inline constexpr const char* kUnbuiltModelFamilies[] = {"PCB", "use_dense", "use_NAS", "use_swin",
+                                                        "use_efficient", "use_hr", "ibn"};
+
+/// Calls `field(key, member)` for every opts.yaml key that maps to a TrainConfig member: the
+/// one list that writing and reading share. `Config` is TrainConfig or const TrainConfig.
+template <class Config, class Field>
+void for_each_opts_field(Config& c, Field&& field) {
+  field("data_dir", c.data);
+  field("train_all", c.train_all);
+  field("color_jitter", c.color_jitter);
+  field("batchsize", c.batch_size);
+  field("linear_num", c.linear_num);
+  field("stride", c.stride);
+  field("droprate", c.droprate);
+  field("erasing_p", c.erasing_p);
+  field("lr", c.lr);
+  field("weight_decay", c.weight_decay);
+  field("total_epoch", c.total_epoch);
+  field("warm_epoch", c.warm_epoch);
+  field("cosine", c.cosine);
+  field("use_circle", c.circle);
+  field("use_triplet", c.triplet);
+  field("label_smoothing", c.label_smoothing);
+  field("fp16", c.fp16);
+  field("bf16", c.bf16);
+  field("h", c.height);  // the baseline's spelling; reidnet's own follows and wins on reading
+  field("w", c.width);
+  field("height", c.height);
+  field("width", c.width);
+  field("nclasses", c.nclasses);
+  field("backbone_lr_ratio", c.backbone_lr_ratio);
+  field("seed", c.seed);
+  field("weights", c.weights);
+  field("instances_per_id", c.instances_per_id);
+  field("channels_last", c.channels_last);
+}
+
 /// Writes opts.yaml atomically: the baseline's keys (nclasses, stride, linear_num, droprate,
 /// batchsize, lr, total_epoch, h/w, PCB, use_dense, fp16, ...) and reidnet's own.
 inline void write_opts_yaml(const TrainConfig& c, const std::filesystem::path& path) {
@@ -59,42 +98,8 @@ inline void write_opts_yaml(const TrainConfig& c, const std::filesystem::path& p
   out << YAML::BeginMap;
   auto put = [&out](const char* key, const auto& value) { out << YAML::Key << key << YAML::Value << value; };
   put("name", std::filesystem::path(c.out).filename().string());
-  put("data_dir", c.data);
-  put("train_all", c.train_all);
-  put("color_jitter", c.color_jitter);
-  put("batchsize", c.batch_size);
-  put("linear_num", c.linear_num);
-  put("stride", c.stride);
-  put("droprate", c.droprate);
-  put("erasing_p", c.erasing_p);
-  put("lr", c.lr);
-  put("weight_decay", c.weight_decay);
-  put("total_epoch", c.total_epoch);
-  put("warm_epoch", c.warm_epoch);
-  put("cosine", c.cosine);
-  put("use_circle", c.circle);
-  put("use_triplet", c.triplet);
-  put("label_smoothing", c.label_smoothing);
-  put("fp16", c.fp16);
-  put("bf16", c.bf16);
-  put("h", c.height);
-  put("w", c.width);
-  put("height", c.height);
-  put("width", c.width);
-  put("nclasses", c.nclasses);
-  // Model families of the baseline that reidnet does not build (yet): always false here.
-  put("PCB", false);
-  put("use_dense", false);
-  put("use_NAS", false);
-  put("use_swin", false);
-  put("use_efficient", false);
-  put("use_hr", false);
-  put("ibn", false);
-  put("backbone_lr_ratio", c.backbone_lr_ratio);
-  put("seed", c.seed);
-  put("weights", c.weights);
-  put("instances_per_id", c.instances_per_id);
-  put("channels_last", c.channels_last);
+  for_each_opts_field(c, put);
+  for (const char* family : kUnbuiltModelFamilies) put(family, false);
   out << YAML::EndMap;
   const auto temporary = path.string() + ".tmp";
   {
@@ -125,8 +130,7 @@ inline TrainConfig read_opts_yaml(const std::filesystem::path& path) {
       throw std::runtime_error(path.string() + ": key '" + key + "' has an invalid value");
     }
   };
-  for (const char* unsupported : {"PCB", "use_dense", "use_NAS", "use_swin", "use_efficient",
-                                  "use_hr", "ibn"}) {
+  for (const char* unsupported : kUnbuiltModelFamilies) {
     bool on = false;
     get(unsupported, on);
     if (on) {
@@ -135,34 +139,7 @@ inline TrainConfig read_opts_yaml(const std::filesystem::path& path) {
                                "(ResNet-50) checkpoints are supported");
     }
   }
-  get("nclasses", opts.nclasses);
-  get("stride", opts.stride);
-  get("linear_num", opts.linear_num);
-  get("droprate", opts.droprate);
-  get("h", opts.height);
-  get("w", opts.width);
-  get("height", opts.height);
-  get("width", opts.width);
-  get("data_dir", opts.data);
-  get("train_all", opts.train_all);
-  get("color_jitter", opts.color_jitter);
-  get("batchsize", opts.batch_size);
-  get("erasing_p", opts.erasing_p);
-  get("lr", opts.lr);
-  get("weight_decay", opts.weight_decay);
-  get("total_epoch", opts.total_epoch);
-  get("warm_epoch", opts.warm_epoch);
-  get("cosine", opts.cosine);
-  get("use_circle", opts.circle);
-  get("use_triplet", opts.triplet);
-  get("label_smoothing", opts.label_smoothing);
-  get("fp16", opts.fp16);
-  get("bf16", opts.bf16);
-  get("backbone_lr_ratio", opts.backbone_lr_ratio);
-  get("seed", opts.seed);
-  get("weights", opts.weights);
-  get("instances_per_id", opts.instances_per_id);
-  get("channels_last", opts.channels_last);
+  for_each_opts_field(opts, get);
   return opts;
 }
 

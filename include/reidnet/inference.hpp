@@ -113,14 +113,14 @@ inline KernelConfig make_kernel_config(const InferenceOptions& options) {
   config.prepack = options.prepack() && options.fold_bn() && options.device().is_cpu() &&
                    options.dtype() != torch::kFloat16 && onednn_available();
   if (config.prepack) {
-    config.backend = options.fuse() && PrepackedConvOps::get().available()
-                         ? ConvBackend::onednn_fused
-                         : ConvBackend::onednn_blocked;
-    if (config.backend == ConvBackend::onednn_fused) config.channels_last = true;
-    if (direct_onednn_built() && options.call_onednn_directly() && options.fuse()) {
+    if (options.fuse() && direct_onednn_built() && options.call_onednn_directly()) {
       config.backend = ConvBackend::onednn_direct;
-      config.channels_last = true;
+    } else if (options.fuse() && PrepackedConvOps::get().available()) {
+      config.backend = ConvBackend::onednn_fused;
+    } else {
+      config.backend = ConvBackend::onednn_blocked;
     }
+    if (config.backend != ConvBackend::onednn_blocked) config.channels_last = true;
   }
   if (options.device().is_cuda() && options.fold_bn() && options.fuse() &&
       cudnn_fusion_available(config)) {

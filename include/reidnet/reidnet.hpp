@@ -11,9 +11,9 @@
 #include <reidnet/evaluate.hpp>
 #include <reidnet/features.hpp>
 #include <reidnet/ft_net.hpp>
-#include <reidnet/inference.hpp>
 #include <reidnet/grad_scaler.hpp>
 #include <reidnet/host_memory.hpp>
+#include <reidnet/inference.hpp>
 #include <reidnet/init.hpp>
 #include <reidnet/losses.hpp>
 #include <reidnet/memory_format.hpp>

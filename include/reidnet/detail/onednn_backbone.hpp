@@ -190,10 +190,10 @@ class OnednnBackbone {
   }
 
   static Layer make_layer(ConvBn conv, bool sum) {
-    TORCH_CHECK(conv.bias.defined(), "the direct oneDNN backend needs BatchNorm folded");
+    // make_conv_bn folds BatchNorm into a float bias for this backend.
+    TORCH_INTERNAL_ASSERT(conv.bias.defined() && conv.bias.scalar_type() == at::kFloat);
     Layer layer;
     layer.conv = std::move(conv);
-    layer.conv.bias = layer.conv.bias.to(at::kFloat).contiguous();
     layer.sum = sum;
     return layer;
   }
@@ -297,9 +297,10 @@ class OnednnBackbone {
     const auto dst_dims = dst.dims();
     dnnl::memory::dims padding_right;
     for (size_t axis = 0; axis < 2; ++axis) {
-      const int64_t kernel = axis == 0 ? kernel_h : kernel_w;
-      padding_right.push_back((dst_dims[2 + axis] - 1) * stride + kernel - src_dims[2 + axis] -
-                              padding);
+      const auto spatial = window(src_dims[2 + axis], axis == 0 ? kernel_h : kernel_w, stride,
+                                  padding, /*dilation=*/1);
+      TORCH_INTERNAL_ASSERT(spatial.output == dst_dims[2 + axis]);
+      padding_right.push_back(spatial.padding_right);
     }
     dnnl::primitive_attr attributes;
     attributes.set_scratchpad_mode(dnnl::scratchpad_mode::user);
