@@ -179,7 +179,7 @@ std::string train_path(const BenchOptions& options, reidnet::FtNet& net,
   const bool channels_last = !options.no_channels_last;
   if (channels_last) reidnet::to_channels_last(*net);
   const auto input = channels_last ? images.contiguous(torch::MemoryFormat::ChannelsLast) : images;
-  // The baseline's recipe (REFERENCE.md §6): backbone at 0.1 x lr, the head at lr.
+  // The baseline's recipe: backbone at 0.1 x lr, the head at lr.
   auto optimizer = reidnet::make_sgd(*net);
   const auto labels =
       torch::randint(options.classes, {options.batch_size}, torch::TensorOptions(device).dtype(torch::kLong));

@@ -1,10 +1,11 @@
 // reidnet-test: extract query and gallery features with a trained FtNet and evaluate
-// Rank@k and mAP with the Market-1501 protocol (REFERENCE.md §7).
+// Rank@k and mAP with the Market-1501 protocol.
 //
 //   reidnet-test --data Market-1501 --model-dir model/ft_ResNet50
 //   reidnet-test --data toy --model-dir runs/toy --rerank --show 0
 #include "common/canvas.hpp"
 #include "common/cli.hpp"
+#include "common/csv.hpp"
 #include "common/opts_yaml.hpp"
 
 #include <reidnet/checkpoint.hpp>
@@ -14,8 +15,9 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
+#include <cmath>
 #include <filesystem>
-#include <fstream>
+#include <sstream>
 
 namespace fs = std::filesystem;
 
@@ -27,9 +29,25 @@ struct TestConfig {
   std::string data, model_dir, weights, features_out, ranks_out, show_out;
   int64_t nclasses = 0, stride = 0, linear_num = -1, height = 0, width = 0;
   int64_t batch_size = 256, threads = 2, workers = 2, show = -1, top_k = 10;
+  bool top_k_given = false;  // an explicit --top-k past the gallery is refused, the default clamped
   std::string ms = "1", ap = "trapezoid", device = "cpu", dtype = "fp32";
   bool rerank = false, save_ranks = false, optimize = true;
 };
+
+// Bounds on what sizes the work, from the flags or opts.yaml; all are checked before the
+// weights are read or a feature extracted, so that a typo fails at once instead of after the
+// whole extraction, or in an out-of-memory kill.
+// --height, --width, --batch-size and --nclasses share reidnet-train's bounds (opts_yaml.hpp).
+using reidnet::examples::kMaxBatchSize;
+using reidnet::examples::kMaxClasses;  // the classifier is built before the weights are read
+constexpr int64_t kMaxSide = reidnet::examples::kMaxImageSide;
+constexpr int64_t kMaxThreads = 1024;        // --threads
+constexpr int64_t kMaxWorkers = 256;         // --workers, as reidnet-train
+constexpr int64_t kMaxLinearNum = 65536;     // --linear-num, as reidnet-train
+constexpr double kMinScale = 1.0 / 16;       // --ms: sides resized by sqrt(s), so 1/4x ..
+constexpr double kMaxScale = 4.0;            //   2x (4x the pixels)
+constexpr size_t kMaxScales = 8;             //   each scale runs the network once more
+constexpr int64_t kMaxDrawnRanks = 100;      // --top-k with --show: one picture per rank
 
 std::vector<double> parse_scales(const std::string& text) {
   std::vector<double> scales;
@@ -38,12 +56,37 @@ std::vector<double> parse_scales(const std::string& text) {
     try {
       size_t used = 0;
       scales.push_back(std::stod(item, &used));
-      if (used != item.size() || scales.back() <= 0) throw std::invalid_argument(item);
+      const double s = scales.back();
+      if (used != item.size() || !std::isfinite(s) || s < kMinScale || s > kMaxScale) {
+        throw std::invalid_argument(item);
+      }
     } catch (const std::exception&) {
-      throw UsageError("--ms " + text + ": expected positive numbers separated by commas, e.g. 1,1.1");
+      throw UsageError(fmt::format("--ms {}: expected numbers in {}..{} separated by commas, e.g. "
+                                   "1,1.1 (images are resized by the square root of each)",
+                                   text, kMinScale, kMaxScale));
     }
   }
+  if (scales.empty() || scales.size() > kMaxScales || text.back() == ',') {
+    throw UsageError(fmt::format("--ms {}: expected 1 to {} scales separated by commas", text,
+                                 kMaxScales));
+  }
   return scales;
+}
+
+// Refuses `value` outside low..high; `source` names the flag or opts.yaml key it came from.
+void require_within(int64_t value, int64_t low, int64_t high, const std::string& source) {
+  if (value < low || value > high) {
+    throw UsageError(fmt::format("{} {}: expected {}..{}", source, value, low, high));
+  }
+}
+
+// An output file's folder must exist before the run, not be found missing after it.
+void require_folder_of(const std::string& path, const std::string& flag) {
+  const auto folder = fs::path(path).parent_path();
+  std::error_code error;
+  if (!folder.empty() && !fs::is_directory(folder, error)) {
+    throw UsageError(flag + " " + path + ": the folder " + folder.string() + " does not exist");
+  }
 }
 
 torch::Tensor column(const std::vector<reidnet::Sample>& samples, int64_t reidnet::Sample::*field) {
@@ -52,26 +95,48 @@ torch::Tensor column(const std::vector<reidnet::Sample>& samples, int64_t reidne
   return torch::tensor(values, torch::kLong);
 }
 
-// Rebuilds the model from opts.yaml and the flags that override it, and loads the weights.
-reidnet::FtNet load_model(TestConfig& c) {
+// The model that opts.yaml and the flags overriding it describe; sets c.weights, c.height
+// and c.width from opts.yaml where the flags leave them, and checks their bounds.
+reidnet::FtNetOptions model_options(TestConfig& c) {
   reidnet::examples::TrainConfig opts;
+  std::string yaml_name = "the built-in defaults";
   if (!c.model_dir.empty()) {
     const auto yaml = fs::path(c.model_dir) / "opts.yaml";
     if (!fs::exists(yaml)) throw UsageError("--model-dir " + c.model_dir + ": no opts.yaml there");
-    opts = reidnet::examples::read_opts_yaml(yaml);
+    try {
+      opts = reidnet::examples::read_opts_yaml(yaml);
+    } catch (const std::exception& error) {
+      throw UsageError(error.what());
+    }
+    yaml_name = yaml.string();
     if (c.weights.empty()) c.weights = (fs::path(c.model_dir) / "net_last.pth").string();
   }
   if (c.weights.empty()) throw UsageError("give --model-dir (with opts.yaml) or --weights");
+  // Names where a value came from: the flag when given, else opts.yaml's key.
+  const auto source = [&](bool from_flag, const char* flag, const char* key) {
+    return from_flag ? std::string(flag) : fmt::format("{} of {}", key, yaml_name);
+  };
   if (c.nclasses > 0) opts.nclasses = c.nclasses;
   if (c.stride > 0) opts.stride = c.stride;
   if (c.linear_num >= 0) opts.linear_num = c.linear_num;
+  require_within(opts.nclasses, 1, kMaxClasses, source(c.nclasses > 0, "--nclasses", "nclasses"));
+  require_within(opts.linear_num, 0, kMaxLinearNum,
+                 source(c.linear_num >= 0, "--linear-num", "linear_num"));
+  require_within(c.height > 0 ? c.height : opts.height, 1, kMaxSide,
+                 source(c.height > 0, "--height", "height"));
+  require_within(c.width > 0 ? c.width : opts.width, 1, kMaxSide,
+                 source(c.width > 0, "--width", "width"));
   if (c.height <= 0) c.height = opts.height;
   if (c.width <= 0) c.width = opts.width;
-  reidnet::FtNet net(reidnet::FtNetOptions(opts.nclasses)
-                         .stride(opts.stride)
-                         .linear_num(opts.linear_num)
-                         .droprate(opts.droprate));
-  reidnet::load_state_dict(*net, c.weights);
+  return reidnet::FtNetOptions(opts.nclasses)
+      .stride(opts.stride)
+      .linear_num(opts.linear_num)
+      .droprate(opts.droprate);
+}
+
+reidnet::FtNet load_model(const reidnet::FtNetOptions& options, const std::string& weights) {
+  reidnet::FtNet net(options);
+  reidnet::load_state_dict(*net, weights);
   net->eval();
   return net;
 }
@@ -103,24 +168,21 @@ void write_ranked_list_picture(const std::string& path, const reidnet::Sample& q
   reidnet::write_png(path, canvas.pixels());
 }
 
+// One row per (query, rank), paths quoted as RFC 4180 wants; written atomically.
 void write_ranks(const std::string& path, const std::vector<reidnet::Sample>& query,
                  const std::vector<reidnet::Sample>& gallery, const reidnet::RankedLists& top) {
-  const std::string temporary = path + ".tmp";
-  {
-    std::ofstream file(temporary);
-    file << "query_index,query_path,rank,gallery_index,gallery_path,score,good\n";
-    for (int64_t q = 0; q < top.indices.size(0); ++q) {
-      for (int64_t i = 0; i < top.indices.size(1); ++i) {
-        const int64_t index = top.indices[q][i].item<int64_t>();
-        if (index < 0) break;
-        file << fmt::format("{},{},{},{},{},{:.6f},{}\n", q, query[q].path, i + 1, index,
-                            gallery[index].path, top.scores[q][i].item<double>(),
-                            top.good[q][i].item<bool>() ? 1 : 0);
-      }
+  using reidnet::examples::csv_field;
+  std::string text = "query_index,query_path,rank,gallery_index,gallery_path,score,good\n";
+  for (int64_t q = 0; q < top.indices.size(0); ++q) {
+    for (int64_t i = 0; i < top.indices.size(1); ++i) {
+      const int64_t index = top.indices[q][i].item<int64_t>();
+      if (index < 0) break;
+      text += fmt::format("{},{},{},{},{},{:.6f},{}\n", q, csv_field(query[q].path), i + 1, index,
+                          csv_field(gallery[index].path), top.scores[q][i].item<double>(),
+                          top.good[q][i].item<bool>() ? 1 : 0);
     }
-    if (!file) throw std::runtime_error("cannot write " + temporary);
   }
-  fs::rename(temporary, path);
+  reidnet::detail::write_file_atomically(path, std::vector<unsigned char>(text.begin(), text.end()));
 }
 
 int run(TestConfig& c) {
@@ -129,6 +191,16 @@ int run(TestConfig& c) {
   if (device.is_cuda() && !torch::cuda::is_available()) {
     throw UsageError("--device cuda: no CUDA device is available to this LibTorch");
   }
+  const auto model = model_options(c);
+  const std::string features_path = c.features_out.empty()
+      ? (fs::path(c.model_dir.empty() ? "." : c.model_dir) / "features.pth").string()
+      : c.features_out;
+  const auto ranks_path = c.ranks_out.empty() ? features_path + ".ranks.csv" : c.ranks_out;
+  const auto show_path = c.show_out.empty() ? fmt::format("show_{}.png", c.show) : c.show_out;
+  require_folder_of(features_path, "--features-out");
+  if (c.save_ranks) require_folder_of(ranks_path, "--ranks-out");
+  if (c.show >= 0) require_folder_of(show_path, "--show-out");
+
   reidnet::Dataset data;
   try {
     data = reidnet::read_dataset(c.data);
@@ -137,7 +209,23 @@ int run(TestConfig& c) {
   }
   if (data.query.empty()) throw UsageError("--data " + c.data + ": the query split has no images");
   if (data.gallery.empty()) throw UsageError("--data " + c.data + ": the gallery split has no images");
-  auto net = load_model(c);
+  const auto gallery_size = static_cast<int64_t>(data.gallery.size());
+  if (c.show >= static_cast<int64_t>(data.query.size())) {
+    throw UsageError(fmt::format("--show {}: there are only {} query images (0..{})", c.show,
+                                 data.query.size(), data.query.size() - 1));
+  }
+  if (c.top_k > gallery_size) {
+    if (c.top_k_given) {
+      throw UsageError(fmt::format("--top-k {}: the gallery has only {} images", c.top_k,
+                                   gallery_size));
+    }
+    c.top_k = gallery_size;
+  }
+  if (c.show >= 0 && c.top_k > kMaxDrawnRanks) {
+    throw UsageError(fmt::format("--top-k {} with --show: the picture holds at most {} ranks",
+                                 c.top_k, kMaxDrawnRanks));
+  }
+  auto net = load_model(model, c.weights);
 
   const auto dtype = c.dtype == "bf16" ? torch::kBFloat16 : c.dtype == "fp16" ? torch::kHalf
                                                                                : torch::kFloat;
@@ -170,9 +258,6 @@ int run(TestConfig& c) {
   }
   fmt::print("{}\n", reidnet::format_baseline_line(result));
 
-  const std::string features_path = c.features_out.empty()
-      ? (fs::path(c.model_dir.empty() ? "." : c.model_dir) / "features.pth").string()
-      : c.features_out;
   reidnet::StateDict features;
   for (const auto& [key, value] : {std::pair<const char*, torch::Tensor>{"qf", qf}, {"ql", ql},
                                    {"qc", qc}, {"gf", gf}, {"gl", gl}, {"gc", gc}}) {
@@ -186,18 +271,12 @@ int run(TestConfig& c) {
         scores, ql, qc, gl, gc,
         reidnet::RankOptions().k(c.top_k).score_kind(eval_options.score_kind()));
     if (c.save_ranks) {
-      const auto path = c.ranks_out.empty() ? features_path + ".ranks.csv" : c.ranks_out;
-      write_ranks(path, data.query, data.gallery, top);
-      fmt::print("top-{} lists written to {}\n", c.top_k, path);
+      write_ranks(ranks_path, data.query, data.gallery, top);
+      fmt::print("top-{} lists written to {}\n", c.top_k, ranks_path);
     }
     if (c.show >= 0) {
-      if (c.show >= static_cast<int64_t>(data.query.size())) {
-        throw UsageError(fmt::format("--show {}: there are only {} query images", c.show,
-                                     data.query.size()));
-      }
-      const auto path = c.show_out.empty() ? fmt::format("show_{}.png", c.show) : c.show_out;
-      write_ranked_list_picture(path, data.query[c.show], data.gallery, top, c.show);
-      fmt::print("ranked list of query {} drawn to {}\n", c.show, path);
+      write_ranked_list_picture(show_path, data.query[c.show], data.gallery, top, c.show);
+      fmt::print("ranked list of query {} drawn to {}\n", c.show, show_path);
     }
   }
   return 0;
@@ -212,29 +291,40 @@ int main(int argc, char** argv) {
   app.add_option("--model-dir", c.model_dir, "folder with opts.yaml and net_last.pth (reidnet-train's --out)");
   app.add_option("--weights", c.weights, "weights file (default: <model-dir>/net_last.pth)")
       ->check(CLI::ExistingFile);
-  app.add_option("--nclasses", c.nclasses, "override opts.yaml: number of training ids")->check(CLI::PositiveNumber);
+  app.add_option("--nclasses", c.nclasses, "override opts.yaml: number of training ids")
+      ->check(CLI::Range(int64_t{1}, kMaxClasses));
   app.add_option("--stride", c.stride, "override opts.yaml: layer4 stride")->check(CLI::IsMember({1, 2}));
   app.add_option("--linear-num,--linear_num", c.linear_num, "override opts.yaml: bottleneck width")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--height", c.height, "input height (default: opts.yaml)")->check(CLI::PositiveNumber);
-  app.add_option("--width", c.width, "input width (default: opts.yaml)")->check(CLI::PositiveNumber);
-  app.add_option("--batch-size,--batchsize", c.batch_size, "images per batch")->check(CLI::PositiveNumber);
-  app.add_option("--ms", c.ms, "multi-scale factors s (images resized by sqrt(s)), e.g. 1,1.1");
+      ->check(CLI::Range(int64_t{0}, kMaxLinearNum));
+  app.add_option("--height", c.height, "input height (default: opts.yaml)")
+      ->check(CLI::Range(int64_t{1}, kMaxSide));
+  app.add_option("--width", c.width, "input width (default: opts.yaml)")
+      ->check(CLI::Range(int64_t{1}, kMaxSide));
+  app.add_option("--batch-size,--batchsize", c.batch_size, "images per batch")
+      ->check(CLI::Range(int64_t{1}, kMaxBatchSize));
+  app.add_option("--ms", c.ms,
+                 fmt::format("multi-scale factors s (images resized by sqrt(s)), e.g. 1,1.1; up to "
+                             "{} of them, each in {}..{}", kMaxScales, kMinScale, kMaxScale));
   app.add_flag("--rerank", c.rerank, "k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)");
   app.add_option("--ap", c.ap, "average precision: trapezoid (the baseline's) or plain")
       ->check(CLI::IsMember({"trapezoid", "plain"}));
   app.add_option("--device", c.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--dtype", c.dtype, "fp32, bf16 or fp16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   app.add_flag("!--no-optimize", c.optimize, "run the plain module instead of the inference fast path");
-  app.add_option("--threads", c.threads, "CPU threads")->check(CLI::PositiveNumber);
-  app.add_option("--workers", c.workers, "decoding threads")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", c.threads, "CPU threads")->check(CLI::Range(int64_t{1}, kMaxThreads));
+  app.add_option("--workers", c.workers, "decoding threads")->check(CLI::Range(int64_t{0}, kMaxWorkers));
   app.add_option("--features-out", c.features_out, "where to write qf/ql/qc/gf/gl/gc (default: <model-dir>/features.pth)");
-  app.add_option("--show", c.show, "draw query QUERY_INDEX and its top-10 to a PNG")->check(CLI::NonNegativeNumber);
+  app.add_option("--show", c.show, "draw query QUERY_INDEX and its top-k to a PNG")->check(CLI::NonNegativeNumber);
   app.add_option("--show-out", c.show_out, "PNG path for --show (default: show_<index>.png)");
   app.add_flag("--save-ranks", c.save_ranks, "write every query's top-k list to a CSV");
   app.add_option("--ranks-out", c.ranks_out, "CSV path for --save-ranks");
-  app.add_option("--top-k", c.top_k, "length of the lists of --save-ranks and --show")->check(CLI::PositiveNumber);
+  app.add_option("--top-k", c.top_k,
+                 fmt::format("length of the lists of --save-ranks and --show: at most the gallery "
+                             "size (default 10, or the gallery size if smaller), and {} with --show",
+                             kMaxDrawnRanks))
+      ->check(CLI::PositiveNumber);
   if (const auto exit_code = reidnet::examples::parse_flags(app, argc, argv)) return *exit_code;
+  c.top_k_given = app.count("--top-k") > 0;
   torch::set_num_threads(static_cast<int>(c.threads));
   reidnet::reuse_freed_host_memory();
   return reidnet::examples::run_reporting_errors("reidnet-test", [&] { return run(c); });

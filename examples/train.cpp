@@ -1,5 +1,5 @@
 // reidnet-train: fine-tune FtNet on a Market-1501-style data set with the Python baseline's
-// recipe (REFERENCE.md §6).
+// recipe. The run folder changes only through RunFolder commits, one per epoch.
 //
 //   reidnet-train --data Market-1501 --out model/ft_ResNet50 --weights resnet50.pth
 //   reidnet-train --data toy --out runs/toy --height 128 --width 64 --total-epoch 10
@@ -10,15 +10,19 @@
 
 #include <reidnet/checkpoint.hpp>
 #include <reidnet/data.hpp>
+#include <reidnet/optimizer_state.hpp>
 #include <reidnet/reidnet.hpp>
+#include <reidnet/run_folder.hpp>
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 #include <yaml-cpp/yaml.h>
 
+#include <csignal>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
-#include <fstream>
+#include <optional>
 #include <set>
 
 namespace fs = std::filesystem;
@@ -38,59 +42,50 @@ struct PhaseResult {
 };
 
 void add_flags(CLI::App& app, TrainConfig& c, std::string& name) {
+  // Value ranges are checked by check_train_config, for flags and opts.yaml alike.
   app.add_option("--data,--data_dir", c.data, "data set root (Market-1501, DukeMTMC-reID, MSMT17 "
                  "or the baseline's folder-per-id layout); with --resume, opts.yaml's by default");
   app.add_option("--out", c.out, "output folder (net_last.pth, opts.yaml, train.log, train.jpg)");
   app.add_option("--name", name, "baseline spelling: output folder model/NAME");
   app.add_flag("--train-all,--train_all", c.train_all, "train on every image (no val split)");
-  app.add_option("--height", c.height, "input height")->check(CLI::PositiveNumber);
-  app.add_option("--width", c.width, "input width")->check(CLI::PositiveNumber);
-  app.add_option("--workers", c.workers, "decoding threads")->check(CLI::NonNegativeNumber);
-  app.add_option("--stride", c.stride, "stride of layer4 (1 or 2)")->check(CLI::IsMember({1, 2}));
-  app.add_option("--droprate", c.droprate, "dropout before the classifier")->check(CLI::Range(0.0, 0.99));
-  app.add_option("--linear-num,--linear_num", c.linear_num, "bottleneck width (0 = none)")
-      ->check(CLI::NonNegativeNumber);
+  app.add_option("--height", c.height, "input height (up to 4096)");
+  app.add_option("--width", c.width, "input width (up to 4096)");
+  app.add_option("--workers", c.workers, "decoding threads");
+  app.add_option("--stride", c.stride, "stride of layer4 (1 or 2)");
+  app.add_option("--droprate", c.droprate, "dropout before the classifier (0 to 0.99)");
+  app.add_option("--linear-num,--linear_num", c.linear_num, "bottleneck width (0 = none)");
   app.add_option("--weights", c.weights, "ImageNet torchvision ResNet-50 .pth for the backbone")
       ->check(CLI::ExistingFile);
-  app.add_option("--batch-size,--batchsize", c.batch_size, "images per batch")->check(CLI::PositiveNumber);
-  app.add_option("--lr", c.lr, "learning rate of the head")->check(CLI::PositiveNumber);
-  app.add_option("--weight-decay", c.weight_decay, "SGD weight decay")->check(CLI::NonNegativeNumber);
-  app.add_option("--total-epoch,--total_epoch", c.total_epoch, "epochs (0 writes the initial model)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--warm-epoch,--warm_epoch", c.warm_epoch, "loss warm-up epochs")->check(CLI::NonNegativeNumber);
+  app.add_option("--batch-size,--batchsize", c.batch_size, "images per batch (up to 4096)");
+  app.add_option("--lr", c.lr, "learning rate of the head");
+  app.add_option("--weight-decay", c.weight_decay, "SGD weight decay");
+  app.add_option("--total-epoch,--total_epoch", c.total_epoch, "epochs (0 writes the initial model)");
+  app.add_option("--warm-epoch,--warm_epoch", c.warm_epoch, "loss warm-up epochs");
   app.add_flag("--cosine", c.cosine, "cosine schedule instead of StepLR");
-  app.add_option("--backbone-lr-ratio", c.backbone_lr_ratio, "backbone lr = ratio x lr")
-      ->check(CLI::Range(0.0, 10.0));
-  app.add_option("--erasing-p,--erasing_p", c.erasing_p, "random erasing probability")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--backbone-lr-ratio", c.backbone_lr_ratio, "backbone lr = ratio x lr (0 to 10)");
+  app.add_option("--erasing-p,--erasing_p", c.erasing_p, "random erasing probability");
   app.add_flag("--color-jitter,--color_jitter", c.color_jitter, "ColorJitter(0.1, 0.1, 0.1)");
-  app.add_option("--label-smoothing", c.label_smoothing, "cross-entropy label smoothing")
-      ->check(CLI::Range(0.0, 0.99));
+  app.add_option("--label-smoothing", c.label_smoothing, "cross-entropy label smoothing");
   app.add_flag("--triplet", c.triplet, "add batch-hard triplet loss (margin 0.3), P x K batches");
   app.add_flag("--circle", c.circle, "add circle loss (m 0.25, gamma 32)");
-  app.add_option("--instances-per-id", c.instances_per_id, "K of the P x K sampler (with --triplet)")
-      ->check(CLI::PositiveNumber);
-  app.add_option("--device", c.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
-  auto* fp16 = app.add_flag("--fp16", c.fp16, "float16 autocast");
-  app.add_flag("--bf16", c.bf16, "bfloat16 autocast")->excludes(fp16);
+  app.add_option("--instances-per-id", c.instances_per_id, "K of the P x K sampler (with --triplet)");
+  app.add_option("--device", c.device, "cpu or cuda");
+  app.add_flag("--fp16", c.fp16, "float16 autocast");
+  app.add_flag("--bf16", c.bf16, "bfloat16 autocast");
   app.add_flag("--channels-last,!--no-channels-last", c.channels_last,
                "channels_last memory format (default: on, faster on CPU and GPU)");
   app.add_option("--seed", c.seed, "random seed");
-  app.add_option("--threads", c.threads, "CPU threads")->check(CLI::PositiveNumber);
+  app.add_option("--threads", c.threads, "CPU threads");
 }
 
 fs::path checkpoint_name(int64_t epoch) { return fmt::format("net_{:03d}.pth", epoch); }
 
-void write_text_atomically(const fs::path& path, const std::string& text) {
-  const fs::path temporary = path.string() + ".tmp";
-  {
-    std::ofstream file(temporary);
-    file << text;
-    if (!file) throw std::runtime_error("cannot write " + temporary.string());
-  }
-  fs::rename(temporary, path);
+void write_text(const std::string& path, const std::string& text) {
+  reidnet::detail::write_file_atomically(path, std::vector<unsigned char>(text.begin(), text.end()));
 }
 
-void write_history(const fs::path& out, const History& history) {
+/// train.log (CSV) and train.jpg (the curves), into the commit.
+void stage_history(reidnet::RunFolder::Commit& commit, const History& history) {
   std::string csv = "epoch,train_loss,train_top1_error,val_loss,val_top1_error\n";
   for (size_t e = 0; e < history.train_loss.size(); ++e) {
     auto value = [e](const std::vector<double>& v) {
@@ -99,29 +94,78 @@ void write_history(const fs::path& out, const History& history) {
     csv += fmt::format("{},{},{},{},{}\n", e + 1, value(history.train_loss),
                        value(history.train_error), value(history.val_loss), value(history.val_error));
   }
-  write_text_atomically(out / "train.log", csv);
+  write_text(commit.stage("train.log"), csv);
+  if (history.train_loss.empty()) return;
   const auto picture = reidnet::examples::render_training_curves(
       history.train_loss, history.val_loss, history.train_error, history.val_error);
-  reidnet::write_jpeg((out / "train.jpg").string(), picture.pixels());
+  reidnet::write_jpeg(commit.stage("train.jpg"), picture.pixels());
 }
 
-void save_trainer_state(const fs::path& out, int64_t next_epoch, const History& history,
-                        torch::optim::SGD& optimizer, const reidnet::GradScaler& scaler) {
-  const fs::path temporary = out / "optimizer.pt.tmp";
-  torch::save(optimizer, temporary.string());
-  fs::rename(temporary, out / "optimizer.pt");
+/// trainer_state.yaml: where the run stands, besides the weights and the optimizer.
+struct TrainerState {
+  int64_t next_epoch = 0;
+  History history;
+  reidnet::GradScalerState loss_scale;
+};
+
+std::string trainer_state_yaml(const TrainerState& state) {
   YAML::Emitter yaml;
-  yaml << YAML::BeginMap << YAML::Key << "next_epoch" << YAML::Value << next_epoch;
-  yaml << YAML::Key << "train_loss" << YAML::Value << YAML::Flow << history.train_loss;
-  yaml << YAML::Key << "train_error" << YAML::Value << YAML::Flow << history.train_error;
-  yaml << YAML::Key << "val_loss" << YAML::Value << YAML::Flow << history.val_loss;
-  yaml << YAML::Key << "val_error" << YAML::Value << YAML::Flow << history.val_error;
-  yaml << YAML::Key << "loss_scale" << YAML::Value << scaler.state().scale;
-  yaml << YAML::Key << "loss_scale_growth_tracker" << YAML::Value << scaler.state().growth_tracker;
+  yaml << YAML::BeginMap << YAML::Key << "next_epoch" << YAML::Value << state.next_epoch;
+  yaml << YAML::Key << "train_loss" << YAML::Value << YAML::Flow << state.history.train_loss;
+  yaml << YAML::Key << "train_error" << YAML::Value << YAML::Flow << state.history.train_error;
+  yaml << YAML::Key << "val_loss" << YAML::Value << YAML::Flow << state.history.val_loss;
+  yaml << YAML::Key << "val_error" << YAML::Value << YAML::Flow << state.history.val_error;
+  yaml << YAML::Key << "loss_scale" << YAML::Value << state.loss_scale.scale;
+  yaml << YAML::Key << "loss_scale_growth_tracker" << YAML::Value << state.loss_scale.growth_tracker;
   yaml << YAML::EndMap;
-  write_text_atomically(out / "trainer_state.yaml", std::string(yaml.c_str()) + "\n");
+  return std::string(yaml.c_str()) + "\n";
 }
 
+/// Reads and checks trainer_state.yaml against the run's recipe; UsageError names the key.
+TrainerState read_trainer_state(const fs::path& path, const TrainConfig& config, bool has_val) {
+  const auto node = reidnet::examples::read_yaml_map(path);
+  TrainerState state;
+  state.next_epoch = -1;
+  const auto get = [&](const char* key, auto& value) {
+    if (!node[key]) throw UsageError(fmt::format("{}: key '{}' is missing", path.string(), key));
+    reidnet::examples::read_yaml_field(node, path, key, value);
+  };
+  get("next_epoch", state.next_epoch);
+  if (state.next_epoch < 0 || state.next_epoch > config.total_epoch) {
+    throw UsageError(fmt::format("{}: key 'next_epoch' is {}; expected 0 to total_epoch ({})",
+                                 path.string(), state.next_epoch, config.total_epoch));
+  }
+  const auto per_epoch = [&](const char* key, std::vector<double>& values, bool present) {
+    get(key, values);
+    const auto expected = static_cast<size_t>(present ? state.next_epoch : 0);
+    if (values.size() != expected) {
+      throw UsageError(fmt::format("{}: key '{}' has {} values; next_epoch {} needs {}",
+                                   path.string(), key, values.size(), state.next_epoch, expected));
+    }
+    for (const double value : values) {
+      if (!std::isfinite(value)) {
+        throw UsageError(fmt::format("{}: key '{}' holds {}", path.string(), key, value));
+      }
+    }
+  };
+  per_epoch("train_loss", state.history.train_loss, true);
+  per_epoch("train_error", state.history.train_error, true);
+  per_epoch("val_loss", state.history.val_loss, has_val);
+  per_epoch("val_error", state.history.val_error, has_val);
+  get("loss_scale", state.loss_scale.scale);
+  get("loss_scale_growth_tracker", state.loss_scale.growth_tracker);
+  if (!std::isfinite(state.loss_scale.scale) || state.loss_scale.scale <= 0) {
+    throw UsageError(fmt::format("{}: key 'loss_scale' is {}; expected a positive number",
+                                 path.string(), state.loss_scale.scale));
+  }
+  if (state.loss_scale.growth_tracker < 0) {
+    throw UsageError(fmt::format("{}: key 'loss_scale_growth_tracker' is {}; expected a count",
+                                 path.string(), state.loss_scale.growth_tracker));
+  }
+  return state;
+}
+
+/// The files --resume needs, each checked to exist before anything is read.
 void check_resume_folder(const fs::path& dir) {
   for (const char* file : {"trainer_state.yaml", "optimizer.pt", "net_last.pth", "opts.yaml"}) {
     if (!fs::exists(dir / file)) {
@@ -131,79 +175,63 @@ void check_resume_folder(const fs::path& dir) {
   }
 }
 
-int64_t load_trainer_state(const fs::path& dir, History& history, torch::optim::SGD& optimizer,
-                           reidnet::GradScaler& scaler) {
-  const auto state = YAML::LoadFile((dir / "trainer_state.yaml").string());
-  history.train_loss = state["train_loss"].as<std::vector<double>>();
-  history.train_error = state["train_error"].as<std::vector<double>>();
-  history.val_loss = state["val_loss"].as<std::vector<double>>();
-  history.val_error = state["val_error"].as<std::vector<double>>();
-  torch::load(optimizer, (dir / "optimizer.pt").string());
-  if (state["loss_scale"]) {
-    scaler.load_state({state["loss_scale"].as<double>(),
-                       state["loss_scale_growth_tracker"].as<int64_t>()});
-  }
-  return state["next_epoch"].as<int64_t>();
+/// Crash testing: with REIDNET_KILL_AT=<epoch>:<step> the process kills itself (SIGKILL, as
+/// `kill -9` does) right after that step of that epoch's commit (epoch 0 = the run's first
+/// commit; steps as RunFolder::Commit::publish names them).
+reidnet::RunFolder::Commit::StepObserver kill_at_step(int64_t epoch) {
+  const char* target = std::getenv("REIDNET_KILL_AT");
+  if (target == nullptr) return {};
+  const std::string wanted = target;
+  return [wanted, epoch](const std::string& step) {
+    if (wanted == fmt::format("{}:{}", epoch, step)) std::raise(SIGKILL);
+  };
 }
 
+/// Runs `body`; a failure to read a file it was given (weights, a resumed run's state) is
+/// bad input: exit code 2, not 1.
+template <class Body>
+decltype(auto) as_usage_error(Body&& body) {
+  try {
+    return body();
+  } catch (const UsageError&) {
+    throw;
+  } catch (const std::exception& error) {
+    throw UsageError(error.what());
+  }
+}
+
+/// One training run, set up and checked completely (flags, data, weights, resumed state) before
+/// `run` writes anything into the run folder.
 class Trainer {
  public:
-  Trainer(TrainConfig config, reidnet::Dataset dataset)
+  Trainer(TrainConfig config, reidnet::Dataset dataset, std::string resume)
       : c_(std::move(config)),
         data_(std::move(dataset)),
+        resume_(std::move(resume)),
         device_(c_.device == "cuda" ? torch::kCUDA : torch::kCPU),
         dtype_(c_.bf16 ? torch::kBFloat16 : c_.fp16 ? torch::kHalf : torch::kFloat),
         // fp16 gradients underflow without loss scaling; bf16 has fp32's range.
-        scaler_(reidnet::GradScalerOptions().enabled(c_.fp16)) {}
-
-  int run() {
+        scaler_(reidnet::GradScalerOptions().enabled(c_.fp16)),
+        train_samples_(c_.train_all ? data_.train_all : data_.train),
+        has_val_(!c_.train_all && !data_.val.empty()),
+        net_(nullptr) {
     if (device_.is_cuda() && !torch::cuda::is_available()) {
       throw UsageError("--device cuda: no CUDA device is available to this LibTorch");
     }
-    const auto& train_samples = c_.train_all ? data_.train_all : data_.train;
-    if (train_samples.empty()) throw UsageError("--data " + c_.data + ": no training images found");
+    if (train_samples_.empty()) throw UsageError("--data " + c_.data + ": no training images found");
+    if (!resume_.empty() && c_.nclasses != data_.num_classes()) {
+      throw UsageError(fmt::format("--resume {}: the run trains {} ids (opts.yaml nclasses), but "
+                                   "--data {} has {}", resume_, c_.nclasses, c_.data,
+                                   data_.num_classes()));
+    }
     c_.nclasses = data_.num_classes();
-    fs::create_directories(c_.out);
-    const fs::path out(c_.out);
-
-    torch::manual_seed(c_.seed);
-    reidnet::FtNet net(reidnet::FtNetOptions(c_.nclasses)
-                           .stride(c_.stride)
-                           .droprate(c_.droprate)
-                           .linear_num(c_.linear_num));
-    if (!c_.weights.empty() && !resume_.empty()) {
-      fmt::print("resuming: the weights come from {}/net_last.pth, not --weights\n", resume_);
-    } else if (!c_.weights.empty()) {
-      const auto report = reidnet::load_state_dict(*net, c_.weights,
-          reidnet::LoadOptions().into("model.").strict(false));
-      fmt::print("loaded {} backbone tensors from {}\n", report.loaded.size(), c_.weights);
-    } else {
-      fmt::print("no --weights: training from scratch, so the backbone learns at the full lr "
-                 "(backbone ratio 1.0 instead of {})\n", c_.backbone_lr_ratio);
-      c_.backbone_lr_ratio = 1.0;
+    if (c_.triplet) {
+      const auto k = c_.instances_per_id;
+      if (c_.batch_size % k != 0) {
+        throw UsageError(fmt::format("--batch-size {} is not a multiple of --instances-per-id {} "
+                                     "(P x K batches)", c_.batch_size, k));
+      }
     }
-    reidnet::examples::write_opts_yaml(c_, out / "opts.yaml");
-    net->to(device_);
-    if (c_.channels_last) reidnet::to_channels_last(*net);
-
-    auto optimizer = reidnet::make_sgd(*net, reidnet::SgdRecipe()
-                                                 .lr(c_.lr)
-                                                 .backbone_lr_ratio(c_.backbone_lr_ratio)
-                                                 .weight_decay(c_.weight_decay));
-    const auto base_rates = reidnet::learning_rates(*optimizer);
-    History history;
-    int64_t first_epoch = 0;
-    if (!resume_.empty()) {
-      reidnet::load_state_dict(*net, (fs::path(resume_) / "net_last.pth").string());
-      first_epoch = load_trainer_state(resume_, history, *optimizer, scaler_);
-      fmt::print("resuming {} at epoch {}\n", resume_, first_epoch + 1);
-    }
-    if (c_.total_epoch == 0) {
-      reidnet::save_state_dict(*net, (out / "net_last.pth").string());
-      fmt::print("--total-epoch 0: wrote the initialised model to {}\n", (out / "net_last.pth").string());
-      return 0;
-    }
-
     const auto loader_options = reidnet::LoaderOptions()
                                     .batch_size(c_.batch_size)
                                     .workers(c_.workers)
@@ -212,72 +240,131 @@ class Trainer {
                                     .seed(c_.seed)
                                     .pin_memory(device_.is_cuda())
                                     .instances_per_identity(c_.triplet ? c_.instances_per_id : 0);
-    reidnet::DataLoader train_loader(
-        train_samples,
+    train_loader_.emplace(
+        train_samples_,
         reidnet::make_train_transform(reidnet::TrainTransformOptions()
                                           .height(c_.height)
                                           .width(c_.width)
                                           .color_jitter(c_.color_jitter ? 0.1 : 0.0)
                                           .erasing_probability(c_.erasing_p)),
         loader_options);
-    reidnet::DataLoader val_loader(data_.val, reidnet::make_eval_transform(c_.height, c_.width),
-                                   reidnet::LoaderOptions().batch_size(c_.batch_size).workers(c_.workers));
-    const auto batches_per_epoch = static_cast<int64_t>(train_loader.plan(0).size());
-    if (batches_per_epoch == 0) {
+    val_loader_.emplace(data_.val, reidnet::make_eval_transform(c_.height, c_.width),
+                        reidnet::LoaderOptions().batch_size(c_.batch_size).workers(c_.workers));
+    batches_per_epoch_ = static_cast<int64_t>(train_loader_->plan(0).size());
+    if (batches_per_epoch_ == 0) {
       throw UsageError(fmt::format("--batch-size {} is larger than the {} training images",
-                                   c_.batch_size, train_samples.size()));
+                                   c_.batch_size, train_samples_.size()));
+    }
+
+    torch::manual_seed(c_.seed);
+    net_ = reidnet::FtNet(reidnet::FtNetOptions(c_.nclasses)
+                              .stride(c_.stride)
+                              .droprate(c_.droprate)
+                              .linear_num(c_.linear_num));
+    if (!c_.weights.empty() && !resume_.empty()) {
+      fmt::print("resuming: the weights come from {}/net_last.pth, not --weights\n", resume_);
+    } else if (!c_.weights.empty()) {
+      const auto report = as_usage_error([&] {
+        return reidnet::load_state_dict(*net_, c_.weights,
+                                        reidnet::LoadOptions().into("model.").strict(false));
+      });
+      fmt::print("loaded {} backbone tensors from {}\n", report.loaded.size(), c_.weights);
+    } else if (resume_.empty()) {
+      fmt::print("no --weights: training from scratch, so the backbone learns at the full lr "
+                 "(backbone ratio 1.0 instead of {})\n", c_.backbone_lr_ratio);
+      c_.backbone_lr_ratio = 1.0;
+    }
+    if (!resume_.empty()) {
+      as_usage_error([&] {
+        reidnet::load_state_dict(*net_, (fs::path(resume_) / "net_last.pth").string());
+      });
+    }
+    net_->to(device_);
+    if (c_.channels_last) reidnet::to_channels_last(*net_);
+    optimizer_ = reidnet::make_sgd(*net_, reidnet::SgdRecipe()
+                                              .lr(c_.lr)
+                                              .backbone_lr_ratio(c_.backbone_lr_ratio)
+                                              .weight_decay(c_.weight_decay));
+    base_rates_ = reidnet::learning_rates(*optimizer_);
+    if (!resume_.empty()) {
+      const fs::path folder(resume_);
+      state_ = read_trainer_state(folder / "trainer_state.yaml", c_, has_val_);
+      as_usage_error([&] { reidnet::load_optimizer_state(*optimizer_, (folder / "optimizer.pt").string()); });
+      scaler_.load_state(state_.loss_scale);
+    }
+  }
+
+  /// Trains into `folder` (locked by the caller); a new run first commits its opts.yaml and
+  /// initial state, so that the folder is a resumable run from the start.
+  int run(reidnet::RunFolder& folder) {
+    const fs::path out = folder.path();
+    if (resume_.empty()) {
+      auto commit = folder.begin();
+      reidnet::examples::write_opts_yaml(c_, commit.stage("opts.yaml"));
+      stage_epoch(commit, /*epoch=*/0);
+      commit.publish(kill_at_step(0));
+      if (c_.total_epoch == 0) {
+        fmt::print("--total-epoch 0: wrote the initialised model to {}\n", (out / "net_last.pth").string());
+        return 0;
+      }
+    } else if (state_.next_epoch >= c_.total_epoch) {
+      fmt::print("{} has finished all {} epochs: nothing to resume\n", resume_, c_.total_epoch);
+      return 0;
+    } else {
+      fmt::print("resuming {} at epoch {}\n", resume_, state_.next_epoch + 1);
     }
     const auto warmup = reidnet::LossWarmup::for_data(
-        c_.warm_epoch, static_cast<int64_t>(train_samples.size()), c_.batch_size);
+        c_.warm_epoch, static_cast<int64_t>(train_samples_.size()), c_.batch_size);
     fmt::print("training {} images of {} ids ({} val), {} batches of {} per epoch, {} epochs\n",
-               train_samples.size(), c_.nclasses, data_.val.size(), batches_per_epoch,
+               train_samples_.size(), c_.nclasses, data_.val.size(), batches_per_epoch_,
                c_.batch_size, c_.total_epoch);
 
+    const int64_t first_epoch = state_.next_epoch;
     const int64_t last_epoch = c_.epochs_this_run > 0
         ? std::min(c_.total_epoch, first_epoch + c_.epochs_this_run) : c_.total_epoch;
     for (int64_t epoch = first_epoch; epoch < last_epoch; ++epoch) {
       const auto rates = c_.cosine
-          ? reidnet::CosineSchedule{c_.total_epoch, 0.01 * c_.lr}.rates(base_rates, epoch)
-          : reidnet::StepSchedule::for_epochs(c_.total_epoch).rates(base_rates, epoch);
-      reidnet::set_learning_rates(*optimizer, rates);
+          ? reidnet::CosineSchedule{c_.total_epoch, 0.01 * c_.lr}.rates(base_rates_, epoch)
+          : reidnet::StepSchedule::for_epochs(c_.total_epoch).rates(base_rates_, epoch);
+      reidnet::set_learning_rates(*optimizer_, rates);
       // Dropout draws from the global generator: seeding it per epoch makes a resumed run
       // take the same random path as an uninterrupted one.
       torch::manual_seed(c_.seed * 1000003 + static_cast<uint64_t>(epoch));
-      const auto train = train_epoch(*net, *optimizer, train_loader, warmup, epoch, batches_per_epoch);
-      if (!std::isfinite(train.loss)) {
-        fmt::print(stderr, "epoch {}: the loss became {} (try a lower --lr or --warm-epoch); "
-                   "stopping, {} holds the last good weights\n", epoch + 1, train.loss,
-                   (out / "net_last.pth").string());
+      const auto train = train_epoch(warmup, epoch);
+      PhaseResult val;
+      if (std::isfinite(train.loss) && has_val_) val = evaluate_val();
+      if (!std::isfinite(train.loss) || !std::isfinite(val.loss)) {
+        fmt::print(stderr, "epoch {}: the loss became {} in {} (try a lower --lr or --warm-epoch); "
+                   "stopping, {} holds the last good epoch ({})\n", epoch + 1,
+                   std::isfinite(train.loss) ? val.loss : train.loss,
+                   std::isfinite(train.loss) ? "validation" : "training",
+                   (out / "net_last.pth").string(), epoch);
         return 1;
       }
-      history.train_loss.push_back(train.loss);
-      history.train_error.push_back(train.error);
+      state_.history.train_loss.push_back(train.loss);
+      state_.history.train_error.push_back(train.error);
       std::string val_text;
-      if (!c_.train_all && !data_.val.empty()) {
-        const auto val = evaluate_val(*net, val_loader);
-        history.val_loss.push_back(val.loss);
-        history.val_error.push_back(val.error);
+      if (has_val_) {
+        state_.history.val_loss.push_back(val.loss);
+        state_.history.val_error.push_back(val.error);
         val_text = fmt::format(" val loss {:.4f} top1err {:.4f}", val.loss, val.error);
       }
       fmt::print("epoch {}/{} lr {:.5f} train loss {:.4f} top1err {:.4f}{}\n", epoch + 1,
                  c_.total_epoch, rates.back(), train.loss, train.error, val_text);
-      reidnet::save_state_dict(*net, (out / "net_last.pth").string());
-      if ((epoch + 1) % 10 == 0) {
-        reidnet::save_state_dict(*net, (out / checkpoint_name(epoch + 1)).string());
-      }
-      save_trainer_state(out, epoch + 1, history, *optimizer, scaler_);
-      write_history(out, history);
+      state_.next_epoch = epoch + 1;
+      state_.loss_scale = scaler_.state();
+      auto commit = folder.begin();
+      stage_epoch(commit, epoch + 1);
+      commit.publish(kill_at_step(epoch + 1));
     }
     if (last_epoch < c_.total_epoch) {
       fmt::print("stopped after epoch {} of {}: continue with --resume {}\n", last_epoch,
-                 c_.total_epoch, c_.out);
+                 c_.total_epoch, out.string());
       return 0;
     }
     fmt::print("done: {}\n", (out / "net_last.pth").string());
     return 0;
   }
-
-  std::string resume_;
 
  private:
   torch::Tensor to_device(const torch::Tensor& images) const {
@@ -285,9 +372,19 @@ class Trainer {
     return c_.channels_last ? moved.contiguous(torch::MemoryFormat::ChannelsLast) : moved;
   }
 
-  PhaseResult train_epoch(reidnet::FtNetImpl& net, torch::optim::SGD& optimizer,
-                          const reidnet::DataLoader& loader, const reidnet::LossWarmup& warmup,
-                          int64_t epoch, int64_t batches) {
+  /// The files of the state after `epoch` epochs, staged into `commit`.
+  void stage_epoch(reidnet::RunFolder::Commit& commit, int64_t epoch) {
+    reidnet::save_state_dict(*net_, commit.stage("net_last.pth"));
+    if (epoch > 0 && epoch % 10 == 0) reidnet::save_state_dict(*net_, commit.stage(checkpoint_name(epoch)));
+    reidnet::save_optimizer_state(*optimizer_, commit.stage("optimizer.pt"));
+    write_text(commit.stage("trainer_state.yaml"), trainer_state_yaml(state_));
+    stage_history(commit, state_.history);
+  }
+
+  PhaseResult train_epoch(const reidnet::LossWarmup& warmup, int64_t epoch) {
+    auto& net = *net_;
+    auto& optimizer = *optimizer_;
+    const int64_t batches = batches_per_epoch_;
     net.train();
     torch::nn::CrossEntropyLoss cross_entropy(
         torch::nn::CrossEntropyLossOptions().label_smoothing(c_.label_smoothing));
@@ -297,7 +394,7 @@ class Trainer {
     PhaseResult result;
     double loss_sum = 0;
     int64_t correct = 0, step = 0;
-    auto run = loader.epoch(epoch);
+    auto run = train_loader_->epoch(epoch);
     while (auto batch = run.next()) {
       const auto images = to_device(batch->images);
       const auto labels = batch->labels.to(device_, /*non_blocking=*/true);
@@ -338,14 +435,15 @@ class Trainer {
     return result;
   }
 
-  PhaseResult evaluate_val(reidnet::FtNetImpl& net, const reidnet::DataLoader& loader) {
+  PhaseResult evaluate_val() {
+    auto& net = *net_;
     net.eval();
     torch::NoGradGuard no_grad;
     torch::nn::CrossEntropyLoss cross_entropy;
     PhaseResult result;
     double loss_sum = 0;
     int64_t correct = 0;
-    auto run = loader.epoch(0);
+    auto run = val_loader_->epoch(0);
     while (auto batch = run.next()) {
       const auto labels = batch->labels.to(device_);
       torch::Tensor logits;
@@ -364,9 +462,18 @@ class Trainer {
 
   TrainConfig c_;
   reidnet::Dataset data_;
+  std::string resume_;
   torch::Device device_;
   torch::ScalarType dtype_;
   reidnet::GradScaler scaler_;
+  const std::vector<reidnet::Sample>& train_samples_;
+  bool has_val_;
+  std::optional<reidnet::DataLoader> train_loader_, val_loader_;
+  int64_t batches_per_epoch_ = 0;
+  reidnet::FtNet net_;
+  std::unique_ptr<torch::optim::SGD> optimizer_;
+  std::vector<double> base_rates_;
+  TrainerState state_;
 };
 
 /// The run in `folder`, as its opts.yaml records it, for --resume. Flags that only say how to
@@ -382,12 +489,7 @@ TrainConfig resumed_config(const CLI::App& app, const TrainConfig& command_line,
                                    "the options in {}/opts.yaml", option->get_name(), folder));
     }
   }
-  TrainConfig config;
-  try {
-    config = reidnet::examples::read_opts_yaml(fs::path(folder) / "opts.yaml");
-  } catch (const std::exception& error) {
-    throw UsageError(error.what());
-  }
+  auto config = as_usage_error([&] { return reidnet::examples::read_opts_yaml(fs::path(folder) / "opts.yaml"); });
   config.out = folder;
   if (!command_line.data.empty()) config.data = command_line.data;
   config.device = command_line.device;
@@ -398,18 +500,33 @@ TrainConfig resumed_config(const CLI::App& app, const TrainConfig& command_line,
   return config;
 }
 
-int train(const TrainConfig& config, const std::string& resume) {
+/// Checks everything, then locks the run folder and trains. A rejected command leaves the
+/// folder as it was: nothing is written before the flags, the data set and every file read
+/// have been checked. (--resume locks its folder first, so that the state it reads cannot
+/// change under it; that may finish a commit a killed run had already published.)
+int train(CLI::App& app, TrainConfig config, const std::string& resume) {
+  std::optional<reidnet::RunFolder> folder;
+  const auto lock = [&folder](const std::string& path) {
+    try {
+      folder.emplace(path);
+    } catch (const reidnet::RunFolderBusy& error) {
+      throw UsageError(error.what());
+    }
+  };
+  if (!resume.empty()) {
+    lock(resume);  // first: it finishes a commit that a killed run had published
+    check_resume_folder(resume);
+    config = resumed_config(app, config, resume);
+  } else if (config.data.empty()) {
+    throw UsageError("--data is required (the data set root)");
+  }
+  reidnet::examples::check_train_config(config, [](const char*, const char* flag) { return flag; });
   torch::set_num_threads(static_cast<int>(config.threads));
   reidnet::reuse_freed_host_memory();  // ~10% per step: no fresh pages for every activation
-  reidnet::Dataset dataset;
-  try {
-    dataset = reidnet::read_dataset(config.data);
-  } catch (const std::exception& error) {
-    throw UsageError(error.what());
-  }
-  Trainer trainer(config, std::move(dataset));
-  trainer.resume_ = resume;
-  return trainer.run();
+  auto dataset = as_usage_error([&] { return reidnet::read_dataset(config.data); });
+  Trainer trainer(config, std::move(dataset), resume);
+  if (!folder) lock(config.out);
+  return trainer.run(*folder);
 }
 
 }  // namespace
@@ -426,13 +543,5 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   if (const auto exit_code = reidnet::examples::parse_flags(app, argc, argv)) return *exit_code;
   if (!name.empty()) config.out = (fs::path("model") / name).string();
-  return reidnet::examples::run_reporting_errors("reidnet-train", [&] {
-    if (!resume.empty()) {
-      check_resume_folder(resume);
-      config = resumed_config(app, config, resume);
-    } else if (config.data.empty()) {
-      throw UsageError("--data is required (the data set root)");
-    }
-    return train(config, resume);
-  });
+  return reidnet::examples::run_reporting_errors("reidnet-train", [&] { return train(app, config, resume); });
 }

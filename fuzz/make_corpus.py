@@ -34,6 +34,21 @@ def main():
                      "malicious.pth", "malicious_protocol4.pth", "malicious_legacy.pth",
                      "list.pth", "scalars.pth", "tensors_truncated.pth"):
             shutil.copy(os.path.join(scratch, name), os.path.join(out, name))
+    # Shapes of hostile files, small: records shared by many entries, overlapping
+    # safetensors ranges, a CRC mismatch, a TorchScript archive, an optimizer state.
+    checkpoint_reference.write_shared_record_zip(os.path.join(out, "shared_record.pth"), copies=6, numel=8)
+    checkpoint_reference.write_overlapping_safetensors(
+        os.path.join(out, "overlapping.safetensors"), copies=3, numel=4, shift=8)
+    with tempfile.TemporaryDirectory() as scratch:
+        shutil.copy(os.path.join(out, "tensors.pth"), os.path.join(scratch, "tensors.pth"))
+        checkpoint_reference.write_crafted_files(lambda name: os.path.join(scratch, name))
+        for name in ("crc_mismatch.pth", "torchscript_prints.pt"):
+            shutil.copy(os.path.join(scratch, name), os.path.join(out, name))
+    layer = torch.nn.Linear(3, 2)
+    sgd = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+    layer(torch.ones(1, 3)).sum().backward()
+    sgd.step()
+    torch.save(sgd.state_dict(), os.path.join(out, "optimizer_state.pt"))
     with open(os.path.join(out, "tensors.pth"), "rb") as f:
         data = f.read()
     with open(os.path.join(out, "zip64_end_record.pth"), "wb") as f:

@@ -3,10 +3,17 @@
 #include "reidnet_test_config.hpp"
 
 #include <doctest/doctest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <reidnet/detail/file_io.hpp>
 #include <torch/torch.h>
 
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -47,6 +54,20 @@ inline std::filesystem::path unique_temporary_path(const std::string& stem) {
   return reidnet::detail::temporary_sibling((std::filesystem::temp_directory_path() / stem).string());
 }
 
+/// A fresh folder under the system's temporary directory, removed when the test ends.
+struct TemporaryFolder {
+  std::filesystem::path path;
+  explicit TemporaryFolder(const std::string& stem) : path(unique_temporary_path(stem)) {
+    std::filesystem::create_directories(path);
+  }
+  ~TemporaryFolder() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path, ignored);
+  }
+  TemporaryFolder(const TemporaryFolder&) = delete;
+  TemporaryFolder& operator=(const TemporaryFolder&) = delete;
+};
+
 /// A one-element tensor as a double (usable in templates without `.template item<>`).
 inline double scalar(const torch::Tensor& value) { return value.item().toDouble(); }
 
@@ -55,6 +76,64 @@ inline double max_relative_difference(const torch::Tensor& actual, const torch::
   REQUIRE(actual.sizes() == expected.sizes());
   const auto scale = expected.abs().max().item<double>();
   return (actual - expected).abs().max().item<double>() / std::max(scale, 1e-12);
+}
+
+struct ChildRun {
+  int code = -1;          // exit status; -1 if killed (by the watchdog or the OOM killer)
+  std::string message;    // what the child reported
+  int64_t peak_rss_kb = 0;
+  double seconds = 0;
+};
+
+/// Runs `body` in a forked child killed after `watchdog_seconds`; the child exits with what
+/// `body` returns (3 if it throws), and sends `message` back through a pipe. No doctest
+/// assertions in `body`: it runs in another process.
+inline ChildRun run_in_child(const std::function<int(std::string& message)>& body,
+                      unsigned watchdog_seconds = 30) {
+  int channel[2];
+  REQUIRE(::pipe(channel) == 0);
+  const auto start = std::chrono::steady_clock::now();
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::close(channel[0]);
+    ::alarm(watchdog_seconds);
+    std::string message;
+    int code = 3;
+    try {
+      code = body(message);
+    } catch (const std::exception& error) {
+      message = std::string("unexpected exception: ") + error.what();
+    }
+    for (size_t done = 0; done < message.size();) {
+      const ssize_t count = ::write(channel[1], message.data() + done, message.size() - done);
+      if (count <= 0) break;
+      done += static_cast<size_t>(count);
+    }
+    ::_exit(code);
+  }
+  ::close(channel[1]);
+  ChildRun run;
+  char buffer[4096];
+  for (ssize_t count; (count = ::read(channel[0], buffer, sizeof buffer)) != 0;) {
+    if (count < 0 && errno == EINTR) continue;
+    if (count < 0) break;
+    run.message.append(buffer, static_cast<size_t>(count));
+  }
+  ::close(channel[0]);
+  int status = 0;
+  struct rusage usage {};
+  while (::wait4(pid, &status, 0, &usage) < 0 && errno == EINTR) {
+  }
+  run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  run.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  run.peak_rss_kb = usage.ru_maxrss;  // kilobytes on Linux
+  return run;
+}
+
+/// The peak memory of a child that does nothing: what fork alone costs in this process.
+inline int64_t idle_child_rss_kb() {
+  return run_in_child([](std::string&) { return 0; }).peak_rss_kb;
 }
 
 }  // namespace reidnet::test

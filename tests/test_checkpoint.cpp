@@ -358,3 +358,85 @@ TEST_CASE("writing is atomic: failures leave no file, success replaces the old f
   for (const auto& entry : std::filesystem::directory_iterator(folder)) files += entry.is_regular_file();
   CHECK(files == 1);  // no temporary left behind
 }
+
+TEST_CASE("a record that many directory entries name is read once and shared, within bounded "
+          "memory") {
+  // 400 central directory entries name one 4 MiB record: 1.6 GiB if each got its own buffer.
+  const auto path = file("shared_record.pth");
+  const auto tensors = reidnet::read_state_dict(path);
+  REQUIRE(tensors.size() == 400);
+  for (const auto& item : tensors) CHECK(item.value().data_ptr() == tensors[0].value().data_ptr());
+  const auto idle = reidnet::test::idle_child_rss_kb();
+  const auto child = reidnet::test::run_in_child([&](std::string& message) {
+    message = std::to_string(reidnet::read_state_dict(path).size());
+    return 0;
+  });
+  MESSAGE("shared_record.pth (", std::filesystem::file_size(path), " bytes): peak RSS ",
+          child.peak_rss_kb - idle, " KiB above an idle child");
+  CHECK(child.code == 0);
+  CHECK(child.message == "400");
+  CHECK(child.peak_rss_kb - idle < 64 * 1024);
+}
+
+TEST_CASE("safetensors entries whose data_offsets overlap are refused, as the reference does") {
+  for (const std::string name : {"same_bytes.safetensors", "overlapping.safetensors"}) {
+    CAPTURE(name);
+    const auto idle = reidnet::test::idle_child_rss_kb();
+    const auto child = reidnet::test::run_in_child([&](std::string& message) {
+      message = error_of([&] { reidnet::read_state_dict(file(name)); });
+      return 0;
+    });
+    INFO(child.message);
+    MESSAGE(name, ": refused with a peak RSS ", child.peak_rss_kb - idle, " KiB above an idle child");
+    CHECK(child.message.find("overlap") != std::string::npos);
+    CHECK(child.message.find("'t0'") != std::string::npos);
+    CHECK(child.peak_rss_kb - idle < 64 * 1024);
+  }
+}
+
+TEST_CASE("a zip record whose bytes do not match its CRC-32 is refused, naming the record") {
+  const auto message = error_of([&] { reidnet::read_state_dict(file("crc_mismatch.pth")); });
+  INFO(message);
+  CHECK(message.find(file("crc_mismatch.pth")) != std::string::npos);
+  CHECK(message.find("CRC-32") != std::string::npos);
+  CHECK(message.find("/data/0") != std::string::npos);
+}
+
+TEST_CASE("optimizer state round-trips through its file, and a mismatched optimizer is refused "
+          "unchanged") {
+  torch::manual_seed(0);
+  auto net = torch::nn::Sequential(torch::nn::Linear(4, 3), torch::nn::BatchNorm1d(3));
+  auto sgd = torch::optim::SGD(
+      std::vector<torch::optim::OptimizerParamGroup>{
+          torch::optim::OptimizerParamGroup(net[0]->parameters()),
+          torch::optim::OptimizerParamGroup(net[1]->parameters())},
+      torch::optim::SGDOptions(0.1).momentum(0.9).nesterov(true).weight_decay(1e-3));
+  net->forward(torch::randn({5, 4})).sum().backward();
+  sgd.step();
+  const auto path = file("optimizer_roundtrip.pt");
+  reidnet::save_optimizer_state(sgd, path);
+
+  auto copy = torch::optim::SGD(
+      std::vector<torch::optim::OptimizerParamGroup>{
+          torch::optim::OptimizerParamGroup(net[0]->parameters()),
+          torch::optim::OptimizerParamGroup(net[1]->parameters())},
+      torch::optim::SGDOptions(0.5));
+  reidnet::load_optimizer_state(copy, path);
+  for (const auto& parameter : net->parameters()) {
+    CHECK(torch::equal(reidnet::detail::momentum_buffer(copy, parameter),
+                       reidnet::detail::momentum_buffer(sgd, parameter)));
+  }
+  const auto& options = static_cast<const torch::optim::SGDOptions&>(copy.param_groups()[1].options());
+  CHECK(options.lr() == 0.1);
+  CHECK(options.nesterov());
+  CHECK(options.weight_decay() == 1e-3);
+
+  auto one_group = torch::optim::SGD(net->parameters(), torch::optim::SGDOptions(0.5));
+  const auto message = error_of([&] { reidnet::load_optimizer_state(one_group, path); });
+  CHECK(message.find("2 param groups") != std::string::npos);
+  CHECK(one_group.state().empty());
+  CHECK(error_of([&] { reidnet::load_optimizer_state(copy, file("ft_net.pth")); })
+            .find("no 'param_groups'") != std::string::npos);
+  CHECK(error_of([&] { reidnet::load_optimizer_state(copy, file("torchscript_prints.pt")); })
+            .find("refusing the pickle global") != std::string::npos);
+}

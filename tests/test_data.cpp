@@ -12,19 +12,10 @@
 #include <set>
 
 namespace fs = std::filesystem;
+using reidnet::test::TemporaryFolder;
 
 namespace {
 
-/// A temporary folder removed at the end of the test.
-struct TemporaryFolder {
-  fs::path path;
-  explicit TemporaryFolder(const std::string& name)
-      : path(reidnet::test::unique_temporary_path("reidnet_test_data_" + name)) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TemporaryFolder() { fs::remove_all(path); }
-};
 
 /// A small picture whose colour encodes `seed`, so that loaded batches can be told apart.
 void write_picture(const fs::path& path, int seed) {
@@ -97,7 +88,7 @@ TEST_CASE("parse_market_name reads Market-1501 and DukeMTMC names, and refuses o
 }
 
 TEST_CASE("read_market1501 splits, labels, junk and distractors") {
-  TemporaryFolder folder("market");
+  TemporaryFolder folder("reidnet_test_data_market");
   make_market_tree(folder.path);
   const auto data = reidnet::read_dataset(folder.path.string());
   CHECK(data.class_ids == std::vector<int64_t>{2, 7, 10});
@@ -123,7 +114,7 @@ TEST_CASE("read_market1501 splits, labels, junk and distractors") {
 }
 
 TEST_CASE("names that do not parse raise errors naming the file, or are skipped on request") {
-  TemporaryFolder folder("bad_names");
+  TemporaryFolder folder("reidnet_test_data_bad_names");
   make_market_tree(folder.path);
   const auto bad = folder.path / "query" / "person_cam1.jpg";
   write_picture(bad, 99);
@@ -136,7 +127,7 @@ TEST_CASE("names that do not parse raise errors naming the file, or are skipped 
 
   CHECK_THROWS_WITH_AS(reidnet::read_dataset((folder.path / "nowhere").string()),
                        doctest::Contains("nowhere"), std::runtime_error);
-  TemporaryFolder empty("unknown_layout");
+  TemporaryFolder empty("reidnet_test_data_unknown_layout");
   CHECK_THROWS_WITH_AS(reidnet::read_dataset(empty.path.string()),
                        doctest::Contains("bounding_box_train"), std::runtime_error);
   fs::remove(bad);
@@ -146,7 +137,7 @@ TEST_CASE("names that do not parse raise errors naming the file, or are skipped 
 }
 
 TEST_CASE("read_folder_per_id reads the baseline's prepared layout") {
-  TemporaryFolder folder("folders");
+  TemporaryFolder folder("reidnet_test_data_folders");
   const auto root = folder.path / "pytorch";
   touch(root / "train" / "0002" / "0002_c2s1_000301_01.jpg");
   touch(root / "train" / "0007" / "0007_c4s2_000101_01.jpg");
@@ -182,7 +173,7 @@ TEST_CASE("read_folder_per_id reads the baseline's prepared layout") {
 }
 
 TEST_CASE("read_msmt17 reads list files and two-digit cameras") {
-  TemporaryFolder folder("msmt17");
+  TemporaryFolder folder("reidnet_test_data_msmt17");
   const auto& root = folder.path;
   touch(root / "train" / "0000" / "0000_000_01_0303morning_0015_0.jpg");
   touch(root / "train" / "0001" / "0001_001_14_0303morning_0020_1.jpg");
@@ -311,7 +302,7 @@ TEST_CASE("RandomErasing erases with probability p an area of 0.02-0.4 with aspe
 }
 
 TEST_CASE("the loader yields every sample exactly once per epoch, the same for any worker count") {
-  TemporaryFolder folder("loader");
+  TemporaryFolder folder("reidnet_test_data_loader");
   std::vector<reidnet::Sample> samples;
   for (int i = 0; i < 23; ++i) {
     const auto path = folder.path / ("p" + std::to_string(i) + (i % 2 ? ".png" : ".jpg"));
@@ -421,7 +412,7 @@ TEST_CASE("P x K batches hold P distinct identities with K pictures each") {
 }
 
 TEST_CASE("loading a missing or broken picture raises an error naming the file") {
-  TemporaryFolder folder("loader_errors");
+  TemporaryFolder folder("reidnet_test_data_loader_errors");
   std::vector<reidnet::Sample> samples;
   for (int i = 0; i < 6; ++i) {
     const auto path = folder.path / ("p" + std::to_string(i) + ".jpg");
@@ -450,7 +441,7 @@ TEST_CASE("loading a missing or broken picture raises an error naming the file")
 }
 
 TEST_CASE("the toy data set keeps Market-1501's layout and the promises of reidnet-toy-data") {
-  TemporaryFolder folder("toy");
+  TemporaryFolder folder("reidnet_test_data_toy");
   reidnet::detail::toy::ToyDataOptions options;
   options.ids = 6;
   options.test_ids = 5;

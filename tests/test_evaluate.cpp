@@ -1,4 +1,4 @@
-// The Market-1501 evaluation protocol (REFERENCE.md §7): hand-computed cases, parity with the
+// The Market-1501 evaluation protocol: hand-computed cases, parity with the
 // NumPy reference (tests/python/evaluate_reference.py), k-reciprocal re-ranking parity, and
 // feature extraction (flip sum, multi-scale, normalisation, batching).
 #include "support.hpp"

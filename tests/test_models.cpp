@@ -1,4 +1,4 @@
-// Parity of reidnet's models with torchvision and the Python baseline (REFERENCE.md §1-4):
+// Parity of reidnet's models with torchvision and the Python baseline:
 // state_dict keys, order and shapes; eval-mode outputs; init statistics; shapes.
 #include "support.hpp"
 

@@ -3,9 +3,14 @@
 #include "support.hpp"
 
 #include <reidnet/checkpoint.hpp>
+#include <reidnet/optimizer_state.hpp>
+#include <reidnet/reidnet.hpp>
+#include <reidnet/run_folder.hpp>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 namespace fs = std::filesystem;
@@ -17,12 +22,15 @@ struct Run {
   std::string output;
 };
 
-// Runs examples/<program> with `arguments`; returns its exit status and combined output.
-Run run_program(const std::string& program, const std::string& arguments) {
+// Runs examples/<program> with `arguments` (after `environment`, "NAME=value ..." for env);
+// returns its exit status (128 + N when killed by signal N) and combined output.
+Run run_program(const std::string& program, const std::string& arguments,
+                const std::string& environment = "") {
   const std::string binary = std::string(REIDNET_TEST_EXAMPLES_DIR) + "/" + program;
   REQUIRE_MESSAGE(fs::exists(binary), binary << " is missing: build with REIDNET_BUILD_EXAMPLES=ON");
   const std::string log = std::string(REIDNET_TEST_BINARY_DIR) + "/programs_last_run.log";
-  const int raw = std::system((binary + " " + arguments + " > " + log + " 2>&1").c_str());
+  const std::string prefix = environment.empty() ? "" : "env " + environment + " ";
+  const int raw = std::system((prefix + binary + " " + arguments + " > " + log + " 2>&1").c_str());
   std::ifstream file(log);
   std::stringstream text;
   text << file.rdbuf();
@@ -53,6 +61,31 @@ const fs::path& toy_data() {
 std::string train_flags(const fs::path& out) {
   return "--data " + toy_data().string() + " --out " + out.string() +
          " --height 64 --width 32 --batch-size 8 --workers 2 --seed 3 --threads 2";
+}
+
+// Every file of a folder, by name, with its bytes.
+std::map<std::string, std::string> snapshot(const fs::path& folder) {
+  std::map<std::string, std::string> files;
+  for (const auto& entry : fs::directory_iterator(folder)) {
+    std::ifstream file(entry.path(), std::ios::binary);
+    std::stringstream bytes;
+    bytes << file.rdbuf();
+    files[entry.path().filename().string()] = bytes.str();
+  }
+  return files;
+}
+
+void copy_run(const fs::path& from, const fs::path& to) {
+  fs::remove_all(to);
+  fs::copy(from, to);
+}
+
+void replace_line(const fs::path& file, const std::string& key, const std::string& line) {
+  std::ifstream in(file);
+  std::string text, current;
+  while (std::getline(in, current)) text += (current.rfind(key + ":", 0) == 0 ? line : current) + "\n";
+  in.close();
+  std::ofstream(file) << text;
 }
 
 double map_of(const std::string& output) {
@@ -197,4 +230,187 @@ TEST_CASE("a diverging loss stops the run with a clear message and leaves no par
   for (const auto& entry : fs::directory_iterator(out)) {
     CHECK_MESSAGE(entry.path().extension() != ".tmp", entry.path());
   }
+}
+
+TEST_CASE("optimizer.pt is Python's optimizer.state_dict(): Python loads it and steps, and "
+          "reidnet loads what Python saved") {
+  const auto out = workspace() / "optimizer_interop";
+  REQUIRE(run_program("reidnet-train", train_flags(out) + " --total-epoch 1").status == 0);
+  const auto net_path = (out / "net_last.pth").string();
+  const auto nclasses = reidnet::read_state_dict(net_path)["classifier.classifier.0.bias"].size(0);
+  const auto python_state = (out / "python_optimizer.pt").string();
+  REQUIRE(reidnet::test::run_python("check_checkpoint.py",
+                                    "optimizer " + (out / "optimizer.pt").string() + " " + net_path +
+                                        " " + std::to_string(nclasses) + " 2 512 " + python_state) == 0);
+  reidnet::FtNet net{reidnet::FtNetOptions(nclasses)};
+  reidnet::load_state_dict(*net, net_path);
+  auto sgd = reidnet::make_sgd(*net, reidnet::SgdRecipe().lr(0.5));
+  reidnet::load_optimizer_state(*sgd, python_state);
+  CHECK(reidnet::learning_rates(*sgd) == std::vector<double>{0.05, 0.05});
+  const auto expected = reidnet::read_state_dict(python_state + ".expected");
+  std::vector<torch::Tensor> parameters;
+  for (const auto& group : sgd->param_groups()) {
+    for (const auto& parameter : group.params()) parameters.push_back(parameter);
+  }
+  size_t buffers = 0;
+  for (size_t i = 0; i < parameters.size(); ++i) {
+    const auto buffer = reidnet::detail::momentum_buffer(*sgd, parameters[i]);
+    const auto* want = expected.find(std::to_string(i));
+    CHECK_MESSAGE(buffer.defined() == (want != nullptr), "parameter ", i);
+    if (want) CHECK(torch::equal(buffer, *want));
+    buffers += want != nullptr;
+  }
+  CHECK(buffers > 100);
+}
+
+TEST_CASE("a rejected command leaves an existing run byte-identical") {
+  const auto run = workspace() / "kept";
+  REQUIRE(run_program("reidnet-train", train_flags(run) + " --total-epoch 1").status == 0);
+  const auto before = snapshot(run);
+  const auto other_ids = workspace() / "toy_other_ids";
+  REQUIRE(run_program("reidnet-toy-data", "--out " + other_ids.string() + " --ids 6 --seed 12").status == 0);
+  for (const std::string flags :
+       {train_flags(run) + " --batch-size 100000", train_flags(run) + " --lr nan",
+        train_flags(run) + " --height 100000", train_flags(run) + " --stride 7",
+        train_flags(run) + " --weights " + (run / "opts.yaml").string(),
+        "--resume " + run.string() + " --data " + other_ids.string(),
+        "--resume " + run.string() + " --lr 0.1"}) {
+    CAPTURE(flags);
+    const auto rejected = run_program("reidnet-train", flags);
+    INFO(rejected.output);
+    CHECK(rejected.status == 2);
+    CHECK(snapshot(run) == before);
+  }
+}
+
+TEST_CASE("a second trainer on a run folder in use is refused, and the folder is unchanged") {
+  const auto out = workspace() / "locked";
+  REQUIRE(run_program("reidnet-train", train_flags(out) + " --total-epoch 0").status == 0);
+  const auto before = snapshot(out);
+  const reidnet::RunFolder held(out);  // as a trainer running on it holds it
+  for (const std::string flags : {train_flags(out) + " --total-epoch 1", "--resume " + out.string()}) {
+    const auto second = run_program("reidnet-train", flags);
+    INFO(second.output);
+    CHECK(second.status == 2);
+    CHECK(second.output.find("in use by another process") != std::string::npos);
+    CHECK(snapshot(out) == before);
+  }
+}
+
+TEST_CASE("killed at any step of an epoch's commit, --resume ends exactly as an uninterrupted run") {
+  const std::string flags = " --total-epoch 2 --train-all";
+  const auto whole = workspace() / "uninterrupted";
+  REQUIRE(run_program("reidnet-train", train_flags(whole) + flags).status == 0);
+  const auto expected = snapshot(whole);
+  for (const std::string step :
+       {"0:published:opts.yaml", "1:staged", "1:journal", "1:published:net_last.pth",
+        "1:published:optimizer.pt", "1:published:trainer_state.yaml", "1:published:train.log",
+        "1:published:train.jpg", "1:committed"}) {
+    CAPTURE(step);
+    const auto out = workspace() / ("killed_" + std::to_string(std::hash<std::string>{}(step)));
+    const auto killed = run_program("reidnet-train", train_flags(out) + flags, "REIDNET_KILL_AT=" + step);
+    INFO(killed.output);
+    REQUIRE(killed.status == 128 + SIGKILL);
+    const auto resumed = run_program("reidnet-train", "--resume " + out.string() + " --threads 2");
+    INFO(resumed.output);
+    REQUIRE(resumed.status == 0);
+    auto files = snapshot(out);
+    for (const char* name : {"net_last.pth", "optimizer.pt", "trainer_state.yaml", "train.log"}) {
+      CAPTURE(name);
+      CHECK(files[name] == expected.at(name));
+    }
+    files.erase("opts.yaml");  // names its own folder
+    files.erase("train.jpg");
+    CHECK(files.size() == 4);  // no journal, no temporary file
+  }
+}
+
+TEST_CASE("NaN and infinite flag values are refused with exit code 2, naming the flag") {
+  const auto out = workspace() / "nan_flags";
+  for (const std::string flag : {"--lr", "--droprate", "--weight-decay", "--erasing-p",
+                                 "--label-smoothing", "--backbone-lr-ratio"}) {
+    for (const char* value : {"nan", "inf", "-inf"}) {
+      CAPTURE(flag);
+      CAPTURE(value);
+      const auto run = run_program("reidnet-train", train_flags(out) + " " + flag + " " + value);
+      CHECK(run.status == 2);
+      CHECK(run.output.find(flag) != std::string::npos);
+      CHECK(run.output.find("terminate") == std::string::npos);
+    }
+  }
+  CHECK(!fs::exists(out));
+}
+
+TEST_CASE("bad values in opts.yaml and trainer_state.yaml are refused naming the file, key and "
+          "value") {
+  const auto source = workspace() / "bad_yaml_source";
+  REQUIRE(run_program("reidnet-train", train_flags(source) + " --total-epoch 1").status == 0);
+  const auto folder = workspace() / "bad_yaml";
+  const std::vector<std::tuple<std::string, std::string, std::string>> cases = {
+      {"opts.yaml", "nclasses", "nclasses: 0"},     {"opts.yaml", "stride", "stride: 7"},
+      {"opts.yaml", "lr", "lr: .nan"},              {"opts.yaml", "batchsize", "batchsize: many"},
+      {"opts.yaml", "height", "height: -5"},                  {"trainer_state.yaml", "next_epoch", "next_epoch: -1"},
+      {"trainer_state.yaml", "next_epoch", "next_epoch: 99"},
+      {"trainer_state.yaml", "train_loss", "train_loss: [.nan]"},
+      {"trainer_state.yaml", "loss_scale", "loss_scale: 0"}};
+  for (const auto& [file, key, line] : cases) {
+    CAPTURE(line);
+    copy_run(source, folder);
+    replace_line(folder / file, key, line);
+    const auto before = snapshot(folder);
+    const auto resumed = run_program("reidnet-train", "--resume " + folder.string());
+    INFO(resumed.output);
+    CHECK(resumed.status == 2);
+    CHECK(resumed.output.find((folder / file).string()) != std::string::npos);
+    CHECK(resumed.output.find("'" + key + "'") != std::string::npos);
+    CHECK(snapshot(folder) == before);
+    if (file == "opts.yaml") {
+      const auto test = run_program("reidnet-test", "--data " + toy_data().string() +
+                                                        " --model-dir " + folder.string());
+      CHECK(test.status == 2);
+      CHECK(test.output.find("'" + key + "'") != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("a TorchScript optimizer.pt in a run folder is refused without running any of it") {
+  const auto source = workspace() / "torchscript_source";
+  REQUIRE(run_program("reidnet-train", train_flags(source) + " --total-epoch 1").status == 0);
+  for (const char* payload : {"torchscript_prints.pt", "torchscript_loops.pt"}) {
+    CAPTURE(payload);
+    const auto folder = workspace() / "torchscript_run";
+    copy_run(source, folder);
+    fs::copy_file(reidnet::test::fixture("checkpoint", payload), folder / "optimizer.pt",
+                  fs::copy_options::overwrite_existing);
+    const auto started = std::chrono::steady_clock::now();
+    const auto resumed = run_program("reidnet-train", "--resume " + folder.string());
+    const auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    INFO(resumed.output);
+    CHECK(resumed.status == 2);
+    CHECK(resumed.output.find("REIDNET_PAYLOAD_RAN") == std::string::npos);
+    CHECK(resumed.output.find("refusing the pickle global '__torch__.") != std::string::npos);
+    CHECK(seconds < 60);  // a generous bound: the looping payload would never end
+  }
+}
+
+TEST_CASE("no code path hands a file to LibTorch's TorchScript loaders") {
+  // torch::load and torch::jit::load run TorchScript (code) from the file they read.
+  const auto source_root = fs::path(REIDNET_TEST_SOURCE_DIR).parent_path();
+  std::vector<std::string> offenders;
+  for (const char* folder : {"include", "examples", "benchmarks"}) {
+    for (const auto& entry : fs::recursive_directory_iterator(source_root / folder)) {
+      if (!entry.is_regular_file()) continue;
+      std::ifstream file(entry.path());
+      std::string line;
+      for (int number = 1; std::getline(file, line); ++number) {
+        for (const char* call : {"torch::load(", "torch::jit::load(", "jit::load(", "pickle_load("}) {
+          if (line.find(call) != std::string::npos) {
+            offenders.push_back(entry.path().string() + ":" + std::to_string(number) + ": " + line);
+          }
+        }
+      }
+    }
+  }
+  INFO(reidnet::detail::join(offenders));
+  CHECK(offenders.empty());
 }

@@ -1,5 +1,5 @@
 // The training recipe's library pieces against Debian's torch: losses, warm-up, parameter
-// groups and learning-rate schedules (REFERENCE.md §6).
+// groups and learning-rate schedules.
 #include "support.hpp"
 
 #include <reidnet/reidnet.hpp>

@@ -2,10 +2,13 @@
 // What every example program does at its edges: parse flags with CLI11 and turn errors into
 // messages and exit codes (2 = bad flags or bad input, 1 = failure while running).
 #include <CLI/CLI.hpp>
+#include <c10/util/Exception.h>
 #include <fmt/core.h>
 
+#include <cmath>
 #include <optional>
 #include <stdexcept>
+#include <string>
 
 namespace reidnet::examples {
 
@@ -13,6 +16,20 @@ namespace reidnet::examples {
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+/// Refuses NaN and infinities: CLI11's Range lets NaN through (every comparison with it is
+/// false), and a NaN rate or probability would otherwise reach the trainer silently.
+inline const CLI::Validator kFiniteNumber(
+    [](std::string& text) {
+      try {
+        size_t used = 0;
+        const double value = std::stod(text, &used);
+        if (used == text.size() && std::isfinite(value)) return std::string();
+      } catch (const std::exception&) {
+      }
+      return "expected a finite number, got " + text;
+    },
+    "FINITE");
 
 /// Parses the flags; on --help or a parse error returns the exit code to leave with.
 inline std::optional<int> parse_flags(CLI::App& app, int argc, char** argv) {
@@ -32,6 +49,9 @@ int run_reporting_errors(const char* program, Body&& body) {
   } catch (const UsageError& error) {
     fmt::print(stderr, "{}: {}\nRun with --help for the flags.\n", program, error.what());
     return 2;
+  } catch (const c10::Error& error) {  // LibTorch's own message, without its C++ backtrace
+    fmt::print(stderr, "{}: {}\n", program, error.what_without_backtrace());
+    return 1;
   } catch (const std::exception& error) {
     fmt::print(stderr, "{}: {}\n", program, error.what());
     return 1;

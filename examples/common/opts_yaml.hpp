@@ -1,11 +1,15 @@
 #pragma once
 // opts.yaml: the options a training run was made with, in the Python baseline's keys, so that
 // both the baseline's test script and reidnet-test can rebuild the model from it.
+#include "cli.hpp"
+
+#include <fmt/core.h>
+#include <reidnet/detail/file_io.hpp>
 #include <yaml-cpp/yaml.h>
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <stdexcept>
 #include <string>
 
@@ -91,9 +95,60 @@ void for_each_opts_field(Config& c, Field&& field) {
   field("channels_last", c.channels_last);
 }
 
+/// Limits on what a run may ask for: far above any real ReID recipe, low enough that a typo
+/// cannot ask for terabytes.
+inline constexpr int64_t kMaxImageSide = 4096;
+inline constexpr int64_t kMaxBatchSize = 4096;
+inline constexpr int64_t kMaxClasses = 1000000;
+
+/// Checks every field of a run's recipe, whether it came from flags or from an opts.yaml;
+/// `name(key, flag)` says how the message names the field. Throws UsageError for the first
+/// field out of range; NaN and infinities fail every check.
+template <class Name>
+void check_train_config(const TrainConfig& c, Name&& name) {
+  const auto require = [&](bool ok, const char* key, const char* flag, const auto& value,
+                           const char* expected) {
+    if (!ok) {
+      throw UsageError(fmt::format("{} is {}; expected {}", name(key, flag), value, expected));
+    }
+  };
+  const auto within = [](double value, double low, double high) {
+    return std::isfinite(value) && value >= low && value <= high;
+  };
+  require(c.height >= 1 && c.height <= kMaxImageSide, "height", "--height", c.height, "1 to 4096");
+  require(c.width >= 1 && c.width <= kMaxImageSide, "width", "--width", c.width, "1 to 4096");
+  require(c.workers >= 0 && c.workers <= 256, "workers", "--workers", c.workers, "0 to 256");
+  require(c.stride == 1 || c.stride == 2, "stride", "--stride", c.stride, "1 or 2");
+  require(within(c.droprate, 0, 0.99), "droprate", "--droprate", c.droprate, "0 to 0.99");
+  require(c.linear_num >= 0 && c.linear_num <= 65536, "linear_num", "--linear-num", c.linear_num,
+          "0 (none) to 65536");
+  require(c.nclasses >= 0 && c.nclasses <= kMaxClasses, "nclasses", "--nclasses", c.nclasses,
+          "1 to 1000000");
+  require(c.batch_size >= 1 && c.batch_size <= kMaxBatchSize, "batchsize", "--batch-size",
+          c.batch_size, "1 to 4096");
+  require(std::isfinite(c.lr) && c.lr > 0, "lr", "--lr", c.lr, "a positive number");
+  require(within(c.weight_decay, 0, 1), "weight_decay", "--weight-decay", c.weight_decay, "0 to 1");
+  require(c.total_epoch >= 0 && c.total_epoch <= 100000, "total_epoch", "--total-epoch",
+          c.total_epoch, "0 to 100000");
+  require(c.warm_epoch >= 0 && c.warm_epoch <= 100000, "warm_epoch", "--warm-epoch", c.warm_epoch,
+          "0 to 100000");
+  require(within(c.backbone_lr_ratio, 0, 10), "backbone_lr_ratio", "--backbone-lr-ratio",
+          c.backbone_lr_ratio, "0 to 10");
+  require(within(c.erasing_p, 0, 1), "erasing_p", "--erasing-p", c.erasing_p, "0 to 1");
+  require(within(c.label_smoothing, 0, 0.99), "label_smoothing", "--label-smoothing",
+          c.label_smoothing, "0 to 0.99");
+  require(c.instances_per_id >= 1 && c.instances_per_id <= 1024, "instances_per_id",
+          "--instances-per-id", c.instances_per_id, "1 to 1024");
+  require(!(c.fp16 && c.bf16), "fp16", "--fp16", "true together with bf16", "one of the two");
+  require(c.device == "cpu" || c.device == "cuda", "device", "--device", c.device, "cpu or cuda");
+  require(c.threads >= 1 && c.threads <= 1024, "threads", "--threads", c.threads, "1 to 1024");
+  require(c.epochs_this_run >= 0, "epochs_this_run", "--epochs-this-run", c.epochs_this_run,
+          "a positive count");
+}
+
 /// Writes opts.yaml atomically: the baseline's keys (nclasses, stride, linear_num, droprate,
 /// batchsize, lr, total_epoch, h/w, PCB, use_dense, fp16, ...) and reidnet's own.
-inline void write_opts_yaml(const TrainConfig& c, const std::filesystem::path& path) {
+inline void write_opts_yaml(const TrainConfig& c, const std::string& path) {
   YAML::Emitter out;
   out << YAML::BeginMap;
   auto put = [&out](const char* key, const auto& value) { out << YAML::Key << key << YAML::Value << value; };
@@ -101,45 +156,66 @@ inline void write_opts_yaml(const TrainConfig& c, const std::filesystem::path& p
   for_each_opts_field(c, put);
   for (const char* family : kUnbuiltModelFamilies) put(family, false);
   out << YAML::EndMap;
-  const auto temporary = path.string() + ".tmp";
-  {
-    std::ofstream file(temporary);
-    file << out.c_str() << "\n";
-    if (!file) throw std::runtime_error("cannot write " + temporary);
+  const std::string text = std::string(out.c_str()) + "\n";
+  detail::write_file_atomically(path, std::vector<unsigned char>(text.begin(), text.end()));
+}
+
+/// Reads a small YAML file (opts.yaml, trainer_state.yaml): a regular file of at most 1 MiB,
+/// parsed into a map. Throws UsageError naming the file.
+inline YAML::Node read_yaml_map(const std::filesystem::path& path) {
+  YAML::Node node;
+  try {
+    const auto bytes = detail::read_file_bytes(path.string());
+    if (bytes.size() > (1u << 20)) throw std::runtime_error("larger than 1 MiB");
+    node = YAML::Load(std::string(bytes.begin(), bytes.end()));
+  } catch (const std::exception& error) {
+    throw UsageError(path.string() + ": cannot read it (" + error.what() + ")");
   }
-  std::filesystem::rename(temporary, path);
+  if (!node.IsMap()) throw UsageError(path.string() + ": not a map of keys to values");
+  return node;
+}
+
+/// Reads `key` of a YAML map into `value` (left as it is when the key is absent); UsageError
+/// naming the file, key and text when the value has the wrong type.
+template <class T>
+void read_yaml_field(const YAML::Node& node, const std::filesystem::path& path, const char* key,
+                     T& value) {
+  const auto field = node[key];
+  if (!field) return;
+  try {
+    value = field.as<T>();
+  } catch (const YAML::Exception&) {
+    throw UsageError(fmt::format("{}: key '{}' has the value '{}', which is not {}", path.string(),
+                                 key, field.IsScalar() ? field.Scalar() : std::string("(not a scalar)"),
+                                 std::is_same_v<T, bool> ? "true or false"
+                                 : std::is_floating_point_v<T> ? "a number"
+                                 : std::is_integral_v<T> ? "an integer" : "of the right type"));
+  }
 }
 
 /// Reads an opts.yaml (ours or the Python baseline's): the model (nclasses, stride,
 /// linear_num, droprate, input size) for reidnet-test, and the whole recipe for
-/// `reidnet-train --resume`; keys it lacks keep their defaults.
+/// `reidnet-train --resume`; keys it lacks keep their defaults. Every value is checked, and
+/// errors (UsageError) name the file, the key and the value.
 inline TrainConfig read_opts_yaml(const std::filesystem::path& path) {
-  YAML::Node node;
-  try {
-    node = YAML::LoadFile(path.string());
-  } catch (const YAML::Exception& error) {
-    throw std::runtime_error(path.string() + ": cannot read opts.yaml (" + error.what() + ")");
-  }
+  const auto node = read_yaml_map(path);
   TrainConfig opts;
   opts.nclasses = 751;  // the baseline's default when opts.yaml predates the key
-  auto get = [&](const char* key, auto& value) {
-    if (!node[key]) return;
-    try {
-      value = node[key].as<std::decay_t<decltype(value)>>();
-    } catch (const YAML::Exception&) {
-      throw std::runtime_error(path.string() + ": key '" + key + "' has an invalid value");
-    }
-  };
+  auto get = [&](const char* key, auto& value) { read_yaml_field(node, path, key, value); };
   for (const char* unsupported : kUnbuiltModelFamilies) {
     bool on = false;
     get(unsupported, on);
     if (on) {
-      throw std::runtime_error(path.string() + ": '" + unsupported +
-                               ": true' is a model reidnet does not build yet; only ft_net "
-                               "(ResNet-50) checkpoints are supported");
+      throw UsageError(path.string() + ": '" + unsupported +
+                       ": true' is a model reidnet does not build yet; only ft_net "
+                       "(ResNet-50) checkpoints are supported");
     }
   }
   for_each_opts_field(opts, get);
+  check_train_config(opts, [&](const char* key, const char*) {
+    return fmt::format("{}: key '{}'", path.string(), key);
+  });
+  if (opts.nclasses < 1) throw UsageError(path.string() + ": key 'nclasses' is 0; expected 1 to 1000000");
   return opts;
 }
 

@@ -11,14 +11,13 @@
 
 #include <reidnet/detail/byte_source.hpp>
 #include <reidnet/detail/checkpoint_layout.hpp>
+#include <reidnet/detail/file_io.hpp>
 #include <reidnet/detail/pickle.hpp>
 #include <reidnet/detail/zip.hpp>
 #include <reidnet/state_dict.hpp>
 
 #include <torch/torch.h>
 
-#include <atomic>
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -82,28 +81,144 @@ inline std::string shape_text(c10::IntArrayRef sizes) {
   return out + "]";
 }
 
+/// Reads each storage once into a tensor of its own and checks zip records against their
+/// CRC-32. The layout has checked that every range lies inside the file and that no two
+/// overlap, so these buffers add up to at most the file's size.
+inline std::vector<torch::Tensor> read_storages(const ByteSource& source,
+                                                const std::vector<StorageRecord>& records) {
+  std::vector<torch::Tensor> storages;
+  storages.reserve(records.size());
+  for (const auto& record : records) {
+    auto storage = torch::empty({static_cast<int64_t>(record.numel)},
+                                torch::TensorOptions().dtype(torch_dtype(record.dtype)));
+    source.read(record.byte_offset, storage.data_ptr(), storage.nbytes());
+    if (record.has_crc) {
+      Crc32 crc;
+      crc.update(storage.data_ptr(), storage.nbytes());
+      // A record may run past its storage's bytes: stream the rest through the checksum.
+      std::vector<uint8_t> chunk;
+      for (uint64_t at = storage.nbytes(); at < record.record_size;) {
+        chunk.resize(static_cast<size_t>(std::min<uint64_t>(record.record_size - at, 1 << 20)));
+        source.read(record.byte_offset + at, chunk.data(), chunk.size());
+        crc.update(chunk.data(), chunk.size());
+        at += chunk.size();
+      }
+      check_zip_crc(record.record, crc.value(), record.crc);
+    }
+    storages.push_back(std::move(storage));
+  }
+  return storages;
+}
+
+/// A torch.save file read whole and safely: its object tree (only whitelisted kinds) and its
+/// tensors, for files that hold more than a flat state dict (optimizer states).
+class LoadedArchive {
+ public:
+  explicit LoadedArchive(const std::string& path) {
+    const FileSource source(path);
+    archive_ = read_pickled_archive(source);
+    storages_ = read_storages(source, archive_.storages);
+  }
+
+  const Value& root() const { return *archive_.root; }
+
+  /// The tensor a Tensor value describes (a view of its storage, on the CPU).
+  torch::Tensor tensor(const Value& value) const {
+    if (value.kind != Value::Kind::Tensor) {
+      throw CheckpointError(std::string("expected a tensor, found a ") + kind_name(value.kind));
+    }
+    const auto& view = *value.tensor;
+    return storages_[archive_.storage_of.at(view.storage.get())].as_strided(
+        view.sizes, view.strides, static_cast<int64_t>(view.offset));
+  }
+
+ private:
+  PickledArchive archive_;
+  std::vector<torch::Tensor> storages_;
+};
+
+/// Writes a zip archive that `torch.load` reads: the caller builds the object with `pickle()`,
+/// calling `tensor()` where a tensor goes; `write()` adds the tensors' bytes as records.
+class ArchiveWriter {
+ public:
+  PickleWriter& pickle() { return pickle_; }
+
+  /// Pickles `value` as torch._utils._rebuild_tensor_v2 of a storage of its own.
+  void tensor(const torch::Tensor& value, const std::string& name) {
+    auto tensor = value.detach().to(torch::kCPU).contiguous();
+    const auto& info = checkpoint_dtype(tensor.scalar_type(), name);
+    pickle_.global("torch._utils", "_rebuild_tensor_v2");
+    pickle_.mark();
+    pickle_.mark();
+    pickle_.string("storage");
+    pickle_.global("torch", info.storage);
+    pickle_.string(std::to_string(storages_.size()));
+    pickle_.string("cpu");
+    pickle_.integer(tensor.numel());
+    pickle_.tuple();
+    pickle_.persistent_id();
+    pickle_.integer(0);
+    pickle_.integer_tuple(tensor.sizes().vec());
+    pickle_.integer_tuple(tensor.strides().vec());
+    pickle_.boolean(value.requires_grad());
+    pickle_.global("collections", "OrderedDict");
+    pickle_.empty_tuple();
+    pickle_.reduce();
+    pickle_.tuple();
+    pickle_.reduce();
+    storages_.push_back(std::move(tensor));
+  }
+
+  /// Ends the pickle and writes the archive to a temporary sibling, then renames it: a crash
+  /// never leaves a partial file at `path`.
+  void write(const std::string& path) {
+    pickle_.stop();
+    const std::string temporary = temporary_sibling(path);
+    try {
+      std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
+      if (!file) throw std::runtime_error("cannot create " + temporary);
+      ZipWriter zip(file);
+      zip.add_entry("archive/data.pkl", pickle_.bytes());
+      zip.add_entry("archive/byteorder", "little");
+      for (size_t i = 0; i < storages_.size(); ++i) {
+        const auto& tensor = storages_[i];
+        Crc32 crc;
+        crc.update(tensor.data_ptr(), tensor.nbytes());
+        zip.begin_entry("archive/data/" + std::to_string(i), tensor.nbytes(), crc.value());
+        zip.write_data(tensor.data_ptr(), tensor.nbytes());
+      }
+      zip.add_entry("archive/version", "3\n");
+      zip.finish();
+      file.close();
+      if (!file) throw std::runtime_error("write failed (disk full?)");
+      std::filesystem::rename(temporary, path);
+    } catch (...) {
+      std::error_code ignored;
+      std::filesystem::remove(temporary, ignored);
+      throw;
+    }
+  }
+
+ private:
+  PickleWriter pickle_;
+  std::vector<torch::Tensor> storages_;
+};
+
 }  // namespace detail
 
 /// Reads every tensor of a checkpoint, in file order, onto `device`.
 ///
 /// Accepts torch.save files (zip and legacy formats) and safetensors; unwraps
 /// {'state_dict': ...}-style nesting and strips DataParallel's `module.` prefix. Tensors that
-/// shared a storage in the file share it here (on the CPU).
+/// shared a storage in the file share it here (on the CPU). Zip records are checked against
+/// their CRC-32, and no file, however crafted, makes it allocate more than its own size.
 ///
 ///     auto tensors = reidnet::read_state_dict("resnet50-0676ba61.pth");
 inline StateDict read_state_dict(const std::string& path, torch::Device device = torch::kCPU) {
   return detail::with_file_context("cannot read checkpoint", path, [&] {
     const detail::FileSource source(path);
     const auto layout = detail::read_checkpoint_layout(source);
-    std::vector<torch::Tensor> storages;
-    storages.reserve(layout.storages.size());
-    for (const auto& record : layout.storages) {
-      // The layout checked that these bytes lie inside the file: allocate and read in place.
-      auto storage = torch::empty({static_cast<int64_t>(record.numel)},
-                                  torch::TensorOptions().dtype(detail::torch_dtype(record.dtype)));
-      source.read(record.byte_offset, storage.data_ptr(), storage.nbytes());
-      storages.push_back(std::move(storage));
-    }
+    const auto storages = detail::read_storages(source, layout.storages);
     StateDict out;
     for (const auto& record : layout.tensors) {
       auto tensor = storages[record.storage].as_strided(record.sizes, record.strides,
@@ -231,66 +346,18 @@ inline LoadReport load_state_dict(torch::nn::Module& module, const std::string& 
 ///     reidnet::save_tensors(features, "pytorch_result.pth");  // qf, ql, gf, ... for Python
 inline void save_tensors(const StateDict& tensors, const std::string& path) {
   detail::with_file_context("cannot write checkpoint", path, [&] {
-    static std::atomic<uint64_t> counter{0};
-    const auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
-    const std::string temporary = path + ".tmp" + std::to_string(stamp) + "-" + std::to_string(counter++);
-    try {
-      std::vector<torch::Tensor> contiguous;
-      detail::PickleWriter pickle;
-      pickle.global("collections", "OrderedDict");
-      pickle.empty_tuple();
-      pickle.reduce();
-      pickle.mark();
-      for (const auto& item : tensors) {
-        auto tensor = item.value().detach().to(torch::kCPU).contiguous();
-        const auto& info = detail::checkpoint_dtype(tensor.scalar_type(), item.key());
-        pickle.string(item.key());
-        pickle.global("torch._utils", "_rebuild_tensor_v2");
-        pickle.mark();
-        pickle.mark();
-        pickle.string("storage");
-        pickle.global("torch", info.storage);
-        pickle.string(std::to_string(contiguous.size()));
-        pickle.string("cpu");
-        pickle.integer(tensor.numel());
-        pickle.tuple();
-        pickle.persistent_id();
-        pickle.integer(0);
-        pickle.integer_tuple(tensor.sizes().vec());
-        pickle.integer_tuple(tensor.strides().vec());
-        pickle.boolean(item.value().requires_grad());
-        pickle.global("collections", "OrderedDict");
-        pickle.empty_tuple();
-        pickle.reduce();
-        pickle.tuple();
-        pickle.reduce();
-        contiguous.push_back(std::move(tensor));
-      }
-      pickle.set_items();
-      pickle.stop();
-
-      std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
-      if (!file) throw std::runtime_error("cannot create " + temporary);
-      detail::ZipWriter zip(file);
-      zip.add_entry("archive/data.pkl", pickle.bytes());
-      zip.add_entry("archive/byteorder", "little");
-      for (size_t i = 0; i < contiguous.size(); ++i) {
-        const auto& tensor = contiguous[i];
-        detail::Crc32 crc;
-        crc.update(tensor.data_ptr(), tensor.nbytes());
-        zip.begin_entry("archive/data/" + std::to_string(i), tensor.nbytes(), crc.value());
-        zip.write_data(tensor.data_ptr(), tensor.nbytes());
-      }
-      zip.add_entry("archive/version", "3\n");
-      zip.finish();
-      file.close();
-      if (!file) throw std::runtime_error("write failed (disk full?)");
-      std::filesystem::rename(temporary, path);
-    } catch (...) {
-      std::error_code ignored;
-      std::filesystem::remove(temporary, ignored);
-      throw;
+    detail::ArchiveWriter archive;
+    auto& pickle = archive.pickle();
+    pickle.global("collections", "OrderedDict");
+    pickle.empty_tuple();
+    pickle.reduce();
+    pickle.mark();
+    for (const auto& item : tensors) {
+      pickle.string(item.key());
+      archive.tensor(item.value(), item.key());
     }
+    pickle.set_items();
+    archive.write(path);
   });
 }
 

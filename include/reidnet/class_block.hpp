@@ -1,5 +1,5 @@
 #pragma once
-/// The ReID head of the Python Market-1501 baseline (REFERENCE.md §2).
+/// The ReID head of the Python Market-1501 baseline.
 ///
 ///     reidnet::ClassBlock head(reidnet::ClassBlockOptions(2048, 751).droprate(0.5));
 ///     torch::Tensor logits = head(features);           // (B, 751)

@@ -1,6 +1,8 @@
 #pragma once
 /// Person re-identification data sets on disk: Market-1501, DukeMTMC-reID, MSMT17 and the
-/// Python baseline's folder-per-id layout, read into splits of samples (REFERENCE.md §5).
+/// Python baseline's folder-per-id layout, read into splits of samples. Only regular files
+/// (or symbolic links to them) become samples: folder layouts skip anything else, and an
+/// MSMT17 list naming a missing file, a FIFO or a device is refused.
 ///
 ///     auto data = reidnet::read_dataset("Market-1501-v15.09.15");
 ///     // data.train_all, data.train, data.val, data.query, data.gallery; data.num_classes()
@@ -18,6 +20,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -141,7 +144,9 @@ inline std::vector<Sample> read_named_pictures(const std::filesystem::path& dire
                                                const DatasetOptions& options, Dataset& dataset) {
   std::vector<Sample> samples;
   for (const auto& path : sorted_entries(directory)) {
-    if (!std::filesystem::is_regular_file(path) || !is_image_file(path)) continue;
+    // Symbolic links to pictures count; FIFOs, devices and broken or looping links do not.
+    std::error_code error;
+    if (!std::filesystem::is_regular_file(path, error) || !is_image_file(path)) continue;
     const auto parsed = parse_market_name(path.filename().string());
     if (!parsed) {
       reject_name(path.string(), "expected <id>_c<camera>..., like 0002_c1s1_000451_03.jpg",
@@ -231,6 +236,12 @@ namespace detail {
 inline std::vector<Sample> read_msmt17_list(const std::filesystem::path& list,
                                             const std::filesystem::path& image_root,
                                             const DatasetOptions& options, Dataset& dataset) {
+  std::error_code error;
+  if (!std::filesystem::is_regular_file(list, error)) {
+    throw std::runtime_error("cannot open MSMT17 list file " + list.string() +
+                             (std::filesystem::exists(list, error) ? ": not a regular file"
+                                                                   : ": it does not exist"));
+  }
   std::ifstream file(list);
   if (!file) throw std::runtime_error("cannot open MSMT17 list file " + list.string());
   std::vector<Sample> samples;
@@ -253,6 +264,17 @@ inline std::vector<Sample> read_msmt17_list(const std::filesystem::path& list,
                   "expected <id>_<index>_<camera>_..., like 0000_000_01_0303morning_0015_0.jpg",
                   options, dataset);
       continue;
+    }
+    // Checked now rather than when the picture is loaded, so that a bad entry stops a run
+    // before any work instead of midway through an epoch.
+    const auto kind = std::filesystem::status(path, error).type();
+    if (kind != std::filesystem::file_type::regular) {
+      const std::string why = kind == std::filesystem::file_type::not_found ? "does not exist"
+                              : kind == std::filesystem::file_type::none
+                                  ? "cannot be examined: " + error.message()
+                                  : "is not a regular file (a FIFO, socket, device or folder)";
+      throw std::runtime_error("line " + std::to_string(number) + " of " + list.string() +
+                               " names " + path.string() + ", which " + why);
     }
     samples.push_back({path.string(), person_id, parsed->camera, -1});
   }

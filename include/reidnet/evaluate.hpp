@@ -1,5 +1,5 @@
 #pragma once
-/// The Market-1501 evaluation protocol of the Python baseline (REFERENCE.md §7): Rank@k (CMC),
+/// The Market-1501 evaluation protocol of the Python baseline: Rank@k (CMC),
 /// mAP and mINP from query and gallery features, or from any score matrix (e.g. re-ranked
 /// distances). The score matrix is built in blocks of queries and every query is ranked in
 /// parallel, in C++; ties in score are broken by gallery order, so results are deterministic.

@@ -1,5 +1,5 @@
 #pragma once
-/// Test-time ReID features as the Python baseline extracts them (REFERENCE.md §7): in eval
+/// Test-time ReID features as the Python baseline extracts them: in eval
 /// mode, f(image) + f(horizontally flipped image), optionally summed over several scales, then
 /// L2-normalised. Batches come from any iterable: tensors [B, 3, H, W] (already normalised) or
 /// structs with an `images` tensor (or a torch::data::Example's `data`).

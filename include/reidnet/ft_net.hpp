@@ -1,5 +1,5 @@
 #pragma once
-/// `ft_net` of the Python Market-1501 baseline (REFERENCE.md §4): torchvision's ResNet-50
+/// `ft_net` of the Python Market-1501 baseline: torchvision's ResNet-50
 /// followed by a ClassBlock. Its state_dict is the Python model's, key for key.
 ///
 ///     reidnet::FtNet net(reidnet::FtNetOptions(751).stride(1));

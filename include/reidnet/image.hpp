@@ -7,6 +7,12 @@
 /// accurate integer DCT and fancy upsampling), PNG through libpng with PIL's `convert('RGB')`
 /// rules: grey is replicated, alpha is dropped (not composited), palettes are looked up.
 /// Needs the CMake target reidnet::data.
+///
+/// A few bytes of file can claim a huge picture (a decompression bomb), so read_image checks
+/// the size in the header before it allocates anything: past max_image_pixels() (PIL's
+/// Image.MAX_IMAGE_PIXELS, 89,478,485) it throws. Raise or lift the limit for trusted files:
+///
+///     reidnet::set_max_image_pixels(200'000'000);  // or 0: no limit
 
 #include <reidnet/detail/file_io.hpp>
 
@@ -15,6 +21,7 @@
 #include <turbojpeg.h>
 
 #include <algorithm>
+#include <atomic>
 #include <csetjmp>
 #include <cstdint>
 #include <cstring>
@@ -25,7 +32,44 @@
 
 namespace reidnet {
 
+/// PIL's Image.MAX_IMAGE_PIXELS: (1024 * 1024 * 1024 // 4 // 3) pixels, a 256 MiB RGB picture.
+/// PIL warns past it and refuses past twice it; reidnet refuses past it.
+inline constexpr int64_t kDefaultMaxImagePixels = 89'478'485;
+
 namespace detail {
+
+inline std::atomic<int64_t>& max_image_pixels_setting() {
+  static std::atomic<int64_t> limit{kDefaultMaxImagePixels};
+  return limit;
+}
+
+}  // namespace detail
+
+/// The most pixels (width x height) read_image accepts; 0 or less = no limit.
+inline int64_t max_image_pixels() { return detail::max_image_pixels_setting().load(); }
+
+/// Sets the limit of max_image_pixels() for the whole process, like assigning PIL's module
+/// global (0 or less lifts it, as None does there); safe to call while other threads read.
+inline void set_max_image_pixels(int64_t limit) { detail::max_image_pixels_setting().store(limit); }
+
+namespace detail {
+
+/// Empty if a `width` x `height` picture may be decoded, else why not: checked on the header
+/// before any pixel memory is allocated.
+inline std::string image_size_problem(int64_t width, int64_t height, const std::string& name) {
+  if (width <= 0 || height <= 0) {
+    return "image " + name + " claims an empty size of " + std::to_string(width) + "x" +
+           std::to_string(height) + " pixels";
+  }
+  const int64_t limit = max_image_pixels();
+  if (limit > 0 && width * height > limit) {
+    return "image " + name + " claims " + std::to_string(width) + "x" + std::to_string(height) +
+           " = " + std::to_string(width * height) + " pixels, more than the limit of " +
+           std::to_string(limit) + " (a decompression bomb?); for a trusted file raise the " +
+           "limit with reidnet::set_max_image_pixels(), or lift it with 0";
+  }
+  return {};
+}
 
 inline bool is_jpeg(const std::vector<unsigned char>& bytes) {
   return bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF;
@@ -56,10 +100,20 @@ inline torch::Tensor decode_jpeg(const std::vector<unsigned char>& bytes, const 
   if (colorspace == TJCS_CMYK || colorspace == TJCS_YCCK) {
     throw std::runtime_error("CMYK JPEG " + name + " is not supported: convert it to RGB");
   }
+  if (const auto problem = image_size_problem(width, height, name); !problem.empty()) {
+    throw std::runtime_error(problem);
+  }
+#ifdef TJFLAG_LIMITSCANS
+  // A progressive file of a few KB can hold thousands of scans, each decoded over the whole
+  // picture: refuse more than libjpeg-turbo's 500.
+  const int flags = TJFLAG_LIMITSCANS;
+#else
+  const int flags = 0;
+#endif
   auto image = torch::empty({height, width, 3}, torch::kUInt8);
   const int status = tjDecompress2(decoder.handle, bytes.data(),
                                    static_cast<unsigned long>(bytes.size()),
-                                   image.data_ptr<uint8_t>(), width, 0, height, TJPF_RGB, 0);
+                                   image.data_ptr<uint8_t>(), width, 0, height, TJPF_RGB, flags);
   if (status != 0) {
     const std::string message = tjGetErrorStr2(decoder.handle);
     // libjpeg reports most damage as warnings and goes on; like PIL, refuse a file whose data
@@ -116,6 +170,10 @@ inline torch::Tensor decode_png(const std::vector<unsigned char>& bytes, const s
   const png_uint_32 height = png_get_image_height(png, info);
   const int color_type = png_get_color_type(png, info);
   const int bit_depth = png_get_bit_depth(png, info);
+  if (const auto problem = image_size_problem(width, height, name); !problem.empty()) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    throw std::runtime_error(problem);
+  }
   state->image = torch::empty({static_cast<int64_t>(height), static_cast<int64_t>(width), 3},
                               torch::kUInt8);
   uint8_t* const pixels = state->image.data_ptr<uint8_t>();
@@ -173,7 +231,8 @@ inline torch::Tensor checked_rgb(const torch::Tensor& image, const std::string& 
 }  // namespace detail
 
 /// Decodes a JPEG or PNG file (by content, not extension) into a uint8 [H, W, 3] RGB tensor.
-/// Throws std::runtime_error naming the file if it is missing, truncated, corrupt or not a picture.
+/// Throws std::runtime_error naming the file if it is missing, not a regular file, larger than
+/// 1 GiB, truncated, corrupt, not a picture, or claims more than max_image_pixels() pixels.
 inline torch::Tensor read_image(const std::string& path) {
   const auto bytes = detail::read_file_bytes(path);
   if (detail::is_jpeg(bytes)) return detail::decode_jpeg(bytes, path);

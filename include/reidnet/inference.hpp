@@ -111,7 +111,8 @@ inline KernelConfig make_kernel_config(const InferenceOptions& options) {
   config.fold_bn = options.fold_bn();
   config.fuse = options.fuse();
   config.prepack = options.prepack() && options.fold_bn() && options.device().is_cpu() &&
-                   options.dtype() != torch::kFloat16 && onednn_available();
+                   options.dtype() != torch::kFloat16 && onednn_available() &&
+                   (options.dtype() != torch::kBFloat16 || onednn_runs_bf16());
   if (config.prepack) {
     if (options.fuse() && direct_onednn_built() && options.call_onednn_directly()) {
       config.backend = ConvBackend::onednn_direct;
@@ -291,6 +292,10 @@ class InferenceModel {
 #if defined(REIDNET_WITH_ONEDNN)
     if (plan.onednn) return plan.onednn->run(images).to(at::kFloat);
 #endif
+    // An empty channels_last batch has strides that LibTorch 1.13's bf16 ops cannot view.
+    if (images.size(0) == 0) {
+      return at::empty({0, plan.num_features}, at::TensorOptions().dtype(at::kFloat).device(config.device));
+    }
     at::Tensor x;
     if (config.backend == detail::ConvBackend::onednn_blocked) {
       x = images.to(at::TensorOptions().dtype(at::kFloat).device(config.device))

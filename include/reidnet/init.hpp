@@ -1,5 +1,5 @@
 #pragma once
-/// Weight-initialisation policies as tag types (REFERENCE.md §3).
+/// Weight-initialisation policies as tag types.
 ///
 /// A policy is a small value type with `void operator()(torch::nn::Module&) const` that
 /// initialises the layers it knows about in a module tree, the way the Python baseline's

@@ -1,5 +1,5 @@
 #pragma once
-/// Metric losses of the ReID recipe (REFERENCE.md §6), added to cross-entropy on
+/// Metric losses of the ReID recipe, added to cross-entropy on
 /// L2-normalised features. Cross-entropy itself is LibTorch's, with label smoothing:
 ///
 ///     torch::nn::CrossEntropyLoss ce(torch::nn::CrossEntropyLossOptions().label_smoothing(0.1));

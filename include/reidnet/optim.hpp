@@ -1,5 +1,5 @@
 #pragma once
-/// The baseline's optimiser (REFERENCE.md §6): SGD with Nesterov momentum and two parameter
+/// The baseline's optimiser: SGD with Nesterov momentum and two parameter
 /// groups, the pretrained backbone at a fraction of the head's learning rate.
 ///
 ///     auto sgd = reidnet::make_sgd(*net, reidnet::SgdRecipe().lr(0.05));

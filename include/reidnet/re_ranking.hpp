@@ -1,5 +1,5 @@
 #pragma once
-/// k-reciprocal re-ranking (Zhong et al. 2017, REFERENCE.md §7) with the Python baseline's
+/// k-reciprocal re-ranking (Zhong et al. 2017) with the Python baseline's
 /// exact conventions, in bounded memory.
 ///
 /// Convention (the baseline's re_ranking.py, called by its evaluate_rerank.py): the inputs are

@@ -18,9 +18,11 @@
 #include <reidnet/losses.hpp>
 #include <reidnet/memory_format.hpp>
 #include <reidnet/optim.hpp>
+#include <reidnet/optimizer_state.hpp>
 #include <reidnet/re_ranking.hpp>
 #include <reidnet/residual_blocks.hpp>
 #include <reidnet/resnet.hpp>
+#include <reidnet/run_folder.hpp>
 #include <reidnet/schedules.hpp>
 #include <reidnet/state_dict.hpp>
 #include <reidnet/version.hpp>

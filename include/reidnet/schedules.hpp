@@ -1,5 +1,5 @@
 #pragma once
-/// Learning-rate schedules and the loss warm-up of the baseline recipe (REFERENCE.md §6).
+/// Learning-rate schedules and the loss warm-up of the baseline recipe.
 /// Both are closed forms of (epoch, iteration), so a resumed run needs no scheduler state.
 ///
 ///     reidnet::StepSchedule schedule{/*step_size=*/40, /*gamma=*/0.1};

@@ -1,5 +1,5 @@
 #pragma once
-/// Image transforms that give the pixels torchvision gives on PIL images (REFERENCE.md §5).
+/// Image transforms that give the pixels torchvision gives on PIL images.
 ///
 ///     auto input = reidnet::eval_transform(reidnet::read_image(path), 256, 128);  // [3, 256, 128]
 ///
@@ -282,7 +282,7 @@ inline torch::Tensor eval_transform(const torch::Tensor& image, int64_t height, 
   return to_normalized_tensor(resize(image, height, width));
 }
 
-/// The baseline's training recipe (REFERENCE.md §5).
+/// The baseline's training recipe.
 ///
 ///     auto options = reidnet::TrainTransformOptions().erasing_probability(0.5);
 struct TrainTransformOptions {

@@ -4,6 +4,10 @@
       torch.load the file and load it *strictly* into the Python ft_net.
   check_checkpoint.py features <features.pth> <dim>
       torch.load the feature dict and check its keys and shapes.
+  check_checkpoint.py optimizer <optimizer.pt> <net.pth> <nclasses> <stride> <linear_num> <out.pt>
+      load reidnet's optimizer state into Python's SGD for ft_net (the baseline's two groups),
+      take one step, and save Python's state to <out.pt> and its momentum buffers, by
+      parameter index, to <out.pt>.expected.
 Exit status 0 on success; a message on stderr otherwise.
 """
 import sys
@@ -32,6 +36,33 @@ def check_features(path, dim):
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4), "features not L2-normalised"
 
 
+def check_optimizer(optimizer_path, net_path, nclasses, stride, linear_num, out_path):
+    net = FtNet(int(nclasses), 0.5, int(stride), int(linear_num))
+    net.load_state_dict(torch.load(net_path, map_location="cpu"), strict=True)
+    named = list(net.named_parameters())
+    backbone = [p for n, p in named if not n.startswith("classifier.")]
+    head = [p for n, p in named if n.startswith("classifier.")]
+    sgd = torch.optim.SGD([{"params": backbone}, {"params": head}], lr=0.05, momentum=0.9,
+                          nesterov=True, weight_decay=5e-4)
+    saved = torch.load(optimizer_path, map_location="cpu")
+    assert set(saved) == {"state", "param_groups"}, f"keys {set(saved)}"
+    sgd.load_state_dict(saved)
+    params = [p for group in sgd.param_groups for p in group["params"]]
+    assert len(sgd.state) > 0, "no momentum buffers"
+    for index, entry in saved["state"].items():
+        assert entry["momentum_buffer"].shape == params[index].shape, f"buffer {index}"
+        assert torch.equal(sgd.state[params[index]]["momentum_buffer"], entry["momentum_buffer"])
+    for group, saved_group in zip(sgd.param_groups, saved["param_groups"]):
+        assert group["lr"] == saved_group["lr"] and group["nesterov"] is True
+    for p in params:
+        if p in sgd.state:
+            p.grad = p.detach() * 0.01
+    sgd.step()
+    torch.save(sgd.state_dict(), out_path)
+    torch.save({str(i): sgd.state[p]["momentum_buffer"] for i, p in enumerate(params) if p in sgd.state},
+               out_path + ".expected")
+
+
 if __name__ == "__main__":
     kind, *args = sys.argv[1:]
-    {"ft_net": check_ft_net, "features": check_features}[kind](*args)
+    {"ft_net": check_ft_net, "features": check_features, "optimizer": check_optimizer}[kind](*args)

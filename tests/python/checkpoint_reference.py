@@ -8,12 +8,16 @@ malicious pickles, and truncated, garbage and non-checkpoint files. outputs.pt h
 eval-mode outputs the C++ side must reproduce.
 """
 import collections
+import importlib.util
 import io
 import json
 import os
+import pickle
 import struct
 import sys
 import tarfile
+import zipfile
+import zlib
 
 import torch
 
@@ -77,6 +81,117 @@ def write_safetensors(path, tensors):
 
 def save_legacy(obj, path):
     torch.save(obj, path, _use_new_zipfile_serialization=False)
+
+
+class FakeStorage:
+    """A storage named only by its persistent id, for hand-built archives."""
+
+    def __init__(self, key, numel):
+        self.key, self.numel = key, numel
+
+
+class FakeTensor:
+    def __init__(self, storage):
+        self.storage = storage
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2,
+                (self.storage, 0, (self.storage.numel,), (1,), False, collections.OrderedDict()))
+
+
+class ArchivePickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, FakeStorage):
+            return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel)
+        return None
+
+
+def zip_header(signature, name, size, crc, offset=None):
+    """A stored (uncompressed) zip local header, or a central directory record with `offset`."""
+    common = struct.pack("<HHHHHIIIHH", 20, 0, 0, 0, 0x21, crc, size, size, len(name), 0)
+    if offset is None:
+        return struct.pack("<I", signature) + common + name
+    return (struct.pack("<IH", signature, 20) + common +
+            struct.pack("<HHHII", 0, 0, 0, 0, offset) + name)
+
+
+def write_shared_record_zip(path, copies, numel):
+    """`copies` central directory entries, all naming one record of `numel` floats: a reader
+    that gives each entry its own buffer needs `copies` times the file's size."""
+    storages = [FakeStorage(str(i), numel) for i in range(copies)]
+    buffer = io.BytesIO()
+    ArchivePickler(buffer, protocol=2).dump(
+        collections.OrderedDict((f"t{i}", FakeTensor(s)) for i, s in enumerate(storages)))
+    pickled = buffer.getvalue()
+    data = bytes(4 * numel)
+    out = bytearray()
+    entries = []  # (name, size, crc, offset)
+    for name, payload in ((b"archive/data.pkl", pickled), (b"archive/data/0", data)):
+        entries.append((name, len(payload), zlib.crc32(payload), len(out)))
+        out += zip_header(0x04034B50, name, len(payload), zlib.crc32(payload)) + payload
+    record = entries[1]
+    for i in range(1, copies):
+        entries.append((f"archive/data/{i}".encode(), record[1], record[2], record[3]))
+    directory = b"".join(zip_header(0x02014B50, n, size, crc, offset) for n, size, crc, offset in entries)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(entries), len(entries), len(directory),
+                      len(out), 0)
+    with open(path, "wb") as f:
+        f.write(bytes(out) + directory + end)
+
+
+def write_overlapping_safetensors(path, copies, numel, shift):
+    """`copies` entries over the same bytes (each `shift` bytes after the previous)."""
+    header = {f"t{i}": {"dtype": "F32", "shape": [numel],
+                        "data_offsets": [i * shift, i * shift + 4 * numel]} for i in range(copies)}
+    encoded = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)) + encoded + bytes(4 * numel + copies * shift))
+
+
+def write_torchscript_optimizer(path, body):
+    """A TorchScript archive whose __setstate__ runs `body` when torch::load reads it."""
+    source = f"""
+import torch
+class Payload(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.x = 1
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.x, self.training)
+    @torch.jit.export
+    def __setstate__(self, state: tuple[int, bool]):
+        {body}
+        self.x = state[0]
+        self.training = state[1]
+    def forward(self, x):
+        return x
+"""
+    folder = os.path.dirname(path)
+    module_name = os.path.splitext(os.path.basename(path))[0] + "_module"
+    with open(os.path.join(folder, module_name + ".py"), "w") as f:  # TorchScript reads source files
+        f.write(source)
+    spec = importlib.util.spec_from_file_location(module_name, os.path.join(folder, module_name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    torch.jit.script(module.Payload()).save(path)
+
+
+def write_crafted_files(path):
+    """Files that must be refused, or read within bounded memory."""
+    write_shared_record_zip(path("shared_record.pth"), copies=400, numel=1 << 20)
+    write_overlapping_safetensors(path("same_bytes.safetensors"), copies=400, numel=1 << 18, shift=0)
+    write_overlapping_safetensors(path("overlapping.safetensors"), copies=2, numel=4, shift=8)
+    data = bytearray(open(path("tensors.pth"), "rb").read())
+    with zipfile.ZipFile(path("tensors.pth")) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("/data/0"))
+    name_length, extra_length = struct.unpack_from("<HH", data, info.header_offset + 26)
+    data[info.header_offset + 30 + name_length + extra_length] ^= 0x01
+    with open(path("crc_mismatch.pth"), "wb") as f:
+        f.write(bytes(data))
+    write_torchscript_optimizer(path("torchscript_prints.pt"), 'print("REIDNET_PAYLOAD_RAN")')
+    write_torchscript_optimizer(path("torchscript_loops.pt"), "while True:\n            pass")
 
 
 def main():
@@ -159,6 +274,7 @@ def main():
         info.size = len(payload)
         archive.addfile(info, io.BytesIO(payload))
 
+    write_crafted_files(path)
     torch.save(outputs, path("outputs.pt"))
     if os.path.exists(marker):
         raise SystemExit("the marker exists after writing the fixtures")

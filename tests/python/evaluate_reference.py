@@ -1,5 +1,5 @@
 """NumPy reference of the Market-1501 evaluation protocol and k-reciprocal re-ranking
-(REFERENCE.md §7), written from the Python baseline's behaviour, and the fixture writer of
+written from the Python baseline's behaviour, and the fixture writer of
 tests/test_evaluate.cpp.
 
 Run as `python3 evaluate_reference.py <folder>`: writes <folder>/evaluate.pt, a plain dict of

@@ -1,7 +1,7 @@
 """Python reference models for the parity tests.
 
 The backbone is the real torchvision ResNet from Debian's python3-torchvision. ClassBlock and
-ft_net follow the Python Market-1501 baseline as REFERENCE.md sections 2-4 state it.
+ft_net follow the Python Market-1501 baseline.
 """
 import torch
 import torch.nn as nn

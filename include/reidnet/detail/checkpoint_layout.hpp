@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -25,6 +26,26 @@ struct StorageRecord {
   uint64_t numel = 0;
   uint64_t byte_offset = 0;
   std::string location;  // "cpu", "cuda:0", ...: where it was saved from
+  std::string record;    // the zip record or legacy storage key, for messages
+  /// Zip records carry a CRC-32 of their `record_size` bytes (which start at byte_offset and
+  /// may run past the storage's own bytes).
+  bool has_crc = false;
+  uint32_t crc = 0;
+  uint64_t record_size = 0;
+
+  uint64_t nbytes() const {
+    return checked_multiply(numel, dtype_info(dtype).element_size, "storage size");
+  }
+};
+
+/// A torch.save archive (zip or legacy format): the unpickled object and the bytes of every
+/// storage it names. Storages whose records are the same bytes of the file share one entry, so
+/// no file makes the reader allocate more than the file's size.
+struct PickledArchive {
+  std::string format;  // "zip" or "legacy"
+  ValuePtr root;
+  std::vector<StorageRecord> storages;
+  std::map<const StorageRef*, size_t> storage_of;  // every storage named -> its entry
 };
 
 /// A named tensor: a strided view of storage `storage`.
@@ -88,33 +109,81 @@ inline const Value& find_state_dict(const Value& root, std::string& path) {
                         describe_keys(root));
 }
 
-/// Fills layout.tensors from the unpickled root; `storage_offset(ref)` gives a storage's bytes.
-template <typename StorageOffset>
-void collect_tensors(const Value& root, CheckpointLayout& layout, StorageOffset storage_offset) {
-  const auto& dict = find_state_dict(root, layout.unwrapped_from);
-  std::map<const StorageRef*, size_t> storage_index;
+/// Fills layout.tensors (and the storages they use) from the archive's state dict.
+inline void collect_tensors(const PickledArchive& archive, CheckpointLayout& layout) {
+  const auto& dict = find_state_dict(*archive.root, layout.unwrapped_from);
+  std::map<size_t, size_t> layout_index;  // archive storage -> layout storage
   for (const auto& [key, value] : dict.entries) {
     if (key->kind != Value::Kind::String) throw CheckpointError("not a state dict: a key is not a string");
     const auto& tensor = *value->tensor;
-    auto [found, inserted] = storage_index.emplace(tensor.storage.get(), layout.storages.size());
-    if (inserted) {
-      StorageRecord record;
-      record.dtype = tensor.storage->dtype;
-      record.numel = tensor.storage->numel;
-      record.location = tensor.storage->location;
-      record.byte_offset = storage_offset(*tensor.storage);
-      layout.storages.push_back(record);
-    }
+    const size_t storage = archive.storage_of.at(tensor.storage.get());
+    auto [found, inserted] = layout_index.emplace(storage, layout.storages.size());
+    if (inserted) layout.storages.push_back(archive.storages[storage]);
     layout.tensors.push_back({key->text, found->second, tensor.offset, tensor.sizes, tensor.strides});
   }
 }
 
-inline uint64_t storage_bytes(const StorageRef& storage) {
-  return checked_multiply(storage.numel, dtype_info(storage.dtype).element_size, "storage size");
+/// Refuses storages whose byte ranges overlap, except where two are exactly the same bytes:
+/// those are merged into one entry (`storage_of` then maps both to it). Zero-length storages
+/// overlap nothing.
+inline void merge_identical_ranges(PickledArchive& archive) {
+  std::vector<size_t> order(archive.storages.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  const auto& storages = archive.storages;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return std::make_pair(storages[a].byte_offset, storages[a].nbytes()) <
+           std::make_pair(storages[b].byte_offset, storages[b].nbytes());
+  });
+  std::vector<size_t> merged_into(storages.size());
+  std::vector<StorageRecord> kept;
+  std::vector<size_t> kept_index(storages.size());
+  const StorageRecord* previous = nullptr;  // the last non-empty one
+  size_t previous_kept = 0;
+  uint64_t previous_end = 0;
+  for (const size_t i : order) {
+    const auto& record = storages[i];
+    const uint64_t end = record.byte_offset + record.nbytes();
+    if (record.nbytes() > 0 && previous && record.byte_offset == previous->byte_offset &&
+        end == previous_end) {
+      if (record.dtype != previous->dtype || record.has_crc != previous->has_crc ||
+          record.crc != previous->crc || record.record_size != previous->record_size) {
+        throw CheckpointError("corrupt checkpoint: the records " + previous->record + " and " +
+                              record.record + " are the same bytes of the file but declare "
+                              "different types, sizes or checksums");
+      }
+      kept_index[i] = previous_kept;
+      continue;
+    }
+    if (record.nbytes() > 0 && previous && record.byte_offset < previous_end) {
+      throw CheckpointError("corrupt checkpoint: the records " + previous->record + " and " +
+                            record.record + " overlap in the file");
+    }
+    kept_index[i] = kept.size();
+    kept.push_back(record);
+    if (record.nbytes() > 0) {
+      previous = &storages[i];
+      previous_kept = kept_index[i];
+      previous_end = end;
+    }
+  }
+  for (auto& [ref, index] : archive.storage_of) index = kept_index[index];
+  archive.storages = std::move(kept);
 }
 
-inline void read_zip(const ByteSource& source, CheckpointLayout& layout) {
-  layout.format = "zip";
+inline StorageRecord storage_record(const StorageRef& storage, std::string record,
+                                    uint64_t byte_offset) {
+  StorageRecord out;
+  out.dtype = storage.dtype;
+  out.numel = storage.numel;
+  out.location = storage.location;
+  out.record = std::move(record);
+  out.byte_offset = byte_offset;
+  return out;
+}
+
+inline PickledArchive read_zip(const ByteSource& source) {
+  PickledArchive archive;
+  archive.format = "zip";
   const ZipReader zip(source);
   const ZipEntry* pickle = nullptr;
   for (const auto& entry : zip.entries()) {
@@ -132,22 +201,29 @@ inline void read_zip(const ByteSource& source, CheckpointLayout& layout) {
   const auto bytes = zip.read_entry(*pickle);
   const MemorySource pickle_source(bytes.data(), bytes.size());
   Unpickler unpickler(pickle_source, 0);
-  const auto root = unpickler.load();
-  collect_tensors(*root, layout, [&](const StorageRef& storage) {
-    const auto name = prefix + "data/" + storage.key;
+  archive.root = unpickler.load();
+  for (const auto& storage : unpickler.storages()) {
+    const auto name = prefix + "data/" + storage->key;
     const auto* entry = zip.find(name);
     if (!entry) throw CheckpointError("truncated or corrupt: the record " + name + " is missing");
-    if (entry->size < storage_bytes(storage)) {
+    auto record = storage_record(*storage, name, zip.data_offset(*entry));
+    if (entry->size < record.nbytes()) {
       throw CheckpointError("truncated or corrupt: the record " + name + " has " +
                             std::to_string(entry->size) + " bytes, the tensor needs " +
-                            std::to_string(storage_bytes(storage)));
+                            std::to_string(record.nbytes()));
     }
-    return zip.data_offset(*entry);
-  });
+    record.has_crc = true;
+    record.crc = entry->crc;
+    record.record_size = entry->size;
+    archive.storage_of.emplace(storage.get(), archive.storages.size());
+    archive.storages.push_back(std::move(record));
+  }
+  return archive;
 }
 
-inline void read_legacy(const ByteSource& source, CheckpointLayout& layout) {
-  layout.format = "legacy";
+inline PickledArchive read_legacy(const ByteSource& source) {
+  PickledArchive archive;
+  archive.format = "legacy";
   // Magic number 0x1950a86a20f9469cfc6c, as a 10-byte little-endian pickle integer.
   static const std::string magic("\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19", 10);
   Unpickler magic_reader(source, 0);
@@ -169,7 +245,7 @@ inline void read_legacy(const ByteSource& source, CheckpointLayout& layout) {
     throw CheckpointError("unsupported legacy sub-format: not saved on a little-endian machine");
   }
   Unpickler main_reader(source, system_reader.end_offset());
-  const auto root = main_reader.load();
+  archive.root = main_reader.load();
   Unpickler keys_reader(source, main_reader.end_offset());
   const auto keys = keys_reader.load();
   if (keys->kind != Value::Kind::List) throw CheckpointError("corrupt legacy checkpoint: no storage key list");
@@ -177,7 +253,6 @@ inline void read_legacy(const ByteSource& source, CheckpointLayout& layout) {
   // Storages follow in key-list order, each as an int64 element count and the raw bytes.
   std::map<std::string, const StorageRef*> referenced;
   for (const auto& storage : main_reader.storages()) referenced.emplace(storage->key, storage.get());
-  std::map<std::string, uint64_t> offsets;
   uint64_t position = keys_reader.end_offset();
   for (const auto& key : keys->items) {
     if (key->kind != Value::Kind::String) throw CheckpointError("corrupt legacy checkpoint: a storage key is not a string");
@@ -193,21 +268,20 @@ inline void read_legacy(const ByteSource& source, CheckpointLayout& layout) {
                             std::to_string(numel) + " elements, its tensors expect " +
                             std::to_string(found->second->numel));
     }
-    const uint64_t start = position + 8;
-    const auto bytes = storage_bytes(*found->second);
-    source.require(start, bytes, "storage " + key->text);
-    if (!offsets.emplace(key->text, start).second) {
+    auto record = storage_record(*found->second, "storage " + key->text, position + 8);
+    source.require(record.byte_offset, record.nbytes(), record.record);
+    if (!archive.storage_of.emplace(found->second, archive.storages.size()).second) {
       throw CheckpointError("corrupt legacy checkpoint: storage " + key->text + " is listed twice");
     }
-    position = start + bytes;
+    position = record.byte_offset + record.nbytes();
+    archive.storages.push_back(std::move(record));
   }
-  collect_tensors(*root, layout, [&](const StorageRef& storage) {
-    const auto found = offsets.find(storage.key);
-    if (found == offsets.end()) {
-      throw CheckpointError("truncated or corrupt: storage " + storage.key + " is missing");
+  for (const auto& storage : main_reader.storages()) {
+    if (!archive.storage_of.count(storage.get())) {
+      throw CheckpointError("truncated or corrupt: storage " + storage->key + " is missing");
     }
-    return found->second;
-  });
+  }
+  return archive;
 }
 
 inline void read_safetensors(const ByteSource& source, CheckpointLayout& layout) {
@@ -274,12 +348,56 @@ inline void read_safetensors(const ByteSource& source, CheckpointLayout& layout)
       throw problem("data_offsets do not match its shape or lie outside the file");
     }
     tensor.storage = layout.storages.size();
-    layout.storages.push_back({info->dtype, numel, data_start + begin, "cpu"});
+    StorageRecord record;
+    record.dtype = info->dtype;
+    record.numel = numel;
+    record.byte_offset = data_start + begin;
+    record.location = "cpu";
+    record.record = "'" + name + "'";
+    layout.storages.push_back(std::move(record));
     layout.tensors.push_back(std::move(tensor));
+  }
+  // As the reference implementation does, refuse tensors that share bytes: each would get
+  // its own buffer, and a small file could claim many times its size.
+  std::vector<const StorageRecord*> by_offset;
+  for (const auto& record : layout.storages) {
+    if (record.nbytes() > 0) by_offset.push_back(&record);
+  }
+  std::stable_sort(by_offset.begin(), by_offset.end(), [](const StorageRecord* a, const StorageRecord* b) {
+    return a->byte_offset < b->byte_offset;
+  });
+  for (size_t i = 1; i < by_offset.size(); ++i) {
+    if (by_offset[i]->byte_offset < by_offset[i - 1]->byte_offset + by_offset[i - 1]->nbytes()) {
+      throw CheckpointError("corrupt safetensors file: the data_offsets of " +
+                            by_offset[i - 1]->record + " and " + by_offset[i]->record + " overlap");
+    }
   }
 }
 
+inline bool is_pickled_archive(const uint8_t* head) {
+  return (head[0] == 'P' && head[1] == 'K') || head[0] == 0x80;
+}
+
 }  // namespace checkpoint_layout
+
+/// Parses a torch.save file (zip or legacy format) holding any picklable tree of the
+/// whitelisted kinds (dicts, lists, numbers, strings, tensors), and validates every storage
+/// range. Throws CheckpointError.
+inline PickledArchive read_pickled_archive(const ByteSource& source) {
+  uint8_t head[8] = {};
+  if (source.size() < 8) {
+    throw CheckpointError("not a checkpoint: the file has only " + std::to_string(source.size()) +
+                          " bytes");
+  }
+  source.read(0, head, 8);
+  if (!checkpoint_layout::is_pickled_archive(head)) {
+    throw CheckpointError("not a torch.save file: neither PyTorch's zip nor its legacy format");
+  }
+  auto archive = head[0] == 'P' ? checkpoint_layout::read_zip(source)
+                                : checkpoint_layout::read_legacy(source);
+  checkpoint_layout::merge_identical_ranges(archive);
+  return archive;
+}
 
 /// Detects the container, parses it and validates every range. Throws CheckpointError.
 inline CheckpointLayout read_checkpoint_layout(const ByteSource& source) {
@@ -290,10 +408,10 @@ inline CheckpointLayout read_checkpoint_layout(const ByteSource& source) {
   }
   uint8_t head[8];
   source.read(0, head, 8);
-  if (head[0] == 'P' && head[1] == 'K') {
-    checkpoint_layout::read_zip(source, layout);
-  } else if (head[0] == 0x80) {
-    checkpoint_layout::read_legacy(source, layout);
+  if (checkpoint_layout::is_pickled_archive(head)) {
+    const auto archive = read_pickled_archive(source);
+    layout.format = archive.format;
+    checkpoint_layout::collect_tensors(archive, layout);
   } else if (size > 262 && [&] {
                char magic[5];
                source.read(257, magic, 5);

@@ -283,4 +283,18 @@ inline bool onednn_available() {
   return at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
 }
 
+/// Whether oneDNN has bf16 convolutions on this CPU: it needs AVX-512 (BW, VL, DQ), as
+/// LibTorch's own check says; on AVX2 every bf16 oneDNN conv fails to build its primitive,
+/// and LibTorch's native convolution runs bf16 instead.
+inline bool onednn_runs_bf16() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool supported = __builtin_cpu_supports("avx512bw") &&
+                                __builtin_cpu_supports("avx512vl") &&
+                                __builtin_cpu_supports("avx512dq");
+  return supported;
+#else
+  return false;
+#endif
+}
+
 }  // namespace reidnet::detail

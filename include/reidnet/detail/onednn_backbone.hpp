@@ -30,14 +30,27 @@ namespace reidnet::detail {
 
 static_assert(DNNL_VERSION_MAJOR == 2, "reidnet's direct oneDNN backend is written for oneDNN 2.x");
 
+/// oneDNN's channel-blocked layout for this CPU's vector width: 16 float channels on AVX-512,
+/// 8 on AVX2 and older. A block its kernels do not take sends every conv to oneDNN's
+/// reference implementation, a hundred times slower.
+inline dnnl::memory::format_tag onednn_blocked_layout() {
+  static const auto tag = [] {
+    const auto isa = static_cast<unsigned>(dnnl_get_effective_cpu_isa());
+    const auto avx512 = static_cast<unsigned>(dnnl_cpu_isa_avx512_core);
+    return (isa & avx512) == avx512 ? dnnl::memory::format_tag::nChw16c
+                                    : dnnl::memory::format_tag::nChw8c;
+  }();
+  return tag;
+}
+
 /// The layout of every activation between convs, by measurement on AVX-512 (FtNet, 2 cores,
-/// img/s): fp32 runs best on oneDNN's 16-channel blocks from batch 2 on (batch 16: 49.8 vs
+/// img/s): fp32 runs best on oneDNN's channel blocks from batch 2 on (batch 16: 49.8 vs
 /// 45.5 NHWC; batch 2: 35.1 vs 31.6), but on NHWC at batch 1, where the blocked kernels split
 /// the work badly over threads (kernel time 31.5 vs 24.6 ms); bf16 on NHWC, where the AMX
 /// kernels are (200 vs 33 img/s blocked at batch 16).
 inline dnnl::memory::format_tag onednn_activation_layout(at::ScalarType dtype, int64_t batch) {
   return dtype == at::kBFloat16 || batch == 1 ? dnnl::memory::format_tag::nhwc
-                                              : dnnl::memory::format_tag::nChw16c;
+                                              : onednn_blocked_layout();
 }
 
 class OnednnBackbone {

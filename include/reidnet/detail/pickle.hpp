@@ -596,7 +596,8 @@ class Unpickler {
   uint64_t created_ = 0;
 };
 
-/// Writes pickle (protocol 2) opcodes: enough for an OrderedDict of tensors.
+/// Writes pickle (protocol 2) opcodes: enough for state dicts and optimizer states (dicts,
+/// lists, numbers, strings, None and tensor rebuilds).
 class PickleWriter {
  public:
   PickleWriter() { out_ += "\x80\x02"; }
@@ -609,6 +610,11 @@ class PickleWriter {
   void empty_tuple() { out_ += ')'; }
   void reduce() { out_ += 'R'; }
   void set_items() { out_ += 'u'; }
+  void set_item() { out_ += 's'; }
+  void empty_dict() { out_ += '}'; }
+  void empty_list() { out_ += ']'; }
+  void appends() { out_ += 'e'; }
+  void none() { out_ += 'N'; }
   void persistent_id() { out_ += 'Q'; }
   void boolean(bool value) { out_ += value ? '\x88' : '\x89'; }
   void stop() { out_ += '.'; }
@@ -630,6 +636,13 @@ class PickleWriter {
       out_ += "\x8a\x08";
       append_little_endian<uint64_t>(out_, static_cast<uint64_t>(value));
     }
+  }
+
+  void real(double value) {  // BINFLOAT: big-endian IEEE 754
+    uint64_t bits = 0;
+    std::memcpy(&bits, &value, sizeof bits);
+    out_ += 'G';
+    for (int shift = 56; shift >= 0; shift -= 8) out_ += static_cast<char>((bits >> shift) & 0xff);
   }
 
   void integer_tuple(const std::vector<int64_t>& values) {

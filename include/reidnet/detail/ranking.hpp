@@ -1,6 +1,6 @@
 #pragma once
 // Internals of reidnet/evaluate.hpp: input checks and the per-query Market-1501 protocol
-// (REFERENCE.md §7) on one row of scores, without sorting the whole gallery.
+// on one row of scores, without sorting the whole gallery.
 
 #include <ATen/Parallel.h>
 #include <c10/util/irange.h>
