@@ -41,9 +41,9 @@ struct TestConfig {
 using reidnet::examples::kMaxBatchSize;
 using reidnet::examples::kMaxClasses;  // the classifier is built before the weights are read
 constexpr int64_t kMaxSide = reidnet::examples::kMaxImageSide;
-constexpr int64_t kMaxThreads = 1024;        // --threads
-constexpr int64_t kMaxWorkers = 256;         // --workers, as reidnet-train
-constexpr int64_t kMaxLinearNum = 65536;     // --linear-num, as reidnet-train
+using reidnet::examples::kMaxLinearNum;
+using reidnet::examples::kMaxThreads;
+using reidnet::examples::kMaxWorkers;
 constexpr double kMinScale = 1.0 / 16;       // --ms: sides resized by sqrt(s), so 1/4x ..
 constexpr double kMaxScale = 4.0;            //   2x (4x the pixels)
 constexpr size_t kMaxScales = 8;             //   each scale runs the network once more

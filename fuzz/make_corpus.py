@@ -1,4 +1,4 @@
-"""Regenerates the fuzzer's seed corpus (fuzz/corpus/): small checkpoints in every container
+"""Regenerates the fuzzer's starting corpus (fuzz/corpus/): small checkpoints in every container
 and structure the reader accepts, plus the refused kinds. Run with Debian's python3:
     python3 fuzz/make_corpus.py fuzz/corpus
 """

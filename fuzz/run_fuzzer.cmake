@@ -1,8 +1,8 @@
 # Builds fuzz/ with clang (libFuzzer + ASan + UBSan) in its own build tree and runs the
-# checkpoint fuzzer over the seed corpus for a bounded time; fails on any crash.
+# checkpoint fuzzer over its starting corpus for a bounded time; fails on any crash.
 # ctest calls it with -DSOURCE=<fuzz dir> -DBINARY=<build dir> -DSECONDS=<n>.
 find_program(CLANGXX NAMES clang++ clang++-18 clang++-17 clang++-16 clang++-15 clang++-14 REQUIRED)
-set(work ${BINARY}/corpus)  # new inputs go here; the seed corpus stays untouched
+set(work ${BINARY}/corpus)  # new inputs go here; the starting corpus stays untouched
 file(REMOVE_RECURSE ${work})
 file(MAKE_DIRECTORY ${work})
 foreach(step configure build run)

@@ -17,7 +17,7 @@ namespace {
 
 constexpr double kExact = 1e-12;         // float64 bookkeeping on identical scores
 constexpr double kFeatureScores = 1e-6;  // mAP/CMC when scores come from a float32 matmul
-constexpr double kReRanking = 1e-5;      // the bound for re-ranked distances
+constexpr double kReRanking = 1e-5;      // bound on re-ranked distances
 constexpr double kExtraction = 1e-5;     // features of the same model, same inputs
 // The module itself, not the inference fast path (which test_inference.cpp checks).
 inline reidnet::FeatureOptions plain() { return reidnet::FeatureOptions().optimize(false); }

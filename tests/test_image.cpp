@@ -72,7 +72,7 @@ TEST_CASE("resize equals torchvision's bicubic Resize on PIL, up and down") {
                                        std::to_string(h) + "x" + std::to_string(w));
       const auto resized = reidnet::resize(image, h, w);
       const auto difference = max_level_difference(resized, expected);
-      CHECK(difference <= 1);  // the bound; PIL's integer arithmetic gives 0
+      CHECK(difference <= 1);  // at most one level; PIL's integer arithmetic gives 0
       worst = std::max(worst, difference);
       if (difference != 0) differing += (resized != expected).sum().item<int64_t>();
     }

@@ -100,6 +100,9 @@ void for_each_opts_field(Config& c, Field&& field) {
 inline constexpr int64_t kMaxImageSide = 4096;
 inline constexpr int64_t kMaxBatchSize = 4096;
 inline constexpr int64_t kMaxClasses = 1000000;
+inline constexpr int64_t kMaxLinearNum = 65536;
+inline constexpr int64_t kMaxWorkers = 256;
+inline constexpr int64_t kMaxThreads = 1024;
 
 /// Checks every field of a run's recipe, whether it came from flags or from an opts.yaml;
 /// `name(key, flag)` says how the message names the field. Throws UsageError for the first
@@ -117,10 +120,10 @@ void check_train_config(const TrainConfig& c, Name&& name) {
   };
   require(c.height >= 1 && c.height <= kMaxImageSide, "height", "--height", c.height, "1 to 4096");
   require(c.width >= 1 && c.width <= kMaxImageSide, "width", "--width", c.width, "1 to 4096");
-  require(c.workers >= 0 && c.workers <= 256, "workers", "--workers", c.workers, "0 to 256");
+  require(c.workers >= 0 && c.workers <= kMaxWorkers, "workers", "--workers", c.workers, "0 to 256");
   require(c.stride == 1 || c.stride == 2, "stride", "--stride", c.stride, "1 or 2");
   require(within(c.droprate, 0, 0.99), "droprate", "--droprate", c.droprate, "0 to 0.99");
-  require(c.linear_num >= 0 && c.linear_num <= 65536, "linear_num", "--linear-num", c.linear_num,
+  require(c.linear_num >= 0 && c.linear_num <= kMaxLinearNum, "linear_num", "--linear-num", c.linear_num,
           "0 (none) to 65536");
   require(c.nclasses >= 0 && c.nclasses <= kMaxClasses, "nclasses", "--nclasses", c.nclasses,
           "1 to 1000000");
@@ -141,7 +144,7 @@ void check_train_config(const TrainConfig& c, Name&& name) {
           "--instances-per-id", c.instances_per_id, "1 to 1024");
   require(!(c.fp16 && c.bf16), "fp16", "--fp16", "true together with bf16", "one of the two");
   require(c.device == "cpu" || c.device == "cuda", "device", "--device", c.device, "cpu or cuda");
-  require(c.threads >= 1 && c.threads <= 1024, "threads", "--threads", c.threads, "1 to 1024");
+  require(c.threads >= 1 && c.threads <= kMaxThreads, "threads", "--threads", c.threads, "1 to 1024");
   require(c.epochs_this_run >= 0, "epochs_this_run", "--epochs-this-run", c.epochs_this_run,
           "a positive count");
 }

@@ -30,7 +30,8 @@ struct FtNetOptions {
   TORCH_ARG(int64_t, linear_num) = 512;
   /// Whether the Python module returns [logits, feature]; see `forward_outputs`.
   TORCH_ARG(bool, return_f) = false;
-  /// Std of the classifier's normal init (the seed's 0.001; upstream now uses 0.0001).
+  /// Std of the classifier's normal init (0.001, as the baseline long used; its current code
+  /// uses 0.0001).
   TORCH_ARG(double, classifier_std) = 0.001;
 };
 
