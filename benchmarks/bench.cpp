@@ -1,6 +1,8 @@
-// reidnet-bench: speed of FtNet (ResNet-50 + ClassBlock) feature extraction and training.
+// reidnet-bench: speed of a ReID model's feature extraction and training (FtNet, ResNet-50 +
+// ClassBlock, by default; --model any of reidnet::model_names()).
 //
 //   reidnet-bench --mode embed --dtype bf16 --batch-size 16 --iters 10
+//   reidnet-bench --model pcb --mode embed --height 384 --width 192
 //   reidnet-bench --mode train --dtype bf16 --no-channels-last
 //
 // It warms up, then times each iteration; the last line is `throughput X img/s`.
@@ -33,6 +35,7 @@
 namespace {
 
 struct BenchOptions {
+  std::string model = "ft_net";
   std::string mode = "embed";
   std::string dtype = "fp32";
   std::string device = "cpu";
@@ -44,7 +47,7 @@ struct BenchOptions {
   int64_t width = 128;
   int64_t stride = 2;
   int64_t linear_num = 512;
-  int64_t classes = 751;
+  int64_t class_num = 751;
   bool eager = false;
   bool no_fold_bn = false;
   bool no_fuse = false;
@@ -140,7 +143,7 @@ double percentile(std::vector<double> values, double fraction) {
   return values[std::min(index, values.size() - 1)];
 }
 
-std::string embed_path(const BenchOptions& options, reidnet::FtNet& net,
+std::string embed_path(const BenchOptions& options, reidnet::ReidModel& net,
                        const torch::Device& device, const torch::Tensor& images,
                        Timing& timing) {
   const auto dtype = parse_dtype(options.dtype);
@@ -171,7 +174,7 @@ std::string embed_path(const BenchOptions& options, reidnet::FtNet& net,
   return "optimize_for_inference: " + fast.describe();
 }
 
-std::string train_path(const BenchOptions& options, reidnet::FtNet& net,
+std::string train_path(const BenchOptions& options, reidnet::ReidModel& net,
                        const torch::Device& device, const torch::Tensor& images,
                        Timing& timing) {
   net->to(device);
@@ -182,7 +185,7 @@ std::string train_path(const BenchOptions& options, reidnet::FtNet& net,
   // The baseline's recipe: backbone at 0.1 x lr, the head at lr.
   auto optimizer = reidnet::make_sgd(*net);
   const auto labels =
-      torch::randint(options.classes, {options.batch_size}, torch::TensorOptions(device).dtype(torch::kLong));
+      torch::randint(options.class_num, {options.batch_size}, torch::TensorOptions(device).dtype(torch::kLong));
   const auto dtype = parse_dtype(options.dtype);
   const bool autocast = dtype != torch::kFloat32;
   // As reidnet-train: fp16 needs loss scaling (one host sync per step, as in Python).
@@ -192,7 +195,10 @@ std::string train_path(const BenchOptions& options, reidnet::FtNet& net,
     torch::Tensor loss;
     {
       reidnet::AutocastGuard autocast_scope(device, dtype);
-      loss = torch::nn::functional::cross_entropy(net->forward(input), labels);
+      for (const auto& logits : net->forward(input).logits) {
+        const auto term = torch::nn::functional::cross_entropy(logits, labels);
+        loss = loss.defined() ? loss + term : term;
+      }
     }
     scaler.scale(loss).backward();
     scaler.step(*optimizer);
@@ -206,8 +212,9 @@ std::string train_path(const BenchOptions& options, reidnet::FtNet& net,
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Time FtNet feature extraction (optimize_for_inference) or a training step"};
+  CLI::App app{"Time a ReID model's feature extraction (optimize_for_inference) or a training step"};
   BenchOptions options;
+  app.add_option("--model", options.model, "model name (reidnet-model-summary --list)");
   app.add_option("--mode", options.mode, "embed or train")->check(CLI::IsMember({"embed", "train"}));
   app.add_option("--dtype", options.dtype, "fp32, bf16 or fp16 (train: autocast dtype)")
       ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
@@ -222,7 +229,7 @@ int main(int argc, char** argv) {
   app.add_option("--stride", options.stride, "FtNet layer4 stride")->check(CLI::IsMember({1, 2}));
   app.add_option("--linear-num", options.linear_num, "FtNet bottleneck width (0 = none)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--classes", options.classes, "identities")->check(CLI::PositiveNumber);
+  app.add_option("--class-num", options.class_num, "identities")->check(CLI::PositiveNumber);
   app.add_flag("--eager", options.eager, "embed: time the unoptimised module instead");
   app.add_flag("--no-fold-bn", options.no_fold_bn, "embed: keep BatchNorm separate");
   app.add_flag("--no-fuse", options.no_fuse, "embed: out-of-place ReLU and residual add");
@@ -245,9 +252,10 @@ int main(int argc, char** argv) {
     // Let cuDNN time its algorithms for these fixed shapes, as Python's cudnn.benchmark does.
     if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
     torch::manual_seed(0);
-    reidnet::FtNet net(reidnet::FtNetOptions(options.classes)
-                           .stride(options.stride)
-                           .linear_num(options.linear_num));
+    auto net = reidnet::create_model(options.model, reidnet::ModelArgs()
+                                                        .class_num(options.class_num)
+                                                        .last_stride(options.stride)
+                                                        .linear_num(options.linear_num));
     net->eval();
     const auto images =
         torch::randn({options.batch_size, 3, options.height, options.width}).to(device);

@@ -53,7 +53,7 @@ def synchronizer(device):
 
 def embed_runner(path, args, images, device):
     dtype = DTYPES[args.dtype]
-    net = FtNet(args.classes, stride=args.stride, linear_num=args.linear_num).eval()
+    net = FtNet(args.class_num, stride=args.stride, linear_num=args.linear_num).eval()
     model = Embed(net).eval().to(device)
     x = images
     if path.endswith("_cl") or path == "ts_half":
@@ -81,7 +81,7 @@ def embed_runner(path, args, images, device):
 
 def train_runner(path, args, images, device):
     dtype = DTYPES[args.dtype]
-    net = FtNet(args.classes, stride=args.stride, linear_num=args.linear_num).train().to(device)
+    net = FtNet(args.class_num, stride=args.stride, linear_num=args.linear_num).train().to(device)
     x = images
     if path.endswith("_cl"):
         net = net.to(memory_format=torch.channels_last)
@@ -91,7 +91,7 @@ def train_runner(path, args, images, device):
     head = list(net.classifier.parameters())
     optimizer = torch.optim.SGD([{"params": backbone, "lr": 0.1 * lr}, {"params": head, "lr": lr}],
                                 lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    labels = torch.randint(args.classes, (x.shape[0],), device=device)
+    labels = torch.randint(args.class_num, (x.shape[0],), device=device)
     autocast = path.startswith("autocast") and dtype != torch.float32
     amp_dtype = dtype if autocast else torch.bfloat16
     # fp16 needs loss scaling, as in reidnet-bench and reidnet-train.
@@ -126,7 +126,7 @@ def main():
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--stride", type=int, default=2)
     parser.add_argument("--linear-num", type=int, default=512)
-    parser.add_argument("--classes", type=int, default=751)
+    parser.add_argument("--class-num", type=int, default=751)
     parser.add_argument("--paths", default="", help="comma-separated paths (default: all)")
     parser.add_argument("--extra-paths", default="",
                         help="comma-separated paths timed after the default ones (e.g. compile_cl)")

@@ -1,5 +1,5 @@
-// reidnet-test: extract query and gallery features with a trained FtNet and evaluate
-// Rank@k and mAP with the Market-1501 protocol.
+// reidnet-test: extract query and gallery features with a trained ReID model (the family its
+// opts.yaml names) and evaluate Rank@k and mAP with the Market-1501 protocol.
 //
 //   reidnet-test --data Market-1501 --model-dir model/ft_ResNet50
 //   reidnet-test --data toy --model-dir runs/toy --rerank --show 0
@@ -27,7 +27,7 @@ namespace {
 
 struct TestConfig {
   std::string data, model_dir, weights, features_out, ranks_out, show_out;
-  int64_t nclasses = 0, stride = 0, linear_num = -1, height = 0, width = 0;
+  int64_t class_num = 0, last_stride = 0, linear_num = -1, height = 0, width = 0;
   int64_t batch_size = 256, threads = 2, workers = 2, show = -1, top_k = 10;
   bool top_k_given = false;  // an explicit --top-k past the gallery is refused, the default clamped
   std::string ms = "1", ap = "trapezoid", device = "cpu", dtype = "fp32";
@@ -37,7 +37,7 @@ struct TestConfig {
 // Bounds on what sizes the work, from the flags or opts.yaml; all are checked before the
 // weights are read or a feature extracted, so that a typo fails at once instead of after the
 // whole extraction, or in an out-of-memory kill.
-// --height, --width, --batch-size and --nclasses share reidnet-train's bounds (opts_yaml.hpp).
+// --height, --width, --batch-size and --class-num share reidnet-train's bounds (opts_yaml.hpp).
 using reidnet::examples::kMaxBatchSize;
 using reidnet::examples::kMaxClasses;  // the classifier is built before the weights are read
 constexpr int64_t kMaxSide = reidnet::examples::kMaxImageSide;
@@ -95,9 +95,14 @@ torch::Tensor column(const std::vector<reidnet::Sample>& samples, int64_t reidne
   return torch::tensor(values, torch::kLong);
 }
 
+struct ModelChoice {
+  std::string name;
+  reidnet::ModelArgs args;
+};
+
 // The model that opts.yaml and the flags overriding it describe; sets c.weights, c.height
 // and c.width from opts.yaml where the flags leave them, and checks their bounds.
-reidnet::FtNetOptions model_options(TestConfig& c) {
+ModelChoice model_options(TestConfig& c) {
   reidnet::examples::TrainConfig opts;
   std::string yaml_name = "the built-in defaults";
   if (!c.model_dir.empty()) {
@@ -116,10 +121,10 @@ reidnet::FtNetOptions model_options(TestConfig& c) {
   const auto source = [&](bool from_flag, const char* flag, const char* key) {
     return from_flag ? std::string(flag) : fmt::format("{} of {}", key, yaml_name);
   };
-  if (c.nclasses > 0) opts.nclasses = c.nclasses;
-  if (c.stride > 0) opts.stride = c.stride;
+  if (c.class_num > 0) opts.class_num = c.class_num;
+  if (c.last_stride > 0) opts.last_stride = c.last_stride;
   if (c.linear_num >= 0) opts.linear_num = c.linear_num;
-  require_within(opts.nclasses, 1, kMaxClasses, source(c.nclasses > 0, "--nclasses", "nclasses"));
+  require_within(opts.class_num, 1, kMaxClasses, source(c.class_num > 0, "--class-num", "nclasses"));
   require_within(opts.linear_num, 0, kMaxLinearNum,
                  source(c.linear_num >= 0, "--linear-num", "linear_num"));
   require_within(c.height > 0 ? c.height : opts.height, 1, kMaxSide,
@@ -128,15 +133,20 @@ reidnet::FtNetOptions model_options(TestConfig& c) {
                  source(c.width > 0, "--width", "width"));
   if (c.height <= 0) c.height = opts.height;
   if (c.width <= 0) c.width = opts.width;
-  return reidnet::FtNetOptions(opts.nclasses)
-      .stride(opts.stride)
-      .linear_num(opts.linear_num)
-      .droprate(opts.droprate);
+  auto [name, args] = reidnet::examples::resolve_model(opts, [&](const char* key, const char*) {
+    return fmt::format("{} of {}", key, yaml_name);
+  });
+  return {name, args};
 }
 
-reidnet::FtNet load_model(const reidnet::FtNetOptions& options, const std::string& weights) {
-  reidnet::FtNet net(options);
-  reidnet::load_state_dict(*net, weights);
+reidnet::ReidModel load_model(const ModelChoice& model, const std::string& weights) {
+  auto net = reidnet::create_model(model.name, model.args);
+  // fast-reid's files also carry the input normalisation, which the data pipeline applies.
+  if (model.name == "bnneck") {
+    reidnet::load_fastreid_checkpoint(*net, weights);
+  } else {
+    reidnet::load_state_dict(*net, weights);
+  }
   net->eval();
   return net;
 }
@@ -285,15 +295,15 @@ int run(TestConfig& c) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Evaluate a reidnet FtNet on a ReID data set (Rank@k, mAP)"};
+  CLI::App app{"Evaluate a reidnet ReID model on a ReID data set (Rank@k, mAP)"};
   TestConfig c;
   app.add_option("--data,--test_dir", c.data, "data set root with query and gallery images")->required();
   app.add_option("--model-dir", c.model_dir, "folder with opts.yaml and net_last.pth (reidnet-train's --out)");
   app.add_option("--weights", c.weights, "weights file (default: <model-dir>/net_last.pth)")
       ->check(CLI::ExistingFile);
-  app.add_option("--nclasses", c.nclasses, "override opts.yaml: number of training ids")
+  app.add_option("--class-num,--nclasses", c.class_num, "override opts.yaml: number of training ids")
       ->check(CLI::Range(int64_t{1}, kMaxClasses));
-  app.add_option("--stride", c.stride, "override opts.yaml: layer4 stride")->check(CLI::IsMember({1, 2}));
+  app.add_option("--stride", c.last_stride, "override opts.yaml: last stride")->check(CLI::IsMember({1, 2}));
   app.add_option("--linear-num,--linear_num", c.linear_num, "override opts.yaml: bottleneck width")
       ->check(CLI::Range(int64_t{0}, kMaxLinearNum));
   app.add_option("--height", c.height, "input height (default: opts.yaml)")

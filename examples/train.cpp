@@ -1,7 +1,10 @@
-// reidnet-train: fine-tune FtNet on a Market-1501-style data set with the Python baseline's
-// recipe. The run folder changes only through RunFolder commits, one per epoch.
+// reidnet-train: fine-tune a ReID model (any of reidnet::model_names(): the baseline's ft_net,
+// ft_net_dense, PCB, IBN-a, USAM, or the strong baseline's BNNeck) on a Market-1501-style
+// data set with the Python baseline's recipe. The run folder changes only through RunFolder
+// commits, one per epoch.
 //
 //   reidnet-train --data Market-1501 --out model/ft_ResNet50 --weights resnet50.pth
+//   reidnet-train --data Market-1501 --PCB --weights resnet50.pth
 //   reidnet-train --data toy --out runs/toy --height 128 --width 64 --total-epoch 10
 #include "common/cli.hpp"
 #include "common/curves.hpp"
@@ -51,10 +54,18 @@ void add_flags(CLI::App& app, TrainConfig& c, std::string& name) {
   app.add_option("--height", c.height, "input height (up to 4096)");
   app.add_option("--width", c.width, "input width (up to 4096)");
   app.add_option("--workers", c.workers, "decoding threads");
-  app.add_option("--stride", c.stride, "stride of layer4 (1 or 2)");
+  app.add_option("--model", c.model, "model family (reidnet-model-summary --list)");
+  app.add_flag("--use-dense,--use_dense", c.use_dense, "DenseNet-121 backbone (ft_net_dense)");
+  app.add_flag("--PCB,--pcb", c.pcb, "PCB: six stripes, six classifiers; 384x192 by default");
+  app.add_flag("--ibn", c.ibn, "IBN-Net's resnet50_ibn_a backbone (with ft_net or --bnneck)");
+  app.add_flag("--usam", c.usam, "USAM attention after the stem and layer1 (ft_net_usam)");
+  app.add_flag("--bnneck", c.bnneck, "the strong baseline's BNNeck head in fast-reid's layout");
+  app.add_option("--pool", c.pool, "global pooling: avg, max, gem (learnable p) or gem_fixed");
+  app.add_option("--stride", c.last_stride, "stride of the last stage (1 or 2)");
   app.add_option("--droprate", c.droprate, "dropout before the classifier (0 to 0.99)");
   app.add_option("--linear-num,--linear_num", c.linear_num, "bottleneck width (0 = none)");
-  app.add_option("--weights", c.weights, "ImageNet torchvision ResNet-50 .pth for the backbone")
+  app.add_option("--weights", c.weights, "ImageNet weights of the backbone (torchvision's "
+                 "resnet50/densenet121, IBN-Net's resnet50_ibn_a)")
       ->check(CLI::ExistingFile);
   app.add_option("--batch-size,--batchsize", c.batch_size, "images per batch (up to 4096)");
   app.add_option("--lr", c.lr, "learning rate of the head");
@@ -187,6 +198,29 @@ reidnet::RunFolder::Commit::StepObserver kill_at_step(int64_t epoch) {
   };
 }
 
+/// Cross-entropy summed over the model's classifiers (one; PCB's six stripes, as the baseline).
+torch::Tensor identity_loss(torch::nn::CrossEntropyLoss& cross_entropy,
+                            const std::vector<torch::Tensor>& logits, const torch::Tensor& labels) {
+  torch::Tensor loss;
+  for (const auto& part : logits) {
+    const auto term = cross_entropy(part.to(torch::kFloat), labels);
+    loss = loss.defined() ? loss + term : term;
+  }
+  return loss;
+}
+
+/// What the prediction is the argmax of: the logits, or for several classifiers the sum of
+/// their softmaxes (the baseline's PCB).
+torch::Tensor identity_scores(const std::vector<torch::Tensor>& logits) {
+  if (logits.size() == 1) return logits.front().to(torch::kFloat).detach();
+  torch::Tensor scores;
+  for (const auto& part : logits) {
+    const auto probabilities = torch::softmax(part.to(torch::kFloat).detach(), 1);
+    scores = scores.defined() ? scores + probabilities : probabilities;
+  }
+  return scores;
+}
+
 /// Runs `body`; a failure to read a file it was given (weights, a resumed run's state) is
 /// bad input: exit code 2, not 1.
 template <class Body>
@@ -219,12 +253,12 @@ class Trainer {
       throw UsageError("--device cuda: no CUDA device is available to this LibTorch");
     }
     if (train_samples_.empty()) throw UsageError("--data " + c_.data + ": no training images found");
-    if (!resume_.empty() && c_.nclasses != data_.num_classes()) {
+    if (!resume_.empty() && c_.class_num != data_.class_num()) {
       throw UsageError(fmt::format("--resume {}: the run trains {} ids (opts.yaml nclasses), but "
-                                   "--data {} has {}", resume_, c_.nclasses, c_.data,
-                                   data_.num_classes()));
+                                   "--data {} has {}", resume_, c_.class_num, c_.data,
+                                   data_.class_num()));
     }
-    c_.nclasses = data_.num_classes();
+    c_.class_num = data_.class_num();
     if (c_.triplet) {
       const auto k = c_.instances_per_id;
       if (c_.batch_size % k != 0) {
@@ -257,17 +291,18 @@ class Trainer {
     }
 
     torch::manual_seed(c_.seed);
-    net_ = reidnet::FtNet(reidnet::FtNetOptions(c_.nclasses)
-                              .stride(c_.stride)
-                              .droprate(c_.droprate)
-                              .linear_num(c_.linear_num));
+    auto [model_name, model_args] = reidnet::examples::resolve_model(
+        c_, [](const char*, const char* flag) { return std::string(flag); });
+    net_ = reidnet::create_model(model_name, model_args.class_num(c_.class_num));
+    // opts.yaml records the family resolved, with the baseline's switches to match.
+    c_.model = model_name;
+    c_.ibn = model_name == "ft_net_ibn" || model_args.backbone() == "resnet50_ibn_a";
+    fmt::print("model {}: {} parameters, {}-d embedding\n", model_name,
+               reidnet::count_parameters(*net_), net_->feature_dim());
     if (!c_.weights.empty() && !resume_.empty()) {
       fmt::print("resuming: the weights come from {}/net_last.pth, not --weights\n", resume_);
     } else if (!c_.weights.empty()) {
-      const auto report = as_usage_error([&] {
-        return reidnet::load_state_dict(*net_, c_.weights,
-                                        reidnet::LoadOptions().into("model.").strict(false));
-      });
+      const auto report = as_usage_error([&] { return reidnet::load_imagenet_weights(*net_, c_.weights); });
       fmt::print("loaded {} backbone tensors from {}\n", report.loaded.size(), c_.weights);
     } else if (resume_.empty()) {
       fmt::print("no --weights: training from scratch, so the backbone learns at the full lr "
@@ -316,7 +351,7 @@ class Trainer {
     const auto warmup = reidnet::LossWarmup::for_data(
         c_.warm_epoch, static_cast<int64_t>(train_samples_.size()), c_.batch_size);
     fmt::print("training {} images of {} ids ({} val), {} batches of {} per epoch, {} epochs\n",
-               train_samples_.size(), c_.nclasses, data_.val.size(), batches_per_epoch_,
+               train_samples_.size(), c_.class_num, data_.val.size(), batches_per_epoch_,
                c_.batch_size, c_.total_epoch);
 
     const int64_t first_epoch = state_.next_epoch;
@@ -402,12 +437,13 @@ class Trainer {
       torch::Tensor loss, logits;
       {
         reidnet::AutocastGuard autocast(device_, dtype_);
-        auto output = net.forward_with_feature(images);
-        logits = output.logits.to(torch::kFloat);
-        loss = cross_entropy(logits, labels);
+        auto output = net.forward(images);
+        loss = identity_loss(cross_entropy, output.logits, labels);
+        logits = identity_scores(output.logits);
         if (c_.triplet || c_.circle) {
           const auto features = torch::nn::functional::normalize(
-              output.feature.to(torch::kFloat), torch::nn::functional::NormalizeFuncOptions().dim(1));
+              output.metric_feature.to(torch::kFloat),
+              torch::nn::functional::NormalizeFuncOptions().dim(1));
           if (c_.triplet) loss = loss + triplet(features, labels);
           if (c_.circle) loss = loss + circle(features, labels) / labels.size(0);
         }
@@ -446,12 +482,14 @@ class Trainer {
     auto run = val_loader_->epoch(0);
     while (auto batch = run.next()) {
       const auto labels = batch->labels.to(device_);
-      torch::Tensor logits;
+      torch::Tensor logits, loss;
       {
         reidnet::AutocastGuard autocast(device_, dtype_);
-        logits = net.forward(to_device(batch->images)).to(torch::kFloat);
+        const auto output = net.forward(to_device(batch->images));
+        loss = identity_loss(cross_entropy, output.logits, labels);
+        logits = identity_scores(output.logits);
       }
-      loss_sum += cross_entropy(logits, labels).item<double>() * static_cast<double>(labels.size(0));
+      loss_sum += loss.item<double>() * static_cast<double>(labels.size(0));
       correct += logits.argmax(1).eq(labels).sum().item<int64_t>();
       result.images += labels.size(0);
     }
@@ -470,7 +508,7 @@ class Trainer {
   bool has_val_;
   std::optional<reidnet::DataLoader> train_loader_, val_loader_;
   int64_t batches_per_epoch_ = 0;
-  reidnet::FtNet net_;
+  reidnet::ReidModel net_;
   std::unique_ptr<torch::optim::SGD> optimizer_;
   std::vector<double> base_rates_;
   TrainerState state_;
@@ -522,6 +560,14 @@ int train(CLI::App& app, TrainConfig config, const std::string& resume) {
   }
   reidnet::examples::check_train_config(config, [](const char*, const char* flag) { return flag; });
   torch::set_num_threads(static_cast<int>(config.threads));
+  if (resume.empty() && app.count("--height") == 0 && app.count("--width") == 0) {
+    // The family's own input size (PCB: 384x192), as the baseline picks it.
+    const auto [name, args] = reidnet::examples::resolve_model(
+        config, [](const char*, const char* flag) { return std::string(flag); });
+    const auto& model_config = reidnet::create_model(name, args)->config();
+    config.height = model_config.height();
+    config.width = model_config.width();
+  }
   reidnet::reuse_freed_host_memory();  // ~10% per step: no fresh pages for every activation
   auto dataset = as_usage_error([&] { return reidnet::read_dataset(config.data); });
   Trainer trainer(config, std::move(dataset), resume);

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <reidnet/detail/file_io.hpp>
+#include <reidnet/state_dict.hpp>
 #include <torch/torch.h>
 
 #include <cerrno>
@@ -46,6 +47,19 @@ inline std::map<std::string, torch::Tensor> load_tensor_dict(const std::string& 
     out.emplace(item.key().toStringRef(), item.value().toTensor());
   }
   return out;
+}
+
+/// Copies `tensors[prefix + key]` into every state_dict entry of `module` (a Python
+/// reference's weights into the C++ model).
+inline void copy_state(torch::nn::Module& module, const std::map<std::string, torch::Tensor>& tensors,
+                const std::string& prefix) {
+  torch::NoGradGuard no_grad;
+  for (auto& item : reidnet::state_dict(module)) {
+    const auto found = tensors.find(prefix + item.key());
+    REQUIRE_MESSAGE(found != tensors.end(), "reference lacks " << prefix + item.key());
+    REQUIRE(item.value().sizes() == found->second.sizes());
+    item.value().copy_(found->second);
+  }
 }
 
 /// A fresh folder name under the system's temporary directory, unique per process and call

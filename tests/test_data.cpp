@@ -92,7 +92,7 @@ TEST_CASE("read_market1501 splits, labels, junk and distractors") {
   make_market_tree(folder.path);
   const auto data = reidnet::read_dataset(folder.path.string());
   CHECK(data.class_ids == std::vector<int64_t>{2, 7, 10});
-  CHECK(data.num_classes() == 3);
+  CHECK(data.class_num() == 3);
   CHECK(data.train_all.size() == 6);
   // val: the first picture of each id; train: the rest (id 10 has one picture only).
   CHECK(names(data.val) == std::vector<std::string>{"0002_c1s1_000451_03.jpg",
@@ -452,9 +452,12 @@ TEST_CASE("the toy data set keeps Market-1501's layout and the promises of reidn
   options.seed = 9;
   const auto root = (folder.path / "toy").string();
   const auto counts = reidnet::detail::toy::create_toy_dataset(options, root);
-  CHECK_FALSE(fs::exists(root + ".partial"));
+  const auto entries = [&] {
+    return std::distance(fs::directory_iterator(folder.path), fs::directory_iterator());
+  };
+  CHECK(entries() == 1);  // the data set, no temporary folder beside it
   const auto data = reidnet::read_dataset(root);
-  CHECK(data.num_classes() == 6);
+  CHECK(data.class_num() == 6);
   CHECK(data.train_all.size() == 24);
   CHECK(static_cast<int>(data.query.size()) == counts.query);
   CHECK(data.gallery.size() == 5 * 4 + 3 + 2);
@@ -497,5 +500,10 @@ TEST_CASE("the toy data set keeps Market-1501's layout and the promises of reidn
   const auto impossible = (folder.path / "a_file" / "toy").string();
   CHECK_THROWS_WITH_AS(reidnet::detail::toy::create_toy_dataset(options, impossible),
                        doctest::Contains(impossible.c_str()), std::runtime_error);
-  CHECK_FALSE(fs::exists(impossible + ".partial"));
+  CHECK(entries() == 4);  // toy, again, other and a_file: nothing else left behind
+
+  // Writing over an existing data set replaces it whole.
+  reidnet::detail::toy::create_toy_dataset(options, root);
+  CHECK(reidnet::read_dataset(root).class_ids == reidnet::read_dataset(other).class_ids);
+  CHECK(entries() == 4);
 }

@@ -199,7 +199,7 @@ TEST_CASE("ResNet-50 and ResNet-18: embed is the pooled feature, forward the log
   const auto images = torch::randn({2, 3, kHeight, kWidth});
   const auto fast50 = reidnet::optimize_for_inference(resnet50);
   CHECK(fast50.feature_dim() == 2048);
-  CHECK(max_relative_difference(fast50.embed(images), resnet50->forward_features(images)) <
+  CHECK(max_relative_difference(fast50.embed(images), resnet50->forward_head(resnet50->forward_features(images), true)) <
         kFp32Tolerance);
   CHECK(max_relative_difference(fast50.forward(images), resnet50->forward(images)) <
         kFp32Tolerance);
@@ -212,11 +212,11 @@ TEST_CASE("ResNet-50 and ResNet-18: embed is the pooled feature, forward the log
     CAPTURE(batch);
     const auto batch_images = torch::randn({batch, 3, kHeight, kWidth});
     CHECK(max_relative_difference(fast18.embed(batch_images),
-                                  resnet18->forward_features(batch_images)) < kFp32Tolerance);
+                                  resnet18->forward_head(resnet18->forward_features(batch_images), true)) < kFp32Tolerance);
   }
   const auto fast18_bf16 =
       reidnet::optimize_for_inference(resnet18, reidnet::InferenceOptions().dtype(torch::kBFloat16));
-  CHECK(min_row_cosine(fast18_bf16.embed(images), resnet18->forward_features(images)) >=
+  CHECK(min_row_cosine(fast18_bf16.embed(images), resnet18->forward_head(resnet18->forward_features(images), true)) >=
         kBf16MinCosine);
 }
 

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <regex>
 
+using reidnet::test::copy_state;
 using reidnet::test::fixture;
 using reidnet::test::max_relative_difference;
 using reidnet::test::scalar;
@@ -35,7 +36,7 @@ std::shared_ptr<torch::nn::Module> build(const std::string& config) {
   using namespace reidnet;
   if (config.rfind("resnet", 0) == 0) {
     const auto options = ResNetOptions()
-                             .num_classes(static_cast<int64_t>(option_of(config, "num_classes")))
+                             .class_num(static_cast<int64_t>(option_of(config, "num_classes")))
                              .last_stride(static_cast<int64_t>(option_of(config, "last_stride")));
     const int depth = std::stoi(config.substr(6, config.find('/') - 6));
     switch (depth) {
@@ -57,24 +58,12 @@ std::shared_ptr<torch::nn::Module> build(const std::string& config) {
     return ClassBlock(ClassBlockOptions(2048, 751)
                           .relu(option_of(config, "relu") != 0)
                           .bnorm(option_of(config, "bnorm") != 0)
-                          .linear(static_cast<int64_t>(option_of(config, "linear")))
+                          .linear_num(static_cast<int64_t>(option_of(config, "linear")))
                           .droprate(option_of(config, "droprate")))
         .ptr();
   }
   FAIL("unknown reference model " << config);
   return nullptr;
-}
-
-// Copies `tensors[prefix + key]` into every state_dict entry of `module`.
-void copy_state(torch::nn::Module& module, const std::map<std::string, torch::Tensor>& tensors,
-                const std::string& prefix) {
-  torch::NoGradGuard no_grad;
-  for (auto& item : reidnet::state_dict(module)) {
-    const auto found = tensors.find(prefix + item.key());
-    REQUIRE_MESSAGE(found != tensors.end(), "reference lacks " << prefix + item.key());
-    REQUIRE(item.value().sizes() == found->second.sizes());
-    item.value().copy_(found->second);
-  }
 }
 
 }  // namespace
@@ -225,10 +214,10 @@ TEST_CASE("shapes: batch 1, 16x8 layer4 with stride 1, return_f, train versus ev
   SUBCASE("stride 1 doubles the final map") {
     reidnet::FtNet net(reidnet::FtNetOptions(751).stride(1));
     net->eval();
-    CHECK(net->model->feature_map(image).sizes() == torch::IntArrayRef({1, 2048, 16, 8}));
+    CHECK(net->model->forward_features(image).sizes() == torch::IntArrayRef({1, 2048, 16, 8}));
     reidnet::FtNet strided(reidnet::FtNetOptions(751).stride(2));
     strided->eval();
-    CHECK(strided->model->feature_map(image).sizes() == torch::IntArrayRef({1, 2048, 8, 4}));
+    CHECK(strided->model->forward_features(image).sizes() == torch::IntArrayRef({1, 2048, 8, 4}));
   }
   SUBCASE("batch 1 works for every output") {
     reidnet::FtNet net(751);
@@ -252,7 +241,7 @@ TEST_CASE("shapes: batch 1, 16x8 layer4 with stride 1, return_f, train versus ev
     CHECK(plain->forward_outputs(image).size() == 1);
   }
   SUBCASE("train mode uses batch statistics and dropout; eval is deterministic") {
-    reidnet::ClassBlock head(reidnet::ClassBlockOptions(64, 5).linear(32));
+    reidnet::ClassBlock head(reidnet::ClassBlockOptions(64, 5).linear_num(32));
     const auto x = torch::randn({8, 64});
     head->eval();
     CHECK(torch::equal(head->embed(x), head->embed(x)));
@@ -284,7 +273,7 @@ TEST_CASE("models run with other dtypes and clone deeply") {
 }
 
 TEST_CASE("bad options are refused with a message naming the option") {
-  CHECK_THROWS_WITH_AS(reidnet::ClassBlock(reidnet::ClassBlockOptions(2048, 751).linear(-1)),
+  CHECK_THROWS_WITH_AS(reidnet::ClassBlock(reidnet::ClassBlockOptions(2048, 751).linear_num(-1)),
                        doctest::Contains("linear"), c10::Error);
   CHECK_THROWS_WITH_AS(reidnet::ClassBlock(reidnet::ClassBlockOptions(2048, 751).droprate(1.5)),
                        doctest::Contains("droprate"), c10::Error);

@@ -66,7 +66,7 @@ TEST_CASE("the warm-up factor sequence equals the baseline's loop") {
 
 TEST_CASE("SGD groups: backbone (with the unused model.fc) at ratio x lr, head at lr") {
   reidnet::FtNet net(reidnet::FtNetOptions(10).linear_num(32));
-  const auto groups = reidnet::split_backbone_head(*net, "classifier");
+  const auto groups = net->parameter_groups();
   CHECK(groups.head.size() == 6);  // Linear w/b, BN1d w/b, classifier Linear w/b
   CHECK(groups.backbone.size() == net->model->parameters().size());
   CHECK(groups.backbone.back().is_same(net->model->fc->bias));
@@ -81,8 +81,29 @@ TEST_CASE("SGD groups: backbone (with the unused model.fc) at ratio x lr, head a
   CHECK(head_options.nesterov());
   CHECK(head_options.momentum() == doctest::Approx(0.9));
   CHECK(head_options.weight_decay() == doctest::Approx(5e-4));
-  CHECK_THROWS_WITH_AS(reidnet::make_sgd(*net, reidnet::SgdRecipe().head("missing")),
-                       doctest::Contains("missing"), c10::Error);
+  CHECK_THROWS_WITH_AS(reidnet::make_sgd(reidnet::ParameterGroups{groups.backbone, {}}),
+                       doctest::Contains("head group"), c10::Error);
+}
+
+TEST_CASE("Parameter groups follow the model's parts, not key prefixes: PCB's six classifiers, "
+          "USAM inside the backbone, fast-reid's heads") {
+  const auto count = [](const std::vector<torch::Tensor>& group) {
+    int64_t total = 0;
+    for (const auto& p : group) total += p.numel();
+    return total;
+  };
+  auto args = reidnet::ModelArgs().class_num(10);
+  auto pcb = reidnet::create_model("pcb", args);
+  const auto pcb_groups = pcb->parameter_groups();
+  CHECK(pcb_groups.head.size() == 6 * 6);  // per stripe: Linear w/b, BN1d w/b, classifier w/b
+  CHECK(count(pcb_groups.backbone) == reidnet::count_parameters(*pcb->backbone().module()));
+  auto usam = reidnet::create_model("ft_net_usam", args);
+  const auto usam_groups = usam->parameter_groups();
+  CHECK(usam_groups.head.size() == 6);
+  CHECK(count(usam_groups.backbone) + count(usam_groups.head) == reidnet::count_parameters(*usam));
+  auto bnneck = reidnet::create_model("bnneck", args.pool(reidnet::PoolType::gem));
+  const auto bnneck_groups = bnneck->parameter_groups();
+  CHECK(bnneck_groups.head.size() == 4);  // weight, pool_layer.p, bottleneck.0 weight/bias
 }
 
 TEST_CASE("StepLR at 2/3 of the epochs and cosine equal PyTorch's schedulers per epoch") {

@@ -5,6 +5,7 @@
 
 #include <fmt/core.h>
 #include <reidnet/detail/file_io.hpp>
+#include <reidnet/model_zoo.hpp>
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
@@ -24,12 +25,20 @@ struct TrainConfig {
   int64_t height = 256;
   int64_t width = 128;
   int64_t workers = 2;
-  // Model.
-  int64_t stride = 2;
+  // Model: a name of reidnet::model_names(), or the baseline's switches (--use_dense, --PCB,
+  // --ibn, --usam) and the strong baseline's (--bnneck, --pool).
+  std::string model = "ft_net";
+  bool use_dense = false;
+  bool pcb = false;
+  bool ibn = false;
+  bool usam = false;
+  bool bnneck = false;
+  std::string pool = "avg";
+  int64_t last_stride = 2;
   double droprate = 0.5;
   int64_t linear_num = 512;
   std::string weights;
-  int64_t nclasses = 0;  // filled from the data set
+  int64_t class_num = 0;  // filled from the data set
   // Optimiser and schedule.
   int64_t batch_size = 32;
   double lr = 0.05;
@@ -58,8 +67,8 @@ struct TrainConfig {
 
 /// The baseline's model families that reidnet does not build (yet): written as false, and
 /// refused when an opts.yaml turns one on.
-inline constexpr const char* kUnbuiltModelFamilies[] = {"PCB", "use_dense", "use_NAS", "use_swin",
-                                                        "use_efficient", "use_hr", "ibn"};
+inline constexpr const char* kUnbuiltModelFamilies[] = {"use_NAS", "use_swin", "use_swinv2",
+                                                        "use_convnext", "use_efficient", "use_hr"};
 
 /// Calls `field(key, member)` for every opts.yaml key that maps to a TrainConfig member: the
 /// one list that writing and reading share. `Config` is TrainConfig or const TrainConfig.
@@ -69,8 +78,15 @@ void for_each_opts_field(Config& c, Field&& field) {
   field("train_all", c.train_all);
   field("color_jitter", c.color_jitter);
   field("batchsize", c.batch_size);
+  field("model", c.model);
+  field("use_dense", c.use_dense);
+  field("PCB", c.pcb);
+  field("ibn", c.ibn);
+  field("usam", c.usam);
+  field("bnneck", c.bnneck);
+  field("pool", c.pool);
   field("linear_num", c.linear_num);
-  field("stride", c.stride);
+  field("stride", c.last_stride);  // the baseline's key for the last stride
   field("droprate", c.droprate);
   field("erasing_p", c.erasing_p);
   field("lr", c.lr);
@@ -87,7 +103,7 @@ void for_each_opts_field(Config& c, Field&& field) {
   field("w", c.width);
   field("height", c.height);
   field("width", c.width);
-  field("nclasses", c.nclasses);
+  field("nclasses", c.class_num);  // the baseline's key for the class count
   field("backbone_lr_ratio", c.backbone_lr_ratio);
   field("seed", c.seed);
   field("weights", c.weights);
@@ -121,11 +137,15 @@ void check_train_config(const TrainConfig& c, Name&& name) {
   require(c.height >= 1 && c.height <= kMaxImageSide, "height", "--height", c.height, "1 to 4096");
   require(c.width >= 1 && c.width <= kMaxImageSide, "width", "--width", c.width, "1 to 4096");
   require(c.workers >= 0 && c.workers <= kMaxWorkers, "workers", "--workers", c.workers, "0 to 256");
-  require(c.stride == 1 || c.stride == 2, "stride", "--stride", c.stride, "1 or 2");
+  require(c.last_stride == 1 || c.last_stride == 2, "stride", "--stride", c.last_stride, "1 or 2");
+  require(reidnet::is_model_name(c.model), "model", "--model", c.model,
+          "a name reidnet-model-summary --list prints");
+  require(c.pool == "avg" || c.pool == "max" || c.pool == "gem" || c.pool == "gem_fixed", "pool",
+          "--pool", c.pool, "avg, max, gem or gem_fixed");
   require(within(c.droprate, 0, 0.99), "droprate", "--droprate", c.droprate, "0 to 0.99");
   require(c.linear_num >= 0 && c.linear_num <= kMaxLinearNum, "linear_num", "--linear-num", c.linear_num,
           "0 (none) to 65536");
-  require(c.nclasses >= 0 && c.nclasses <= kMaxClasses, "nclasses", "--nclasses", c.nclasses,
+  require(c.class_num >= 0 && c.class_num <= kMaxClasses, "nclasses", "--class-num", c.class_num,
           "1 to 1000000");
   require(c.batch_size >= 1 && c.batch_size <= kMaxBatchSize, "batchsize", "--batch-size",
           c.batch_size, "1 to 4096");
@@ -149,14 +169,67 @@ void check_train_config(const TrainConfig& c, Name&& name) {
           "a positive count");
 }
 
+/// The model family and arguments a run's options describe. The baseline's switches pick the
+/// family (at most one of --use_dense, --PCB, --usam, --bnneck; --ibn with ft_net or --bnneck);
+/// `name(key, flag)` says how an error names a field. Throws UsageError.
+template <class Name>
+std::pair<std::string, reidnet::ModelArgs> resolve_model(const TrainConfig& c, Name&& name) {
+  const std::pair<bool, const char*> switches[] = {{c.use_dense, "ft_net_dense"},
+                                                   {c.pcb, "pcb"},
+                                                   {c.usam, "ft_net_usam"},
+                                                   {c.bnneck, "bnneck"}};
+  std::string model = c.model;
+  int on = 0;
+  for (const auto& [set, family] : switches) {
+    if (!set) continue;
+    if (++on > 1) {
+      throw UsageError(fmt::format("{}, {}, {} and {} each pick a model family; give at most one",
+                                   name("use_dense", "--use_dense"), name("PCB", "--PCB"),
+                                   name("usam", "--usam"), name("bnneck", "--bnneck")));
+    }
+    if (model != "ft_net" && model != family) {
+      throw UsageError(fmt::format("{} is {}, but {} asks for {}", name("model", "--model"), c.model,
+                                   name(family, "its switch"), family));
+    }
+    model = family;
+  }
+  auto args = reidnet::ModelArgs()
+                  .class_num(std::max<int64_t>(c.class_num, 1))
+                  .droprate(c.droprate)
+                  .last_stride(c.last_stride)
+                  .linear_num(c.linear_num)
+                  .pool(reidnet::pool_type(c.pool));
+  if (c.ibn) {
+    if (model == "ft_net" || model == "ft_net_ibn") {
+      model = "ft_net_ibn";
+    } else if (model == "bnneck") {
+      args.backbone("resnet50_ibn_a");
+    } else {
+      throw UsageError(fmt::format("{} has no IBN variant (ibn works with ft_net and bnneck)",
+                                   name("ibn", "--ibn")));
+    }
+  }
+  return {model, args};
+}
+
 /// Writes opts.yaml atomically: the baseline's keys (nclasses, stride, linear_num, droprate,
-/// batchsize, lr, total_epoch, h/w, PCB, use_dense, fp16, ...) and reidnet's own.
+/// batchsize, lr, total_epoch, h/w, PCB, use_dense, ibn, usam, fp16, ...) and reidnet's own.
+/// `c.model` must be resolved (resolve_model) and `c.ibn` say whether the backbone is IBN-a.
 inline void write_opts_yaml(const TrainConfig& c, const std::string& path) {
   YAML::Emitter out;
   out << YAML::BeginMap;
   auto put = [&out](const char* key, const auto& value) { out << YAML::Key << key << YAML::Value << value; };
   put("name", std::filesystem::path(c.out).filename().string());
-  for_each_opts_field(c, put);
+  for_each_opts_field(c, [&](const char* key, const auto& value) {
+    // The switches are written as the model they resolved to, so that Python reads the same.
+    const std::string field = key;
+    if (field == "model") return put(key, c.model);
+    if (field == "use_dense") return put(key, c.model == "ft_net_dense");
+    if (field == "PCB") return put(key, c.model == "pcb");
+    if (field == "usam") return put(key, c.model == "ft_net_usam");
+    if (field == "bnneck") return put(key, c.model == "bnneck");
+    put(key, value);
+  });
   for (const char* family : kUnbuiltModelFamilies) put(family, false);
   out << YAML::EndMap;
   const std::string text = std::string(out.c_str()) + "\n";
@@ -203,22 +276,22 @@ void read_yaml_field(const YAML::Node& node, const std::filesystem::path& path, 
 inline TrainConfig read_opts_yaml(const std::filesystem::path& path) {
   const auto node = read_yaml_map(path);
   TrainConfig opts;
-  opts.nclasses = 751;  // the baseline's default when opts.yaml predates the key
+  opts.class_num = 751;  // the baseline's default when opts.yaml predates the key
   auto get = [&](const char* key, auto& value) { read_yaml_field(node, path, key, value); };
   for (const char* unsupported : kUnbuiltModelFamilies) {
     bool on = false;
     get(unsupported, on);
     if (on) {
       throw UsageError(path.string() + ": '" + unsupported +
-                       ": true' is a model reidnet does not build yet; only ft_net "
-                       "(ResNet-50) checkpoints are supported");
+                       ": true' is a model reidnet does not build yet; reidnet-model-summary "
+                       "--list prints those it builds");
     }
   }
   for_each_opts_field(opts, get);
   check_train_config(opts, [&](const char* key, const char*) {
     return fmt::format("{}: key '{}'", path.string(), key);
   });
-  if (opts.nclasses < 1) throw UsageError(path.string() + ": key 'nclasses' is 0; expected 1 to 1000000");
+  if (opts.class_num < 1) throw UsageError(path.string() + ": key 'nclasses' is 0; expected 1 to 1000000");
   return opts;
 }
 

@@ -169,14 +169,11 @@ class ArchiveWriter {
     storages_.push_back(std::move(tensor));
   }
 
-  /// Ends the pickle and writes the archive to a temporary sibling, then renames it: a crash
-  /// never leaves a partial file at `path`.
+  /// Ends the pickle and writes the archive through write_file_atomically: a crash never
+  /// leaves a partial file at `path`.
   void write(const std::string& path) {
     pickle_.stop();
-    const std::string temporary = temporary_sibling(path);
-    try {
-      std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
-      if (!file) throw std::runtime_error("cannot create " + temporary);
+    write_file_atomically(path, [&](std::ostream& file) {
       ZipWriter zip(file);
       zip.add_entry("archive/data.pkl", pickle_.bytes());
       zip.add_entry("archive/byteorder", "little");
@@ -189,14 +186,7 @@ class ArchiveWriter {
       }
       zip.add_entry("archive/version", "3\n");
       zip.finish();
-      file.close();
-      if (!file) throw std::runtime_error("write failed (disk full?)");
-      std::filesystem::rename(temporary, path);
-    } catch (...) {
-      std::error_code ignored;
-      std::filesystem::remove(temporary, ignored);
-      throw;
-    }
+    });
   }
 
  private:

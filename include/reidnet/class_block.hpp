@@ -1,11 +1,14 @@
 #pragma once
-/// The ReID head of the Python Market-1501 baseline.
+/// The ReID head of the Python Market-1501 baseline. On pooled features it is the Python
+/// module; as a reidnet::Head it first pools the backbone's map (average by default).
 ///
 ///     reidnet::ClassBlock head(reidnet::ClassBlockOptions(2048, 751).droprate(0.5));
 ///     torch::Tensor logits = head(features);           // (B, 751)
 ///     torch::Tensor embedding = head->embed(features); // (B, 512), the add_block output
 
 #include <reidnet/init.hpp>
+#include <reidnet/pooling.hpp>
+#include <reidnet/reid_model.hpp>
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/activation.h>
@@ -33,10 +36,13 @@ struct ClassBlockOptions {
   TORCH_ARG(bool, relu) = false;
   /// BatchNorm1d on the bottleneck.
   TORCH_ARG(bool, bnorm) = true;
-  /// Width of the bottleneck Linear; 0 leaves the Linear out (the width stays input_dim).
-  TORCH_ARG(int64_t, linear) = 512;
+  /// Width of the bottleneck Linear (the Python argument `linear`); 0 leaves the Linear out
+  /// (the width stays input_dim).
+  TORCH_ARG(int64_t, linear_num) = 512;
   /// Whether the Python module's forward returns [logits, feature]; see `forward_outputs`.
   TORCH_ARG(bool, return_f) = false;
+  /// How `forward_head` pools a feature map (a learnable GeM registers `pool.p`).
+  TORCH_ARG(GlobalPoolOptions, pool) = GlobalPoolOptions();
 };
 
 /// The logits and the bottleneck feature of one forward pass.
@@ -48,7 +54,8 @@ struct LogitsAndFeature {
 /// `add_block` (Linear, BatchNorm1d, LeakyReLU, Dropout, each optional) then `classifier`
 /// (one Linear). `AddBlockInit` initialises add_block, `ClassifierInit` the classifier.
 template <class AddBlockInit = KaimingHeadInit, class ClassifierInit = ClassifierNormalInit>
-class ClassBlockImpl : public torch::nn::Cloneable<ClassBlockImpl<AddBlockInit, ClassifierInit>> {
+class ClassBlockImpl : public torch::nn::Cloneable<ClassBlockImpl<AddBlockInit, ClassifierInit>>,
+                       public Head {
  public:
   explicit ClassBlockImpl(const ClassBlockOptions& options_,
                           AddBlockInit add_block_init = {}, ClassifierInit classifier_init = {})
@@ -62,15 +69,16 @@ class ClassBlockImpl : public torch::nn::Cloneable<ClassBlockImpl<AddBlockInit, 
     TORCH_CHECK(options.input_dim() > 0 && options.class_num() > 0,
                 "ClassBlock needs input_dim > 0 and class_num > 0, got input_dim=",
                 options.input_dim(), " class_num=", options.class_num());
-    TORCH_CHECK(options.linear() >= 0, "ClassBlockOptions::linear is a width (0 = no Linear), got ",
-                options.linear());
+    TORCH_CHECK(options.linear_num() >= 0,
+                "ClassBlockOptions::linear_num is a width (0 = no Linear), got ",
+                options.linear_num());
     TORCH_CHECK(options.droprate() >= 0 && options.droprate() < 1,
                 "ClassBlockOptions::droprate must be in [0, 1), got ", options.droprate());
     add_block = torch::nn::Sequential();
     int64_t width = options.input_dim();
-    if (options.linear() > 0) {
-      add_block->push_back(torch::nn::Linear(width, options.linear()));
-      width = options.linear();
+    if (options.linear_num() > 0) {
+      add_block->push_back(torch::nn::Linear(width, options.linear_num()));
+      width = options.linear_num();
     }
     if (options.bnorm()) add_block->push_back(torch::nn::BatchNorm1d(width));
     if (options.relu()) {
@@ -82,14 +90,24 @@ class ClassBlockImpl : public torch::nn::Cloneable<ClassBlockImpl<AddBlockInit, 
     classifier = torch::nn::Sequential(torch::nn::Linear(width, options.class_num()));
     this->register_module("add_block", add_block);
     this->register_module("classifier", classifier);
+    pool = GlobalPool(options.pool());
+    // Only a learnable pool has keys; the baseline's layout has none for pooling.
+    if (options.pool().type() == PoolType::gem) this->register_module("pool", pool);
     add_block_init_(*add_block);
     classifier_init_(*classifier);
   }
 
   /// Width of the feature `embed` returns.
-  int64_t feature_dim() const {
-    return options.linear() > 0 ? options.linear() : options.input_dim();
+  int64_t feature_dim() const override {
+    return options.linear_num() > 0 ? options.linear_num() : options.input_dim();
   }
+
+  ReidOutput forward_head(const torch::Tensor& map) override {
+    auto out = forward_with_feature(pool(map));
+    return {{out.logits}, out.feature, out.feature};
+  }
+
+  torch::Tensor embed_head(const torch::Tensor& map) override { return embed(pool(map)); }
 
   /// The bottleneck feature (the add_block output): the test-time ReID embedding.
   torch::Tensor embed(const torch::Tensor& x) {
@@ -115,13 +133,14 @@ class ClassBlockImpl : public torch::nn::Cloneable<ClassBlockImpl<AddBlockInit, 
 
   void pretty_print(std::ostream& stream) const override {
     stream << "reidnet::ClassBlock(input_dim=" << options.input_dim()
-           << ", class_num=" << options.class_num() << ", linear=" << options.linear()
+           << ", class_num=" << options.class_num() << ", linear_num=" << options.linear_num()
            << ", droprate=" << options.droprate() << ")";
   }
 
   ClassBlockOptions options;
   torch::nn::Sequential add_block{nullptr};
   torch::nn::Sequential classifier{nullptr};
+  GlobalPool pool{nullptr};
 
  private:
   AddBlockInit add_block_init_;

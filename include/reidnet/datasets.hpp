@@ -5,7 +5,7 @@
 /// MSMT17 list naming a missing file, a FIFO or a device is refused.
 ///
 ///     auto data = reidnet::read_dataset("Market-1501-v15.09.15");
-///     // data.train_all, data.train, data.val, data.query, data.gallery; data.num_classes()
+///     // data.train_all, data.train, data.val, data.query, data.gallery; data.class_num()
 
 #include <torch/torch.h>
 
@@ -99,7 +99,7 @@ struct Dataset {
   /// Files skipped because their names did not parse (with skip_unparseable).
   std::vector<std::string> skipped;
 
-  int64_t num_classes() const { return static_cast<int64_t>(class_ids.size()); }
+  int64_t class_num() const { return static_cast<int64_t>(class_ids.size()); }
 };
 
 namespace detail {

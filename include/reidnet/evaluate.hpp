@@ -105,7 +105,9 @@ struct QueryOutcomes {
   std::vector<int64_t> first_hit;
 };
 
-// AP of the good hits at 0-based ranks `ranks` (ascending), the §7 formulas.
+// AP of the good hits at 0-based ranks `ranks` (ascending). Plain AP averages the precision
+// (i+1)/(r+1) at each hit; the baseline's trapezoid AP averages it with the precision i/r just
+// before the hit (1 at rank 0). See docs/reference.md, "Evaluation protocol".
 inline double average_precision(const std::vector<int64_t>& ranks, const AveragePrecision& kind) {
   const auto ngood = static_cast<double>(ranks.size());
   double ap = 0.0;

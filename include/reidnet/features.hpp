@@ -1,7 +1,8 @@
 #pragma once
 /// Test-time ReID features as the Python baseline extracts them: in eval
 /// mode, f(image) + f(horizontally flipped image), optionally summed over several scales, then
-/// L2-normalised. Batches come from any iterable: tensors [B, 3, H, W] (already normalised) or
+/// L2-normalised (a part model's parts each to norm 1/sqrt(parts) first, as the baseline does
+/// for PCB). Batches come from any iterable: tensors [B, 3, H, W] (already normalised) or
 /// structs with an `images` tensor (or a torch::data::Example's `data`).
 ///
 ///     auto features = reidnet::extract_features(net, loader,   // net: FtNet; [N, 512] CPU
@@ -47,8 +48,8 @@ struct FeatureOptions {
   TORCH_ARG(bool, autocast) = true;
   /// L2-normalise each feature (what the evaluation protocol expects).
   TORCH_ARG(bool, normalize) = true;
-  /// Run an FtNet or ResNet through `optimize_for_inference` (folded BatchNorm, fused and
-  /// prepacked convs, weights pre-cast to `dtype`) instead of the module itself.
+  /// Run the model through `optimize_for_inference` (for FtNet and ResNet: folded BatchNorm,
+  /// fused and prepacked convs; weights pre-cast to `dtype`) instead of the module itself.
   TORCH_ARG(bool, optimize) = true;
 };
 
@@ -65,6 +66,36 @@ template <class T>
 struct has_data_member<T, std::void_t<decltype(std::declval<const T&>().data)>> : std::true_type {};
 template <class T>
 inline constexpr bool always_false = false;
+template <class T, class = void>
+struct has_embedding_parts : std::false_type {};
+template <class T>
+struct has_embedding_parts<T, std::void_t<decltype(std::declval<T&>()->embedding_parts())>>
+    : std::true_type {};
+template <class T, class = void>
+struct has_embedding_parts_member : std::false_type {};
+template <class T>
+struct has_embedding_parts_member<T, std::void_t<decltype(std::declval<T&>().embedding_parts())>>
+    : std::true_type {};
+
+/// How many parts a model's embedding concatenates (1 unless the model says otherwise).
+template <class Model>
+int64_t embedding_parts(Model& model) {
+  if constexpr (has_embedding_parts<Model>::value) {
+    return model->embedding_parts();
+  } else if constexpr (has_embedding_parts_member<Model>::value) {
+    return model.embedding_parts();
+  } else {
+    return 1;
+  }
+}
+
+/// Each of `parts` channel-major parts of `features` (B, C * parts) divided by its norm times
+/// sqrt(parts), as the baseline tests PCB: every part then weighs the same.
+inline torch::Tensor normalize_parts(const torch::Tensor& features, int64_t parts) {
+  const auto grouped = features.view({features.size(0), -1, parts});
+  const auto norms = grouped.norm(2, {1}, /*keepdim=*/true) * std::sqrt(static_cast<double>(parts));
+  return (grouped / norms.clamp_min(1e-12)).view({features.size(0), -1});
+}
 // Models `optimize_for_inference` accepts.
 template <class T, class = void>
 struct has_inference_path : std::false_type {};
@@ -183,6 +214,7 @@ torch::Tensor extract_features(Model& model, Batches&& batches,
     embed = [&model](const torch::Tensor& images) { return model.embed(images).to(torch::kFloat); };
   }
 
+  const int64_t parts = detail::embedding_parts(model);
   std::vector<torch::Tensor> features;
   int64_t seen = 0;
   for (auto&& batch : batches) {
@@ -213,7 +245,10 @@ torch::Tensor extract_features(Model& model, Batches&& batches,
         sum = sum.defined() ? sum + feature : feature;
       }
     }
-    if (options.normalize()) sum = sum / sum.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
+    if (options.normalize()) {
+      if (parts > 1) sum = detail::normalize_parts(sum, parts);
+      sum = sum / sum.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
+    }
     features.push_back(sum.to(torch::kCPU));
     seen += images.size(0);
   }

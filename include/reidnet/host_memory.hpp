@@ -3,11 +3,13 @@
 ///
 ///     reidnet::reuse_freed_host_memory();  // once, at the start of a training or inference program
 
+// First: any C or C++ library header defines __GLIBC__ (through <features.h>), which the
+// test below needs.
+#include <climits>
+
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
-
-#include <climits>
 
 namespace reidnet {
 

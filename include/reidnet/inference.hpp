@@ -1,8 +1,13 @@
 #pragma once
-/// The inference fast path: an eval-only snapshot of a FtNet or ResNet with BatchNorm folded
-/// into the convs (and BatchNorm1d into the bottleneck Linear), weights pre-cast and, on CPU,
-/// reordered once into oneDNN's blocked layout; it runs under InferenceMode and leaves the
-/// original module untouched. Outputs match the module in eval mode (float, on the device).
+/// The inference fast path: an eval-only snapshot of a model that runs under InferenceMode and
+/// leaves the original module untouched. Outputs match the module in eval mode (float, on the
+/// device).
+/// - A ResNet, or a ReID model of a plain ResNet and the baseline's ClassBlock on average
+///   pooling (FtNet): the fused path, with BatchNorm folded into the convs (and BatchNorm1d
+///   into the bottleneck Linear), weights pre-cast and, on CPU, reordered once into oneDNN's
+///   layout.
+/// - Every other ReID model: the module path, a copy of the model in eval mode with its
+///   weights in the requested dtype and NHWC memory format.
 ///
 ///     auto fast = reidnet::optimize_for_inference(net, reidnet::InferenceOptions().dtype(torch::kBFloat16));
 ///     torch::Tensor feature = fast.embed(images);   // what net->embed(images) returns in eval()
@@ -12,6 +17,7 @@
 #include <reidnet/detail/onednn_backbone.hpp>
 #endif
 #include <reidnet/ft_net.hpp>
+#include <reidnet/reid_model.hpp>
 #include <reidnet/resnet.hpp>
 
 #include <c10/core/InferenceMode.h>
@@ -28,6 +34,19 @@
 #include <vector>
 
 namespace reidnet {
+
+namespace detail {
+class OnednnBackbone;  // detail/onednn_backbone.hpp, where the build has oneDNN
+}  // namespace detail
+
+// The types and functions below differ between builds with and without REIDNET_WITH_ONEDNN;
+// the tag gives each build its own names, so that translation units built both ways fail to
+// link instead of sharing one definition by accident.
+#if defined(REIDNET_WITH_ONEDNN)
+inline namespace with_direct_onednn {
+#else
+inline namespace without_direct_onednn {
+#endif
 
 /// How `optimize_for_inference` prepares the model. Every optimisation can be switched off,
 /// so that reidnet-bench can show what each one is worth.
@@ -62,7 +81,8 @@ constexpr bool direct_onednn_built() {
 #endif
 }
 
-namespace detail {
+namespace inference_detail {
+using namespace ::reidnet::detail;
 
 /// Everything the optimised forward needs; immutable once built.
 struct InferencePlan {
@@ -81,9 +101,9 @@ struct InferencePlan {
   at::Tensor classifier_weight, classifier_bias;
   int64_t feature_dim = 0;
   std::string name;
-#if defined(REIDNET_WITH_ONEDNN)
   std::shared_ptr<const OnednnBackbone> onednn;  // the onednn_direct backend's whole backbone
-#endif
+  // The module path: a copy of the model in eval mode (null on the fused path).
+  std::shared_ptr<ReidModelImpl> module;
 };
 
 /// The `index`-th layer of a Sequential as a `T` (Sequential::ptr<T> does not compile for
@@ -141,6 +161,8 @@ inline at::Tensor to_head(const at::Tensor& tensor, const KernelConfig& config) 
 
 inline std::vector<std::pair<const torch::nn::Conv2dImpl*, const torch::nn::BatchNorm2dImpl*>>
 conv_bn_pairs(const BottleneckImpl& block) {
+  TORCH_CHECK(block.bn1, "optimize_for_inference: an IBN block has no BatchNorm to fold; "
+                         "optimise the ReID model instead (its module path)");
   return {{block.conv1.get(), block.bn1.get()},
           {block.conv2.get(), block.bn2.get()},
           {block.conv3.get(), block.bn3.get()}};
@@ -195,7 +217,7 @@ void build_head(ClassBlockImpl<AddBlockInit, ClassifierInit>& head, InferencePla
   const auto& add_block = head.add_block;
   size_t index = 0;
   DenseAffine linear;
-  if (head.options.linear() > 0) {
+  if (head.options.linear_num() > 0) {
     plan.has_linear = true;
     linear = linear_affine(child<torch::nn::LinearImpl>(*add_block, index++));
   }
@@ -227,35 +249,51 @@ void build_head(ClassBlockImpl<AddBlockInit, ClassifierInit>& head, InferencePla
   plan.feature_dim = head.feature_dim();
 }
 
-}  // namespace detail
+}  // namespace inference_detail
 
 /// The optimised model; cheap to copy (shares its immutable weights). Not a torch::nn::Module:
 /// it cannot be trained, only run. Outputs are inference tensors (no autograd history).
 class InferenceModel {
  public:
-  explicit InferenceModel(std::shared_ptr<const detail::InferencePlan> plan)
+  explicit InferenceModel(std::shared_ptr<const inference_detail::InferencePlan> plan)
       : plan_(std::move(plan)) {}
 
-  /// The test-time feature: FtNet's `embed` (B, feature_dim), or ResNet's pooled features.
+  /// The test-time feature: the ReID model's `embed` (B, feature_dim), or ResNet's pooled
+  /// features.
   torch::Tensor embed(const torch::Tensor& images) const {
     c10::InferenceMode guard;
+    if (plan_->module) return plan_->module->embed(module_input(images)).to(at::kFloat);
     return embed_from_features(backbone(images));
   }
 
-  /// What the module's `forward` returns: identity logits (FtNet) or ImageNet logits (ResNet).
+  /// What the classifiers say: identity logits (ReID models) or ImageNet logits (ResNet); for a
+  /// model with several classifiers (PCB), the sum of their softmaxes, whose argmax is the
+  /// baseline's prediction.
   torch::Tensor forward(const torch::Tensor& images) const {
     c10::InferenceMode guard;
+    if (plan_->module) {
+      const auto logits = plan_->module->forward(module_input(images)).logits;
+      if (logits.size() == 1) return logits.front().to(at::kFloat);
+      auto scores = at::zeros_like(logits.front(), at::kFloat);
+      for (const auto& part : logits) scores += at::softmax(part.to(at::kFloat), 1);
+      return scores;
+    }
     return at::linear(embed_from_features(backbone(images)), plan_->classifier_weight,
                       plan_->classifier_bias);
   }
 
   torch::Tensor operator()(const torch::Tensor& images) const { return forward(images); }
 
-  /// Pooled backbone output (B, num_features), float.
+  /// Pooled backbone output (B, num_features), float (the fused path only).
   torch::Tensor forward_features(const torch::Tensor& images) const {
     c10::InferenceMode guard;
+    TORCH_CHECK(!plan_->module, "InferenceModel::forward_features: the module path has no pooled "
+                                "backbone output; use embed");
     return backbone(images);
   }
+
+  /// How many parts the embedding concatenates (see reidnet::Head::embedding_parts).
+  int64_t embedding_parts() const { return plan_->module ? plan_->module->embedding_parts() : 1; }
 
   /// Width of `embed`'s output.
   int64_t feature_dim() const { return plan_->feature_dim; }
@@ -264,6 +302,11 @@ class InferenceModel {
   std::string describe() const {
     const auto& config = plan_->config;
     std::ostringstream out;
+    if (plan_->module) {
+      out << plan_->name << " dtype=" << c10::toString(config.dtype) << " device=" << config.device
+          << " path=module channels_last=" << config.channels_last;
+      return out.str();
+    }
     out << plan_->name << " dtype=" << c10::toString(config.dtype) << " device=" << config.device
         << " fold_bn=" << config.fold_bn << " fuse=" << config.fuse
         << " prepack=" << config.prepack << " backend="
@@ -281,6 +324,16 @@ class InferenceModel {
   torch::Dtype dtype() const { return plan_->config.dtype; }
 
  private:
+  at::Tensor module_input(const at::Tensor& images) const {
+    const auto& config = plan_->config;
+    TORCH_CHECK(images.dim() == 4 && images.size(1) == 3,
+                "InferenceModel expects images of shape (B, 3, H, W), got ", images.sizes());
+    TORCH_CHECK(images.is_floating_point(), "InferenceModel expects floating-point images, got ",
+                images.scalar_type());
+    return images.to(at::TensorOptions().dtype(config.dtype).device(config.device))
+        .contiguous(config.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  }
+
   at::Tensor backbone(const at::Tensor& images) const {
     const auto& plan = *plan_;
     const auto& config = plan.config;
@@ -326,7 +379,7 @@ class InferenceModel {
     return features;
   }
 
-  std::shared_ptr<const detail::InferencePlan> plan_;
+  std::shared_ptr<const inference_detail::InferencePlan> plan_;
 };
 
 /// An inference-ready snapshot of a ResNet: `embed` = pooled features, `forward` = logits.
@@ -334,26 +387,51 @@ template <class Block, class Init>
 InferenceModel optimize_for_inference(ResNet<Block, Init>& net,
                                       const InferenceOptions& options = {}) {
   torch::NoGradGuard no_grad;
-  auto plan = std::make_shared<detail::InferencePlan>();
-  plan->config = detail::make_kernel_config(options);
+  TORCH_CHECK(net->fc, "optimize_for_inference(ResNet): the ResNet has no fc (class_num 0)");
+  auto plan = std::make_shared<inference_detail::InferencePlan>();
+  plan->config = inference_detail::make_kernel_config(options);
   plan->name = "ResNet";
-  detail::build_backbone(*net, *plan);
+  inference_detail::build_backbone(*net, *plan);
   const auto fc = detail::linear_affine(*net->fc);
-  plan->classifier_weight = detail::to_head(fc.weight, plan->config);
-  plan->classifier_bias = detail::to_head(fc.bias, plan->config);
+  plan->classifier_weight = inference_detail::to_head(fc.weight, plan->config);
+  plan->classifier_bias = inference_detail::to_head(fc.bias, plan->config);
   plan->feature_dim = plan->num_features;
   return InferenceModel(std::move(plan));
 }
 
-/// An inference-ready snapshot of a FtNet: `embed` = its test-time feature, `forward` = logits.
-inline InferenceModel optimize_for_inference(FtNet& net, const InferenceOptions& options = {}) {
+/// An inference-ready snapshot of a ReID model: `embed` = its test-time feature, `forward` =
+/// its classifiers' output. The fused path where the model is an FtNet on a plain ResNet-50
+/// with average pooling; the module path otherwise.
+inline InferenceModel optimize_for_inference(ReidModelImpl& model, const InferenceOptions& options = {}) {
   torch::NoGradGuard no_grad;
-  auto plan = std::make_shared<detail::InferencePlan>();
-  plan->config = detail::make_kernel_config(options);
-  plan->name = "FtNet";
-  detail::build_backbone(*net->model, *plan);
-  detail::build_head(*net->classifier, *plan);
+  auto plan = std::make_shared<inference_detail::InferencePlan>();
+  plan->config = inference_detail::make_kernel_config(options);
+  auto* ft_net = dynamic_cast<FtNetImpl*>(&model);
+  if (ft_net && !ft_net->options.ibn() && ft_net->options.pool().type() == PoolType::avg) {
+    plan->name = "FtNet";
+    inference_detail::build_backbone(*ft_net->model, *plan);
+    inference_detail::build_head(*ft_net->classifier, *plan);
+    return InferenceModel(std::move(plan));
+  }
+  // The module path: a copy, so that the caller's model keeps its mode, device and dtype.
+  plan->name = "ReidModel";
+  plan->module = std::dynamic_pointer_cast<ReidModelImpl>(model.clone(plan->config.device));
+  plan->module->eval();
+  if (plan->config.dtype != torch::kFloat32) plan->module->to(plan->config.dtype);
+  if (plan->config.channels_last) {
+    for (auto& parameter : plan->module->parameters()) {
+      if (parameter.dim() == 4) parameter.set_data(parameter.contiguous(at::MemoryFormat::ChannelsLast));
+    }
+  }
+  plan->feature_dim = model.feature_dim();
   return InferenceModel(std::move(plan));
 }
 
+template <class Impl, class = std::enable_if_t<std::is_base_of_v<ReidModelImpl, Impl>>>
+InferenceModel optimize_for_inference(torch::nn::ModuleHolder<Impl>& model,
+                                      const InferenceOptions& options = {}) {
+  return optimize_for_inference(static_cast<ReidModelImpl&>(*model), options);
+}
+
+}  // inline namespace
 }  // namespace reidnet

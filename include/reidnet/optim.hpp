@@ -5,6 +5,8 @@
 ///     auto sgd = reidnet::make_sgd(*net, reidnet::SgdRecipe().lr(0.05));
 ///     // sgd->param_groups()[0] is the backbone (0.005), [1] the head (0.05)
 
+#include <reidnet/reid_model.hpp>
+
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 #include <torch/optim/sgd.h>
@@ -26,30 +28,7 @@ struct SgdRecipe {
   TORCH_ARG(double, weight_decay) = 5e-4;
   TORCH_ARG(double, momentum) = 0.9;
   TORCH_ARG(bool, nesterov) = true;
-  /// Top-level child that holds the head; every other parameter is backbone. `FtNet` names
-  /// its head `classifier` and its backbone `model` (whose unused `fc` stays in the backbone
-  /// group, as in the baseline).
-  TORCH_ARG(std::string, head) = "classifier";
 };
-
-/// Parameters of `module` split into backbone and head by the name of the head's child.
-struct ParameterGroups {
-  std::vector<torch::Tensor> backbone;
-  std::vector<torch::Tensor> head;
-};
-
-inline ParameterGroups split_backbone_head(const torch::nn::Module& module,
-                                           const std::string& head) {
-  ParameterGroups groups;
-  const std::string prefix = head + ".";
-  for (const auto& item : module.named_parameters()) {
-    auto& group = item.key().rfind(prefix, 0) == 0 ? groups.head : groups.backbone;
-    group.push_back(item.value());
-  }
-  TORCH_CHECK(!groups.head.empty(), "split_backbone_head: module has no parameters under '",
-              head, "'; set SgdRecipe::head to the name of its head");
-  return groups;
-}
 
 namespace detail {
 /// The key of a parameter's state in torch::optim::Optimizer: the TensorImpl address, as a
@@ -124,11 +103,10 @@ class ForeachSGD : public torch::optim::SGD {
   }
 };
 
-/// SGD with group 0 = backbone (lr * backbone_lr_ratio) and group 1 = head (lr).
-/// Call it once the module is on its device: on CUDA it returns a ForeachSGD.
-inline std::unique_ptr<torch::optim::SGD> make_sgd(const torch::nn::Module& module,
-                                                   const SgdRecipe& recipe = {}) {
-  auto groups = split_backbone_head(module, recipe.head());
+/// SGD with group 0 = backbone (lr * backbone_lr_ratio) and group 1 = head (lr), the groups a
+/// ReidModel declares. Call it once the model is on its device: on CUDA it returns a ForeachSGD.
+inline std::unique_ptr<torch::optim::SGD> make_sgd(ParameterGroups groups, const SgdRecipe& recipe = {}) {
+  TORCH_CHECK(!groups.head.empty(), "make_sgd: the head group has no parameters");
   const bool on_cuda = groups.head.front().is_cuda();
   auto sgd_options = [&](double lr) {
     return torch::optim::SGDOptions(lr)
@@ -145,6 +123,11 @@ inline std::unique_ptr<torch::optim::SGD> make_sgd(const torch::nn::Module& modu
   param_groups.emplace_back(std::move(groups.head), group_options(recipe.lr()));
   if (on_cuda) return std::make_unique<ForeachSGD>(std::move(param_groups), sgd_options(recipe.lr()));
   return std::make_unique<torch::optim::SGD>(std::move(param_groups), sgd_options(recipe.lr()));
+}
+
+inline std::unique_ptr<torch::optim::SGD> make_sgd(const ReidModelImpl& model,
+                                                   const SgdRecipe& recipe = {}) {
+  return make_sgd(model.parameter_groups(), recipe);
 }
 
 /// Drops every parameter's gradient (Python's `zero_grad(set_to_none=True)`): backward then

@@ -5,6 +5,8 @@
 ///
 ///     reidnet::Bottleneck block(reidnet::ResidualBlockOptions(256, 128).stride(2));
 
+#include <reidnet/ibn.hpp>
+
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/container/sequential.h>
@@ -32,6 +34,8 @@ struct ResidualBlockOptions {
   TORCH_ARG(int64_t, base_width) = 64;
   /// Dilation of the 3x3 conv.
   TORCH_ARG(int64_t, dilation) = 1;
+  /// IBN-a (IBN-Net): `bn1` normalises half of its channels per instance (Bottleneck only).
+  TORCH_ARG(bool, ibn) = false;
 };
 
 namespace detail {
@@ -77,6 +81,7 @@ class BasicBlockImpl : public torch::nn::Cloneable<BasicBlockImpl> {
     TORCH_CHECK(options.groups() == 1 && options.base_width() == 64,
                 "BasicBlock supports only groups=1 and base_width=64 (as torchvision)");
     TORCH_CHECK(options.dilation() == 1, "BasicBlock does not support dilation > 1");
+    TORCH_CHECK(!options.ibn(), "BasicBlock does not support IBN (use Bottleneck)");
     conv1 = register_module("conv1", detail::conv3x3(options.inplanes(), options.planes(),
                                                      options.stride()));
     bn1 = register_module("bn1", torch::nn::BatchNorm2d(options.planes()));
@@ -120,7 +125,12 @@ class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl> {
     const int64_t width = options.planes() * options.base_width() / 64 * options.groups();
     const int64_t out = options.planes() * expansion;
     conv1 = register_module("conv1", detail::conv1x1(options.inplanes(), width));
-    bn1 = register_module("bn1", torch::nn::BatchNorm2d(width));
+    // IBN-Net keeps the name bn1 for its IN/BN pair, so its checkpoints load as they are.
+    if (options.ibn()) {
+      ibn1 = register_module("bn1", Ibn(width));
+    } else {
+      bn1 = register_module("bn1", torch::nn::BatchNorm2d(width));
+    }
     conv2 = register_module("conv2", detail::conv3x3(width, width, options.stride(),
                                                      options.groups(), options.dilation()));
     bn2 = register_module("bn2", torch::nn::BatchNorm2d(width));
@@ -132,7 +142,8 @@ class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl> {
 
   // In-place ReLU and add, as torchvision: fewer allocations, same values and gradients.
   torch::Tensor forward(const torch::Tensor& x) {
-    auto out = bn1(conv1(x)).relu_();
+    auto out = conv1(x);
+    out = (ibn1 ? ibn1(out) : bn1(out)).relu_();
     out = bn2(conv2(out)).relu_();
     out = bn3(conv3(out));
     return out.add_(detail::shortcut(downsample, x)).relu_();
@@ -148,7 +159,9 @@ class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl> {
 
   ResidualBlockOptions options;
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
+  /// `bn1` is null when the block is IBN-a; `ibn1` (key bn1) is then set instead.
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
+  Ibn ibn1{nullptr};
   torch::nn::Sequential downsample{nullptr};
 };
 TORCH_MODULE(Bottleneck);

@@ -50,21 +50,6 @@ namespace detail {
 /// The journal of the commit being published; its presence means "finish these renames".
 inline constexpr const char* kCommitJournal = ".reidnet-commit.json";
 
-/// Opens `path` with `flags` (and O_CLOEXEC), or throws naming it.
-inline std::unique_ptr<FileDescriptor> open_file(const std::string& path, int flags) {
-  auto file = std::make_unique<FileDescriptor>(::open(path.c_str(), flags | O_CLOEXEC));
-  if (file->fd < 0) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
-  return file;
-}
-
-/// Flushes a file or a folder (its entries: the renames) to the disk.
-inline void sync_path(const std::string& path, bool directory) {
-  const auto file = open_file(path, directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-  if (::fsync(file->fd) != 0) {
-    throw std::runtime_error("cannot flush " + path + " to disk: " + std::strerror(errno));
-  }
-}
-
 /// Size and CRC-32 of a regular file, read in chunks.
 inline std::pair<uint64_t, uint32_t> file_checksum(const std::string& path) {
   const auto file = open_file(path, O_RDONLY | O_NONBLOCK);
@@ -153,9 +138,9 @@ class RunFolder {
       step("staged");
       const auto journal_path = (folder_.path() / detail::kCommitJournal).string();
       const auto text = journal.dump(1);
-      detail::write_file_atomically(journal_path, std::vector<unsigned char>(text.begin(), text.end()));
-      detail::sync_path(journal_path, false);
-      detail::sync_path(folder_.path().string(), true);
+      // On the disk before its rename, and the rename too: a journal is whole or absent.
+      detail::write_file_atomically(journal_path, std::vector<unsigned char>(text.begin(), text.end()),
+                                    detail::FlushToDisk::Yes);
       step("journal");
       for (const auto& file : files_) {
         std::filesystem::rename(file.staged, folder_.path() / file.name);

@@ -1,5 +1,6 @@
 #pragma once
-// Whole-file reads and atomic writes, shared by the image and data set code.
+// Whole-file reads and the library's one atomic writer (write to a temporary sibling, then
+// rename), shared by the checkpoint, image, data set and run-folder code.
 
 #include <atomic>
 #include <cerrno>
@@ -9,10 +10,14 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <memory>
+#include <ostream>
 #include <stdexcept>
 #include <string>
 #include <system_error>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include <fcntl.h>
@@ -86,28 +91,116 @@ inline std::string temporary_sibling(const std::string& path) {
          std::to_string(thread) + "_" + std::to_string(counter++);
 }
 
-/// Writes `bytes` to a temporary sibling, then renames it over `path`: readers never see a
-/// half-written file, and a failure leaves nothing behind.
-inline void write_file_atomically(const std::string& path, const std::vector<unsigned char>& bytes) {
-  const std::string temporary = temporary_sibling(path);
-  {
-    std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
-    if (!file) {
-      throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
-    }
-    file.write(reinterpret_cast<const char*>(bytes.data()),
-               static_cast<std::streamsize>(bytes.size()));
-    file.close();
-    if (!file) {
-      std::remove(temporary.c_str());
-      throw std::runtime_error("cannot write " + path + " (disk full?)");
-    }
+/// Opens `path` with `flags` (and O_CLOEXEC), or throws naming it.
+inline std::unique_ptr<FileDescriptor> open_file(const std::string& path, int flags) {
+  auto file = std::make_unique<FileDescriptor>(::open(path.c_str(), flags | O_CLOEXEC));
+  if (file->fd < 0) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
+  return file;
+}
+
+/// Flushes a file or a folder (its entries: the renames) to the disk.
+inline void sync_path(const std::string& path, bool directory) {
+  const auto file = open_file(path, directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+  if (::fsync(file->fd) != 0) {
+    throw std::runtime_error("cannot flush " + path + " to disk: " + std::strerror(errno));
   }
+}
+
+/// The folder that holds `path` ("." for a bare file name).
+inline std::string parent_folder(const std::string& path) {
+  const auto parent = std::filesystem::path(path).parent_path();
+  return parent.empty() ? std::string(".") : parent.string();
+}
+
+/// Whether an atomic write also makes its result durable.
+enum class FlushToDisk : bool { No = false, Yes = true };
+
+/// The one writer of whole files: `write(std::ostream&)` fills a temporary sibling of `path`
+/// (see temporary_sibling), which is then renamed over `path`. Readers never see a
+/// half-written file, and a failure, an exception thrown by `write` included, leaves `path`
+/// as it was and no temporary behind. With FlushToDisk::Yes the bytes reach the disk before
+/// the rename and the rename after it, so that not even a power cut leaves `path` empty or
+/// partial. Exceptions from `write` propagate unchanged; the writer's own failures are
+/// std::runtime_error("cannot write <path>...").
+template <typename Write,
+          typename = std::enable_if_t<std::is_invocable_v<Write&, std::ostream&>>>
+void write_file_atomically(const std::string& path, Write&& write,
+                           FlushToDisk flush = FlushToDisk::No) {
+  const std::string temporary = temporary_sibling(path);
+  try {
+    {
+      std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
+      if (!file) throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
+      write(static_cast<std::ostream&>(file));
+      file.close();
+      if (!file) throw std::runtime_error("cannot write " + path + " (disk full?)");
+    }
+    if (flush == FlushToDisk::Yes) sync_path(temporary, false);
+    std::error_code error;
+    std::filesystem::rename(temporary, path, error);
+    if (error) throw std::runtime_error("cannot write " + path + ": " + error.message());
+  } catch (...) {
+    std::error_code ignored;
+    std::filesystem::remove(temporary, ignored);
+    throw;
+  }
+  if (flush == FlushToDisk::Yes) sync_path(parent_folder(path), true);
+}
+
+/// Writes `bytes` as the whole file `path`, atomically (the writer above).
+inline void write_file_atomically(const std::string& path, const std::vector<unsigned char>& bytes,
+                                  FlushToDisk flush = FlushToDisk::No) {
+  write_file_atomically(
+      path,
+      [&bytes](std::ostream& file) {
+        file.write(reinterpret_cast<const char*>(bytes.data()),
+                   static_cast<std::streamsize>(bytes.size()));
+      },
+      flush);
+}
+
+/// The folder counterpart: `fill(const std::filesystem::path& folder)` writes into a fresh
+/// temporary sibling folder of `path`, which then takes the place of `path` (a folder or file
+/// already there is moved aside first and removed last, or put back if the final rename
+/// fails). `path` is thus either absent, the old one or the complete new one, never partly
+/// written; a failure, an exception thrown by `fill` included, removes the temporary folder.
+/// Returns what `fill` returns. The folder that holds `path` must exist.
+template <typename Fill>
+auto write_folder_atomically(const std::string& path, Fill&& fill)
+    -> decltype(fill(std::filesystem::path())) {
+  namespace fs = std::filesystem;
+  const fs::path target(path);
+  const fs::path temporary = temporary_sibling(path);
+  std::error_code ignored;
   std::error_code error;
-  std::filesystem::rename(temporary, path, error);
-  if (error) {
-    std::remove(temporary.c_str());
-    throw std::runtime_error("cannot write " + path + ": " + error.message());
+  fs::create_directory(temporary, error);
+  if (error) throw std::runtime_error("cannot write " + path + ": " + error.message());
+  const auto replace = [&] {
+    fs::path old;
+    if (fs::symlink_status(target, ignored).type() != fs::file_type::not_found) {
+      old = temporary_sibling(path);
+      fs::rename(target, old, error);
+      if (error) throw std::runtime_error("cannot replace " + path + ": " + error.message());
+    }
+    fs::rename(temporary, target, error);
+    if (error) {
+      if (!old.empty()) fs::rename(old, target, ignored);
+      throw std::runtime_error("cannot write " + path + ": " + error.message());
+    }
+    if (!old.empty()) fs::remove_all(old, ignored);
+  };
+  try {
+    if constexpr (std::is_void_v<decltype(fill(temporary))>) {
+      fill(temporary);
+      replace();
+    } else {
+      auto result = fill(temporary);
+      replace();
+      return result;
+    }
+  } catch (...) {
+    fs::remove_all(temporary, ignored);
+    throw;
   }
 }
 

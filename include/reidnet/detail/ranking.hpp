@@ -79,7 +79,8 @@ struct RankOrder {
   }
 };
 
-// The gallery labels of one evaluation, and the good/junk rules of §7.
+// The gallery labels of one evaluation, and the good/junk rules of the Market-1501 protocol
+// (docs/reference.md, "Evaluation protocol").
 struct GalleryIds {
   const int64_t* labels;
   const int64_t* cameras;

@@ -3,6 +3,7 @@
 // can check the data set's promises: Market-1501 layout and names, test ids disjoint from
 // training ids, a same-id match on another camera for every query, determinism per seed.
 
+#include <reidnet/detail/file_io.hpp>
 #include <reidnet/detail/random.hpp>
 #include <reidnet/image.hpp>
 
@@ -360,21 +361,16 @@ inline Counts write_toy_dataset(const ToyDataOptions& s, const fs::path& root) {
 }
 
 
-/// Writes the data set into `out` through a sibling `<out>.partial` folder renamed at the end,
-/// so that `out` is either complete or absent. Throws std::runtime_error on failure.
+/// Writes the data set into `out` through write_folder_atomically (a temporary sibling folder
+/// renamed at the end), so that `out` is either complete or absent. Throws std::runtime_error
+/// on failure.
 inline Counts create_toy_dataset(const ToyDataOptions& options, const std::string& out) {
   const fs::path target(out);
-  const fs::path partial = target.string() + ".partial";
-  std::error_code ignored;
   try {
     if (!target.parent_path().empty()) fs::create_directories(target.parent_path());
-    fs::remove_all(partial);
-    const auto counts = write_toy_dataset(options, partial);
-    fs::remove_all(target);
-    fs::rename(partial, target);
-    return counts;
+    return write_folder_atomically(
+        out, [&](const fs::path& folder) { return write_toy_dataset(options, folder); });
   } catch (const std::exception& failure) {
-    fs::remove_all(partial, ignored);
     throw std::runtime_error("cannot write the toy data set to " + out + ": " + failure.what());
   }
 }

@@ -1,0 +1,59 @@
+# Checks that one public header compiles on its own: runs the compiler with -fsyntax-only on
+# SOURCE (a file that includes the header twice) with the flags in FLAGS (a response file).
+# ctest calls it with -DCOMPILER= -DFLAGS= -DSOURCE= -DSTAMP=.
+#
+# A passing check leaves STAMP and the compiler's dependency list STAMP.d behind; while
+# neither the compiler, the flags nor any file the header pulled in (LibTorch's headers
+# included) is newer than STAMP, the check passes again without compiling.
+foreach(variable COMPILER FLAGS SOURCE STAMP)
+  if(NOT DEFINED ${variable})
+    message(FATAL_ERROR "header_check.cmake needs -D${variable}=")
+  endif()
+endforeach()
+set(depfile "${STAMP}.d")
+
+set(up_to_date FALSE)
+if(EXISTS "${STAMP}" AND EXISTS "${depfile}")
+  set(up_to_date TRUE)
+  file(READ "${depfile}" dependencies)
+  # Make syntax: "<stamp>: <file> <file> \<newline> <file> ...", spaces in names as "\ ".
+  string(REPLACE "\\\n" " " dependencies "${dependencies}")
+  string(REPLACE "\\ " "<space>" dependencies "${dependencies}")
+  string(FIND "${dependencies}" ": " colon)
+  if(colon LESS 0)
+    set(up_to_date FALSE)
+  else()
+    math(EXPR colon "${colon} + 2")
+    string(SUBSTRING "${dependencies}" ${colon} -1 dependencies)
+    string(REGEX MATCHALL "[^ \t\r\n]+" dependencies "${dependencies}")
+  endif()
+  foreach(dependency IN LISTS dependencies ITEMS "${COMPILER}" "${FLAGS}" "${SOURCE}")
+    if(NOT up_to_date)
+      break()
+    endif()
+    string(REPLACE "<space>" " " dependency "${dependency}")
+    if(NOT IS_ABSOLUTE "${dependency}")
+      get_filename_component(dependency "${dependency}" ABSOLUTE)
+    endif()
+    # True when the dependency is missing, newer than the stamp, or of the same time.
+    if("${dependency}" IS_NEWER_THAN "${STAMP}")
+      set(up_to_date FALSE)
+    endif()
+  endforeach()
+endif()
+if(up_to_date)
+  message(STATUS "unchanged since it last compiled on its own: ${SOURCE}")
+  return()
+endif()
+
+file(REMOVE "${STAMP}" "${depfile}")
+execute_process(COMMAND "${COMPILER}" "@${FLAGS}" -fsyntax-only -MD -MF "${depfile}"
+                        -MT "${STAMP}" "${SOURCE}"
+                RESULT_VARIABLE status)
+if(NOT status EQUAL 0)
+  file(REMOVE "${depfile}")
+  file(READ "${SOURCE}" includes)
+  message(FATAL_ERROR "does not compile on its own (no precompiled header before it):\n"
+                      "${includes}")
+endif()
+file(TOUCH "${STAMP}")

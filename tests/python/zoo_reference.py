@@ -1,0 +1,371 @@
+"""Writes the reference data of the other model families (zoo_models.py) into argv[1]:
+
+- keys.json: for every configuration, the state_dict as [key, shape] in order, plus the
+  parameter count (class_num 751, droprate 0.5);
+- forward.pt: a plain dict of tensors: the input, every configuration's weights (class_num 10,
+  randomised norms) and its eval-mode logits, embedding, metric feature and flip-sum test
+  feature, as the baseline's test.py / fast-reid's inference compute them;
+- training.pt: three SGD steps of every configuration from those weights (losses, a
+  [sum, sum of squares] fingerprint of every state entry, and the trained head entries);
+- fastreid_new.pth / fastreid_old.pth / fastreid.pt: fast-reid checkpoints of the BoT model
+  (current layout, and the older one with pixel_mean / pixel_std in the model dict), with the
+  embedding fast-reid's inference returns for 0-255 images;
+- python_<family>.pth: plain torch.save(model.state_dict()) files, with python_outputs.pt
+  holding the matching embeddings.
+"""
+import collections
+import contextlib
+import copy
+import json
+import math
+import os
+import sys
+
+# Idle OpenMP threads sleep instead of spinning: on a machine busy with other work (a parallel
+# build or test run) spinning threads make each step an order of magnitude slower. Set before
+# torch loads its OpenMP runtime; the numbers are the same either way.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import torchvision  # noqa: E402
+
+from zoo_models import (PCB, BnneckNet, FtNetDense, FtNetIbn, FtNetUsam,  # noqa: E402
+                        randomize_batchnorm_statistics, randomize_instancenorm_affine,
+                        resnet50_ibn_a)
+
+CONFIGS = [
+    "ft_net_dense/stride=2/linear_num=512",
+    "ft_net_dense/stride=1/linear_num=512",
+    "ft_net_dense/stride=2/linear_num=0",
+    "ft_net_ibn/stride=2/linear_num=512",
+    "ft_net_ibn/stride=1/linear_num=0",
+    "ft_net_usam/stride=2/linear_num=512",
+    "ft_net_usam/stride=1/linear_num=512",
+    "pcb/stride=1/linear_num=256",
+    "bnneck/stride=1/pool=avg",
+    "bnneck/stride=1/pool=max",
+    "bnneck/stride=1/pool=gem",
+    "bnneck/stride=1/pool=gem_fixed",
+    "bnneck/stride=2/pool=gem",
+    "bnneck_ibn/stride=1/pool=gem",
+]
+
+# The python_<family>.pth files and the configuration each one holds.
+PYTHON_FILES = {
+    "dense": "ft_net_dense/stride=2/linear_num=512",
+    "ibn": "ft_net_ibn/stride=2/linear_num=512",
+    "usam": "ft_net_usam/stride=2/linear_num=512",
+    "pcb": "pcb/stride=1/linear_num=256",
+    "bnneck": "bnneck/stride=1/pool=gem",
+}
+FASTREID_CONFIG = "bnneck/stride=1/pool=gem"
+PIXEL_MEAN = [123.675, 116.28, 103.53]
+PIXEL_STD = [58.395, 57.12, 57.375]
+GEM_P = 3.5
+TRIPLET_MARGIN = 0.3
+
+
+def parse(name):
+    family, *options = name.split("/")
+    return family, dict(option.split("=") for option in options)
+
+
+@contextlib.contextmanager
+def uninitialised():
+    """Construction without the random initialisation (torch.nn.init calls do nothing), for
+    models that are only described or whose every entry is loaded right after."""
+    names = ["uniform_", "normal_", "constant_", "ones_", "zeros_", "kaiming_uniform_",
+             "kaiming_normal_"]
+    saved = {n: getattr(nn.init, n) for n in names}
+    for n in names:
+        setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, function in saved.items():
+            setattr(nn.init, n, function)
+
+
+def build(name, class_num, droprate=0.5, initialise=True):
+    """The configuration's model, constructed from a fixed random state of its own, so that
+    every run (and every class_num / droprate variant) starts from the same initialisation."""
+    if not initialise:
+        with uninitialised():
+            return build(name, class_num, droprate)
+    torch.manual_seed(1000 + CONFIGS.index(name))
+    family, options = parse(name)
+    stride = int(options["stride"])
+    if family == "ft_net_dense":
+        return FtNetDense(class_num, droprate, stride, int(options["linear_num"]))
+    if family == "ft_net_ibn":
+        return FtNetIbn(class_num, droprate, stride, int(options["linear_num"]))
+    if family == "ft_net_usam":
+        return FtNetUsam(class_num, droprate, stride, int(options["linear_num"]))
+    if family == "pcb":
+        return PCB(class_num, droprate)
+    if family in ("bnneck", "bnneck_ibn"):
+        return BnneckNet(class_num, options["pool"], stride, ibn=family == "bnneck_ibn")
+    raise ValueError(name)
+
+
+def backbone_kind(name):
+    family = parse(name)[0]
+    if family == "ft_net_dense":
+        return "densenet121"
+    if family in ("ft_net_ibn", "bnneck_ibn"):
+        return "resnet50_ibn_a"
+    return "resnet50"
+
+
+def backbone_prefix(name):
+    return "backbone." if parse(name)[0].startswith("bnneck") else "model."
+
+
+def backbone_parameters(name, model):
+    """The backbone group of the optimizer: `model` (with USAM's modules) or `backbone`."""
+    if isinstance(model, BnneckNet):
+        return list(model.backbone.parameters())
+    params = list(model.model.parameters())
+    if isinstance(model, FtNetUsam):
+        params += list(model.usam_1.parameters()) + list(model.usam_2.parameters())
+    return params
+
+
+def first_conv_key(name):
+    return backbone_prefix(name) + (
+        "features.conv0.weight" if backbone_kind(name) == "densenet121" else "conv1.weight")
+
+
+def describe(module):
+    return {
+        "keys": [[k, list(v.shape)] for k, v in module.state_dict().items()],
+        "parameters": sum(p.numel() for p in module.parameters()),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs as the baseline's test.py and fast-reid compute them
+# --------------------------------------------------------------------------------------------
+def evaluate(name, model, x):
+    """(logits list, embedding, metric feature) of an eval-mode model."""
+    family = parse(name)[0]
+    if family == "pcb":
+        logits = model(x)
+        parts = model.pcb_parts(x)
+        embedding = parts.reshape(parts.size(0), -1)  # index = channel * 6 + part
+        return logits, embedding, embedding
+    if family.startswith("bnneck"):
+        logits, e, f = model(x)
+        return [logits], e, f
+    pooled = model.features(x)
+    embedding = model.classifier.add_block(pooled)
+    return [model.classifier.classifier(embedding)], embedding, embedding
+
+
+def test_feature(name, model, x, embedding):
+    """The baseline's extract_feature for one batch (embedding = that of x): flip-sum, then
+    L2-normalised (per part, times sqrt(6), for PCB)."""
+    ff = embedding + evaluate(name, model, x.flip(3))[1]
+    if parse(name)[0] == "pcb":
+        ff = ff.reshape(ff.size(0), -1, PCB.part)  # back to (B, 2048, 6)
+        ff = ff / (ff.norm(p=2, dim=1, keepdim=True) * math.sqrt(PCB.part))
+        return ff.reshape(ff.size(0), -1)
+    return ff / ff.norm(p=2, dim=1, keepdim=True)
+
+
+def batch_hard_triplet(f, labels, margin):
+    """Hardest positive minus hardest negative plus margin, relu, mean over anchors."""
+    distances = (f.unsqueeze(1) - f.unsqueeze(0)).pow(2).sum(-1).clamp_min(1e-12).sqrt()
+    same = labels.unsqueeze(1) == labels.unsqueeze(0)
+    positive = same & ~torch.eye(len(labels), dtype=torch.bool)
+    hardest_positive = distances.masked_fill(~positive, float("-inf")).max(1).values
+    hardest_negative = distances.masked_fill(same, float("inf")).min(1).values
+    return F.relu(hardest_positive - hardest_negative + margin).mean()
+
+
+def training_loss(name, model, x, labels):
+    family = parse(name)[0]
+    if family == "pcb":
+        return sum(F.cross_entropy(logits, labels) for logits in model(x))
+    if family.startswith("bnneck"):
+        logits, _, f = model(x)
+        return F.cross_entropy(logits, labels) + batch_hard_triplet(f, labels, TRIPLET_MARGIN)
+    return F.cross_entropy(model(x), labels)
+
+
+# --------------------------------------------------------------------------------------------
+# The files
+# --------------------------------------------------------------------------------------------
+def key_references():
+    return {name: describe(build(name, 751, 0.5, initialise=False)) for name in CONFIGS}
+
+
+def calibrate_usam(model, x, generator):
+    """Running statistics of the USAM BatchNorms near those of the input's own attention map.
+    Random statistics of order 1 against a channel-sum map of order 100 would scale the
+    features by about 100 at each USAM; these keep the outputs in the range of the other
+    families while every term stays exercised."""
+    m = model.model
+    h = m.relu(m.bn1(m.conv1(x)))
+    for usam in (model.usam_1, model.usam_2):
+        fmap = h.sum(1, keepdim=True)
+        att = F.conv2d(fmap, usam.weight2) - F.conv2d(fmap, usam.weight, padding=usam.pad)
+        shift = float(torch.randn(1, generator=generator)) * 0.1
+        scale = float(torch.rand(1, generator=generator)) * 0.5 + 0.75
+        usam.bn.running_mean.fill_(float(att.mean()) + shift * float(att.std()))
+        usam.bn.running_var.fill_(float(att.var()) * scale)
+        h = m.layer1(m.maxpool(usam(h))) if usam is model.usam_1 else h
+
+
+def base_backbones(generator):
+    """One set of backbone weights per kind, shared by every configuration of that kind, so
+    that forward.pt stores each backbone tensor once."""
+    builders = {
+        "resnet50": torchvision.models.resnet50,
+        "resnet50_ibn_a": resnet50_ibn_a,
+        "densenet121": torchvision.models.densenet121,
+    }
+    bases = {}
+    for i, (kind, make) in enumerate(builders.items()):
+        torch.manual_seed(100 + i)
+        module = make()
+        randomize_batchnorm_statistics(module, generator)
+        randomize_instancenorm_affine(module, generator)
+        bases[kind] = module.state_dict()
+    return bases
+
+
+def forward_references():
+    """Returns (tensors for forward.pt, {config: state_dict whose backbone entries are the
+    shared tensors}, {config: eval model} for the configurations reused by later files)."""
+    generator = torch.Generator().manual_seed(20261127)
+    tensors = {}
+    image = torch.randn(2, 3, 128, 64, generator=generator)
+    tensors["input"] = image
+    bases = base_backbones(generator)
+    states, kept = {}, {}
+    with torch.no_grad():
+        for name in CONFIGS:
+            model = build(name, 10, 0.5).eval()
+            randomize_batchnorm_statistics(model, generator)
+            randomize_instancenorm_affine(model, generator)
+            if parse(name)[1].get("pool") == "gem":
+                model.heads.pool_layer.p.fill_(GEM_P)
+            base, prefix = bases[backbone_kind(name)], backbone_prefix(name)
+            backbone = model.backbone if isinstance(model, BnneckNet) else model.model
+            own = backbone.state_dict()
+            backbone.load_state_dict({k: base[k] for k in own}, strict=True)
+            if isinstance(model, FtNetUsam):
+                calibrate_usam(model, image, generator)
+
+            state = collections.OrderedDict()
+            for key, value in model.state_dict().items():
+                if key.startswith(prefix) and key[len(prefix):] in base:
+                    shared = base[key[len(prefix):]]
+                    assert torch.equal(shared, value), key
+                    value = shared
+                state[key] = value
+                tensors[f"{name}/state/{key}"] = value
+            states[name] = state
+
+            logits, embedding, metric = evaluate(name, model, image)
+            for i, part in enumerate(logits):
+                tensors[f"{name}/logits/{i}"] = part
+            tensors[f"{name}/embedding"] = embedding
+            tensors[f"{name}/metric_feature"] = metric
+            tensors[f"{name}/test_feature"] = test_feature(name, model, image, embedding)
+            if name in PYTHON_FILES.values() or name == FASTREID_CONFIG:
+                kept[name] = model
+    return tensors, states, kept
+
+
+def training_batch():
+    generator = torch.Generator().manual_seed(4242)
+    return torch.randn(4, 3, 128, 64, generator=generator), torch.tensor([0, 0, 1, 1])
+
+
+def training_references(states):
+    x, labels = training_batch()
+    tensors = {"train_input": x, "train_labels": labels}
+    for name in CONFIGS:
+        model = build(name, 10, 0.0, initialise=False)
+        model.load_state_dict(states[name], strict=True)
+        model.train()
+        backbone = backbone_parameters(name, model)
+        in_backbone = {id(p) for p in backbone}
+        head = [p for p in model.parameters() if id(p) not in in_backbone]
+        sgd = torch.optim.SGD([{"params": backbone, "lr": 0.001}, {"params": head, "lr": 0.01}],
+                              lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        losses = []
+        for _ in range(3):
+            sgd.zero_grad()
+            loss = training_loss(name, model, x, labels)
+            loss.backward()
+            sgd.step()
+            losses.append(loss.item())
+        tensors[f"{name}/losses"] = torch.tensor(losses, dtype=torch.float64)
+        state = model.state_dict()
+        tensors[f"{name}/fingerprint"] = torch.tensor(
+            [[v.double().sum().item(), v.double().pow(2).sum().item()] for v in state.values()],
+            dtype=torch.float64)
+        prefix, first = backbone_prefix(name), first_conv_key(name)
+        for key, value in state.items():
+            if not key.startswith(prefix) or key == first:
+                tensors[f"{name}/trained/{key}"] = value.clone()
+    return tensors
+
+
+def fastreid_files(model, out_dir):
+    """fast-reid's checkpoint layout around the BoT model's state_dict."""
+    x, labels = training_batch()
+    trained = copy.deepcopy(model).train()
+    sgd = torch.optim.SGD([p for p in trained.parameters() if p.requires_grad], lr=0.00035,
+                          momentum=0.9, weight_decay=5e-4)
+    sgd.zero_grad()
+    training_loss(FASTREID_CONFIG, trained, x, labels).backward()
+    sgd.step()
+    scheduler = {"last_epoch": 3, "base_lrs": [0.00035], "_step_count": 4, "verbose": False,
+                 "_last_lr": [0.00035]}
+    state = model.state_dict()
+    torch.save({"model": state, "optimizer": sgd.state_dict(), "scheduler": scheduler,
+                "iteration": 120}, os.path.join(out_dir, "fastreid_new.pth"))
+    mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
+    old = collections.OrderedDict([("pixel_mean", mean), ("pixel_std", std)])
+    old.update(state)
+    torch.save({"model": old, "optimizer": sgd.state_dict(), "scheduler": scheduler,
+                "iteration": 120}, os.path.join(out_dir, "fastreid_old.pth"))
+
+    generator = torch.Generator().manual_seed(31337)
+    images = torch.rand(2, 3, 128, 64, generator=generator) * 255
+    with torch.no_grad():
+        embedding = model.eval().embed((images - mean) / std)
+    torch.save({"images255": images, "embedding": embedding},
+               os.path.join(out_dir, "fastreid.pt"))
+
+
+def main():
+    out_dir = sys.argv[1]
+    os.makedirs(out_dir, exist_ok=True)
+    torch.set_num_threads(2)
+    with open(os.path.join(out_dir, "keys.json"), "w") as f:
+        json.dump(key_references(), f)
+
+    forward, states, kept = forward_references()
+    torch.save(forward, os.path.join(out_dir, "forward.pt"))
+
+    outputs = {}
+    for family, name in PYTHON_FILES.items():
+        torch.save(kept[name].state_dict(), os.path.join(out_dir, f"python_{family}.pth"))
+        outputs[f"{family}/embedding"] = forward[f"{name}/embedding"]
+    torch.save(outputs, os.path.join(out_dir, "python_outputs.pt"))
+    fastreid_files(kept[FASTREID_CONFIG], out_dir)
+    del kept
+
+    torch.save(training_references(states), os.path.join(out_dir, "training.pt"))
+
+
+if __name__ == "__main__":
+    main()

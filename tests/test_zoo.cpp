@@ -1,0 +1,267 @@
+// Parity of every model family of the registry with its Python reference
+// (tests/python/zoo_models.py: torchvision plus the baseline's, IBN-Net's and fast-reid's
+// definitions): keys, order, shapes and parameter counts; eval outputs and test features; the
+// inference path; three SGD steps; checkpoints both ways; fast-reid files. And a backbone added
+// from outside the library (tests/example_backbone.hpp).
+#include "example_backbone.hpp"
+#include "support.hpp"
+
+#include <reidnet/reidnet.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <regex>
+
+using reidnet::test::copy_state;
+using reidnet::test::fixture;
+using reidnet::test::max_relative_difference;
+
+namespace {
+
+constexpr double kTolerance = 1e-4;  // max relative difference, fp32
+constexpr int64_t kClasses = 10;     // forward, training and checkpoint references
+
+// "<family>/stride=S/linear_num=L" or "<family>/stride=S/pool=P" -> the registry's model.
+struct Config {
+  std::string model;
+  reidnet::ModelArgs args;
+};
+
+Config parse(const std::string& name, int64_t class_num, double droprate) {
+  std::smatch match;
+  REQUIRE_MESSAGE(std::regex_match(name, match, std::regex("([a-z_]+)/stride=([12])/(linear_num|pool)=([a-z_0-9]+)")),
+                  name);
+  Config config{match[1], reidnet::ModelArgs()
+                              .class_num(class_num)
+                              .droprate(droprate)
+                              .last_stride(std::stoi(match[2]))};
+  if (match[3] == "linear_num") {
+    config.args.linear_num(std::stoi(match[4]));
+  } else {
+    config.args.pool(reidnet::pool_type(match[4]));
+  }
+  if (config.model == "bnneck_ibn") {
+    config.model = "bnneck";
+    config.args.backbone("resnet50_ibn_a");
+  }
+  return config;
+}
+
+reidnet::ReidModel build(const std::string& name, int64_t class_num = kClasses, double droprate = 0.5) {
+  const auto config = parse(name, class_num, droprate);
+  return reidnet::create_model(config.model, config.args);
+}
+
+const std::map<std::string, torch::Tensor>& forward_references() {
+  static const auto tensors = reidnet::test::load_tensor_dict(fixture("zoo", "forward.pt"));
+  return tensors;
+}
+
+std::vector<std::string> configs() {
+  std::ifstream file(fixture("zoo", "keys.json"));
+  REQUIRE_MESSAGE(file.good(), "missing keys.json: run ctest so the Python fixture runs first");
+  const auto references = nlohmann::json::parse(file);
+  std::vector<std::string> names;
+  for (const auto& item : references.items()) names.push_back(item.key());
+  return names;
+}
+
+reidnet::ReidModel reference_model(const std::string& name, double droprate = 0.5) {
+  auto model = build(name, kClasses, droprate);
+  copy_state(*model, forward_references(), name + "/state/");
+  return model;
+}
+
+torch::Tensor test_features(reidnet::ReidModel& model, const torch::Tensor& images, bool optimize) {
+  const std::vector<torch::Tensor> batches{images};
+  return reidnet::extract_features(model, batches, reidnet::FeatureOptions().optimize(optimize));
+}
+
+}  // namespace
+
+TEST_CASE("every family's state_dict keys, order, shapes and parameter count equal Python's") {
+  std::ifstream file(fixture("zoo", "keys.json"));
+  const auto references = nlohmann::json::parse(file);
+  REQUIRE(references.size() >= 14);
+  for (const auto& [name, reference] : references.items()) {
+    CAPTURE(name);
+    auto model = build(name, 751);
+    const auto state = reidnet::state_dict(*model);
+    const auto& keys = reference["keys"];
+    REQUIRE(state.size() == keys.size());
+    for (size_t i = 0; i < keys.size(); ++i) {
+      CHECK_MESSAGE(state[i].key() == keys[i][0].get<std::string>(), "entry ", i);
+      CHECK(state[i].value().sizes().vec() == keys[i][1].get<std::vector<int64_t>>());
+    }
+    CHECK(reidnet::count_parameters(*model) == reference["parameters"].get<int64_t>());
+  }
+}
+
+TEST_CASE("every family's eval logits, embedding, metric feature and test feature equal "
+          "Python's within 1e-4; so does the inference path") {
+  const auto& tensors = forward_references();
+  const auto& input = tensors.at("input");
+  for (const auto& name : configs()) {
+    CAPTURE(name);
+    auto model = reference_model(name);
+    model->eval();
+    {
+      torch::NoGradGuard no_grad;
+      const auto out = model->forward(input);
+      for (size_t i = 0; i < out.logits.size(); ++i) {
+        CAPTURE(i);
+        CHECK(max_relative_difference(out.logits[i], tensors.at(name + "/logits/" + std::to_string(i))) <
+              kTolerance);
+      }
+      CHECK(tensors.count(name + "/logits/" + std::to_string(out.logits.size())) == 0);
+      CHECK(max_relative_difference(out.embedding, tensors.at(name + "/embedding")) < kTolerance);
+      CHECK(max_relative_difference(out.metric_feature, tensors.at(name + "/metric_feature")) < kTolerance);
+      CHECK(max_relative_difference(model->embed(input), tensors.at(name + "/embedding")) < kTolerance);
+    }
+    const auto& expected = tensors.at(name + "/test_feature");
+    const double module_error = max_relative_difference(test_features(model, input, false), expected);
+    const double fast_error = max_relative_difference(test_features(model, input, true), expected);
+    MESSAGE(name << ": test feature " << module_error << ", inference path " << fast_error);
+    CHECK(module_error < kTolerance);
+    CHECK(fast_error < kTolerance);
+  }
+}
+
+TEST_CASE("three SGD steps of every family (dropout 0) give Python's losses and weights") {
+  const auto references = reidnet::test::load_tensor_dict(fixture("zoo", "training.pt"));
+  const auto& images = references.at("train_input");
+  const auto& labels = references.at("train_labels");
+  for (const auto& name : configs()) {
+    CAPTURE(name);
+    auto model = reference_model(name, /*droprate=*/0.0);
+    model->train();
+    // Python's groups: the backbone at 0.001, everything else at 0.01.
+    auto sgd = reidnet::make_sgd(*model, reidnet::SgdRecipe().lr(0.01).backbone_lr_ratio(0.1));
+    reidnet::set_learning_rates(*sgd, {0.001, 0.01});
+    torch::nn::CrossEntropyLoss cross_entropy;
+    reidnet::TripletLoss triplet;
+    const bool bnneck = name.rfind("bnneck", 0) == 0;
+    std::vector<double> losses;
+    for (int step = 0; step < 3; ++step) {
+      sgd->zero_grad();
+      const auto out = model->forward(images);
+      torch::Tensor loss;
+      for (const auto& logits : out.logits) {
+        loss = loss.defined() ? loss + cross_entropy(logits, labels) : cross_entropy(logits, labels);
+      }
+      if (bnneck) loss = loss + triplet(out.metric_feature, labels);
+      losses.push_back(loss.item<double>());
+      loss.backward();
+      sgd->step();
+    }
+    const auto& expected_losses = references.at(name + "/losses");
+    for (int step = 0; step < 3; ++step) {
+      CHECK(losses[step] == doctest::Approx(expected_losses[step].item<double>()).epsilon(kTolerance));
+    }
+    const auto state = reidnet::state_dict(*model);
+    const auto& fingerprint = references.at(name + "/fingerprint");
+    REQUIRE(fingerprint.size(0) == static_cast<int64_t>(state.size()));
+    double worst = 0;
+    for (size_t i = 0; i < state.size(); ++i) {
+      const auto value = state[i].value().to(torch::kDouble);
+      for (int column = 0; column < 2; ++column) {
+        const double actual = (column == 0 ? value.sum() : value.pow(2).sum()).item<double>();
+        const double wanted = fingerprint[static_cast<int64_t>(i)][column].item<double>();
+        const double error = std::abs(actual - wanted) / std::max(std::abs(wanted), 1e-3);
+        worst = std::max(worst, error);
+        CHECK_MESSAGE(error < kTolerance, state[i].key(), " column ", column);
+      }
+    }
+    int64_t compared = 0;
+    for (const auto& item : state) {
+      const auto found = references.find(name + "/trained/" + item.key());
+      if (found == references.end()) continue;
+      ++compared;
+      CHECK_MESSAGE(max_relative_difference(item.value().to(torch::kFloat), found->second.to(torch::kFloat)) <
+                        kTolerance, item.key());
+    }
+    CHECK(compared >= 3);
+    MESSAGE(name << ": worst fingerprint difference " << worst << " over " << state.size() << " entries");
+  }
+}
+
+TEST_CASE("checkpoints cross both ways: C++ files load strictly in Python, Python's in C++") {
+  const auto outputs = reidnet::test::load_tensor_dict(fixture("zoo", "python_outputs.pt"));
+  const auto& input = forward_references().at("input");
+  const std::vector<std::pair<std::string, std::string>> families{
+      {"dense", "ft_net_dense/stride=2/linear_num=512"},
+      {"ibn", "ft_net_ibn/stride=2/linear_num=512"},
+      {"usam", "ft_net_usam/stride=2/linear_num=512"},
+      {"pcb", "pcb/stride=1/linear_num=256"},
+      {"bnneck", "bnneck/stride=1/pool=gem"}};
+  reidnet::test::TemporaryFolder folder("reidnet-zoo");
+  for (const auto& [family, name] : families) {
+    CAPTURE(name);
+    auto model = build(name);
+    reidnet::load_state_dict(*model, fixture("zoo", "python_" + family + ".pth"));
+    model->eval();
+    torch::NoGradGuard no_grad;
+    CHECK(max_relative_difference(model->embed(input), outputs.at(family + "/embedding")) < kTolerance);
+    const auto path = (folder.path / (family + ".pth")).string();
+    reidnet::save_state_dict(*model, path);
+    CHECK(reidnet::test::run_python("zoo_check.py", "'" + name + "' " + path) == 0);
+  }
+}
+
+TEST_CASE("fast-reid checkpoints ({'model': ...}, with or without pixel_mean/pixel_std) give the "
+          "embedding fast-reid's inference returns") {
+  const auto reference = reidnet::test::load_tensor_dict(fixture("zoo", "fastreid.pt"));
+  const auto& images = reference.at("images255");
+  for (const char* file : {"fastreid_new.pth", "fastreid_old.pth"}) {
+    CAPTURE(file);
+    auto model = build("bnneck/stride=1/pool=gem");
+    const auto report = reidnet::load_fastreid_checkpoint(*model, fixture("zoo", file));
+    CHECK(report.complete());
+    model->eval();
+    const auto& config = model->config();
+    // The data pipeline's normalisation, on 0..1 images.
+    const auto mean = torch::tensor(config.mean(), torch::kFloat).view({1, 3, 1, 1});
+    const auto std = torch::tensor(config.std(), torch::kFloat).view({1, 3, 1, 1});
+    torch::NoGradGuard no_grad;
+    const auto embedding = model->embed((images / 255.0 - mean) / std);
+    CHECK(max_relative_difference(embedding, reference.at("embedding")) < kTolerance);
+  }
+}
+
+TEST_CASE("a backbone from outside the library: one header, one registry line") {
+  const auto names = reidnet::model_names();
+  REQUIRE(std::find(names.begin(), names.end(), "tiny_net") != names.end());
+  auto model = reidnet::create_model("tiny_net", reidnet::ModelArgs().class_num(4).linear_num(8));
+  const auto state = reidnet::state_dict(*model);
+  CHECK(state[0].key() == "model.conv1.weight");
+  CHECK(state[state.size() - 1].key() == "classifier.classifier.0.bias");
+  CHECK(model->feature_dim() == 8);
+  // It trains, with its parameters in the backbone group, and runs through the inference path.
+  const auto groups = model->parameter_groups();
+  CHECK(groups.backbone.size() == model->backbone().module()->parameters().size());
+  auto sgd = reidnet::make_sgd(*model);
+  const auto images = torch::randn({4, 3, 32, 16});
+  const auto labels = torch::tensor({0, 1, 2, 3}, torch::kLong);
+  const auto before = model->backbone().module()->parameters().front().detach().clone();
+  model->train();
+  torch::nn::functional::cross_entropy(model->forward(images).logits[0], labels).backward();
+  sgd->step();
+  CHECK(!torch::equal(before, model->backbone().module()->parameters().front()));
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const auto fast = reidnet::optimize_for_inference(model);
+  CHECK(max_relative_difference(fast.embed(images), model->embed(images)) < kTolerance);
+  auto copy = std::dynamic_pointer_cast<reidnet::ReidModelImpl>(model->clone());
+  REQUIRE(copy);
+  CHECK(torch::equal(copy->embed(images), model->embed(images)));
+}
+
+TEST_CASE("families refuse what they cannot build, naming it") {
+  CHECK_THROWS_WITH_AS(reidnet::create_model("ft_net_swin"), doctest::Contains("known: "), c10::Error);
+  CHECK_THROWS_WITH_AS(reidnet::create_model("pcb", reidnet::ModelArgs().class_num(0)),
+                       doctest::Contains("class_num"), c10::Error);
+  CHECK_THROWS_WITH_AS(reidnet::pool_type("median"), doctest::Contains("avg, max, gem"), c10::Error);
+  auto ibn = reidnet::create_model("ft_net_ibn");
+  CHECK(reidnet::optimize_for_inference(ibn).describe().find("path=module") != std::string::npos);
+}
