@@ -3,10 +3,10 @@
 //
 //   reidnet-test --data Market-1501 --model-dir model/ft_ResNet50
 //   reidnet-test --data toy --model-dir runs/toy --rerank --show 0
-#include "common/canvas.hpp"
 #include "common/cli.hpp"
 #include "common/csv.hpp"
 #include "common/opts_yaml.hpp"
+#include "common/ranked_list.hpp"
 
 #include <reidnet/checkpoint.hpp>
 #include <reidnet/data.hpp>
@@ -151,32 +151,6 @@ reidnet::ReidModel load_model(const ModelChoice& model, const std::string& weigh
   return net;
 }
 
-// The query and its top-k gallery images, bordered green (same id) or red (wrong id).
-void write_ranked_list_picture(const std::string& path, const reidnet::Sample& query,
-                               const std::vector<reidnet::Sample>& gallery,
-                               const reidnet::RankedLists& top, int64_t row) {
-  constexpr int64_t kHeight = 128, kWidth = 64, kGap = 8, kBorder = 4, kLabel = 18;
-  const int64_t k = top.indices.size(1);
-  reidnet::examples::Canvas canvas(kHeight + 2 * kBorder + kLabel + 2 * kGap,
-                                   (k + 1) * (kWidth + 2 * kBorder + kGap) + 2 * kGap);
-  auto place = [&](const reidnet::Sample& sample, int64_t slot, reidnet::examples::Color color,
-                   const std::string& label) {
-    const int64_t left = kGap + slot * (kWidth + 2 * kBorder + kGap) + (slot > 0 ? kGap : 0);
-    canvas.text(kGap / 2, left, label, reidnet::examples::kBlack);
-    canvas.fill_rect(kGap + kLabel, left, kHeight + 2 * kBorder, kWidth + 2 * kBorder, color);
-    canvas.paste(reidnet::resize(reidnet::read_image(sample.path), kHeight, kWidth),
-                 kGap + kLabel + kBorder, left + kBorder);
-  };
-  place(query, 0, reidnet::examples::kGrey, "QUERY");
-  for (int64_t i = 0; i < k; ++i) {
-    const int64_t index = top.indices[row][i].item<int64_t>();
-    if (index < 0) break;
-    const bool good = top.good[row][i].item<bool>();
-    place(gallery[index], i + 1, good ? reidnet::examples::kGreen : reidnet::examples::kRed,
-          std::to_string(i + 1));
-  }
-  reidnet::write_png(path, canvas.pixels());
-}
 
 // One row per (query, rank), paths quoted as RFC 4180 wants; written atomically.
 void write_ranks(const std::string& path, const std::vector<reidnet::Sample>& query,
@@ -285,7 +259,8 @@ int run(TestConfig& c) {
       fmt::print("top-{} lists written to {}\n", c.top_k, ranks_path);
     }
     if (c.show >= 0) {
-      write_ranked_list_picture(show_path, data.query[c.show], data.gallery, top, c.show);
+      reidnet::write_png(show_path, reidnet::examples::render_ranked_list(
+                                        data.query[c.show], data.gallery, top, c.show));
       fmt::print("ranked list of query {} drawn to {}\n", c.show, show_path);
     }
   }

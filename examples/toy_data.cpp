@@ -10,9 +10,9 @@
 // (0000) and junk detections (-1). Test ids are disjoint from training ids and every query has
 // a same-id gallery picture on another camera. The same seed gives the same files.
 #include "common/cli.hpp"
+#include "toy/toy_data.hpp"
 
 #include <reidnet/data.hpp>
-#include <reidnet/detail/toy_data.hpp>
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
@@ -23,12 +23,15 @@ namespace fs = std::filesystem;
 
 int main(int argc, char** argv) {
   CLI::App app{"Write a synthetic person re-identification data set (Market-1501 layout)"};
-  reidnet::detail::toy::ToyDataOptions s;
+  reidnet::toy::ToyDataOptions s;
   std::string out_folder;
   bool overwrite = false;
   app.add_option("--out", out_folder, "folder to create (must not exist, or be empty)")->required();
+  app.add_option("--style", s.style, "drawing: street (walking, occluded people in street scenes) "
+                 "or blocks (box figures before fixed backdrops)")
+      ->check(CLI::IsMember(std::vector<std::string>(std::begin(reidnet::toy::kStyles), std::end(reidnet::toy::kStyles))));
   app.add_option("--ids", s.ids, "training identities")->check(CLI::Range(1, 4000));
-  app.add_option("--test-ids", s.test_ids, "test identities (default: as --ids)")->check(CLI::Range(1, 4000));
+  app.add_option("--test-ids", s.test_ids, "test identities")->check(CLI::Range(1, 4000));
   app.add_option("--images-per-id", s.images_per_id, "pictures per identity in train and gallery")
       ->check(CLI::Range(4, 1000));
   app.add_option("--cameras", s.cameras, "cameras (Market-1501 has 6)")->check(CLI::Range(2, 9));
@@ -51,7 +54,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    const auto counts = reidnet::detail::toy::create_toy_dataset(s, out_folder);
+    const auto counts = reidnet::toy::create_toy_dataset(s, out_folder);
     fmt::print("wrote {}: {} training pictures of {} ids, {} queries, {} gallery pictures "
                "({} distractors, {} junk)\n",
                out_folder, counts.train, s.ids, counts.query, counts.gallery, s.distractors, s.junk);

@@ -46,6 +46,20 @@ struct PhaseResult {
 
 void add_flags(CLI::App& app, TrainConfig& c, std::string& name) {
   // Value ranges are checked by check_train_config, for flags and opts.yaml alike.
+  // --preset is applied as soon as it is parsed, before any other flag is stored: flags
+  // override the preset, wherever they stand on the command line.
+  std::string presets;
+  for (const auto& preset : reidnet::examples::kPresets) {
+    presets += fmt::format("\n  {}: {}", preset.name, preset.summary);
+  }
+  app.add_option_function<std::string>(
+         "--preset", [&c](const std::string& name) {
+           c.preset = name;
+           reidnet::examples::find_preset(name)->apply(c);
+         },
+         "named recipe; the flags given override it:" + presets)
+      ->check(CLI::IsMember(reidnet::examples::preset_names()))
+      ->trigger_on_parse();
   app.add_option("--data,--data_dir", c.data, "data set root (Market-1501, DukeMTMC-reID, MSMT17 "
                  "or the baseline's folder-per-id layout); with --resume, opts.yaml's by default");
   app.add_option("--out", c.out, "output folder (net_last.pth, opts.yaml, train.log, train.jpg)");
@@ -109,7 +123,7 @@ void stage_history(reidnet::RunFolder::Commit& commit, const History& history) {
   if (history.train_loss.empty()) return;
   const auto picture = reidnet::examples::render_training_curves(
       history.train_loss, history.val_loss, history.train_error, history.val_error);
-  reidnet::write_jpeg(commit.stage("train.jpg"), picture.pixels());
+  reidnet::write_jpeg(commit.stage("train.jpg"), picture);
 }
 
 /// trainer_state.yaml: where the run stands, besides the weights and the optimizer.
@@ -558,9 +572,18 @@ int train(CLI::App& app, TrainConfig config, const std::string& resume) {
   } else if (config.data.empty()) {
     throw UsageError("--data is required (the data set root)");
   }
+  if (resume.empty() && app.count("--model") == 0 &&
+      (config.use_dense || config.pcb || config.usam || config.bnneck || config.ibn)) {
+    config.model = "ft_net";  // a family switch on the command line overrides a preset's model
+  }
   reidnet::examples::check_train_config(config, [](const char*, const char* flag) { return flag; });
   torch::set_num_threads(static_cast<int>(config.threads));
-  if (resume.empty() && app.count("--height") == 0 && app.count("--width") == 0) {
+  TrainConfig preset_only;
+  reidnet::examples::find_preset(config.preset)->apply(preset_only);
+  const bool size_given = app.count("--height") > 0 || app.count("--width") > 0 ||
+                          preset_only.height != TrainConfig{}.height ||
+                          preset_only.width != TrainConfig{}.width;
+  if (resume.empty() && !size_given) {
     // The family's own input size (PCB: 384x192), as the baseline picks it.
     const auto [name, args] = reidnet::examples::resolve_model(
         config, [](const char*, const char* flag) { return std::string(flag); });

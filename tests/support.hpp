@@ -150,4 +150,31 @@ inline int64_t idle_child_rss_kb() {
   return run_in_child([](std::string&) { return 0; }).peak_rss_kb;
 }
 
+struct ProgramRun {
+  int status;
+  std::string output;
+};
+
+/// Runs examples/<program> with `arguments` (after `environment`, "NAME=value ..." for env);
+/// returns its exit status (-1 when killed by a signal) and combined output.
+inline ProgramRun run_program(const std::string& program, const std::string& arguments,
+                              const std::string& environment = "") {
+  const std::string binary = std::string(REIDNET_TEST_EXAMPLES_DIR) + "/" + program;
+  REQUIRE_MESSAGE(std::filesystem::exists(binary), binary << " is missing: build with REIDNET_BUILD_EXAMPLES=ON");
+  const auto log = unique_temporary_path(program + ".log");
+  const std::string prefix = environment.empty() ? "" : "env " + environment + " ";
+  const int raw = std::system((prefix + binary + " " + arguments + " > " + log.string() + " 2>&1").c_str());
+  std::ifstream file(log);
+  const std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  std::filesystem::remove(log);
+  return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, text};
+}
+
+/// The mAP that reidnet-test printed.
+inline double map_of(const std::string& output) {
+  const auto at = output.find("mAP:");
+  REQUIRE_MESSAGE(at != std::string::npos, output);
+  return std::stod(output.substr(at + 4));
+}
+
 }  // namespace reidnet::test

@@ -4,7 +4,7 @@
 #include "support.hpp"
 
 #include <reidnet/data.hpp>
-#include <reidnet/detail/toy_data.hpp>
+#include "toy/toy_data.hpp"
 
 #include <filesystem>
 #include <fstream>
@@ -440,70 +440,75 @@ TEST_CASE("loading a missing or broken picture raises an error naming the file")
                   std::runtime_error);
 }
 
-TEST_CASE("the toy data set keeps Market-1501's layout and the promises of reidnet-toy-data") {
-  TemporaryFolder folder("reidnet_test_data_toy");
-  reidnet::detail::toy::ToyDataOptions options;
-  options.ids = 6;
-  options.test_ids = 5;
-  options.images_per_id = 4;
-  options.cameras = 4;
-  options.distractors = 3;
-  options.junk = 2;
-  options.seed = 9;
-  const auto root = (folder.path / "toy").string();
-  const auto counts = reidnet::detail::toy::create_toy_dataset(options, root);
-  const auto entries = [&] {
-    return std::distance(fs::directory_iterator(folder.path), fs::directory_iterator());
-  };
-  CHECK(entries() == 1);  // the data set, no temporary folder beside it
-  const auto data = reidnet::read_dataset(root);
-  CHECK(data.class_num() == 6);
-  CHECK(data.train_all.size() == 24);
-  CHECK(static_cast<int>(data.query.size()) == counts.query);
-  CHECK(data.gallery.size() == 5 * 4 + 3 + 2);
-  std::set<int64_t> train_ids(data.class_ids.begin(), data.class_ids.end());
-  std::set<int64_t> query_ids;
-  for (const auto& q : data.query) {
-    query_ids.insert(q.person_id);
-    CHECK(train_ids.count(q.person_id) == 0);
-    const bool matched = std::any_of(data.gallery.begin(), data.gallery.end(), [&](const auto& g) {
-      return g.person_id == q.person_id && g.camera != q.camera;
-    });
-    CHECK_MESSAGE(matched, q.path << " has no match on another camera");
+TEST_CASE("the toy data set keeps Market-1501's layout and the promises of reidnet-toy-data, "
+          "in both styles") {
+  for (const char* style : reidnet::toy::kStyles) {
+    CAPTURE(style);
+    TemporaryFolder folder(std::string("reidnet_test_data_toy_") + style);
+    reidnet::toy::ToyDataOptions options;
+    options.style = style;
+    options.ids = 6;
+    options.test_ids = 5;
+    options.images_per_id = 4;
+    options.cameras = 4;
+    options.distractors = 3;
+    options.junk = 2;
+    options.seed = 9;
+    const auto root = (folder.path / "toy").string();
+    const auto counts = reidnet::toy::create_toy_dataset(options, root);
+    const auto entries = [&] {
+      return std::distance(fs::directory_iterator(folder.path), fs::directory_iterator());
+    };
+    CHECK(entries() == 1);  // the data set, no temporary folder beside it
+    const auto data = reidnet::read_dataset(root);
+    CHECK(data.class_num() == 6);
+    CHECK(data.train_all.size() == 24);
+    CHECK(static_cast<int>(data.query.size()) == counts.query);
+    CHECK(data.gallery.size() == 5 * 4 + 3 + 2);
+    std::set<int64_t> train_ids(data.class_ids.begin(), data.class_ids.end());
+    std::set<int64_t> query_ids;
+    for (const auto& q : data.query) {
+      query_ids.insert(q.person_id);
+      CHECK(train_ids.count(q.person_id) == 0);
+      const bool matched = std::any_of(data.gallery.begin(), data.gallery.end(), [&](const auto& g) {
+        return g.person_id == q.person_id && g.camera != q.camera;
+      });
+      CHECK_MESSAGE(matched, q.path << " has no match on another camera");
+    }
+    CHECK(query_ids.size() == 5);
+    const auto count_id = [&](int64_t id) {
+      return std::count_if(data.gallery.begin(), data.gallery.end(),
+                           [&](const auto& g) { return g.person_id == id; });
+    };
+    CHECK(count_id(0) == 3);
+    CHECK(count_id(-1) == 2);
+    const auto picture = reidnet::read_image(data.query.front().path);
+    CHECK(picture.sizes() == torch::IntArrayRef({128, 64, 3}));
+
+    // Deterministic: the same seed writes the same bytes; another seed, other pictures.
+    const auto again = (folder.path / "again").string();
+    reidnet::toy::create_toy_dataset(options, again);
+    const auto bytes = [](const std::string& path) { return reidnet::detail::read_file_bytes(path); };
+    for (const auto& sample : data.gallery) {
+      const auto twin = again + "/bounding_box_test/" + fs::path(sample.path).filename().string();
+      REQUIRE(fs::exists(twin));
+      CHECK(bytes(twin) == bytes(sample.path));
+    }
+    options.seed = 10;
+    const auto other = (folder.path / "other").string();
+    reidnet::toy::create_toy_dataset(options, other);
+    CHECK(reidnet::read_dataset(other).class_ids != data.class_ids);
+
+    // A failure leaves nothing behind.
+    touch(folder.path / "a_file");
+    const auto impossible = (folder.path / "a_file" / "toy").string();
+    CHECK_THROWS_WITH_AS(reidnet::toy::create_toy_dataset(options, impossible),
+                         doctest::Contains(impossible.c_str()), std::runtime_error);
+    CHECK(entries() == 4);  // toy, again, other and a_file: nothing else left behind
+
+    // Writing over an existing data set replaces it whole.
+    reidnet::toy::create_toy_dataset(options, root);
+    CHECK(reidnet::read_dataset(root).class_ids == reidnet::read_dataset(other).class_ids);
+    CHECK(entries() == 4);
   }
-  CHECK(query_ids.size() == 5);
-  const auto count_id = [&](int64_t id) {
-    return std::count_if(data.gallery.begin(), data.gallery.end(),
-                         [&](const auto& g) { return g.person_id == id; });
-  };
-  CHECK(count_id(0) == 3);
-  CHECK(count_id(-1) == 2);
-  const auto picture = reidnet::read_image(data.query.front().path);
-  CHECK(picture.sizes() == torch::IntArrayRef({128, 64, 3}));
-
-  // Deterministic: the same seed writes the same bytes; another seed, other pictures.
-  const auto again = (folder.path / "again").string();
-  reidnet::detail::toy::create_toy_dataset(options, again);
-  const auto bytes = [](const std::string& path) { return reidnet::detail::read_file_bytes(path); };
-  for (const auto& sample : data.gallery) {
-    const auto twin = again + "/bounding_box_test/" + fs::path(sample.path).filename().string();
-    REQUIRE(fs::exists(twin));
-    CHECK(bytes(twin) == bytes(sample.path));
-  }
-  options.seed = 10;
-  const auto other = (folder.path / "other").string();
-  reidnet::detail::toy::create_toy_dataset(options, other);
-  CHECK(reidnet::read_dataset(other).class_ids != data.class_ids);
-
-  // A failure leaves nothing behind.
-  touch(folder.path / "a_file");
-  const auto impossible = (folder.path / "a_file" / "toy").string();
-  CHECK_THROWS_WITH_AS(reidnet::detail::toy::create_toy_dataset(options, impossible),
-                       doctest::Contains(impossible.c_str()), std::runtime_error);
-  CHECK(entries() == 4);  // toy, again, other and a_file: nothing else left behind
-
-  // Writing over an existing data set replaces it whole.
-  reidnet::detail::toy::create_toy_dataset(options, root);
-  CHECK(reidnet::read_dataset(root).class_ids == reidnet::read_dataset(other).class_ids);
-  CHECK(entries() == 4);
 }

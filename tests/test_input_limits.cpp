@@ -9,7 +9,7 @@
 
 #include <reidnet/checkpoint.hpp>
 #include <reidnet/data.hpp>
-#include <reidnet/detail/toy_data.hpp>
+#include "toy/toy_data.hpp"
 #include <reidnet/ft_net.hpp>
 
 #include <sys/stat.h>
@@ -143,7 +143,8 @@ std::string shell_quoted(const std::string& text) {
 
 /// A tiny Market-1501 toy data set: 3 queries, 14 gallery pictures.
 void make_toy(const fs::path& root) {
-  reidnet::detail::toy::ToyDataOptions options;
+  reidnet::toy::ToyDataOptions options;
+  options.style = "blocks";
   options.ids = 2;
   options.test_ids = 3;
   options.images_per_id = 4;
@@ -151,7 +152,7 @@ void make_toy(const fs::path& root) {
   options.junk = 1;
   options.height = 32;
   options.width = 16;
-  reidnet::detail::toy::create_toy_dataset(options, root.string());
+  reidnet::toy::create_toy_dataset(options, root.string());
 }
 
 /// An MSMT17 tree whose query list names `entry` (a path relative to test/).

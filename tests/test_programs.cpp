@@ -2,6 +2,9 @@
 // reidnet-train (outputs, Python loading, resume, bad input) and reidnet-test.
 #include "support.hpp"
 
+#include "common/curves.hpp"
+#include "common/ranked_list.hpp"
+
 #include <reidnet/checkpoint.hpp>
 #include <reidnet/optimizer_state.hpp>
 #include <reidnet/reidnet.hpp>
@@ -19,25 +22,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Run {
-  int status;
-  std::string output;
-};
-
-// Runs examples/<program> with `arguments` (after `environment`, "NAME=value ..." for env);
-// returns its exit status (128 + N when killed by signal N) and combined output.
-Run run_program(const std::string& program, const std::string& arguments,
-                const std::string& environment = "") {
-  const std::string binary = std::string(REIDNET_TEST_EXAMPLES_DIR) + "/" + program;
-  REQUIRE_MESSAGE(fs::exists(binary), binary << " is missing: build with REIDNET_BUILD_EXAMPLES=ON");
-  const std::string log = std::string(REIDNET_TEST_BINARY_DIR) + "/programs_last_run.log";
-  const std::string prefix = environment.empty() ? "" : "env " + environment + " ";
-  const int raw = std::system((prefix + binary + " " + arguments + " > " + log + " 2>&1").c_str());
-  std::ifstream file(log);
-  std::stringstream text;
-  text << file.rdbuf();
-  return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, text.str()};
-}
+using reidnet::test::map_of;
+using reidnet::test::run_program;
 
 const fs::path& workspace() {
   static const fs::path root = [] {
@@ -53,7 +39,9 @@ const fs::path& workspace() {
 const fs::path& toy_data() {
   static const fs::path dir = [] {
     const fs::path out = workspace() / "toy";
-    const auto run = run_program("reidnet-toy-data", "--out " + out.string() + " --ids 8 --seed 11");
+    const auto run = run_program("reidnet-toy-data", "--out " + out.string() +
+                                 " --ids 8 --test-ids 8 --images-per-id 8 --distractors 24 "
+                                 "--junk 12 --seed 11");
     REQUIRE_MESSAGE(run.status == 0, run.output);
     return out;
   }();
@@ -90,11 +78,6 @@ void replace_line(const fs::path& file, const std::string& key, const std::strin
   std::ofstream(file) << text;
 }
 
-double map_of(const std::string& output) {
-  const auto at = output.find("mAP:");
-  REQUIRE_MESSAGE(at != std::string::npos, output);
-  return std::stod(output.substr(at + 4));
-}
 
 }  // namespace
 
@@ -457,4 +440,140 @@ TEST_CASE("reidnet-train trains every family on the toy data (--use_dense, --PCB
   CHECK(run.status == 2);
   CHECK(run.output.find("at most one") != std::string::npos);
   CHECK(!fs::exists(out));
+}
+
+namespace {
+
+// The value of `key` in a flat YAML file (opts.yaml), as written.
+std::string yaml_value(const fs::path& file, const std::string& key) {
+  std::ifstream in(file);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ": ", 0) == 0) return line.substr(key.size() + 2);
+  }
+  FAIL("no key '" << key << "' in " << file);
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("--preset: a flag overrides the preset, the preset overrides the default, and opts.yaml "
+          "records the result") {
+  const std::string data = "--data " + toy_data().string() + " --total-epoch 0 --threads 1 --out ";
+  // Wherever the flag stands, it wins over the preset.
+  int run_number = 0;
+  for (const std::string& order : {"--preset scratch --lr 0.07", "--lr 0.07 --preset scratch"}) {
+    CAPTURE(order);
+    const auto out = workspace() / ("preset_" + std::to_string(++run_number));
+    const auto run = run_program("reidnet-train", data + out.string() + " " + order);
+    INFO(run.output);
+    REQUIRE(run.status == 0);
+    const auto opts = out / "opts.yaml";
+    CHECK(yaml_value(opts, "preset") == "scratch");
+    CHECK(std::stod(yaml_value(opts, "lr")) == doctest::Approx(0.07));  // the flag
+    CHECK(yaml_value(opts, "h") == "128");                 // the preset
+    CHECK(yaml_value(opts, "w") == "64");
+    CHECK(yaml_value(opts, "droprate") == "0");
+    CHECK(std::stod(yaml_value(opts, "weight_decay")) == doctest::Approx(5e-4));  // the default
+    CHECK(yaml_value(opts, "linear_num") == "512");
+    CHECK(yaml_value(opts, "model") == "resnet18");
+  }
+  // A family switch overrides the preset's model too.
+  const auto dense = workspace() / "preset_dense";
+  const auto switched = run_program("reidnet-train", data + dense.string() + " --preset scratch --use_dense");
+  INFO(switched.output);
+  REQUIRE(switched.status == 0);
+  CHECK(yaml_value(dense / "opts.yaml", "model") == "ft_net_dense");
+  CHECK(yaml_value(dense / "opts.yaml", "stride") == "1");
+  const auto tricks = workspace() / "preset_tricks";
+  const auto run = run_program("reidnet-train", data + tricks.string() + " --preset all-tricks --batch-size 4");
+  INFO(run.output);
+  REQUIRE(run.status == 0);
+  const auto opts = tricks / "opts.yaml";
+  CHECK(yaml_value(opts, "preset") == "all-tricks");
+  CHECK(yaml_value(opts, "warm_epoch") == "5");
+  CHECK(yaml_value(opts, "stride") == "1");
+  CHECK(yaml_value(opts, "erasing_p") == "0.5");
+  CHECK(std::stod(yaml_value(opts, "lr")) == doctest::Approx(0.02));
+  CHECK(yaml_value(opts, "batchsize") == "4");
+  CHECK(yaml_value(opts, "h") == "256");
+  // A preset is part of the recipe: unknown names and a change on --resume are refused.
+  const auto unknown = run_program("reidnet-train", data + (workspace() / "preset_bad").string() + " --preset fast");
+  CHECK(unknown.status == 2);
+  CHECK(unknown.output.find("--preset") != std::string::npos);
+  CHECK(!fs::exists(workspace() / "preset_bad"));
+  const auto resumed = run_program("reidnet-train", "--resume " + tricks.string() + " --preset scratch");
+  CHECK(resumed.status == 2);
+  CHECK(resumed.output.find("--preset cannot be combined with --resume") != std::string::npos);
+}
+
+namespace {
+
+// Pixels of `picture` within `tolerance` of `colour` in every channel.
+int64_t pixels_near(const torch::Tensor& picture, std::array<int, 3> colour, int tolerance = 40) {
+  const auto difference = (picture.to(torch::kInt) - torch::tensor({colour[0], colour[1], colour[2]}, torch::kInt))
+                              .abs()
+                              .amax(2);
+  return difference.le(tolerance).sum().item<int64_t>();
+}
+
+}  // namespace
+
+TEST_CASE("train.jpg is a PLplot chart: two panels with axes, labels, a legend, both curves, and "
+          "a log loss axis when the losses span more than a factor of 10") {
+  using reidnet::examples::curves_detail::wants_log_scale;
+  CHECK(wants_log_scale(0.4, 90));
+  CHECK_FALSE(wants_log_scale(1.2, 3.9));
+  CHECK_FALSE(wants_log_scale(0, 3.9));
+  for (const bool wide : {false, true}) {
+    CAPTURE(wide);
+    const std::vector<double> train_loss = wide ? std::vector<double>{85, 30, 4, 1.5, 0.6, 0.3}
+                                                : std::vector<double>{3.9, 3.5, 3.0, 2.2, 1.6, 1.1};
+    const auto picture = reidnet::examples::render_training_curves(
+        train_loss, {4.0, 3.8, 3.1, 2.5, 2.0, 1.8}, {0.98, 0.9, 0.7, 0.5, 0.3, 0.2},
+        {0.99, 0.95, 0.8, 0.6, 0.5, 0.45});
+    REQUIRE(picture.sizes() == torch::IntArrayRef({400, 1000, 3}));
+    const auto total = picture.size(0) * picture.size(1);
+    const auto white = pixels_near(picture, {255, 255, 255}, 10);
+    CHECK(white > total / 2);                 // a chart on a white page,
+    CHECK(white < total - total / 50);        // not a blank one:
+    CHECK(pixels_near(picture, {0, 0, 0}, 60) > 2000);  // axes, ticks, labels and text
+    CHECK(pixels_near(picture, {31, 119, 180}) > 500);  // the train curves
+    CHECK(pixels_near(picture, {214, 39, 40}) > 500);   // the val curves
+  }
+  // Through reidnet-train too: a JPEG of the same size.
+  const auto out = workspace() / "curves_run";
+  const auto run = run_program("reidnet-train", train_flags(out) + " --total-epoch 2");
+  REQUIRE_MESSAGE(run.status == 0, run.output);
+  const auto written = reidnet::read_image((out / "train.jpg").string());
+  CHECK(written.sizes() == torch::IntArrayRef({400, 1000, 3}));
+  CHECK(pixels_near(written, {31, 119, 180}) > 300);
+}
+
+TEST_CASE("show_N.png is the query and its ranked gallery with green and red borders and a "
+          "caption of rank, id, camera and score under each picture") {
+  const auto data = reidnet::read_dataset(toy_data().string());
+  REQUIRE(data.gallery.size() >= 3);
+  reidnet::RankedLists top;
+  top.indices = torch::tensor({{2, 0, 1}}, torch::kLong);
+  top.scores = torch::tensor({{0.91, 0.52, 0.17}}, torch::kDouble);
+  top.good = torch::tensor({{true, false, false}}, torch::kBool);
+  const auto picture = reidnet::examples::render_ranked_list(data.query.at(0), data.gallery, top, 0);
+  using namespace reidnet::examples::ranked_list_detail;
+  const int64_t tile = kImageWidth + 2 * kBorder;
+  CHECK(picture.size(0) == kTitle + kImageHeight + 2 * kBorder + kCaptionLines * kCaptionLine + 2 * kGap);
+  CHECK(picture.size(1) == 4 * (tile + kGap) + 2 * kGap);
+  const int64_t border = 2 * kBorder * (kImageHeight + tile);  // the border's pixels, at least
+  CHECK(pixels_near(picture, {43, 161, 43}, 12) >= border);      // one true match, green
+  CHECK(pixels_near(picture, {214, 38, 41}, 12) >= 2 * border);  // two wrong ones, red
+  // Captions: dark text in the band under the pictures of every tile.
+  const auto captions = picture.slice(0, kGap + kTitle + kImageHeight + 2 * kBorder);
+  for (int t = 0; t < 4; ++t) {
+    const int64_t left = kGap + t * (tile + kGap) + (t > 0 ? kGap : 0);
+    CHECK_MESSAGE(pixels_near(captions.slice(1, left, left + tile), {0, 0, 0}, 90) > 40, "tile " << t);
+  }
+  // The pictures themselves: the pasted gallery image is there, not a flat fill.
+  const auto first = picture.slice(0, kGap + kTitle + kBorder, kGap + kTitle + kBorder + kImageHeight)
+                         .slice(1, kGap + kBorder, kGap + kBorder + kImageWidth);
+  CHECK(first.to(torch::kFloat).std().item<double>() > 10);
 }

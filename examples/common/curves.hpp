@@ -1,75 +1,131 @@
 #pragma once
-// The training-curve picture of reidnet-train: loss and top-1 error per epoch, train (blue)
-// and val (red), in two panels like the Python baseline's train.jpg.
-#include "canvas.hpp"
-
-#include <fmt/format.h>
+// The training-curve picture of reidnet-train (train.jpg, the Python baseline's name): loss and
+// top-1 error per epoch, train and val, in two panels drawn by PLplot's memcairo driver into
+// memory. The loss axis turns logarithmic when the losses span more than a factor of 10.
+#include <plplot/plplot.h>
+#include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <limits>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace reidnet::examples {
 
+/// One line of a panel: a name for the legend, a colour of the palette, one value per epoch
+/// (empty when absent, as val is without a val split).
 struct Curve {
   std::string name;
-  Color color;
-  std::vector<double> values;  // one per epoch; empty when absent (no val split)
+  int colour;  // kTrainColour or kValColour
+  std::vector<double> values;
 };
 
-// One panel: axes, y range labels, epoch ticks and every curve as a polyline with dots.
-inline void draw_panel(Canvas& canvas, int64_t left, int64_t top, int64_t width, int64_t height,
-                       const std::string& title, const std::vector<Curve>& curves) {
-  const int64_t margin = 44;
-  const int64_t x0 = left + margin, y0 = top + 24, plot_w = width - margin - 12,
-                plot_h = height - 24 - 28;
-  double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+namespace curves_detail {
+
+// PLplot's colour map 0, as set by set_palette.
+inline constexpr int kBackground = 0, kInk = 1, kGrid = 4;
+inline constexpr int kTrain = 2, kVal = 3;
+
+inline void set_palette() {
+  plscol0(kBackground, 255, 255, 255);
+  plscol0(kInk, 0, 0, 0);
+  plscol0(kTrain, 31, 119, 180);
+  plscol0(kVal, 214, 39, 40);
+  plscol0(kGrid, 200, 200, 200);
+}
+
+/// Whether a loss axis from `low` to `high` reads better on a log scale.
+inline bool wants_log_scale(double low, double high) { return low > 0 && high / low > 10; }
+
+/// One panel in the viewport [x0, x1] x [y0, y1] (fractions of the picture).
+inline void draw_panel(double x0, double x1, double y0, double y1, const std::string& title,
+                       const std::string& y_label, const std::vector<Curve>& curves, bool allow_log) {
+  double low = std::numeric_limits<double>::infinity(), high = -low;
   size_t epochs = 0;
   for (const auto& curve : curves) {
-    for (const double v : curve.values) lo = std::min(lo, v), hi = std::max(hi, v);
+    for (const double v : curve.values) low = std::min(low, v), high = std::max(high, v);
     epochs = std::max(epochs, curve.values.size());
   }
   if (epochs == 0) return;
-  if (hi - lo < 1e-9) hi = lo + 1;
-  canvas.text(top + 4, x0, title, kBlack);
-  canvas.border(y0, x0, plot_h, plot_w, 1, kBlack);
-  canvas.text(y0, left + 2, fmt::format("{:.2f}", hi), kBlack, 1);
-  canvas.text(y0 + plot_h - 5, left + 2, fmt::format("{:.2f}", lo), kBlack, 1);
-  auto x_of = [&](size_t epoch) {
-    return x0 + 4 + static_cast<int64_t>(epochs > 1 ? epoch * (plot_w - 8) / (epochs - 1) : 0);
-  };
-  auto y_of = [&](double v) {
-    return y0 + 4 + static_cast<int64_t>((hi - v) / (hi - lo) * static_cast<double>(plot_h - 8));
-  };
-  canvas.text(y0 + plot_h + 6, x0, "EPOCH 1", kBlack, 1);
-  const auto last = fmt::format("{}", epochs);
-  canvas.text(y0 + plot_h + 6, x0 + plot_w - Canvas::text_width(last, 1), last, kBlack, 1);
-  int64_t legend_x = x0 + plot_w - 4;
-  for (auto it = curves.rbegin(); it != curves.rend(); ++it) {
-    if (it->values.empty()) continue;
-    legend_x -= Canvas::text_width(it->name) + 16;
-    canvas.fill_rect(top + 6, legend_x, 8, 8, it->color);
-    canvas.text(top + 4, legend_x + 12, it->name, it->color);
-    for (size_t e = 0; e < it->values.size(); ++e) {
-      const int64_t x = x_of(e), y = y_of(it->values[e]);
-      canvas.fill_rect(y - 2, x - 2, 5, 5, it->color);
-      if (e > 0) canvas.line(y_of(it->values[e - 1]), x_of(e - 1), y, x, it->color, 2);
+  const bool log_axis = allow_log && wants_log_scale(low, high);
+  const auto axis_value = [&](double v) { return log_axis ? std::log10(v) : v; };
+  double bottom = axis_value(low), top = axis_value(high);
+  const double pad = std::max(0.05 * (top - bottom), log_axis ? 0.05 : 0.02 * std::max(1.0, std::abs(top)));
+  bottom -= pad, top += pad;
+  if (!log_axis && low >= 0) bottom = std::max(bottom, 0.0);
+  plvpor(x0, x1, y0, y1);
+  plwind(0.5, static_cast<double>(epochs) + 0.5, bottom, top);
+  plcol0(kGrid);
+  plbox("g", 0, 0, log_axis ? "gl" : "g", 0, 0);
+  plcol0(kInk);
+  plbox("bcnst", 0, 0, log_axis ? "bcnstlv" : "bcnstv", 0, 0);
+  pllab("epoch", y_label.c_str(), title.c_str());
+  std::vector<int> opts, colours, styles, symbol_numbers;
+  std::vector<double> widths, scales;
+  std::vector<const char*> names, symbols;
+  for (const auto& curve : curves) {
+    if (curve.values.empty()) continue;
+    std::vector<double> x, y;
+    for (size_t e = 0; e < curve.values.size(); ++e) {
+      x.push_back(static_cast<double>(e + 1));
+      y.push_back(axis_value(curve.values[e]));
     }
+    plcol0(curve.colour);
+    plwidth(2);
+    plline(static_cast<int>(x.size()), x.data(), y.data());
+    plstring(static_cast<int>(x.size()), x.data(), y.data(), "#(728)");  // a filled dot
+    plwidth(1);
+    opts.push_back(PL_LEGEND_LINE | PL_LEGEND_SYMBOL);
+    colours.push_back(curve.colour);
+    styles.push_back(1);
+    widths.push_back(2);
+    scales.push_back(1);
+    symbol_numbers.push_back(1);
+    names.push_back(curve.name.c_str());
+    symbols.push_back("#(728)");
   }
+  double legend_width = 0, legend_height = 0;
+  const int n = static_cast<int>(names.size());
+  plcol0(kInk);
+  pllegend(&legend_width, &legend_height, PL_LEGEND_BACKGROUND | PL_LEGEND_BOUNDING_BOX,
+           PL_POSITION_TOP | PL_POSITION_RIGHT | PL_POSITION_INSIDE, 0.02, 0.02, 0.08, kBackground,
+           kInk, 1, n, 1, n, opts.data(), 1.0, 0.9, 1.8, 0, colours.data(), names.data(), nullptr,
+           nullptr, nullptr, nullptr, colours.data(), styles.data(), widths.data(), colours.data(),
+           scales.data(), symbol_numbers.data(), symbols.data());
 }
 
-/// The two-panel picture: loss (left) and top-1 error (right), train and val.
-inline Canvas render_training_curves(const std::vector<double>& train_loss,
-                                     const std::vector<double>& val_loss,
-                                     const std::vector<double>& train_error,
-                                     const std::vector<double>& val_error) {
-  Canvas canvas(320, 800);
-  draw_panel(canvas, 0, 0, 400, 320, "LOSS",
-             {{"TRAIN", kBlue, train_loss}, {"VAL", kRed, val_loss}});
-  draw_panel(canvas, 400, 0, 400, 320, "TOP1ERR",
-             {{"TRAIN", kBlue, train_error}, {"VAL", kRed, val_error}});
-  return canvas;
+}  // namespace curves_detail
+
+inline constexpr int kTrainColour = curves_detail::kTrain, kValColour = curves_detail::kVal;
+
+/// The two-panel picture, loss (left) and top-1 error (right): uint8 [height, width, 3].
+inline torch::Tensor render_training_curves(const std::vector<double>& train_loss,
+                                            const std::vector<double>& val_loss,
+                                            const std::vector<double>& train_error,
+                                            const std::vector<double>& val_error,
+                                            int height = 400, int width = 1000) {
+  auto pixels = torch::full({height, width, 3}, 255, torch::kUInt8);
+  int previous_stream = 0, stream = 0;
+  plgstrm(&previous_stream);
+  plmkstrm(&stream);  // a stream of our own: a caller's PLplot state is left alone
+  if (stream < 0) throw std::runtime_error("PLplot: no free stream for train.jpg");
+  plsdev("memcairo");
+  plsmem(width, height, pixels.data_ptr<uint8_t>());
+  curves_detail::set_palette();
+  plinit();
+  pladv(0);
+  plschr(0, 0.85);
+  curves_detail::draw_panel(0.07, 0.47, 0.13, 0.9, "Loss", "loss",
+                            {{"train", kTrainColour, train_loss}, {"val", kValColour, val_loss}}, true);
+  curves_detail::draw_panel(0.57, 0.97, 0.13, 0.9, "Top-1 error", "error",
+                            {{"train", kTrainColour, train_error}, {"val", kValColour, val_error}},
+                            false);
+  plend1();
+  plsstrm(previous_stream);
+  return pixels;
 }
 
 }  // namespace reidnet::examples

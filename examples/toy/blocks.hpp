@@ -1,45 +1,17 @@
 #pragma once
-// The synthetic pedestrians of reidnet-toy-data (examples/toy_data.cpp), here so that the tests
-// can check the data set's promises: Market-1501 layout and names, test ids disjoint from
-// training ids, a same-id match on another camera for every query, determinism per seed.
-
-#include <reidnet/detail/file_io.hpp>
-#include <reidnet/detail/random.hpp>
-#include <reidnet/image.hpp>
-
-#include <fmt/core.h>
-#include <torch/torch.h>
+// The "blocks" style of reidnet-toy-data: box-shaped pedestrians standing still in front of a
+// camera's fixed backdrop (sky, ground, one texture), each identity with its clothes, build,
+// hair and bag. Simpler than the street style, and different from it in drawing, cameras and
+// people, so a model trained on one can be checked on the other.
+#include "common.hpp"
 
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <filesystem>
-#include <stdexcept>
-#include <string>
 #include <vector>
 
-namespace reidnet::detail::toy {
+namespace reidnet::toy::blocks {
 
-namespace fs = std::filesystem;
-using reidnet::Rng;
-using reidnet::detail::random_integer;
-using reidnet::detail::uniform;
-
-
-using Colour = std::array<float, 3>;
-
-inline Colour random_colour(Rng& rng) {
-  // Saturated or dark/light colours, as clothes are: a random hue at a random value.
-  const double hue = uniform(rng, 0, 6), value = uniform(rng, 0.25, 1.0), saturation = uniform(rng, 0.2, 1.0);
-  const int sector = static_cast<int>(hue) % 6;
-  const double f = hue - std::floor(hue);
-  const double p = value * (1 - saturation), q = value * (1 - saturation * f),
-               t = value * (1 - saturation * (1 - f));
-  const std::array<std::array<double, 3>, 6> rgb{{{value, t, p}, {q, value, p}, {p, value, t},
-                                                  {p, q, value}, {t, p, value}, {value, p, q}}};
-  return {static_cast<float>(255 * rgb[sector][0]), static_cast<float>(255 * rgb[sector][1]),
-          static_cast<float>(255 * rgb[sector][2])};
-}
 
 /// What makes a person recognisable across cameras.
 struct Identity {
@@ -57,10 +29,8 @@ inline Identity random_identity(Rng& rng) {
   id.shirt_detail = random_colour(rng);
   id.trousers = random_colour(rng);
   id.shoes = random_colour(rng);
-  const std::array<Colour, 4> skins{{{224, 180, 150}, {190, 140, 105}, {140, 95, 65}, {95, 65, 45}}};
-  id.skin = skins[random_integer(rng, 0, 4)];
-  const std::array<Colour, 4> hairs{{{20, 15, 10}, {90, 60, 30}, {200, 170, 90}, {130, 130, 130}}};
-  id.hair = hairs[random_integer(rng, 0, 4)];
+  id.skin = random_skin(rng);
+  id.hair = random_hair(rng);
   id.hat = random_colour(rng);
   id.bag = random_colour(rng);
   id.pattern = static_cast<int>(random_integer(rng, 0, 5));
@@ -130,20 +100,11 @@ class Canvas {
       }
     }
   }
-  /// Lighting, colour cast, box blur and sensor noise, then uint8 [H, W, 3].
+  /// Box blur, then the camera's development: uint8 [H, W, 3].
   torch::Tensor develop(const Camera& camera, double extra_gain, Rng& rng) const {
-    std::vector<float> light(pixels_.size());
-    for (size_t i = 0; i < pixels_.size(); ++i) {
-      light[i] = static_cast<float>(pixels_[i] * camera.gain * extra_gain * camera.cast[i % 3]);
-    }
-    const auto blurred = blur(blur(light, camera.blur, true), camera.blur, false);
-    auto image = torch::empty({height_, width_, 3}, torch::kUInt8);
-    uint8_t* out = image.data_ptr<uint8_t>();
-    for (size_t i = 0; i < blurred.size(); ++i) {
-      const double noisy = blurred[i] + uniform(rng, -6, 6);
-      out[i] = static_cast<uint8_t>(std::clamp(noisy, 0.0, 255.0));
-    }
-    return image;
+    const auto blurred = blur(blur(pixels_, camera.blur, true), camera.blur, false);
+    const auto scene = torch::from_blob(const_cast<float*>(blurred.data()), {height_, width_, 3}, torch::kFloat);
+    return toy::develop(scene, camera.gain * extra_gain, camera.cast, rng);
   }
   int height() const { return height_; }
   int width() const { return width_; }
@@ -171,10 +132,6 @@ class Canvas {
   std::vector<float> pixels_;
 };
 
-inline Colour shade(const Colour& colour, double factor) {
-  return {static_cast<float>(colour[0] * factor), static_cast<float>(colour[1] * factor),
-          static_cast<float>(colour[2] * factor)};
-}
 
 inline void draw_background(Canvas& canvas, const Camera& camera, Rng& rng) {
   const int h = canvas.height(), w = canvas.width();
@@ -271,108 +228,4 @@ inline torch::Tensor take_picture(const Identity& id, const Camera& camera, int 
   return canvas.develop(camera, uniform(rng, 0.92, 1.08), rng);
 }
 
-/// The knobs of reidnet-toy-data.
-struct ToyDataOptions {
-  int ids = 32, test_ids = -1, images_per_id = 8, cameras = 6, distractors = 24, junk = 12;
-  int height = 128, width = 64, quality = 90;
-  uint64_t seed = 0;
-};
-
-/// Market-1501's naming: 0002_c1s1_000451_01.jpg; junk is -1_c...
-inline std::string market_name(int64_t person_id, int camera, int frame) {
-  const std::string id = person_id < 0 ? "-1" : fmt::format("{:04d}", person_id);
-  return fmt::format("{}_c{}s1_{:06d}_01.jpg", id, camera, frame);
-}
-
-struct Counts {
-  int train = 0, query = 0, gallery = 0;
-};
-
-inline Counts write_toy_dataset(const ToyDataOptions& s, const fs::path& root) {
-  const int test_ids = s.test_ids < 0 ? s.ids : s.test_ids;
-  if (s.ids < 1 || test_ids < 1 || s.ids + test_ids > 9999 || s.images_per_id < 4 || s.cameras < 2) {
-    throw std::runtime_error("the toy data set needs 1 <= ids, test ids with ids + test ids <= 9999 "
-                             "(4-digit Market ids), at least 4 pictures per id and 2 cameras");
-  }
-  for (const char* split : {"bounding_box_train", "query", "bounding_box_test"}) {
-    fs::create_directories(root / split);
-  }
-  Rng rng = reidnet::sample_rng(s.seed, 0, 0);
-  std::vector<Camera> cameras;
-  for (int c = 0; c < s.cameras; ++c) cameras.push_back(random_camera(rng));
-  // Person ids: distinct numbers in 1..9999, the first ones for training, the rest for test.
-  std::vector<int64_t> numbers;
-  for (int64_t n = 1; n <= 9999; ++n) numbers.push_back(n);
-  reidnet::detail::shuffle(numbers, rng);
-  std::vector<int64_t> train_ids(numbers.begin(), numbers.begin() + s.ids);
-  std::vector<int64_t> test_id_numbers(numbers.begin() + s.ids, numbers.begin() + s.ids + test_ids);
-  std::sort(train_ids.begin(), train_ids.end());
-  std::sort(test_id_numbers.begin(), test_id_numbers.end());
-
-  int frame = 0;
-  Counts counts;
-  const auto save = [&](const char* split, int64_t person_id, const Identity& id, int camera,
-                        bool junk) {
-    Rng picture_rng = reidnet::sample_rng(s.seed, 1, ++frame);
-    const auto image = take_picture(id, cameras[camera - 1], s.height, s.width, junk, picture_rng);
-    reidnet::write_jpeg((root / split / market_name(person_id, camera, frame)).string(), image,
-                        s.quality);
-  };
-  // Each person is seen by 2 to 4 cameras.
-  const auto cameras_of = [&](Rng& r) {
-    std::vector<int> all;
-    for (int c = 1; c <= s.cameras; ++c) all.push_back(c);
-    reidnet::detail::shuffle(all, r);
-    all.resize(std::min<size_t>(all.size(), static_cast<size_t>(random_integer(r, 2, 5))));
-    return all;
-  };
-  for (int64_t person : train_ids) {
-    const auto id = random_identity(rng);
-    const auto seen_by = cameras_of(rng);
-    for (int i = 0; i < s.images_per_id; ++i) {
-      save("bounding_box_train", person, id, seen_by[i % seen_by.size()], false);
-      ++counts.train;
-    }
-  }
-  for (int64_t person : test_id_numbers) {
-    const auto id = random_identity(rng);
-    const auto seen_by = cameras_of(rng);
-    // One or two queries on distinct cameras; the gallery cycles over every camera that saw
-    // the person, so each query has a match on another camera.
-    const int queries = uniform(rng, 0, 1) < 0.5 ? 1 : 2;
-    for (int q = 0; q < queries; ++q) {
-      save("query", person, id, seen_by[q], false);
-      ++counts.query;
-    }
-    for (int i = 0; i < s.images_per_id; ++i) {
-      save("bounding_box_test", person, id, seen_by[i % seen_by.size()], false);
-      ++counts.gallery;
-    }
-  }
-  for (int i = 0; i < s.distractors; ++i) {  // people who are in no query
-    save("bounding_box_test", 0, random_identity(rng), static_cast<int>(random_integer(rng, 1, s.cameras + 1)), false);
-    ++counts.gallery;
-  }
-  for (int i = 0; i < s.junk; ++i) {
-    save("bounding_box_test", -1, random_identity(rng), static_cast<int>(random_integer(rng, 1, s.cameras + 1)), true);
-    ++counts.gallery;
-  }
-  return counts;
-}
-
-
-/// Writes the data set into `out` through write_folder_atomically (a temporary sibling folder
-/// renamed at the end), so that `out` is either complete or absent. Throws std::runtime_error
-/// on failure.
-inline Counts create_toy_dataset(const ToyDataOptions& options, const std::string& out) {
-  const fs::path target(out);
-  try {
-    if (!target.parent_path().empty()) fs::create_directories(target.parent_path());
-    return write_folder_atomically(
-        out, [&](const fs::path& folder) { return write_toy_dataset(options, folder); });
-  } catch (const std::exception& failure) {
-    throw std::runtime_error("cannot write the toy data set to " + out + ": " + failure.what());
-  }
-}
-
-}  // namespace reidnet::detail::toy
+}  // namespace reidnet::toy::blocks
