@@ -578,11 +578,10 @@ int train(CLI::App& app, TrainConfig config, const std::string& resume) {
   }
   reidnet::examples::check_train_config(config, [](const char*, const char* flag) { return flag; });
   torch::set_num_threads(static_cast<int>(config.threads));
-  TrainConfig preset_only;
-  reidnet::examples::find_preset(config.preset)->apply(preset_only);
+  // Without --height/--width the size is the default's, unless the preset chose one.
   const bool size_given = app.count("--height") > 0 || app.count("--width") > 0 ||
-                          preset_only.height != TrainConfig{}.height ||
-                          preset_only.width != TrainConfig{}.width;
+                          config.height != TrainConfig{}.height ||
+                          config.width != TrainConfig{}.width;
   if (resume.empty() && !size_given) {
     // The family's own input size (PCB: 384x192), as the baseline picks it.
     const auto [name, args] = reidnet::examples::resolve_model(

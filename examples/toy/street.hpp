@@ -285,7 +285,6 @@ inline void draw_person(cairo_t* cr, const Identity& id, int view, double phase)
     }
   };
   cairo_save(cr);
-  cairo_translate(cr, 0, 0);
   // Back to front: what is behind the body first.
   if (id.bag_kind == 1 && side) backpack();
   legs();
