@@ -16,7 +16,7 @@ rm -rf "$out/toy" "$out/untrained" "$out/toy_run"
 "$bin/reidnet-train" --data "$out/toy" --out "$out/untrained" --preset scratch --total-epoch 0
 "$bin/reidnet-test" --data "$out/toy" --model-dir "$out/untrained" | tee "$out/untrained.txt"
 start=$(date +%s)
-"$bin/reidnet-train" --data "$out/toy" --out "$out/toy_run" --preset scratch --total-epoch 30
+"$bin/reidnet-train" --data "$out/toy" --out "$out/toy_run" --preset scratch --total-epoch 20
 seconds=$(($(date +%s) - start))
 "$bin/reidnet-test" --data "$out/toy" --model-dir "$out/toy_run" \
   --show 0 --show-out "$out/toy_run/show_0.png" | tee "$out/trained.txt"

@@ -168,3 +168,30 @@ TEST_CASE("transforms reject malformed tensors and sizes with clear errors") {
   CHECK_THROWS_AS(reidnet::eval_transform(torch::zeros({4, 4}, torch::kUInt8), 8, 8),
                   std::runtime_error);
 }
+
+// Run twice by ctest: within the image topic, where the real libraries answer, and as
+// image_libraries.interposed, with a library preloaded that defines their entry points
+// (REIDNET_TEST_INTERPOSER names it); then every image call must refuse, naming it.
+TEST_CASE("image libraries: reidnet's image calls reach libjpeg-turbo and libpng, or refuse") {
+  reidnet::test::TemporaryFolder folder("reidnet_test_image_libraries");
+  const auto jpeg = (folder.path / "grey.jpg").string();
+  const auto png = (folder.path / "grey.png").string();
+  const auto image = torch::full({8, 8, 3}, 128, torch::kUInt8);
+  const char* interposer = std::getenv("REIDNET_TEST_INTERPOSER");
+  if (interposer == nullptr) {
+    CHECK_NOTHROW(reidnet::detail::check_image_libraries());
+    reidnet::write_jpeg(jpeg, image);
+    reidnet::write_png(png, image);
+    CHECK(reidnet::read_image(jpeg).sizes() == image.sizes());
+    CHECK(reidnet::read_image(png).sizes() == image.sizes());
+    return;
+  }
+  for (const auto& call : std::vector<std::function<void()>>{
+           [&] { reidnet::write_jpeg(jpeg, image); }, [&] { reidnet::write_png(png, image); }}) {
+    for (const char* named : {interposer, "tjInitDecompress", "png_create_read_struct"}) {
+      CHECK_THROWS_WITH_AS(call(), doctest::Contains(named), std::runtime_error);
+    }
+  }
+  CHECK_FALSE(std::filesystem::exists(jpeg));
+  CHECK_FALSE(std::filesystem::exists(png));
+}

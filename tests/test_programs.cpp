@@ -477,6 +477,8 @@ TEST_CASE("--preset: a flag overrides the preset, the preset overrides the defau
     CHECK(std::stod(yaml_value(opts, "weight_decay")) == doctest::Approx(5e-4));  // the default
     CHECK(yaml_value(opts, "linear_num") == "512");
     CHECK(yaml_value(opts, "model") == "resnet18");
+    CHECK(yaml_value(opts, "color_jitter") == "true");
+    CHECK(yaml_value(opts, "cosine") == "true");
   }
   // A family switch overrides the preset's model too.
   const auto dense = workspace() / "preset_dense";
@@ -505,6 +507,16 @@ TEST_CASE("--preset: a flag overrides the preset, the preset overrides the defau
   const auto resumed = run_program("reidnet-train", "--resume " + tricks.string() + " --preset scratch");
   CHECK(resumed.status == 2);
   CHECK(resumed.output.find("--preset cannot be combined with --resume") != std::string::npos);
+}
+
+TEST_CASE("reidnet-toy-data refuses an unknown --style, naming the flag and the styles") {
+  const auto out = workspace() / "toy_unknown_style";
+  const auto run = run_program("reidnet-toy-data", "--out " + out.string() + " --style cartoon");
+  INFO(run.output);
+  CHECK(run.status == 2);
+  CHECK(run.output.find("--style") != std::string::npos);
+  CHECK(run.output.find("street") != std::string::npos);
+  CHECK(!fs::exists(out));
 }
 
 namespace {

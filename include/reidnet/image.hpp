@@ -16,6 +16,7 @@
 
 #include <reidnet/detail/file_io.hpp>
 
+#include <dlfcn.h>
 #include <png.h>
 #include <torch/torch.h>
 #include <turbojpeg.h>
@@ -28,6 +29,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace reidnet {
@@ -79,10 +81,54 @@ inline bool is_png(const std::vector<unsigned char>& bytes) {
   return bytes.size() >= 8 && png_sig_cmp(bytes.data(), 0, 8) == 0;
 }
 
+/// Why calls to `function` (named `name`) would not reach `library` (a file-name fragment),
+/// or "" when they do. The dynamic linker binds each symbol to the first loaded object that
+/// defines it, so an earlier library holding its own copy of libjpeg or libpng (as Python
+/// wheels bundle them) silently takes our calls, and a struct or version mismatch then crashes
+/// far from the cause.
+inline std::string image_library_problem(const void* function, const char* name,
+                                         const char* library) {
+  Dl_info answering{}, calling{};
+  if (dladdr(function, &answering) == 0 || answering.dli_fname == nullptr) return "";
+  // Linked in statically (or through a non-PIE executable's PLT): bound at link time.
+  if (dladdr(reinterpret_cast<const void*>(&image_library_problem), &calling) != 0 &&
+      answering.dli_fbase == calling.dli_fbase) {
+    return "";
+  }
+  const std::string file = answering.dli_fname;
+  if (file.find(library, file.find_last_of('/') + 1) != std::string::npos) return "";
+  return std::string(name) + " is answered by " + file + ", not by " + library +
+         ": another copy of the image library, loaded earlier, took its symbols; link " +
+         library + " before that library (or preload it) so that reidnet reaches its own";
+}
+
+/// Checks once per process that libjpeg-turbo's and libpng's entry points reach those
+/// libraries; throws std::runtime_error (at every call) naming each one that does not.
+inline void check_image_libraries() {
+  static const std::string problem = [] {
+    const std::pair<const void*, const char*> jpeg[] = {
+        {reinterpret_cast<const void*>(&tjInitDecompress), "tjInitDecompress"},
+        {reinterpret_cast<const void*>(&tjInitCompress), "tjInitCompress"}};
+    const std::pair<const void*, const char*> png[] = {
+        {reinterpret_cast<const void*>(&png_create_read_struct), "png_create_read_struct"},
+        {reinterpret_cast<const void*>(&png_image_write_to_memory), "png_image_write_to_memory"}};
+    std::string problems;
+    const auto check = [&](const void* function, const char* name, const char* library) {
+      const auto found = image_library_problem(function, name, library);
+      if (!found.empty()) problems += (problems.empty() ? "" : "; ") + found;
+    };
+    for (const auto& [function, name] : jpeg) check(function, name, "libturbojpeg");
+    for (const auto& [function, name] : png) check(function, name, "libpng");
+    return problems;
+  }();
+  if (!problem.empty()) throw std::runtime_error(problem);
+}
+
 /// Owns a turbojpeg handle.
 struct TurboJpegHandle {
   tjhandle handle;
-  explicit TurboJpegHandle(bool compress) : handle(compress ? tjInitCompress() : tjInitDecompress()) {
+  explicit TurboJpegHandle(bool compress)
+      : handle((check_image_libraries(), compress ? tjInitCompress() : tjInitDecompress())) {
     if (handle == nullptr) throw std::runtime_error("cannot initialise libjpeg-turbo");
   }
   ~TurboJpegHandle() { tjDestroy(handle); }
@@ -151,6 +197,7 @@ inline void png_ignore_warning(png_structp, png_const_charp) {}
 
 inline torch::Tensor decode_png(const std::vector<unsigned char>& bytes, const std::string& name) {
   // Everything a longjmp may cross lives on the heap behind pointers set before setjmp.
+  check_image_libraries();
   const auto state = std::make_unique<PngReadState>();
   state->bytes = &bytes;
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, state.get(), png_record_error,
@@ -264,6 +311,7 @@ inline void write_jpeg(const std::string& path, const torch::Tensor& image, int 
 
 /// Encodes a uint8 [H, W, 3] RGB image as PNG into `path`, atomically.
 inline void write_png(const std::string& path, const torch::Tensor& image) {
+  detail::check_image_libraries();
   const auto rgb = detail::checked_rgb(image, "write_png " + path);
   png_image description;
   std::memset(&description, 0, sizeof(description));

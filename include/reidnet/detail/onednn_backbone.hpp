@@ -1,7 +1,8 @@
 #pragma once
 // The CPU inference backbone run on oneDNN's C++ API directly (the `onednn_direct` backend of
 // reidnet/inference.hpp). Built only where REIDNET_WITH_ONEDNN is defined: CMake defines it
-// when LibTorch itself runs on the system's oneDNN 2.x, so that the process holds one copy.
+// when LibTorch itself runs on the system's oneDNN (2.x or 3.x), so that the process holds
+// one copy.
 //
 // Against LibTorch's prepacked conv op this gains, per forward:
 // - weights reordered once into the layout each conv kernel wants (LibTorch 1.13's op
@@ -28,7 +29,65 @@
 
 namespace reidnet::detail {
 
-static_assert(DNNL_VERSION_MAJOR == 2, "reidnet's direct oneDNN backend is written for oneDNN 2.x");
+static_assert(DNNL_VERSION_MAJOR == 2 || DNNL_VERSION_MAJOR == 3,
+              "reidnet's direct oneDNN backend is written for oneDNN 2.x and 3.x");
+
+/// The calls whose spelling changed in oneDNN 3.0: primitive descriptors are built straight
+/// from the engine (no operation descriptor), eltwise post-ops lost their scale, and a memory
+/// descriptor's dims became get_dims().
+namespace onednn_api {
+
+inline dnnl::memory::dims dims_of(const dnnl::memory::desc& desc) {
+#if DNNL_VERSION_MAJOR >= 3
+  return desc.get_dims();
+#else
+  return desc.dims();
+#endif
+}
+
+inline void append_relu(dnnl::post_ops& post_ops) {
+#if DNNL_VERSION_MAJOR >= 3
+  post_ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+#else
+  post_ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+#endif
+}
+
+inline dnnl::convolution_forward::primitive_desc convolution_inference(
+    const dnnl::engine& engine, const dnnl::memory::desc& src, const dnnl::memory::desc& weights,
+    const dnnl::memory::desc& bias, const dnnl::memory::desc& dst, const dnnl::memory::dims& strides,
+    const dnnl::memory::dims& dilates, const dnnl::memory::dims& padding_left,
+    const dnnl::memory::dims& padding_right, const dnnl::primitive_attr& attributes) {
+  const auto prop = dnnl::prop_kind::forward_inference;
+  const auto algorithm = dnnl::algorithm::convolution_direct;
+#if DNNL_VERSION_MAJOR >= 3
+  return {engine, prop, algorithm, src, weights, bias, dst, strides, dilates, padding_left,
+          padding_right, attributes};
+#else
+  const dnnl::convolution_forward::desc description(prop, algorithm, src, weights, bias, dst,
+                                                    strides, dilates, padding_left, padding_right);
+  return {description, attributes, engine};
+#endif
+}
+
+inline dnnl::pooling_forward::primitive_desc pooling_inference(
+    const dnnl::engine& engine, dnnl::algorithm algorithm, const dnnl::memory::desc& src,
+    const dnnl::memory::desc& dst, const dnnl::memory::dims& strides,
+    const dnnl::memory::dims& kernel, const dnnl::memory::dims& padding_left,
+    const dnnl::memory::dims& padding_right, const dnnl::primitive_attr& attributes) {
+  const auto prop = dnnl::prop_kind::forward_inference;
+#if DNNL_VERSION_MAJOR >= 3
+  const dnnl::memory::dims no_dilation(kernel.size(), 0);
+  return {engine, prop, algorithm, src, dst, strides, kernel, no_dilation, padding_left,
+          padding_right, attributes};
+#else
+  const dnnl::pooling_forward::desc description(prop, algorithm, src, dst, strides, kernel,
+                                                padding_left, padding_right);
+  return {description, attributes, engine};
+#endif
+}
+
+}  // namespace onednn_api
 
 /// oneDNN's channel-blocked layout for this CPU's vector width: 16 float channels on AVX-512,
 /// 8 on AVX2 and older. A block its kernels do not take sends every conv to oneDNN's
@@ -100,7 +159,7 @@ class OnednnBackbone {
       apply(block.convs.back(), out, context, &identity);
       x = std::move(identity);
     }
-    const auto& dims = compiled->average_pool_dst.dims();
+    const auto dims = onednn_api::dims_of(compiled->average_pool_dst);
     auto features = at::empty({dims[0], dims[1]}, at::TensorOptions().dtype(scalar_type()));
     context.execute(compiled->average_pool, {{DNNL_ARG_SRC, memory(x)},
                                              {DNNL_ARG_DST, memory(compiled->average_pool_dst,
@@ -259,7 +318,7 @@ class OnednnBackbone {
       padding_right.push_back(spatial.padding_right);
     }
     const auto user_weights = weights_desc(weight, conv.groups);
-    const auto any_weights = dnnl::memory::desc(user_weights.dims(), data_type_,
+    const auto any_weights = dnnl::memory::desc(onednn_api::dims_of(user_weights), data_type_,
                                                 dnnl::memory::format_tag::any);
     const auto bias_desc = tensor_desc(conv.bias);
     CompiledConv out;
@@ -269,15 +328,13 @@ class OnednnBackbone {
 
     dnnl::post_ops post_ops;
     if (layer.sum) post_ops.append_sum(1.f);
-    if (conv.relu || layer.sum) post_ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    if (conv.relu || layer.sum) onednn_api::append_relu(post_ops);
     dnnl::primitive_attr attributes;
     attributes.set_post_ops(post_ops);
     attributes.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    const dnnl::convolution_forward::desc description(
-        dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, out.src,
-        any_weights, bias_desc, out.dst, strides, dilates, padding_left, padding_right);
-    const dnnl::convolution_forward::primitive_desc primitive_desc(description, attributes,
-                                                                   engine_);
+    const auto primitive_desc = onednn_api::convolution_inference(
+        engine_, out.src, any_weights, bias_desc, out.dst, strides, dilates, padding_left,
+        padding_right, attributes);
     out.primitive = dnnl::convolution_forward(primitive_desc);
     out.src = primitive_desc.src_desc();
     scratchpad_bytes = std::max(scratchpad_bytes, primitive_desc.scratchpad_desc().get_size());
@@ -306,8 +363,8 @@ class OnednnBackbone {
                                      const dnnl::memory::desc& dst, int64_t kernel_h,
                                      int64_t kernel_w, int64_t stride, int64_t padding,
                                      size_t& scratchpad_bytes) const {
-    const auto src_dims = src.dims();
-    const auto dst_dims = dst.dims();
+    const auto src_dims = onednn_api::dims_of(src);
+    const auto dst_dims = onednn_api::dims_of(dst);
     dnnl::memory::dims padding_right;
     for (size_t axis = 0; axis < 2; ++axis) {
       const auto spatial = window(src_dims[2 + axis], axis == 0 ? kernel_h : kernel_w, stride,
@@ -317,10 +374,9 @@ class OnednnBackbone {
     }
     dnnl::primitive_attr attributes;
     attributes.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    const dnnl::pooling_forward::desc description(
-        dnnl::prop_kind::forward_inference, algorithm, src, dst, {stride, stride},
-        {kernel_h, kernel_w}, {padding, padding}, padding_right);
-    const dnnl::pooling_forward::primitive_desc primitive_desc(description, attributes, engine_);
+    const auto primitive_desc = onednn_api::pooling_inference(
+        engine_, algorithm, src, dst, {stride, stride}, {kernel_h, kernel_w}, {padding, padding},
+        padding_right, attributes);
     scratchpad_bytes = std::max(scratchpad_bytes, primitive_desc.scratchpad_desc().get_size());
     return dnnl::pooling_forward(primitive_desc);
   }
@@ -336,7 +392,7 @@ class OnednnBackbone {
         dnnl::reorder(dnnl::reorder::primitive_desc(engine_, out->input, engine_, out->stem.src));
 
     // torchvision's max pool: 3x3, stride 2, padding 1.
-    auto dims = out->stem.dst.dims();
+    auto dims = onednn_api::dims_of(out->stem.dst);
     for (size_t axis = 2; axis < 4; ++axis) dims[axis] = window(dims[axis], 3, 2, 1, 1).output;
     out->max_pool_dst = activation_desc(dims);
     out->max_pool = compile_pool(dnnl::algorithm::pooling_max, out->stem.dst, out->max_pool_dst,
@@ -347,7 +403,7 @@ class OnednnBackbone {
       if (block.downsample) compiled.downsample = compile(*block.downsample, dims, scratchpad);
       for (const auto& layer : block.convs) {
         compiled.convs.push_back(compile(layer, dims, scratchpad));
-        dims = compiled.convs.back().dst.dims();
+        dims = onednn_api::dims_of(compiled.convs.back().dst);
       }
       out->blocks.push_back(std::move(compiled));
     }
