@@ -6,6 +6,12 @@
 //   reidnet-train --data Market-1501 --out model/ft_ResNet50 --weights resnet50.pth
 //   reidnet-train --data Market-1501 --PCB --weights resnet50.pth
 //   reidnet-train --data toy --out runs/toy --height 128 --width 64 --total-epoch 10
+//   reidnet-train --nproc-per-node 2 --data toy --out runs/toy2 --preset scratch
+//   torchrun --nproc-per-node 2 --no-python reidnet-train --data toy --out runs/toy2
+//
+// With torchrun's environment (WORLD_SIZE, RANK, ...) each process trains on its shard of every
+// epoch and gradients are averaged over the processes (reidnet/distributed.hpp); rank 0 alone
+// writes the run folder. --batch-size is per process, as in the baseline's DDP script.
 #include "common/cli.hpp"
 #include "common/curves.hpp"
 #include "common/opts_yaml.hpp"
@@ -13,6 +19,8 @@
 
 #include <reidnet/checkpoint.hpp>
 #include <reidnet/data.hpp>
+#include <reidnet/distributed.hpp>
+#include <reidnet/local_launcher.hpp>
 #include <reidnet/optimizer_state.hpp>
 #include <reidnet/reidnet.hpp>
 #include <reidnet/run_folder.hpp>
@@ -100,7 +108,13 @@ void add_flags(CLI::App& app, TrainConfig& c, std::string& name) {
   app.add_flag("--channels-last,!--no-channels-last", c.channels_last,
                "channels_last memory format (default: on, faster on CPU and GPU)");
   app.add_option("--seed", c.seed, "random seed");
-  app.add_option("--threads", c.threads, "CPU threads");
+  app.add_option("--threads", c.threads, "CPU threads (per process)");
+  app.add_option("--dist-backend", c.dist_backend, "multi-process communication: gloo or nccl "
+                 "(default: nccl with --device cuda, else gloo)")
+      ->check(CLI::IsMember({"gloo", "nccl"}));
+  app.add_option("--dist-timeout", c.dist_timeout, "seconds a process waits for the others "
+                 "(joining, and every collective)")
+      ->check(CLI::Range(1, 86400));
 }
 
 fs::path checkpoint_name(int64_t epoch) { return fmt::format("net_{:03d}.pth", epoch); }
@@ -212,6 +226,14 @@ reidnet::RunFolder::Commit::StepObserver kill_at_step(int64_t epoch) {
   };
 }
 
+/// Crash testing of multi-process runs: with REIDNET_KILL_RANK_AT=<rank>:<epoch>:<step> the
+/// process of that rank kills itself (SIGKILL) after that training step (counted from 1) of
+/// that epoch (as printed, from 1).
+void kill_at_training_step(int64_t rank, int64_t epoch, int64_t step) {
+  static const char* target = std::getenv("REIDNET_KILL_RANK_AT");
+  if (target != nullptr && fmt::format("{}:{}:{}", rank, epoch, step) == target) std::raise(SIGKILL);
+}
+
 /// Cross-entropy summed over the model's classifiers (one; PCB's six stripes, as the baseline).
 torch::Tensor identity_loss(torch::nn::CrossEntropyLoss& cross_entropy,
                             const std::vector<torch::Tensor>& logits, const torch::Tensor& labels) {
@@ -252,11 +274,15 @@ decltype(auto) as_usage_error(Body&& body) {
 /// `run` writes anything into the run folder.
 class Trainer {
  public:
-  Trainer(TrainConfig config, reidnet::Dataset dataset, std::string resume)
+  /// `group`: the job's other processes, or nullptr to train alone.
+  Trainer(TrainConfig config, reidnet::Dataset dataset, std::string resume,
+          const reidnet::ProcessGroup* group)
       : c_(std::move(config)),
         data_(std::move(dataset)),
         resume_(std::move(resume)),
-        device_(c_.device == "cuda" ? torch::kCUDA : torch::kCPU),
+        group_(group),
+        is_main_(group == nullptr || group->is_main()),
+        device_(c_.device == "cuda" ? torch::Device(torch::kCUDA, cuda_index(group)) : torch::Device(torch::kCPU)),
         dtype_(c_.bf16 ? torch::kBFloat16 : c_.fp16 ? torch::kHalf : torch::kFloat),
         // fp16 gradients underflow without loss scaling; bf16 has fp32's range.
         scaler_(reidnet::GradScalerOptions().enabled(c_.fp16)),
@@ -287,7 +313,10 @@ class Trainer {
                                     .drop_last(true)
                                     .seed(c_.seed)
                                     .pin_memory(device_.is_cuda())
-                                    .instances_per_identity(c_.triplet ? c_.instances_per_id : 0);
+                                    .instances_per_identity(c_.triplet ? c_.instances_per_id : 0)
+                                    .shard(group_ ? std::optional<reidnet::Shard>(
+                                                        {group_->rank(), group_->size()})
+                                                  : std::nullopt);
     train_loader_.emplace(
         train_samples_,
         reidnet::make_train_transform(reidnet::TrainTransformOptions()
@@ -300,8 +329,10 @@ class Trainer {
                         reidnet::LoaderOptions().batch_size(c_.batch_size).workers(c_.workers));
     batches_per_epoch_ = static_cast<int64_t>(train_loader_->plan(0).size());
     if (batches_per_epoch_ == 0) {
-      throw UsageError(fmt::format("--batch-size {} is larger than the {} training images",
-                                   c_.batch_size, train_samples_.size()));
+      throw UsageError(fmt::format("--batch-size {} is larger than the {} training images{}",
+                                   c_.batch_size, train_samples_.size(),
+                                   group_ ? fmt::format(" of this process's shard (1 in {})", group_->size())
+                                          : std::string()));
     }
 
     torch::manual_seed(c_.seed);
@@ -311,16 +342,16 @@ class Trainer {
     // opts.yaml records the family resolved, with the baseline's switches to match.
     c_.model = model_name;
     c_.ibn = model_name == "ft_net_ibn" || model_args.backbone() == "resnet50_ibn_a";
-    fmt::print("model {}: {} parameters, {}-d embedding\n", model_name,
+    say("model {}: {} parameters, {}-d embedding\n", model_name,
                reidnet::count_parameters(*net_), net_->feature_dim());
     if (!c_.weights.empty() && !resume_.empty()) {
-      fmt::print("resuming: the weights come from {}/net_last.pth, not --weights\n", resume_);
+      say("resuming: the weights come from {}/net_last.pth, not --weights\n", resume_);
     } else if (!c_.weights.empty()) {
       const auto report = as_usage_error([&] { return reidnet::load_imagenet_weights(*net_, c_.weights); });
-      fmt::print("loaded {} backbone tensors from {}\n", report.loaded.size(), c_.weights);
+      say("loaded {} backbone tensors from {}\n", report.loaded.size(), c_.weights);
     } else if (resume_.empty()) {
-      fmt::print("no --weights: training from scratch, so the backbone learns at the full lr "
-                 "(backbone ratio 1.0 instead of {})\n", c_.backbone_lr_ratio);
+      say("no --weights: training from scratch, so the backbone learns at the full lr "
+          "(backbone ratio 1.0 instead of {})\n", c_.backbone_lr_ratio);
       c_.backbone_lr_ratio = 1.0;
     }
     if (!resume_.empty()) {
@@ -330,6 +361,11 @@ class Trainer {
     }
     net_->to(device_);
     if (c_.channels_last) reidnet::to_channels_last(*net_);
+    // Rank 0's weights and buffers everywhere; from here on, averaged gradients. Some
+    // families keep parameters they never use (ft_net: torchvision's fc, for its keys).
+    if (group_) {
+      averager_.emplace(*net_, *group_, reidnet::GradientAveragerOptions().find_unused_parameters(true));
+    }
     optimizer_ = reidnet::make_sgd(*net_, reidnet::SgdRecipe()
                                               .lr(c_.lr)
                                               .backbone_lr_ratio(c_.backbone_lr_ratio)
@@ -343,30 +379,37 @@ class Trainer {
     }
   }
 
-  /// Trains into `folder` (locked by the caller); a new run first commits its opts.yaml and
-  /// initial state, so that the folder is a resumable run from the start.
-  int run(reidnet::RunFolder& folder) {
-    const fs::path out = folder.path();
+  /// Trains into `folder` (locked by the caller; nullptr on the ranks other than 0, which
+  /// write nothing); a new run first commits its opts.yaml and initial state, so that the
+  /// folder is a resumable run from the start.
+  int run(reidnet::RunFolder* folder) {
+    const fs::path out = c_.out;
     if (resume_.empty()) {
-      auto commit = folder.begin();
-      reidnet::examples::write_opts_yaml(c_, commit.stage("opts.yaml"));
-      stage_epoch(commit, /*epoch=*/0);
-      commit.publish(kill_at_step(0));
+      if (folder != nullptr) {
+        auto commit = folder->begin();
+        reidnet::examples::write_opts_yaml(c_, commit.stage("opts.yaml"));
+        stage_epoch(commit, /*epoch=*/0);
+        commit.publish(kill_at_step(0));
+      }
       if (c_.total_epoch == 0) {
-        fmt::print("--total-epoch 0: wrote the initialised model to {}\n", (out / "net_last.pth").string());
+        say("--total-epoch 0: wrote the initialised model to {}\n", (out / "net_last.pth").string());
         return 0;
       }
     } else if (state_.next_epoch >= c_.total_epoch) {
-      fmt::print("{} has finished all {} epochs: nothing to resume\n", resume_, c_.total_epoch);
+      say("{} has finished all {} epochs: nothing to resume\n", resume_, c_.total_epoch);
       return 0;
     } else {
-      fmt::print("resuming {} at epoch {}\n", resume_, state_.next_epoch + 1);
+      say("resuming {} at epoch {}\n", resume_, state_.next_epoch + 1);
     }
+    // Warm-up counts this process's steps: an epoch of its shard.
     const auto warmup = reidnet::LossWarmup::for_data(
-        c_.warm_epoch, static_cast<int64_t>(train_samples_.size()), c_.batch_size);
-    fmt::print("training {} images of {} ids ({} val), {} batches of {} per epoch, {} epochs\n",
-               train_samples_.size(), c_.class_num, data_.val.size(), batches_per_epoch_,
-               c_.batch_size, c_.total_epoch);
+        c_.warm_epoch, batches_per_epoch_ * c_.batch_size, c_.batch_size);
+    say("training {} images of {} ids ({} val), {} batches of {} per epoch{}, {} epochs\n",
+        train_samples_.size(), c_.class_num, data_.val.size(), batches_per_epoch_, c_.batch_size,
+        group_ ? fmt::format(" on each of {} processes ({} backend)", group_->size(),
+                             group_->backend_name())
+               : std::string(),
+        c_.total_epoch);
 
     const int64_t first_epoch = state_.next_epoch;
     const int64_t last_epoch = c_.epochs_this_run > 0
@@ -381,8 +424,9 @@ class Trainer {
       torch::manual_seed(c_.seed * 1000003 + static_cast<uint64_t>(epoch));
       const auto train = train_epoch(warmup, epoch);
       PhaseResult val;
-      if (std::isfinite(train.loss) && has_val_) val = evaluate_val();
+      if (std::isfinite(train.loss) && has_val_ && is_main_) val = evaluate_val();
       if (!std::isfinite(train.loss) || !std::isfinite(val.loss)) {
+        if (!is_main_) return 1;
         fmt::print(stderr, "epoch {}: the loss became {} in {} (try a lower --lr or --warm-epoch); "
                    "stopping, {} holds the last good epoch ({})\n", epoch + 1,
                    std::isfinite(train.loss) ? val.loss : train.loss,
@@ -398,24 +442,38 @@ class Trainer {
         state_.history.val_error.push_back(val.error);
         val_text = fmt::format(" val loss {:.4f} top1err {:.4f}", val.loss, val.error);
       }
-      fmt::print("epoch {}/{} lr {:.5f} train loss {:.4f} top1err {:.4f}{}\n", epoch + 1,
-                 c_.total_epoch, rates.back(), train.loss, train.error, val_text);
+      say("epoch {}/{} lr {:.5f} train loss {:.4f} top1err {:.4f}{}\n", epoch + 1,
+          c_.total_epoch, rates.back(), train.loss, train.error, val_text);
       state_.next_epoch = epoch + 1;
       state_.loss_scale = scaler_.state();
-      auto commit = folder.begin();
-      stage_epoch(commit, epoch + 1);
-      commit.publish(kill_at_step(epoch + 1));
+      if (folder != nullptr) {
+        auto commit = folder->begin();
+        stage_epoch(commit, epoch + 1);
+        commit.publish(kill_at_step(epoch + 1));
+      }
     }
     if (last_epoch < c_.total_epoch) {
-      fmt::print("stopped after epoch {} of {}: continue with --resume {}\n", last_epoch,
-                 c_.total_epoch, out.string());
+      say("stopped after epoch {} of {}: continue with --resume {}\n", last_epoch,
+          c_.total_epoch, out.string());
       return 0;
     }
-    fmt::print("done: {}\n", (out / "net_last.pth").string());
+    say("done: {}\n", (out / "net_last.pth").string());
     return 0;
   }
 
  private:
+  /// What one process prints: rank 0 speaks for the job.
+  template <class... Args>
+  void say(fmt::format_string<Args...> format, Args&&... args) const {
+    if (is_main_) fmt::print(format, std::forward<Args>(args)...);
+  }
+
+  /// Each process on a machine takes the GPU of its LOCAL_RANK.
+  static c10::DeviceIndex cuda_index(const reidnet::ProcessGroup* group) {
+    const auto launch = group != nullptr ? reidnet::LaunchEnvironment::from_environment() : std::nullopt;
+    return static_cast<c10::DeviceIndex>(launch ? launch->local_rank : 0);
+  }
+
   torch::Tensor to_device(const torch::Tensor& images) const {
     auto moved = images.to(device_, /*non_blocking=*/true);
     return c_.channels_last ? moved.contiguous(torch::MemoryFormat::ChannelsLast) : moved;
@@ -439,7 +497,8 @@ class Trainer {
         torch::nn::CrossEntropyLossOptions().label_smoothing(c_.label_smoothing));
     reidnet::TripletLoss triplet;
     reidnet::CircleLoss circle;
-    reidnet::examples::Progress progress(fmt::format("epoch {}", epoch + 1), batches);
+    std::optional<reidnet::examples::Progress> progress;
+    if (is_main_) progress.emplace(fmt::format("epoch {}", epoch + 1), batches);
     PhaseResult result;
     double loss_sum = 0;
     int64_t correct = 0, step = 0;
@@ -448,6 +507,7 @@ class Trainer {
       const auto images = to_device(batch->images);
       const auto labels = batch->labels.to(device_, /*non_blocking=*/true);
       reidnet::clear_gradients(optimizer);
+      if (averager_) averager_->before_forward();
       torch::Tensor loss, logits;
       {
         reidnet::AutocastGuard autocast(device_, dtype_);
@@ -462,23 +522,32 @@ class Trainer {
           if (c_.circle) loss = loss + circle(features, labels) / labels.size(0);
         }
       }
-      // One sync per step for the figures (the baseline does the same with .item()).
-      const double loss_value = loss.item<double>();
-      if (!std::isfinite(loss_value)) {
-        result.loss = loss_value;
+      // One sync per step for the figures (the baseline does the same with .item()); with
+      // several processes, the job's figures: every rank then stops on the same step.
+      auto figures = torch::tensor({loss.item<double>() * static_cast<double>(labels.size(0)),
+                                    logits.argmax(1).eq(labels).sum().item<double>(),
+                                    static_cast<double>(labels.size(0))}, torch::kDouble);
+      if (group_) group_->all_reduce_sum(figures);
+      const auto* figure = figures.data_ptr<double>();
+      if (!std::isfinite(figure[0])) {
+        result.loss = figure[0];
         return result;
       }
       const int64_t iteration = epoch * batches + step;
+      if (averager_) averager_->before_backward({loss});
       scaler_.scale(loss * warmup.factor(epoch, iteration)).backward();
       scaler_.step(optimizer);  // skipped when fp16 gradients overflowed
       scaler_.update();
-      loss_sum += loss_value * static_cast<double>(labels.size(0));
-      correct += logits.argmax(1).eq(labels).sum().item<int64_t>();
-      result.images += labels.size(0);
+      loss_sum += figure[0];
+      correct += static_cast<int64_t>(figure[1]);
+      result.images += static_cast<int64_t>(figure[2]);
       ++step;
-      progress.update(step, result.images,
-                      fmt::format("loss {:.4f} acc {:.3f}", loss_sum / result.images,
-                                  static_cast<double>(correct) / result.images));
+      kill_at_training_step(group_ ? group_->rank() : 0, epoch + 1, step);
+      if (progress) {
+        progress->update(step, result.images,
+                         fmt::format("loss {:.4f} acc {:.3f}", loss_sum / result.images,
+                                     static_cast<double>(correct) / result.images));
+      }
     }
     result.loss = loss_sum / std::max<int64_t>(result.images, 1);
     result.error = 1.0 - static_cast<double>(correct) / std::max<int64_t>(result.images, 1);
@@ -515,6 +584,8 @@ class Trainer {
   TrainConfig c_;
   reidnet::Dataset data_;
   std::string resume_;
+  const reidnet::ProcessGroup* group_;
+  bool is_main_;
   torch::Device device_;
   torch::ScalarType dtype_;
   reidnet::GradScaler scaler_;
@@ -523,6 +594,7 @@ class Trainer {
   std::optional<reidnet::DataLoader> train_loader_, val_loader_;
   int64_t batches_per_epoch_ = 0;
   reidnet::ReidModel net_;
+  std::optional<reidnet::GradientAverager> averager_;
   std::unique_ptr<torch::optim::SGD> optimizer_;
   std::vector<double> base_rates_;
   TrainerState state_;
@@ -534,7 +606,8 @@ class Trainer {
 TrainConfig resumed_config(const CLI::App& app, const TrainConfig& command_line,
                            const std::string& folder) {
   const std::set<std::string> run_flags{"--resume", "--data", "--device", "--threads", "--workers",
-                                        "--epochs-this-run", "--channels-last"};
+                                        "--epochs-this-run", "--channels-last", "--dist-backend",
+                                        "--dist-timeout"};
   for (const auto* option : app.get_options()) {
     if (option->count() > 0 && run_flags.count(option->get_name()) == 0) {
       throw UsageError(fmt::format("{} cannot be combined with --resume: the run continues with "
@@ -548,6 +621,8 @@ TrainConfig resumed_config(const CLI::App& app, const TrainConfig& command_line,
   config.threads = command_line.threads;
   config.workers = command_line.workers;
   config.epochs_this_run = command_line.epochs_this_run;
+  config.dist_backend = command_line.dist_backend;
+  config.dist_timeout = command_line.dist_timeout;
   if (app.count("--channels-last") > 0) config.channels_last = command_line.channels_last;
   return config;
 }
@@ -556,7 +631,19 @@ TrainConfig resumed_config(const CLI::App& app, const TrainConfig& command_line,
 /// folder as it was: nothing is written before the flags, the data set and every file read
 /// have been checked. (--resume locks its folder first, so that the state it reads cannot
 /// change under it; that may finish a commit a killed run had already published.)
-int train(CLI::App& app, TrainConfig config, const std::string& resume) {
+int train(CLI::App& app, TrainConfig config, const std::string& resume,
+          const std::optional<reidnet::LaunchEnvironment>& launch) {
+  // With several processes, rank 0 alone locks and writes the run folder.
+  const bool is_main = !launch || launch->rank == 0;
+  std::optional<reidnet::ProcessGroup> group;
+  const auto join = [&] {
+    if (!launch || group) return;
+    group = reidnet::ProcessGroup::connect(
+        *launch, config.device == "cuda" ? torch::kCUDA : torch::kCPU,
+        reidnet::ProcessGroupOptions()
+            .backend(config.dist_backend)
+            .timeout(std::chrono::seconds(config.dist_timeout)));
+  };
   std::optional<reidnet::RunFolder> folder;
   const auto lock = [&folder](const std::string& path) {
     try {
@@ -566,7 +653,9 @@ int train(CLI::App& app, TrainConfig config, const std::string& resume) {
     }
   };
   if (!resume.empty()) {
-    lock(resume);  // first: it finishes a commit that a killed run had published
+    join();
+    if (is_main) lock(resume);  // first: it finishes a commit that a killed run had published
+    if (group) group->barrier();  // the others read the folder once rank 0 holds it
     check_resume_folder(resume);
     config = resumed_config(app, config, resume);
   } else if (config.data.empty()) {
@@ -592,9 +681,38 @@ int train(CLI::App& app, TrainConfig config, const std::string& resume) {
   }
   reidnet::reuse_freed_host_memory();  // ~10% per step: no fresh pages for every activation
   auto dataset = as_usage_error([&] { return reidnet::read_dataset(config.data); });
-  Trainer trainer(config, std::move(dataset), resume);
-  if (!folder) lock(config.out);
-  return trainer.run(*folder);
+  join();
+  Trainer trainer(config, std::move(dataset), resume, group ? &*group : nullptr);
+  if (is_main && !folder) lock(config.out);
+  try {
+    return trainer.run(folder ? &*folder : nullptr);
+  } catch (const UsageError&) {
+    throw;
+  } catch (const std::exception& error) {
+    if (!group) throw;
+    // Most often another process died: its peers see their connections close (Gloo's
+    // errors are c10::Error or its own exceptions).
+    const auto* c10_error = dynamic_cast<const c10::Error*>(&error);
+    const std::string what = c10_error != nullptr ? c10_error->what_without_backtrace() : error.what();
+    throw std::runtime_error(fmt::format(
+        "a collective failed, so this process stops: {}. Another process of the job has most "
+        "likely stopped (see its message); {} holds the last finished epoch",
+        what.substr(0, what.find('\n')), (fs::path(config.out) / "net_last.pth").string()));
+  }
+}
+
+/// The command line of --nproc-per-node's workers: this one without that flag.
+std::vector<std::string> worker_arguments(int argc, char** argv) {
+  std::vector<std::string> arguments;
+  for (int i = 1; i < argc; ++i) {
+    const std::string argument = argv[i];
+    if (argument == "--nproc-per-node" || argument == "--nproc_per_node") {
+      ++i;  // and its value
+    } else if (argument.rfind("--nproc-per-node=", 0) != 0 && argument.rfind("--nproc_per_node=", 0) != 0) {
+      arguments.push_back(argument);
+    }
+  }
+  return arguments;
 }
 
 }  // namespace
@@ -609,7 +727,30 @@ int main(int argc, char** argv) {
   app.add_option("--epochs-this-run", config.epochs_this_run,
                  "stop after this many epochs (continue later with --resume), e.g. for time-limited jobs")
       ->check(CLI::PositiveNumber);
+  int64_t nproc = 0;
+  app.add_option("--nproc-per-node,--nproc_per_node", nproc,
+                 "start and supervise this many worker processes on this machine (as torchrun "
+                 "does); --batch-size is per process")
+      ->check(CLI::Range(1, 1024));
   if (const auto exit_code = reidnet::examples::parse_flags(app, argc, argv)) return *exit_code;
   if (!name.empty()) config.out = (fs::path("model") / name).string();
-  return reidnet::examples::run_reporting_errors("reidnet-train", [&] { return train(app, config, resume); });
+  if (nproc > 0) {
+    return reidnet::examples::run_reporting_errors("reidnet-train", [&] {
+      if (std::getenv("WORLD_SIZE") != nullptr) {
+        throw UsageError("--nproc-per-node starts its own workers, but WORLD_SIZE is set: this "
+                         "process is already one worker of a launcher (torchrun); drop one of the two");
+      }
+      return reidnet::run_local_workers("/proc/self/exe", worker_arguments(argc, argv), nproc);
+    });
+  }
+  std::optional<reidnet::LaunchEnvironment> launch;
+  try {
+    launch = reidnet::LaunchEnvironment::from_environment();
+  } catch (const std::exception& error) {
+    fmt::print(stderr, "reidnet-train: {}\n", error.what());
+    return 2;
+  }
+  const auto program = launch ? fmt::format("reidnet-train (rank {} of {})", launch->rank, launch->world_size)
+                              : std::string("reidnet-train");
+  return reidnet::examples::run_reporting_errors(program.c_str(), [&] { return train(app, config, resume, launch); });
 }

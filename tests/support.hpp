@@ -170,6 +170,25 @@ inline ProgramRun run_program(const std::string& program, const std::string& arg
   return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, text};
 }
 
+/// REIDNET_TEST_BINARY_DIR/<name>, empty: a topic's scratch folder, made once per process by
+/// the topic.
+inline std::filesystem::path fresh_workspace(const std::string& name) {
+  const auto dir = std::filesystem::path(REIDNET_TEST_BINARY_DIR) / name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+/// Writes a small toy data set into `out` (8 training ids x 8 pictures, 8 test ids): what the
+/// program tests train on.
+inline std::filesystem::path write_small_toy_data(const std::filesystem::path& out) {
+  const auto run = run_program("reidnet-toy-data", "--out " + out.string() +
+                               " --ids 8 --test-ids 8 --images-per-id 8 --distractors 24 "
+                               "--junk 12 --seed 11");
+  REQUIRE_MESSAGE(run.status == 0, run.output);
+  return out;
+}
+
 /// The mAP that reidnet-test printed.
 inline double map_of(const std::string& output) {
   const auto at = output.find("mAP:");

@@ -26,25 +26,13 @@ using reidnet::test::map_of;
 using reidnet::test::run_program;
 
 const fs::path& workspace() {
-  static const fs::path root = [] {
-    const fs::path dir = fs::path(REIDNET_TEST_BINARY_DIR) / "programs_workspace";
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    return dir;
-  }();
+  static const fs::path root = reidnet::test::fresh_workspace("programs_workspace");
   return root;
 }
 
 // A small toy data set, made once per test process.
 const fs::path& toy_data() {
-  static const fs::path dir = [] {
-    const fs::path out = workspace() / "toy";
-    const auto run = run_program("reidnet-toy-data", "--out " + out.string() +
-                                 " --ids 8 --test-ids 8 --images-per-id 8 --distractors 24 "
-                                 "--junk 12 --seed 11");
-    REQUIRE_MESSAGE(run.status == 0, run.output);
-    return out;
-  }();
+  static const fs::path dir = reidnet::test::write_small_toy_data(workspace() / "toy");
   return dir;
 }
 

@@ -66,6 +66,9 @@ struct TrainConfig {
   uint64_t seed = 0;
   int64_t threads = 2;
   int64_t epochs_this_run = 0;  // 0 = until total_epoch
+  // Several processes (with torchrun's environment): how they talk.
+  std::string dist_backend;      // "" = nccl on CUDA, gloo on CPU
+  int64_t dist_timeout = 1800;   // seconds, as torch.distributed's default
 };
 
 /// A named recipe of reidnet-train (--preset): the fields it sets; a flag given on the command

@@ -13,6 +13,7 @@
 #include <reidnet/image.hpp>
 #include <reidnet/transforms.hpp>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -33,6 +34,12 @@
 
 namespace reidnet {
 
+/// One process's part of every epoch in data-parallel training.
+struct Shard {
+  int64_t rank = 0;
+  int64_t world_size = 1;
+};
+
 /// How the loader batches and orders samples.
 struct LoaderOptions {
   TORCH_ARG(int64_t, batch_size) = 32;
@@ -49,6 +56,11 @@ struct LoaderOptions {
   /// K > 0: P x K identity sampling, P = batch_size / K identities with K pictures each
   /// (ids with fewer pictures are sampled with replacement); shuffle and drop_last are implied.
   TORCH_ARG(int64_t, instances_per_identity) = 0;
+  /// Load only this rank's part of each epoch. Samples are split as torch's
+  /// DistributedSampler splits them (the same permutation, padded to a multiple of the world
+  /// size, every world_size-th index), P x K batches whole, one in world_size; every rank
+  /// gets as many batches. A shard of world size 1 takes DistributedSampler's order too.
+  TORCH_ARG(std::optional<Shard>, shard) = std::nullopt;
 };
 
 /// One batch: images float [B, 3, H, W], labels (class indices), cameras and the indices of the
@@ -66,6 +78,12 @@ inline void check_loader_options(const LoaderOptions& options) {
   if (options.batch_size() < 1) throw std::runtime_error("LoaderOptions: batch_size must be >= 1");
   if (options.workers() < 0) throw std::runtime_error("LoaderOptions: workers must be >= 0");
   if (options.prefetch() < 1) throw std::runtime_error("LoaderOptions: prefetch must be >= 1");
+  if (const auto& shard = options.shard();
+      shard && (shard->world_size < 1 || shard->rank < 0 || shard->rank >= shard->world_size)) {
+    throw std::runtime_error("LoaderOptions: shard rank " + std::to_string(shard->rank) +
+                             " of world size " + std::to_string(shard->world_size) +
+                             ": expected 0 <= rank < world size");
+  }
   const int64_t k = options.instances_per_identity();
   if (k < 0 || (k > 0 && options.batch_size() % k != 0)) {
     throw std::runtime_error("LoaderOptions: batch_size (" + std::to_string(options.batch_size()) +
@@ -75,6 +93,28 @@ inline void check_loader_options(const LoaderOptions& options) {
 }
 
 inline Rng epoch_rng(uint64_t seed, int64_t epoch) { return sample_rng(seed, epoch, -1); }
+
+/// torch.utils.data.DistributedSampler's indices for `shard`: randperm(n) from a generator
+/// seeded seed + epoch (or 0..n-1), padded from its start to a multiple of the world size,
+/// then every world_size-th index from the rank's.
+inline std::vector<int64_t> distributed_sampler_order(int64_t n, const Shard& shard, bool shuffle,
+                                                      uint64_t seed, int64_t epoch) {
+  std::vector<int64_t> all(static_cast<size_t>(n));
+  if (shuffle) {
+    const auto permutation = torch::randperm(
+        n, at::detail::createCPUGenerator(seed + static_cast<uint64_t>(epoch)), torch::kInt64);
+    std::memcpy(all.data(), permutation.data_ptr<int64_t>(), sizeof(int64_t) * all.size());
+  } else {
+    for (int64_t i = 0; i < n; ++i) all[static_cast<size_t>(i)] = i;
+  }
+  std::vector<int64_t> own;
+  if (n == 0) return own;
+  const int64_t per_rank = (n + shard.world_size - 1) / shard.world_size;
+  for (int64_t i = 0; i < per_rank; ++i) {
+    own.push_back(all[static_cast<size_t>((i * shard.world_size + shard.rank) % n)]);
+  }
+  return own;
+}
 
 }  // namespace detail
 
@@ -136,13 +176,27 @@ inline std::vector<std::vector<int64_t>> plan_batches(const std::vector<Sample>&
                                                       const LoaderOptions& options, int64_t epoch) {
   detail::check_loader_options(options);
   auto rng = detail::epoch_rng(options.seed(), epoch);
+  const auto& shard = options.shard();
   if (options.instances_per_identity() > 0) {
     const int64_t k = options.instances_per_identity();
-    return identity_batches(samples, options.batch_size() / k, k, rng);
+    auto batches = identity_batches(samples, options.batch_size() / k, k, rng);
+    if (!shard) return batches;
+    std::vector<std::vector<int64_t>> own;
+    const size_t whole_rounds = batches.size() / static_cast<size_t>(shard->world_size);
+    for (size_t round = 0; round < whole_rounds; ++round) {
+      own.push_back(std::move(batches[round * shard->world_size + shard->rank]));
+    }
+    return own;
   }
-  std::vector<int64_t> order(samples.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
-  if (options.shuffle()) detail::shuffle(order, rng);
+  std::vector<int64_t> order;
+  if (shard) {
+    order = detail::distributed_sampler_order(static_cast<int64_t>(samples.size()), *shard,
+                                              options.shuffle(), options.seed(), epoch);
+  } else {
+    order.resize(samples.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+    if (options.shuffle()) detail::shuffle(order, rng);
+  }
   std::vector<std::vector<int64_t>> batches;
   for (size_t start = 0; start < order.size(); start += options.batch_size()) {
     const size_t end = std::min(order.size(), start + static_cast<size_t>(options.batch_size()));

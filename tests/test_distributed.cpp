@@ -1,0 +1,334 @@
+// Multi-process training on c10d: the loader's shards against torch's DistributedSampler,
+// three steps of reidnet's GradientAverager against PyTorch's DistributedDataParallel (both
+// on Gloo, two processes over loopback), and reidnet-train's multi-process runs and failures.
+#include "support.hpp"
+
+#include <reidnet/checkpoint.hpp>
+#include <reidnet/data_loader.hpp>
+#include <reidnet/local_launcher.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using reidnet::test::run_program;
+
+const fs::path& workspace() {
+  static const fs::path root = reidnet::test::fresh_workspace("distributed_workspace");
+  return root;
+}
+
+/// A process started with extra environment variables, its output going to a log file.
+struct Process {
+  pid_t pid = -1;
+  fs::path log;
+  std::chrono::steady_clock::time_point started;
+};
+
+struct Finished {
+  int code = -1;        // exit status; -1 when a signal ended it
+  int signal = 0;
+  std::string output;
+  double seconds = 0;
+};
+
+Process start(const std::string& binary, const std::vector<std::string>& arguments,
+              const std::map<std::string, std::string>& environment) {
+  REQUIRE_MESSAGE(fs::exists(binary), binary << " is missing");
+  static int count = 0;
+  Process process;
+  process.log = workspace() / ("process" + std::to_string(++count) + ".log");
+  process.started = std::chrono::steady_clock::now();
+  process.pid = ::fork();
+  REQUIRE(process.pid >= 0);
+  if (process.pid == 0) {
+    const int fd = ::open(process.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    for (const auto& [name, value] : environment) ::setenv(name.c_str(), value.c_str(), 1);
+    std::vector<char*> argv{const_cast<char*>(binary.c_str())};
+    for (const auto& argument : arguments) argv.push_back(const_cast<char*>(argument.c_str()));
+    argv.push_back(nullptr);
+    ::execv(binary.c_str(), argv.data());
+    ::_exit(127);
+  }
+  return process;
+}
+
+/// Waits for `process`, killing it after `limit` (then code -1, signal 9).
+Finished wait_for(const Process& process, std::chrono::seconds limit) {
+  Finished finished;
+  int status = 0;
+  for (;;) {
+    const pid_t done = ::waitpid(process.pid, &status, WNOHANG);
+    if (done == process.pid) break;
+    if (std::chrono::steady_clock::now() - process.started > limit) {
+      ::kill(process.pid, SIGKILL);
+      ::waitpid(process.pid, &status, 0);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  finished.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - process.started).count();
+  finished.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  finished.signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+  std::ifstream file(process.log);
+  finished.output.assign(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
+  return finished;
+}
+
+std::map<std::string, std::string> rank_environment(int rank, int world_size, int port) {
+  return {{"RANK", std::to_string(rank)},           {"LOCAL_RANK", std::to_string(rank)},
+          {"WORLD_SIZE", std::to_string(world_size)}, {"MASTER_ADDR", "127.0.0.1"},
+          {"MASTER_PORT", std::to_string(port)},      {"OMP_NUM_THREADS", "1"}};
+}
+
+std::string examples_program(const std::string& name) {
+  return std::string(REIDNET_TEST_EXAMPLES_DIR) + "/" + name;
+}
+
+// A small toy data set, made once per test process.
+const fs::path& toy_data() {
+  static const fs::path dir = reidnet::test::write_small_toy_data(workspace() / "toy");
+  return dir;
+}
+
+std::vector<std::string> train_arguments(const fs::path& out) {
+  return {"--data", toy_data().string(), "--out", out.string(), "--height", "64", "--width", "32",
+          "--batch-size", "4", "--workers", "1", "--seed", "3", "--threads", "1", "--warm-epoch", "1"};
+}
+
+std::string joined(const std::vector<std::string>& arguments) {
+  std::string text;
+  for (const auto& argument : arguments) text += " " + argument;
+  return text;
+}
+
+}  // namespace
+
+TEST_CASE("a loader shard takes DistributedSampler's indices; P x K shards take whole batches") {
+  const auto reference = reidnet::read_state_dict(reidnet::test::fixture("distributed", "sampler.pt"));
+  const std::vector<reidnet::Sample> samples(45);
+  for (int64_t rank = 0; rank < 2; ++rank) {
+    for (int64_t epoch = 0; epoch < 3; ++epoch) {
+      CAPTURE(rank);
+      CAPTURE(epoch);
+      const auto batches = reidnet::plan_batches(
+          samples, reidnet::LoaderOptions().batch_size(4).shuffle(true).seed(7).shard(reidnet::Shard{rank, 2}),
+          epoch);
+      std::vector<int64_t> flat;
+      for (const auto& batch : batches) flat.insert(flat.end(), batch.begin(), batch.end());
+      const auto& expected = reference[fmt::format("rank{}_epoch{}", rank, epoch)];
+      REQUIRE(static_cast<int64_t>(flat.size()) == expected.numel());
+      CHECK(torch::equal(torch::tensor(flat, torch::kInt64), expected));
+    }
+  }
+  SUBCASE("P x K") {
+    std::vector<reidnet::Sample> people;
+    for (int64_t id = 0; id < 9; ++id) {
+      for (int64_t i = 0; i < 5; ++i) people.push_back({"", id, 1, id});
+    }
+    const auto options = reidnet::LoaderOptions().batch_size(6).instances_per_identity(3).seed(2);
+    const auto whole = reidnet::plan_batches(people, options, 1);
+    auto copy = options;
+    const auto rank0 = reidnet::plan_batches(people, copy.shard(reidnet::Shard{0, 2}), 1);
+    const auto rank1 = reidnet::plan_batches(people, copy.shard(reidnet::Shard{1, 2}), 1);
+    CHECK(rank0.size() == whole.size() / 2);
+    CHECK(rank1.size() == rank0.size());
+    for (size_t i = 0; i < rank0.size(); ++i) {
+      CHECK(rank0[i] == whole[2 * i]);
+      CHECK(rank1[i] == whole[2 * i + 1]);
+    }
+  }
+  SUBCASE("a shard outside the world is refused") {
+    CHECK_THROWS_WITH(reidnet::plan_batches(samples, reidnet::LoaderOptions().shard(reidnet::Shard{2, 2}), 0),
+                      doctest::Contains("shard rank 2 of world size 2"));
+  }
+}
+
+namespace {
+
+/// Runs `world_size` ranks of reidnet_ddp_worker in `mode` into workspace()/<name>; returns
+/// each rank's weights after the steps.
+std::vector<reidnet::StateDict> run_worker_job(const std::string& mode, int world_size,
+                                               const std::string& name) {
+  const auto out = workspace() / name;
+  fs::create_directories(out);
+  const int port = reidnet::detail::free_loopback_port();
+  const std::string worker = std::string(REIDNET_TEST_BINARY_DIR) + "/reidnet_ddp_worker";
+  std::vector<Process> ranks;
+  for (int rank = 0; rank < world_size; ++rank) {
+    ranks.push_back(start(worker, {mode, reidnet::test::fixture("distributed", ""), out.string()},
+                          rank_environment(rank, world_size, port)));
+  }
+  std::vector<reidnet::StateDict> weights;
+  for (int rank = 0; rank < world_size; ++rank) {
+    const auto finished = wait_for(ranks[static_cast<size_t>(rank)], std::chrono::seconds(300));
+    INFO(finished.output);
+    REQUIRE(finished.code == 0);
+    weights.push_back(reidnet::read_state_dict((out / fmt::format("rank{}.pth", rank)).string()));
+  }
+  return weights;
+}
+
+/// The largest absolute difference between two state dicts' tensors (of the same keys).
+double largest_difference(const reidnet::StateDict& actual, const reidnet::StateDict& expected) {
+  REQUIRE(actual.size() == expected.size());
+  double largest = 0;
+  for (const auto& item : expected) {
+    CAPTURE(item.key());
+    REQUIRE(actual.contains(item.key()));
+    const auto difference = (actual[item.key()].to(torch::kDouble) - item.value().to(torch::kDouble));
+    largest = std::max(largest, difference.abs().max().item<double>());
+  }
+  return largest;
+}
+
+/// The ranks' weights agree bit for bit. (Their BatchNorm statistics are each rank's own last
+/// batch's: broadcast from rank 0 before each forward, then updated locally.)
+void check_ranks_identical(const reidnet::StateDict& rank0, const reidnet::StateDict& rank1) {
+  for (const auto& item : rank0) {
+    if (item.key().find("running_") != std::string::npos) continue;
+    CAPTURE(item.key());
+    CHECK(torch::equal(item.value(), rank1[item.key()]));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("3 steps on 2 processes equal PyTorch DDP's (Gloo): weights within 1e-5, ranks bit-identical") {
+  const auto mine = run_worker_job("ddp", 2, "ddp");
+  for (int rank = 0; rank < 2; ++rank) {
+    CAPTURE(rank);
+    const auto theirs = reidnet::read_state_dict(
+        reidnet::test::fixture("distributed", fmt::format("ddp_rank{}.pth", rank)));
+    const double largest = largest_difference(mine[static_cast<size_t>(rank)], theirs);
+    MESSAGE("rank " << rank << ": largest difference from PyTorch DDP " << largest);
+    CHECK(largest <= 1e-5);
+  }
+  check_ranks_identical(mine[0], mine[1]);
+}
+
+TEST_CASE("reidnet-train --nproc-per-node 2 trains; rank 0 alone writes; resume takes any world size") {
+  const auto out = workspace() / "two";
+  auto arguments = train_arguments(out);
+  const auto two = run_program("reidnet-train", "--nproc-per-node 2" + joined(arguments) +
+                               " --total-epoch 2 --epochs-this-run 1");
+  INFO(two.output);
+  REQUIRE(two.status == 0);
+  CHECK(two.output.find("on each of 2 processes (gloo backend)") != std::string::npos);
+  // Rank 0 speaks for the job: one line per epoch, not one per process.
+  CHECK(two.output.find("epoch 1/2") == two.output.rfind("epoch 1/2"));
+  for (const char* file : {"net_last.pth", "opts.yaml", "train.log", "train.jpg", "optimizer.pt"}) {
+    CHECK_MESSAGE(fs::exists(out / file), file);
+  }
+  // Resumed on one process,
+  const auto one = run_program("reidnet-train", "--resume " + out.string() + " --threads 1");
+  INFO(one.output);
+  REQUIRE(one.status == 0);
+  CHECK(one.output.find("resuming " + out.string() + " at epoch 2") != std::string::npos);
+  CHECK(one.output.find("epoch 2/2") != std::string::npos);
+  // and a one-process run resumed on two.
+  const auto single = workspace() / "one_then_two";
+  REQUIRE(run_program("reidnet-train", joined(train_arguments(single)) +
+                      " --total-epoch 2 --epochs-this-run 1").status == 0);
+  const auto resumed = run_program("reidnet-train", "--nproc-per-node 2 --resume " + single.string() +
+                                   " --threads 1");
+  INFO(resumed.output);
+  REQUIRE(resumed.status == 0);
+  CHECK(resumed.output.find("epoch 2/2") != std::string::npos);
+  CHECK(reidnet::read_state_dict((single / "net_last.pth").string()).size() > 0);
+}
+
+TEST_CASE("a worker killed mid-epoch stops the job within 60 s, with a message; the last "
+          "checkpoint stays loadable") {
+  const auto check_checkpoint = [](const fs::path& out) {
+    const auto state = reidnet::read_state_dict((out / "net_last.pth").string());
+    CHECK(state.contains("classifier.classifier.0.weight"));
+    std::ifstream trainer_state(out / "trainer_state.yaml");
+    std::string first;
+    std::getline(trainer_state, first);
+    CHECK(first == "next_epoch: 1");
+  };
+  SUBCASE("under --nproc-per-node, the launcher stops the others") {
+    const auto out = workspace() / "killed_supervised";
+    auto arguments = train_arguments(out);
+    arguments.insert(arguments.begin(), {"--nproc-per-node", "2"});
+    arguments.insert(arguments.end(), {"--total-epoch", "3"});
+    const auto job = start(examples_program("reidnet-train"), arguments, {{"REIDNET_KILL_RANK_AT", "1:2:3"}});
+    const auto finished = wait_for(job, std::chrono::seconds(240));
+    INFO(finished.output);
+    CHECK(finished.code != 0);
+    CHECK(finished.output.find("worker rank 1") != std::string::npos);
+    CHECK(finished.output.find("was killed by signal 9") != std::string::npos);
+    check_checkpoint(out);
+  }
+  SUBCASE("launched without a supervisor (as by torchrun), the survivor fails on its own") {
+    const auto out = workspace() / "killed_alone";
+    auto arguments = train_arguments(out);
+    arguments.insert(arguments.end(), {"--total-epoch", "3"});
+    const int port = reidnet::detail::free_loopback_port();
+    auto doomed_environment = rank_environment(1, 2, port);
+    doomed_environment["REIDNET_KILL_RANK_AT"] = "1:2:3";
+    const auto survivor = start(examples_program("reidnet-train"), arguments, rank_environment(0, 2, port));
+    const auto doomed = start(examples_program("reidnet-train"), arguments, doomed_environment);
+    const auto killed = wait_for(doomed, std::chrono::seconds(240));
+    CHECK(killed.signal == SIGKILL);
+    const auto killed_at = std::chrono::steady_clock::now();
+    const auto finished = wait_for(survivor, std::chrono::seconds(240));
+    INFO(finished.output);
+    CHECK(finished.code == 1);
+    CHECK(std::chrono::steady_clock::now() - killed_at < std::chrono::seconds(60));
+    CHECK(finished.output.find("a collective failed") != std::string::npos);
+    check_checkpoint(out);
+  }
+}
+
+TEST_CASE("a rank that never joins, or a wrong MASTER_PORT, fails within twice --dist-timeout") {
+  const auto out = workspace() / "alone";
+  auto arguments = train_arguments(out);
+  arguments.insert(arguments.end(), {"--total-epoch", "1", "--dist-timeout", "5"});
+  const int port = reidnet::detail::free_loopback_port();
+  for (const int rank : {0, 1}) {
+    CAPTURE(rank);  // rank 0 waits for rank 1; rank 1 finds nothing on the port
+    const auto finished = wait_for(start(examples_program("reidnet-train"), arguments,
+                                         rank_environment(rank, 2, port)),
+                                   std::chrono::seconds(60));
+    INFO(finished.output);
+    CHECK(finished.code == 1);
+    CHECK(finished.seconds < 2 * 5 + 5);
+    CHECK(finished.output.find("within the 5 s timeout") != std::string::npos);
+    CHECK(finished.output.find(fmt::format("127.0.0.1:{}", port)) != std::string::npos);
+    CHECK_FALSE(fs::exists(out));  // nothing written before the job had met
+  }
+}
+
+TEST_CASE("bad launcher variables and flags are usage errors (exit code 2)") {
+  const auto out = workspace() / "bad";
+  const auto arguments = joined(train_arguments(out));
+  CHECK(run_program("reidnet-train", arguments, "WORLD_SIZE=2 RANK=2").status == 2);
+  CHECK(run_program("reidnet-train", arguments, "WORLD_SIZE=two RANK=0").status == 2);
+  CHECK(run_program("reidnet-train", arguments, "WORLD_SIZE=2").status == 2);
+  const auto nested = run_program("reidnet-train", "--nproc-per-node 2" + arguments, "WORLD_SIZE=2 RANK=0");
+  CHECK(nested.status == 2);
+  CHECK(nested.output.find("WORLD_SIZE is set") != std::string::npos);
+  CHECK(run_program("reidnet-train", "--nproc-per-node 0" + arguments).status == 2);
+  CHECK(run_program("reidnet-train", "--dist-backend mpi" + arguments).status == 2);
+  const auto message = run_program("reidnet-train", arguments, "WORLD_SIZE=2 RANK=5").output;
+  CHECK(message.find("RANK='5'") != std::string::npos);
+  CHECK_FALSE(fs::exists(out));
+}
