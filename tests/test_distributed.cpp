@@ -94,7 +94,7 @@ Finished wait_for(const Process& process, std::chrono::seconds limit) {
 std::map<std::string, std::string> rank_environment(int rank, int world_size, int port) {
   return {{"RANK", std::to_string(rank)},           {"LOCAL_RANK", std::to_string(rank)},
           {"WORLD_SIZE", std::to_string(world_size)}, {"MASTER_ADDR", "127.0.0.1"},
-          {"MASTER_PORT", std::to_string(port)},      {"OMP_NUM_THREADS", "1"}};
+          {"MASTER_PORT", std::to_string(port)}};
 }
 
 std::string examples_program(const std::string& name) {
