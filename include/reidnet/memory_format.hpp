@@ -15,12 +15,7 @@ inline void to_channels_last(torch::nn::Module& module) {
   torch::NoGradGuard no_grad;
   for (auto& parameter : module.parameters()) {
     if (parameter.dim() == 4) {
-      // Always the canonical channels_last strides, also where contiguous() would keep the
-      // old ones (1x1 kernels are both layouts): gradients come back in exactly these, which
-      // data-parallel gradient buckets expect.
-      auto converted = torch::empty_like(parameter.data(), torch::MemoryFormat::ChannelsLast);
-      converted.copy_(parameter.data());
-      parameter.set_data(converted);
+      parameter.set_data(parameter.data().contiguous(torch::MemoryFormat::ChannelsLast));
     }
   }
 }
