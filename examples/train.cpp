@@ -282,7 +282,10 @@ class Trainer {
         resume_(std::move(resume)),
         group_(group),
         is_main_(group == nullptr || group->is_main()),
-        device_(c_.device == "cuda" ? torch::Device(torch::kCUDA, cuda_index(group)) : torch::Device(torch::kCPU)),
+        // Each process on a machine takes the GPU of its LOCAL_RANK.
+        device_(c_.device == "cuda"
+                    ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(group ? group->local_rank() : 0))
+                    : torch::Device(torch::kCPU)),
         dtype_(c_.bf16 ? torch::kBFloat16 : c_.fp16 ? torch::kHalf : torch::kFloat),
         // fp16 gradients underflow without loss scaling; bf16 has fp32's range.
         scaler_(reidnet::GradScalerOptions().enabled(c_.fp16)),
@@ -401,9 +404,10 @@ class Trainer {
     } else {
       say("resuming {} at epoch {}\n", resume_, state_.next_epoch + 1);
     }
-    // Warm-up counts this process's steps: an epoch of its shard.
+    // Warm-up counts this process's steps: an epoch of its shard (DistributedSampler's size).
+    const auto images = static_cast<int64_t>(train_samples_.size());
     const auto warmup = reidnet::LossWarmup::for_data(
-        c_.warm_epoch, batches_per_epoch_ * c_.batch_size, c_.batch_size);
+        c_.warm_epoch, group_ ? (images + group_->size() - 1) / group_->size() : images, c_.batch_size);
     say("training {} images of {} ids ({} val), {} batches of {} per epoch{}, {} epochs\n",
         train_samples_.size(), c_.class_num, data_.val.size(), batches_per_epoch_, c_.batch_size,
         group_ ? fmt::format(" on each of {} processes ({} backend)", group_->size(),
@@ -466,12 +470,6 @@ class Trainer {
   template <class... Args>
   void say(fmt::format_string<Args...> format, Args&&... args) const {
     if (is_main_) fmt::print(format, std::forward<Args>(args)...);
-  }
-
-  /// Each process on a machine takes the GPU of its LOCAL_RANK.
-  static c10::DeviceIndex cuda_index(const reidnet::ProcessGroup* group) {
-    const auto launch = group != nullptr ? reidnet::LaunchEnvironment::from_environment() : std::nullopt;
-    return static_cast<c10::DeviceIndex>(launch ? launch->local_rank : 0);
   }
 
   torch::Tensor to_device(const torch::Tensor& images) const {

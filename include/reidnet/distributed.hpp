@@ -142,6 +142,7 @@ class ProcessGroup {
     ProcessGroup group;
     group.rank_ = launch.rank;
     group.size_ = launch.world_size;
+    group.local_rank_ = launch.local_rank;
     group.backend_name_ = backend;
     try {
       group.group_ = backend == "gloo" ? make_gloo(store, launch, options)
@@ -154,6 +155,8 @@ class ProcessGroup {
 
   int64_t rank() const { return rank_; }
   int64_t size() const { return size_; }
+  /// The rank among this machine's processes (which GPU it takes).
+  int64_t local_rank() const { return local_rank_; }
   /// Rank 0, the one that writes files and whose state the others take.
   bool is_main() const { return rank_ == 0; }
   const std::string& backend_name() const { return backend_name_; }
@@ -234,6 +237,7 @@ class ProcessGroup {
 
   int64_t rank_ = 0;
   int64_t size_ = 1;
+  int64_t local_rank_ = 0;
   std::string backend_name_;
   c10::intrusive_ptr<c10d::ProcessGroup> group_;
 };
