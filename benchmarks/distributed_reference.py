@@ -7,6 +7,9 @@ import os
 import sys
 import time
 
+# LibTorch 2.4+ rendezvous on libuv by default, which Debian's build lacks.
+os.environ.setdefault("USE_LIBUV", "0")
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F

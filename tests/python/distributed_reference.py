@@ -13,6 +13,9 @@ import os
 import socket
 import sys
 
+# LibTorch 2.4+ rendezvous on libuv by default, which Debian's build lacks.
+os.environ.setdefault("USE_LIBUV", "0")
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
