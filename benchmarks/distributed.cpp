@@ -18,7 +18,9 @@ int main(int argc, char** argv) {
   CLI::App app{"Training throughput of ft_net on one or several processes"};
   int64_t height = 128, width = 64, batch_size = 16, steps = 10, warmup = 2, threads = 1, classes = 751;
   std::string model = "ft_net";
+  bool sync_bn = false;
   app.add_option("--model", model, "model family");
+  app.add_flag("--sync-bn", sync_bn, "BatchNorm statistics over all processes (SyncBatchNorm)");
   app.add_option("--height", height, "input height")->check(CLI::Range(32, 1024));
   app.add_option("--width", width, "input width")->check(CLI::Range(32, 1024));
   app.add_option("--batch-size", batch_size, "pictures per process per step")->check(CLI::Range(1, 1024));
@@ -39,6 +41,7 @@ int main(int argc, char** argv) {
     std::optional<reidnet::GradientAverager> averager;
     if (group) {
       averager.emplace(*net, *group, reidnet::GradientAveragerOptions().find_unused_parameters(true));
+      if (sync_bn) reidnet::synchronize_batch_norm(*net, *group);
     }
     torch::optim::SGD sgd(net->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
     const auto images = torch::randn({batch_size, 3, height, width}).contiguous(torch::MemoryFormat::ChannelsLast);
@@ -60,8 +63,8 @@ int main(int argc, char** argv) {
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const int64_t world = group ? group->size() : 1;
     if (!group || group->is_main()) {
-      fmt::print("reidnet {} processes x {} threads: {:.2f} img/s ({} steps of {} per process, {:.3f} s per step)\n",
-                 world, threads, static_cast<double>(world * batch_size * steps) / seconds, steps,
+      fmt::print("reidnet{} {} processes x {} threads: {:.2f} img/s ({} steps of {} per process, {:.3f} s per step)\n",
+                 sync_bn ? "-sync-bn" : "", world, threads, static_cast<double>(world * batch_size * steps) / seconds, steps,
                  batch_size, seconds / static_cast<double>(steps));
     }
     return 0;

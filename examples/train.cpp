@@ -115,6 +115,8 @@ void add_flags(CLI::App& app, TrainConfig& c, std::string& name) {
   app.add_option("--dist-timeout", c.dist_timeout, "seconds a process waits for the others "
                  "(joining, and every collective)")
       ->check(CLI::Range(1, 86400));
+  app.add_flag("--sync-bn,!--no-sync-bn", c.sync_bn, "with several processes, BatchNorm "
+               "statistics over all their batches (SyncBatchNorm)");
 }
 
 fs::path checkpoint_name(int64_t epoch) { return fmt::format("net_{:03d}.pth", epoch); }
@@ -368,6 +370,11 @@ class Trainer {
     // families keep parameters they never use (ft_net: torchvision's fc, for its keys).
     if (group_) {
       averager_.emplace(*net_, *group_, reidnet::GradientAveragerOptions().find_unused_parameters(true));
+      if (c_.sync_bn) {
+        const auto layers = reidnet::synchronize_batch_norm(*net_, *group_);
+        say("SyncBatchNorm: {} BatchNorm layers normalise over all {} processes' batches\n", layers,
+            group_->size());
+      }
     }
     optimizer_ = reidnet::make_sgd(*net_, reidnet::SgdRecipe()
                                               .lr(c_.lr)
@@ -605,7 +612,7 @@ TrainConfig resumed_config(const CLI::App& app, const TrainConfig& command_line,
                            const std::string& folder) {
   const std::set<std::string> run_flags{"--resume", "--data", "--device", "--threads", "--workers",
                                         "--epochs-this-run", "--channels-last", "--dist-backend",
-                                        "--dist-timeout"};
+                                        "--dist-timeout", "--sync-bn"};
   for (const auto* option : app.get_options()) {
     if (option->count() > 0 && run_flags.count(option->get_name()) == 0) {
       throw UsageError(fmt::format("{} cannot be combined with --resume: the run continues with "
@@ -622,6 +629,7 @@ TrainConfig resumed_config(const CLI::App& app, const TrainConfig& command_line,
   config.dist_backend = command_line.dist_backend;
   config.dist_timeout = command_line.dist_timeout;
   if (app.count("--channels-last") > 0) config.channels_last = command_line.channels_last;
+  if (app.count("--sync-bn") > 0) config.sync_bn = command_line.sync_bn;
   return config;
 }
 

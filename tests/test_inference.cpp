@@ -32,8 +32,8 @@ void randomize_batch_norms(torch::nn::Module& module) {
     norm.bias.copy_(torch::randn({n}) * 0.1);
   };
   for (auto& child : module.modules()) {
-    if (auto* norm2d = dynamic_cast<torch::nn::BatchNorm2dImpl*>(child.get())) randomize(*norm2d);
-    if (auto* norm1d = dynamic_cast<torch::nn::BatchNorm1dImpl*>(child.get())) randomize(*norm1d);
+    if (auto* norm2d = dynamic_cast<reidnet::BatchNorm2dImpl*>(child.get())) randomize(*norm2d);
+    if (auto* norm1d = dynamic_cast<reidnet::BatchNorm1dImpl*>(child.get())) randomize(*norm1d);
   }
 }
 

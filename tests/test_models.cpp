@@ -8,6 +8,8 @@
 
 #include <fstream>
 #include <regex>
+#include <type_traits>
+#include <utility>
 
 using reidnet::test::copy_state;
 using reidnet::test::fixture;
@@ -158,7 +160,7 @@ TEST_CASE("Kaiming head init: Linear std within 5% of sqrt(2/fan_out), BN1d ~ N(
   CHECK(linear.std().item<double>() == doctest::Approx(expected_std).epsilon(0.05));
   CHECK(std::abs(linear.mean().item<double>()) < 0.05 * expected_std);
   CHECK(head->add_block[0]->as<torch::nn::Linear>()->bias.abs().max().item<double>() == 0.0);
-  auto* norm = head->add_block[1]->as<torch::nn::BatchNorm1d>();
+  auto* norm = head->add_block[1]->as<reidnet::BatchNorm1d>();
   CHECK(norm->weight.mean().item<double>() == doctest::Approx(1.0).epsilon(0.01));
   CHECK(norm->weight.std().item<double>() == doctest::Approx(0.02).epsilon(0.2));
   CHECK(norm->bias.abs().max().item<double>() == 0.0);
@@ -270,6 +272,71 @@ TEST_CASE("models run with other dtypes and clone deeply") {
   copy->classifier->classifier[0]->as<torch::nn::Linear>()->bias.fill_(1.0);
   CHECK(net->classifier->classifier[0]->as<torch::nn::Linear>()->bias.abs().max().item<double>() == 0.0);
   CHECK(reidnet::state_dict(*copy).size() == reidnet::state_dict(*net).size());
+}
+
+namespace {
+
+/// Random affine terms, the same in both modules.
+template <class Mine, class Theirs>
+void same_random_affine(Mine& mine, Theirs& theirs) {
+  torch::NoGradGuard no_grad;
+  mine->weight.uniform_(0.5, 1.5);
+  mine->bias.uniform_(-0.5, 0.5);
+  theirs->weight.copy_(mine->weight);
+  theirs->bias.copy_(mine->bias);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("reidnet's BatchNorm equals torch::nn's bit for bit, in training and eval", Pair,
+                   std::pair<reidnet::BatchNorm1d, torch::nn::BatchNorm1d>,
+                   std::pair<reidnet::BatchNorm2d, torch::nn::BatchNorm2d>) {
+  torch::manual_seed(3);
+  constexpr bool is_2d = std::is_same_v<typename Pair::first_type, reidnet::BatchNorm2d>;
+  const auto input = (is_2d ? torch::randn({6, 5, 4, 3}) : torch::randn({6, 5})) * 3 + 2;
+  typename Pair::first_type mine(5);
+  typename Pair::second_type theirs(5);
+  same_random_affine(mine, theirs);
+  for (const bool training : {true, true, false}) {
+    CAPTURE(training);
+    mine->train(training);
+    theirs->train(training);
+    CHECK(torch::equal(mine(input), theirs(input)));
+    CHECK(torch::equal(mine->running_mean, theirs->running_mean));
+    CHECK(torch::equal(mine->running_var, theirs->running_var));
+    CHECK(torch::equal(mine->num_batches_tracked, theirs->num_batches_tracked));
+  }
+  CHECK_THROWS_WITH_AS(mine(torch::randn({2, 5, 3, 3, 3})), doctest::Contains("BatchNorm"), c10::Error);
+}
+
+TEST_CASE("shared BatchNorm statistics over one process equal the batch's own within 1e-5") {
+  // The shared path's own arithmetic (float64 moments, autograd through them) against
+  // at::batch_norm: output, every gradient and the running statistics.
+  torch::manual_seed(4);
+  const auto input = torch::randn({6, 5, 4, 3}) * 3 + 2;
+  const auto upstream = torch::randn({6, 5, 4, 3});
+  reidnet::BatchNorm2d shared(5), plain(5);
+  same_random_affine(shared, plain);
+  shared->share_statistics([](torch::Tensor&) {});  // one process: the sum is the term itself
+  CHECK(shared->shares_statistics());
+  auto shared_input = input.clone().requires_grad_(true);
+  auto plain_input = input.clone().requires_grad_(true);
+  for (int step = 0; step < 2; ++step) {
+    const auto shared_output = shared(shared_input);
+    const auto plain_output = plain(plain_input);
+    CHECK(max_relative_difference(shared_output, plain_output) < 1e-5);
+    (shared_output * upstream).sum().backward();
+    (plain_output * upstream).sum().backward();
+  }
+  CHECK(max_relative_difference(shared_input.grad(), plain_input.grad()) < 1e-5);
+  CHECK(max_relative_difference(shared->weight.grad(), plain->weight.grad()) < 1e-5);
+  CHECK(max_relative_difference(shared->bias.grad(), plain->bias.grad()) < 1e-5);
+  CHECK(max_relative_difference(shared->running_mean, plain->running_mean) < 1e-5);
+  CHECK(max_relative_difference(shared->running_var, plain->running_var) < 1e-5);
+  CHECK(torch::equal(shared->num_batches_tracked, plain->num_batches_tracked));
+  // A batch of one value per channel cannot be normalised in training.
+  CHECK_THROWS_WITH_AS(shared(torch::randn({1, 5, 1, 1})), doctest::Contains("more than one value"),
+                       c10::Error);
 }
 
 TEST_CASE("bad options are refused with a message naming the option") {

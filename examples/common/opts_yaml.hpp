@@ -69,6 +69,7 @@ struct TrainConfig {
   // Several processes (with torchrun's environment): how they talk.
   std::string dist_backend;      // "" = nccl on CUDA, gloo on CPU
   int64_t dist_timeout = 1800;   // seconds, as torch.distributed's default
+  bool sync_bn = false;          // BatchNorm statistics over all processes' batches
 };
 
 /// A named recipe of reidnet-train (--preset): the fields it sets; a flag given on the command
@@ -170,6 +171,7 @@ void for_each_opts_field(Config& c, Field&& field) {
   field("weights", c.weights);
   field("instances_per_id", c.instances_per_id);
   field("channels_last", c.channels_last);
+  field("sync_bn", c.sync_bn);
 }
 
 /// Limits on what a run may ask for: far above any real ReID recipe, low enough that a typo

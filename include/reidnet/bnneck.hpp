@@ -11,6 +11,7 @@
 /// Keys, as fast-reid's: `weight` (class_num x input_dim), `pool_layer.p` (learnable GeM only),
 /// `bottleneck.0.{weight,bias,running_mean,running_var,num_batches_tracked}`.
 
+#include <reidnet/batch_norm.hpp>
 #include <reidnet/pooling.hpp>
 #include <reidnet/reid_model.hpp>
 
@@ -18,7 +19,6 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/functional/linear.h>
 #include <torch/nn/init.h>
-#include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
@@ -53,7 +53,7 @@ class BNNeckHeadImpl : public torch::nn::Cloneable<BNNeckHeadImpl>, public Head 
     weight = register_parameter("weight", torch::empty({options.class_num(), options.input_dim()}));
     pool_layer = register_module("pool_layer", GlobalPool(options.pool()));
     bottleneck = register_module("bottleneck",
-                                 torch::nn::Sequential(torch::nn::BatchNorm1d(options.input_dim())));
+                                 torch::nn::Sequential(BatchNorm1d(options.input_dim())));
     torch::NoGradGuard no_grad;
     torch::nn::init::normal_(weight, 0.0, options.classifier_std());
     if (options.freeze_bias()) neck()->bias.requires_grad_(false);
@@ -73,8 +73,8 @@ class BNNeckHeadImpl : public torch::nn::Cloneable<BNNeckHeadImpl>, public Head 
   int64_t feature_dim() const override { return options.input_dim(); }
 
   /// The neck's BatchNorm (bottleneck.0).
-  torch::nn::BatchNorm1dImpl* neck() const {
-    return bottleneck->ptr(0)->as<torch::nn::BatchNorm1dImpl>();
+  BatchNorm1dImpl* neck() const {
+    return bottleneck->ptr(0)->as<BatchNorm1dImpl>();
   }
 
   void pretty_print(std::ostream& stream) const override {

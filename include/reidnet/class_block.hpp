@@ -6,13 +6,13 @@
 ///     torch::Tensor logits = head(features);           // (B, 751)
 ///     torch::Tensor embedding = head->embed(features); // (B, 512), the add_block output
 
+#include <reidnet/batch_norm.hpp>
 #include <reidnet/init.hpp>
 #include <reidnet/pooling.hpp>
 #include <reidnet/reid_model.hpp>
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/activation.h>
-#include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/linear.h>
@@ -80,7 +80,7 @@ class ClassBlockImpl : public torch::nn::Cloneable<ClassBlockImpl<AddBlockInit, 
       add_block->push_back(torch::nn::Linear(width, options.linear_num()));
       width = options.linear_num();
     }
-    if (options.bnorm()) add_block->push_back(torch::nn::BatchNorm1d(width));
+    if (options.bnorm()) add_block->push_back(BatchNorm1d(width));
     if (options.relu()) {
       add_block->push_back(torch::nn::LeakyReLU(torch::nn::LeakyReLUOptions().negative_slope(0.1)));
     }

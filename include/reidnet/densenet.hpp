@@ -12,13 +12,13 @@
 /// feature is never rectified.
 
 #include <reidnet/backbone.hpp>
+#include <reidnet/batch_norm.hpp>
 #include <reidnet/init.hpp>
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/init.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/activation.h>
-#include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/pooling.h>
@@ -60,12 +60,12 @@ class DenseLayerImpl : public torch::nn::Cloneable<DenseLayerImpl> {
 
   void reset() override {
     const int64_t width = options.bn_size() * options.growth_rate();
-    norm1 = register_module("norm1", torch::nn::BatchNorm2d(options.num_input_features()));
+    norm1 = register_module("norm1", BatchNorm2d(options.num_input_features()));
     relu1 = register_module("relu1", torch::nn::ReLU(torch::nn::ReLUOptions(/*inplace=*/true)));
     conv1 = register_module(
         "conv1", torch::nn::Conv2d(
                      torch::nn::Conv2dOptions(options.num_input_features(), width, 1).bias(false)));
-    norm2 = register_module("norm2", torch::nn::BatchNorm2d(width));
+    norm2 = register_module("norm2", BatchNorm2d(width));
     relu2 = register_module("relu2", torch::nn::ReLU(torch::nn::ReLUOptions(/*inplace=*/true)));
     conv2 = register_module(
         "conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(width, options.growth_rate(), 3)
@@ -92,7 +92,7 @@ class DenseLayerImpl : public torch::nn::Cloneable<DenseLayerImpl> {
   }
 
   DenseLayerOptions options;
-  torch::nn::BatchNorm2d norm1{nullptr}, norm2{nullptr};
+  BatchNorm2d norm1{nullptr}, norm2{nullptr};
   torch::nn::ReLU relu1{nullptr}, relu2{nullptr};
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
 };
@@ -176,7 +176,7 @@ class DenseTransitionImpl : public torch::nn::Cloneable<DenseTransitionImpl> {
   }
 
   void reset() override {
-    norm = register_module("norm", torch::nn::BatchNorm2d(options.num_input_features()));
+    norm = register_module("norm", BatchNorm2d(options.num_input_features()));
     relu = register_module("relu", torch::nn::ReLU(torch::nn::ReLUOptions(/*inplace=*/true)));
     conv = register_module(
         "conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(options.num_input_features(),
@@ -195,7 +195,7 @@ class DenseTransitionImpl : public torch::nn::Cloneable<DenseTransitionImpl> {
   }
 
   DenseTransitionOptions options;
-  torch::nn::BatchNorm2d norm{nullptr};
+  BatchNorm2d norm{nullptr};
   torch::nn::ReLU relu{nullptr};
   torch::nn::Conv2d conv{nullptr};
   torch::nn::AvgPool2d pool{nullptr};
@@ -249,7 +249,7 @@ class DenseNetFeaturesImpl : public torch::nn::Cloneable<DenseNetFeaturesImpl> {
     conv0 = register_module(
         "conv0", torch::nn::Conv2d(
                      torch::nn::Conv2dOptions(3, init, 7).stride(2).padding(3).bias(false)));
-    norm0 = register_module("norm0", torch::nn::BatchNorm2d(init));
+    norm0 = register_module("norm0", BatchNorm2d(init));
     relu0 = register_module("relu0", torch::nn::ReLU(torch::nn::ReLUOptions(/*inplace=*/true)));
     pool0 = register_module(
         "pool0", torch::nn::MaxPool2d(torch::nn::MaxPool2dOptions(3).stride(2).padding(1)));
@@ -273,7 +273,7 @@ class DenseNetFeaturesImpl : public torch::nn::Cloneable<DenseNetFeaturesImpl> {
           DenseTransition(DenseTransitionOptions(channels, channels / 2).pool_stride(stride))));
       channels /= 2;
     }
-    norm5 = register_module("norm5", torch::nn::BatchNorm2d(channels));
+    norm5 = register_module("norm5", BatchNorm2d(channels));
   }
 
   /// The map after norm5 (no ReLU).
@@ -290,7 +290,7 @@ class DenseNetFeaturesImpl : public torch::nn::Cloneable<DenseNetFeaturesImpl> {
 
   DenseNetOptions options;
   torch::nn::Conv2d conv0{nullptr};
-  torch::nn::BatchNorm2d norm0{nullptr}, norm5{nullptr};
+  BatchNorm2d norm0{nullptr}, norm5{nullptr};
   torch::nn::ReLU relu0{nullptr};
   torch::nn::MaxPool2d pool0{nullptr};
   std::vector<DenseBlock> blocks;

@@ -21,6 +21,8 @@
 /// per epoch (LoaderOptions::shard gives that) and every trainable parameter used by every
 /// step.
 
+#include <reidnet/batch_norm.hpp>
+
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -241,6 +243,36 @@ class ProcessGroup {
   std::string backend_name_;
   c10::intrusive_ptr<c10d::ProcessGroup> group_;
 };
+
+/// SyncBatchNorm: from now on every reidnet::BatchNorm1d/2d in `module` normalises training
+/// batches with the statistics of all ranks' batches together (see reidnet/batch_norm.hpp), so
+/// that P ranks at batch B train as one process at batch P x B. Nothing changes with one rank,
+/// or in eval mode. Returns how many layers now share statistics; throws naming the first
+/// torch::nn::BatchNorm in `module`, whose statistics cannot be shared.
+inline int64_t synchronize_batch_norm(torch::nn::Module& module, const ProcessGroup& group) {
+  // Checked first, so that a rejected module is left as it was.
+  for (const auto& item : module.named_modules("", /*include_self=*/false)) {
+    const auto& child = *item.value();
+    if (child.as<torch::nn::BatchNorm1d>() || child.as<torch::nn::BatchNorm2d>() ||
+        child.as<torch::nn::BatchNorm3d>()) {
+      throw std::invalid_argument("synchronize_batch_norm: '" + item.key() + "' is a " + child.name() +
+                                  ", whose batch statistics cannot be shared; build it as a "
+                                  "reidnet::BatchNorm1d or BatchNorm2d");
+    }
+  }
+  const ProcessSum sum = [group](torch::Tensor& tensor) { group.all_reduce_sum(tensor); };
+  int64_t count = 0;
+  const auto share = [&](torch::nn::Module& candidate) {
+    auto* norm1d = candidate.as<BatchNorm1d>();
+    auto* norm2d = candidate.as<BatchNorm2d>();
+    if (norm1d == nullptr && norm2d == nullptr) return;
+    if (group.size() > 1) norm1d != nullptr ? norm1d->share_statistics(sum) : norm2d->share_statistics(sum);
+    ++count;
+  };
+  share(module);
+  for (const auto& child : module.modules(/*include_self=*/false)) share(*child);
+  return count;
+}
 
 /// How GradientAverager buckets and synchronises, with DistributedDataParallel's defaults.
 struct GradientAveragerOptions {

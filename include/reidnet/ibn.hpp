@@ -7,10 +7,11 @@
 ///     reidnet::Ibn ibn(64);                      // keys IN.weight, IN.bias, BN.*
 ///     torch::Tensor y = ibn(torch::randn({2, 64, 32, 16}));
 
+#include <reidnet/batch_norm.hpp>
+
 #include <c10/util/Exception.h>
 #include <torch/nn/cloneable.h>
 #include <torch/nn/functional/instancenorm.h>  // LibTorch 1.13's module header lacks it
-#include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/instancenorm.h>
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
@@ -41,7 +42,7 @@ class IbnImpl : public torch::nn::Cloneable<IbnImpl> {
                 " channels at ratio ", options.ratio(), " leave one of the halves empty");
     IN = register_module(
         "IN", torch::nn::InstanceNorm2d(torch::nn::InstanceNorm2dOptions(half_).affine(true)));
-    BN = register_module("BN", torch::nn::BatchNorm2d(options.planes() - half_));
+    BN = register_module("BN", BatchNorm2d(options.planes() - half_));
   }
 
   torch::Tensor forward(const torch::Tensor& x) {
@@ -58,7 +59,7 @@ class IbnImpl : public torch::nn::Cloneable<IbnImpl> {
 
   IbnOptions options;
   torch::nn::InstanceNorm2d IN{nullptr};  // NOLINT: IBN-Net's key names
-  torch::nn::BatchNorm2d BN{nullptr};     // NOLINT
+  BatchNorm2d BN{nullptr};     // NOLINT
 
  private:
   int64_t half_ = 0;

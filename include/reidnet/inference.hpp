@@ -12,6 +12,7 @@
 ///     auto fast = reidnet::optimize_for_inference(net, reidnet::InferenceOptions().dtype(torch::kBFloat16));
 ///     torch::Tensor feature = fast.embed(images);   // what net->embed(images) returns in eval()
 
+#include <reidnet/batch_norm.hpp>
 #include <reidnet/detail/inference_ops.hpp>
 #if defined(REIDNET_WITH_ONEDNN)
 #include <reidnet/detail/onednn_backbone.hpp>
@@ -159,7 +160,7 @@ inline at::Tensor to_head(const at::Tensor& tensor, const KernelConfig& config) 
   return tensor.to(at::TensorOptions().dtype(at::kFloat).device(config.device));
 }
 
-inline std::vector<std::pair<const torch::nn::Conv2dImpl*, const torch::nn::BatchNorm2dImpl*>>
+inline std::vector<std::pair<const torch::nn::Conv2dImpl*, const BatchNorm2dImpl*>>
 conv_bn_pairs(const BottleneckImpl& block) {
   TORCH_CHECK(block.bn1, "optimize_for_inference: an IBN block has no BatchNorm to fold; "
                          "optimise the ReID model instead (its module path)");
@@ -168,7 +169,7 @@ conv_bn_pairs(const BottleneckImpl& block) {
           {block.conv3.get(), block.bn3.get()}};
 }
 
-inline std::vector<std::pair<const torch::nn::Conv2dImpl*, const torch::nn::BatchNorm2dImpl*>>
+inline std::vector<std::pair<const torch::nn::Conv2dImpl*, const BatchNorm2dImpl*>>
 conv_bn_pairs(const BasicBlockImpl& block) {
   return {{block.conv1.get(), block.bn1.get()}, {block.conv2.get(), block.bn2.get()}};
 }
@@ -195,7 +196,7 @@ void build_backbone(ResNetImpl<Block, Init>& net, InferencePlan& plan) {
         block_plan.has_downsample = true;
         block_plan.downsample =
             make_conv_bn(child<torch::nn::Conv2dImpl>(*block.downsample, 0),
-                         child<torch::nn::BatchNorm2dImpl>(*block.downsample, 1),
+                         child<BatchNorm2dImpl>(*block.downsample, 1),
                          /*relu=*/false, config);
       }
       plan.blocks.push_back(std::move(block_plan));
@@ -223,7 +224,7 @@ void build_head(ClassBlockImpl<AddBlockInit, ClassifierInit>& head, InferencePla
   }
   if (head.options.bnorm()) {
     const auto affine =
-        batch_norm_affine(child<torch::nn::BatchNorm1dImpl>(*add_block, index++));
+        batch_norm_affine(child<BatchNorm1dImpl>(*add_block, index++));
     if (plan.has_linear && config.fold_bn) {
       // Linear then BatchNorm1d, nothing between: one Linear with rows scaled (exact in eval).
       linear.weight = linear.weight * affine.scale.unsqueeze(1);

@@ -8,6 +8,8 @@
 ///
 ///     reidnet::apply_init(*model->classifier, reidnet::ClassifierNormalInit{0.0001});
 
+#include <reidnet/batch_norm.hpp>
+
 #include <torch/nn/init.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/batchnorm.h>
@@ -45,17 +47,19 @@ void for_each_linear(torch::nn::Module& root, Visit&& visit) {
   });
 }
 
-// Affine BatchNorm layers; `is_1d` tells BatchNorm1d apart, which the Kaiming head policy
-// treats differently from BatchNorm2d (as the Python baseline's class-name test does).
+// Affine BatchNorm layers, reidnet's and torch::nn's (a user's own backbone may have those);
+// `is_1d` tells BatchNorm1d apart, which the Kaiming head policy treats differently from
+// BatchNorm2d (as the Python baseline's class-name test does).
 template <class Visit>
 void for_each_batchnorm(torch::nn::Module& root, Visit&& visit) {
+  const auto visit_affine = [&](auto* bn, bool is_1d) {
+    if (bn != nullptr && bn->options.affine()) visit(bn->weight, bn->bias, is_1d);
+  };
   for_each_module(root, [&](torch::nn::Module& module) {
-    if (auto* bn = module.as<torch::nn::BatchNorm1d>()) {
-      if (bn->options.affine()) visit(bn->weight, bn->bias, /*is_1d=*/true);
-    }
-    if (auto* bn = module.as<torch::nn::BatchNorm2d>()) {
-      if (bn->options.affine()) visit(bn->weight, bn->bias, /*is_1d=*/false);
-    }
+    visit_affine(module.as<BatchNorm1d>(), /*is_1d=*/true);
+    visit_affine(module.as<BatchNorm2d>(), /*is_1d=*/false);
+    visit_affine(module.as<torch::nn::BatchNorm1d>(), /*is_1d=*/true);
+    visit_affine(module.as<torch::nn::BatchNorm2d>(), /*is_1d=*/false);
   });
 }
 

@@ -5,10 +5,10 @@
 ///
 ///     reidnet::Bottleneck block(reidnet::ResidualBlockOptions(256, 128).stride(2));
 
+#include <reidnet/batch_norm.hpp>
 #include <reidnet/ibn.hpp>
 
 #include <torch/nn/cloneable.h>
-#include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/pimpl.h>
@@ -61,7 +61,7 @@ inline torch::nn::Sequential make_downsample(const ResidualBlockOptions& options
   const int64_t out = options.planes() * expansion;
   if (options.stride() == 1 && options.inplanes() == out) return nullptr;
   return torch::nn::Sequential(conv1x1(options.inplanes(), out, options.stride()),
-                               torch::nn::BatchNorm2d(out));
+                               BatchNorm2d(out));
 }
 
 inline torch::Tensor shortcut(torch::nn::Sequential& downsample, const torch::Tensor& x) {
@@ -84,9 +84,9 @@ class BasicBlockImpl : public torch::nn::Cloneable<BasicBlockImpl> {
     TORCH_CHECK(!options.ibn(), "BasicBlock does not support IBN (use Bottleneck)");
     conv1 = register_module("conv1", detail::conv3x3(options.inplanes(), options.planes(),
                                                      options.stride()));
-    bn1 = register_module("bn1", torch::nn::BatchNorm2d(options.planes()));
+    bn1 = register_module("bn1", BatchNorm2d(options.planes()));
     conv2 = register_module("conv2", detail::conv3x3(options.planes(), options.planes()));
-    bn2 = register_module("bn2", torch::nn::BatchNorm2d(options.planes()));
+    bn2 = register_module("bn2", BatchNorm2d(options.planes()));
     downsample = detail::make_downsample(options, expansion);
     if (downsample) register_module("downsample", downsample);
   }
@@ -99,7 +99,7 @@ class BasicBlockImpl : public torch::nn::Cloneable<BasicBlockImpl> {
   }
 
   /// The BatchNorm whose weight `zero_init_residual` zeroes.
-  torch::nn::BatchNorm2d& last_norm() { return bn2; }
+  BatchNorm2d& last_norm() { return bn2; }
 
   void pretty_print(std::ostream& stream) const override {
     stream << "reidnet::BasicBlock(inplanes=" << options.inplanes()
@@ -108,7 +108,7 @@ class BasicBlockImpl : public torch::nn::Cloneable<BasicBlockImpl> {
 
   ResidualBlockOptions options;
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
-  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
+  BatchNorm2d bn1{nullptr}, bn2{nullptr};
   torch::nn::Sequential downsample{nullptr};
 };
 TORCH_MODULE(BasicBlock);
@@ -129,13 +129,13 @@ class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl> {
     if (options.ibn()) {
       ibn1 = register_module("bn1", Ibn(width));
     } else {
-      bn1 = register_module("bn1", torch::nn::BatchNorm2d(width));
+      bn1 = register_module("bn1", BatchNorm2d(width));
     }
     conv2 = register_module("conv2", detail::conv3x3(width, width, options.stride(),
                                                      options.groups(), options.dilation()));
-    bn2 = register_module("bn2", torch::nn::BatchNorm2d(width));
+    bn2 = register_module("bn2", BatchNorm2d(width));
     conv3 = register_module("conv3", detail::conv1x1(width, out));
-    bn3 = register_module("bn3", torch::nn::BatchNorm2d(out));
+    bn3 = register_module("bn3", BatchNorm2d(out));
     downsample = detail::make_downsample(options, expansion);
     if (downsample) register_module("downsample", downsample);
   }
@@ -150,7 +150,7 @@ class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl> {
   }
 
   /// The BatchNorm whose weight `zero_init_residual` zeroes.
-  torch::nn::BatchNorm2d& last_norm() { return bn3; }
+  BatchNorm2d& last_norm() { return bn3; }
 
   void pretty_print(std::ostream& stream) const override {
     stream << "reidnet::Bottleneck(inplanes=" << options.inplanes()
@@ -160,7 +160,7 @@ class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl> {
   ResidualBlockOptions options;
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
   /// `bn1` is null when the block is IBN-a; `ibn1` (key bn1) is then set instead.
-  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
+  BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
   Ibn ibn1{nullptr};
   torch::nn::Sequential downsample{nullptr};
 };

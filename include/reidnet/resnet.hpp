@@ -8,12 +8,12 @@
 ///     torch::Tensor map = net->forward_features(images);   // (B, 2048, H/32, W/32)
 
 #include <reidnet/backbone.hpp>
+#include <reidnet/batch_norm.hpp>
 #include <reidnet/init.hpp>
 #include <reidnet/residual_blocks.hpp>
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/functional/pooling.h>
-#include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
@@ -60,7 +60,7 @@ class ResNetImpl : public torch::nn::Cloneable<ResNetImpl<Block, Init>>, public 
     conv1 = this->register_module(
         "conv1", torch::nn::Conv2d(
                      torch::nn::Conv2dOptions(3, 64, 7).stride(2).padding(3).bias(false)));
-    bn1 = this->register_module("bn1", torch::nn::BatchNorm2d(64));
+    bn1 = this->register_module("bn1", BatchNorm2d(64));
     TORCH_CHECK(options.class_num() >= 0, "ResNetOptions::class_num must be >= 0 (0 = no fc), got ",
                 options.class_num());
     const std::array<int64_t, 4> strides{1, 2, 2, options.last_stride()};
@@ -134,7 +134,7 @@ class ResNetImpl : public torch::nn::Cloneable<ResNetImpl<Block, Init>>, public 
 
   ResNetOptions options;
   torch::nn::Conv2d conv1{nullptr};
-  torch::nn::BatchNorm2d bn1{nullptr};
+  BatchNorm2d bn1{nullptr};
   torch::nn::Linear fc{nullptr};
 
  private:

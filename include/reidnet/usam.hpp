@@ -7,10 +7,11 @@
 ///
 /// Keys: weight, weight2 (fixed all-ones kernels, requires_grad false), bn.* (BatchNorm2d(1)).
 
+#include <reidnet/batch_norm.hpp>
+
 #include <torch/nn/cloneable.h>
 #include <torch/nn/functional/conv.h>
 #include <torch/nn/modules/activation.h>
-#include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
 
@@ -52,7 +53,7 @@ class UsamImpl : public torch::nn::Cloneable<UsamImpl> {
     relu = register_module(
         "relu", torch::nn::LeakyReLU(
                     torch::nn::LeakyReLUOptions().negative_slope(options.negative_slope())));
-    bn = register_module("bn", torch::nn::BatchNorm2d(1));
+    bn = register_module("bn", BatchNorm2d(1));
   }
 
   torch::Tensor forward(const torch::Tensor& x) {
@@ -75,7 +76,7 @@ class UsamImpl : public torch::nn::Cloneable<UsamImpl> {
   UsamOptions options;
   torch::Tensor weight, weight2;
   torch::nn::LeakyReLU relu{nullptr};
-  torch::nn::BatchNorm2d bn{nullptr};
+  BatchNorm2d bn{nullptr};
 
  private:
   // Ones inside, zeros on the outer rows and columns. Multiplying by it gives the values and

@@ -2,11 +2,12 @@
 // Internals of reidnet/inference.hpp: BatchNorm folding and the per-layer kernels of the
 // inference fast path (oneDNN blocked layout on CPU, dense channels_last elsewhere).
 
+#include <reidnet/batch_norm.hpp>
+
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
-#include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/types.h>
@@ -199,7 +200,7 @@ struct ResidualBlockPlan {
 inline std::vector<int64_t> to_vector(at::IntArrayRef values) { return values.vec(); }
 
 inline ConvBn make_conv_bn(const torch::nn::Conv2dImpl& conv,
-                           const torch::nn::BatchNorm2dImpl& norm, bool relu,
+                           const BatchNorm2dImpl& norm, bool relu,
                            const KernelConfig& config) {
   const auto& conv_options = conv.options;
   ConvBn out;
