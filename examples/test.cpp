@@ -3,6 +3,7 @@
 //
 //   reidnet-test --data Market-1501 --model-dir model/ft_ResNet50
 //   reidnet-test --data toy --model-dir runs/toy --rerank --show 0
+//   reidnet-test --from-mat pytorch_result.mat   (features the Python baseline's test.py wrote)
 #include "common/cli.hpp"
 #include "common/csv.hpp"
 #include "common/opts_yaml.hpp"
@@ -10,6 +11,7 @@
 
 #include <reidnet/checkpoint.hpp>
 #include <reidnet/data.hpp>
+#include <reidnet/mat_file.hpp>
 #include <reidnet/reidnet.hpp>
 
 #include <CLI/CLI.hpp>
@@ -26,7 +28,7 @@ using reidnet::examples::UsageError;
 namespace {
 
 struct TestConfig {
-  std::string data, model_dir, weights, features_out, ranks_out, show_out;
+  std::string data, model_dir, weights, features_out, ranks_out, show_out, mat_out, from_mat;
   int64_t class_num = 0, last_stride = 0, linear_num = -1, height = 0, width = 0;
   int64_t batch_size = 256, threads = 2, workers = 2, show = -1, top_k = 10;
   bool top_k_given = false;  // an explicit --top-k past the gallery is refused, the default clamped
@@ -169,7 +171,54 @@ void write_ranks(const std::string& path, const std::vector<reidnet::Sample>& qu
   reidnet::detail::write_file_atomically(path, std::vector<unsigned char>(text.begin(), text.end()));
 }
 
-int run(TestConfig& c) {
+struct Evaluation {
+  torch::Tensor scores;  // query x gallery: similarities, or distances after re-ranking
+  reidnet::EvalOptions options;
+  reidnet::EvalResult result;
+};
+
+// Rank@k and mAP as the flags ask (--rerank, --ap), printed in the baseline's line.
+Evaluation evaluate_and_print(const TestConfig& c, const reidnet::RetrievalFeatures& f) {
+  Evaluation evaluation;
+  if (c.ap == "plain") evaluation.options.average_precision(reidnet::kPlainAP);
+  if (c.rerank) {
+    evaluation.scores = reidnet::re_ranking_features(f.query_f, f.gallery_f);
+    evaluation.options.score_kind(reidnet::kDistance);
+    evaluation.result = reidnet::evaluate_scores(evaluation.scores, f.query_label, f.query_cam,
+                                                 f.gallery_label, f.gallery_cam, evaluation.options);
+  } else {
+    evaluation.scores = f.query_f.matmul(f.gallery_f.t());
+    evaluation.result = reidnet::evaluate(f.query_f, f.query_label, f.query_cam, f.gallery_f,
+                                          f.gallery_label, f.gallery_cam, evaluation.options);
+  }
+  fmt::print("{}\n", reidnet::format_baseline_line(evaluation.result));
+  return evaluation;
+}
+
+// --from-mat: the features of a pytorch_result.mat, no model and no pictures.
+int run_from_mat(const CLI::App& app, const TestConfig& c) {
+  for (const char* flag : {"--data", "--model-dir", "--weights", "--show", "--save-ranks",
+                           "--features-out", "--mat-out"}) {
+    if (app.count(flag) > 0) {
+      throw UsageError(fmt::format("{} cannot be combined with --from-mat, which evaluates the "
+                                   "file's features alone", flag));
+    }
+  }
+  reidnet::RetrievalFeatures features;
+  try {
+    features = reidnet::read_pytorch_result(c.from_mat);
+  } catch (const std::exception& error) {
+    throw UsageError(error.what());
+  }
+  fmt::print("evaluating {} queries against {} gallery pictures from {}\n",
+             features.query_label.numel(), features.gallery_label.numel(), c.from_mat);
+  evaluate_and_print(c, features);
+  return 0;
+}
+
+int run(const CLI::App& app, TestConfig& c) {
+  if (!c.from_mat.empty()) return run_from_mat(app, c);
+  if (c.data.empty()) throw UsageError("--data is required (the data set root), or --from-mat");
   const auto scales = parse_scales(c.ms);
   const torch::Device device(c.device == "cuda" ? torch::kCUDA : torch::kCPU);
   if (device.is_cuda() && !torch::cuda::is_available()) {
@@ -179,9 +228,13 @@ int run(TestConfig& c) {
   const std::string features_path = c.features_out.empty()
       ? (fs::path(c.model_dir.empty() ? "." : c.model_dir) / "features.pth").string()
       : c.features_out;
+  const std::string mat_path = c.mat_out.empty()
+      ? (fs::path(features_path).parent_path() / "pytorch_result.mat").string()
+      : c.mat_out;
   const auto ranks_path = c.ranks_out.empty() ? features_path + ".ranks.csv" : c.ranks_out;
   const auto show_path = c.show_out.empty() ? fmt::format("show_{}.png", c.show) : c.show_out;
   require_folder_of(features_path, "--features-out");
+  require_folder_of(mat_path, "--mat-out");
   if (c.save_ranks) require_folder_of(ranks_path, "--ranks-out");
   if (c.show >= 0) require_folder_of(show_path, "--show-out");
 
@@ -228,19 +281,8 @@ int run(TestConfig& c) {
   const auto gl = column(data.gallery, &reidnet::Sample::person_id);
   const auto gc = column(data.gallery, &reidnet::Sample::camera);
 
-  auto eval_options = reidnet::EvalOptions();
-  if (c.ap == "plain") eval_options.average_precision(reidnet::kPlainAP);
-  torch::Tensor scores;
-  reidnet::EvalResult result;
-  if (c.rerank) {
-    scores = reidnet::re_ranking_features(qf, gf);
-    eval_options.score_kind(reidnet::kDistance);
-    result = reidnet::evaluate_scores(scores, ql, qc, gl, gc, eval_options);
-  } else {
-    scores = qf.matmul(gf.t());
-    result = reidnet::evaluate(qf, ql, qc, gf, gl, gc, eval_options);
-  }
-  fmt::print("{}\n", reidnet::format_baseline_line(result));
+  const reidnet::RetrievalFeatures retrieval{qf, ql, qc, gf, gl, gc};
+  const auto evaluation = evaluate_and_print(c, retrieval);
 
   reidnet::StateDict features;
   for (const auto& [key, value] : {std::pair<const char*, torch::Tensor>{"qf", qf}, {"ql", ql},
@@ -249,11 +291,13 @@ int run(TestConfig& c) {
   }
   reidnet::save_tensors(features, features_path);
   fmt::print("features written to {}\n", features_path);
+  reidnet::write_pytorch_result(mat_path, retrieval);
+  fmt::print("features written to {} for the Python baseline's scripts\n", mat_path);
 
   if (c.save_ranks || c.show >= 0) {
     const auto top = reidnet::top_k_ranks(
-        scores, ql, qc, gl, gc,
-        reidnet::RankOptions().k(c.top_k).score_kind(eval_options.score_kind()));
+        evaluation.scores, ql, qc, gl, gc,
+        reidnet::RankOptions().k(c.top_k).score_kind(evaluation.options.score_kind()));
     if (c.save_ranks) {
       write_ranks(ranks_path, data.query, data.gallery, top);
       fmt::print("top-{} lists written to {}\n", c.top_k, ranks_path);
@@ -272,7 +316,9 @@ int run(TestConfig& c) {
 int main(int argc, char** argv) {
   CLI::App app{"Evaluate a reidnet ReID model on a ReID data set (Rank@k, mAP)"};
   TestConfig c;
-  app.add_option("--data,--test_dir", c.data, "data set root with query and gallery images")->required();
+  app.add_option("--data,--test_dir", c.data, "data set root with query and gallery images");
+  app.add_option("--from-mat", c.from_mat, "evaluate the features of a pytorch_result.mat (as the "
+                 "Python baseline's test.py writes it) instead of a model on --data");
   app.add_option("--model-dir", c.model_dir, "folder with opts.yaml and net_last.pth (reidnet-train's --out)");
   app.add_option("--weights", c.weights, "weights file (default: <model-dir>/net_last.pth)")
       ->check(CLI::ExistingFile);
@@ -299,6 +345,8 @@ int main(int argc, char** argv) {
   app.add_option("--threads", c.threads, "CPU threads")->check(CLI::Range(int64_t{1}, kMaxThreads));
   app.add_option("--workers", c.workers, "decoding threads")->check(CLI::Range(int64_t{0}, kMaxWorkers));
   app.add_option("--features-out", c.features_out, "where to write qf/ql/qc/gf/gl/gc (default: <model-dir>/features.pth)");
+  app.add_option("--mat-out", c.mat_out, "where to write the baseline's pytorch_result.mat "
+                 "(default: beside the features file)");
   app.add_option("--show", c.show, "draw query QUERY_INDEX and its top-k to a PNG")->check(CLI::NonNegativeNumber);
   app.add_option("--show-out", c.show_out, "PNG path for --show (default: show_<index>.png)");
   app.add_flag("--save-ranks", c.save_ranks, "write every query's top-k list to a CSV");
@@ -312,5 +360,5 @@ int main(int argc, char** argv) {
   c.top_k_given = app.count("--top-k") > 0;
   torch::set_num_threads(static_cast<int>(c.threads));
   reidnet::reuse_freed_host_memory();
-  return reidnet::examples::run_reporting_errors("reidnet-test", [&] { return run(c); });
+  return reidnet::examples::run_reporting_errors("reidnet-test", [&] { return run(app, c); });
 }

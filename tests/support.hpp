@@ -157,17 +157,30 @@ struct ProgramRun {
 
 /// Runs examples/<program> with `arguments` (after `environment`, "NAME=value ..." for env);
 /// returns its exit status (-1 when killed by a signal) and combined output.
-inline ProgramRun run_program(const std::string& program, const std::string& arguments,
-                              const std::string& environment = "") {
-  const std::string binary = std::string(REIDNET_TEST_EXAMPLES_DIR) + "/" + program;
-  REQUIRE_MESSAGE(std::filesystem::exists(binary), binary << " is missing: build with REIDNET_BUILD_EXAMPLES=ON");
-  const auto log = unique_temporary_path(program + ".log");
-  const std::string prefix = environment.empty() ? "" : "env " + environment + " ";
-  const int raw = std::system((prefix + binary + " " + arguments + " > " + log.string() + " 2>&1").c_str());
+/// Runs the shell command `command`; returns its exit status (-1 when killed by a signal) and
+/// combined output, which goes through a log file named after `name`.
+inline ProgramRun run_shell_command(const std::string& command, const std::string& name) {
+  const auto log = unique_temporary_path(name + ".log");
+  const int raw = std::system((command + " > " + log.string() + " 2>&1").c_str());
   std::ifstream file(log);
   const std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
   std::filesystem::remove(log);
   return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, text};
+}
+
+inline ProgramRun run_program(const std::string& program, const std::string& arguments,
+                              const std::string& environment = "") {
+  const std::string binary = std::string(REIDNET_TEST_EXAMPLES_DIR) + "/" + program;
+  REQUIRE_MESSAGE(std::filesystem::exists(binary), binary << " is missing: build with REIDNET_BUILD_EXAMPLES=ON");
+  const std::string prefix = environment.empty() ? "" : "env " + environment + " ";
+  return run_shell_command(prefix + binary + " " + arguments, program);
+}
+
+/// run_python, with the script's output.
+inline ProgramRun run_python_capturing(const std::string& script, const std::string& arguments) {
+  return run_shell_command(std::string(REIDNET_TEST_PYTHON) + " " + REIDNET_TEST_SOURCE_DIR +
+                               "/python/" + script + " " + arguments,
+                           script);
 }
 
 /// REIDNET_TEST_BINARY_DIR/<name>, empty: a topic's scratch folder, made once per process by

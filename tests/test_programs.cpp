@@ -106,6 +106,16 @@ TEST_CASE("reidnet-train writes net_last.pth, opts.yaml, train.log and train.jpg
     CHECK(fs::exists(out / "features.pth.ranks.csv"));
     CHECK(reidnet::test::run_python("check_checkpoint.py",
                                     "features " + (out / "features.pth").string() + " 512") == 0);
+    // The baseline's protocol in Python, on the pytorch_result.mat written beside the
+    // features (read with scipy.io.loadmat, as evaluate_gpu.py reads it), prints the same line.
+    const auto line_at = test.output.find("Rank@1:");
+    REQUIRE(line_at != std::string::npos);
+    const auto line = test.output.substr(line_at, test.output.find('\n', line_at) - line_at);
+    const auto python = reidnet::test::run_python_capturing(
+        "mat_check.py", (out / "pytorch_result.mat").string() + " --protocol");
+    INFO(python.output);
+    CHECK(python.status == 0);
+    CHECK(python.output == line + "\n");
   }
 }
 
