@@ -85,7 +85,8 @@ inline std::string& mat_last_message() {
 
 inline void quiet_mat_log() {
   static const bool installed = [] {
-    Mat_LogInitFunc("reidnet", [](int, char* message) {
+    // matio 1.5.23 passes `char*`, later releases `const char*`.
+    Mat_LogInitFunc("reidnet", [](int, auto* message) {
       mat_last_message() = message != nullptr ? message : "";
     });
     return true;
