@@ -49,7 +49,11 @@ def main():
         # evaluate_gpu.py's reading: features as they are, labels and cameras from row 0. The
         # scores are query x gallery products in LibTorch (Debian's python3-torch runs the
         # library reidnet links), so that near-ties of a poorly trained model round alike.
-        scores = (torch.from_numpy(mat["query_f"]) @ torch.from_numpy(mat["gallery_f"]).t()).numpy()
+        # loadmat's arrays are column-major: made row-major first, as reidnet's are, so that
+        # the product runs the same kernel.
+        query = torch.from_numpy(np.ascontiguousarray(mat["query_f"]))
+        gallery = torch.from_numpy(np.ascontiguousarray(mat["gallery_f"]))
+        scores = (query @ gallery.t()).numpy()
         result = evaluate_scores(scores, mat["query_label"][0], mat["query_cam"][0],
                                  mat["gallery_label"][0], mat["gallery_cam"][0])
         cmc = result["cmc"]
