@@ -5,10 +5,12 @@
 //   reidnet-evaluate protocol --data market.pt --repeat 3
 //   reidnet-evaluate re-ranking --data market.pt --from matrices
 //   reidnet-evaluate re-ranking --queries 500 --gallery 3000      # generated features
+//   reidnet-evaluate re-ranking --from index --list 100 --compare  # KNN re-ranking on FAISS
 //
 // Each run prints one `key=value` line that benchmarks/evaluate_compare.py parses.
 #include "../examples/common/cli.hpp"
 
+#include <reidnet/gallery_index.hpp>
 #include <reidnet/reidnet.hpp>
 
 #include <fmt/core.h>
@@ -117,7 +119,20 @@ int main(int argc, char** argv) {
   app.get_subcommand("re-ranking")
       ->add_option("--from", from,
                    "matrices: the baseline's q_g/q_q/g_g API; features: no matrices")
-      ->check(CLI::IsMember({"matrices", "features"}));
+      ->check(CLI::IsMember({"matrices", "features", "index"}));
+  int64_t list_length = 100;
+  std::string index_type = "flat";
+  bool compare = false;
+  app.get_subcommand("re-ranking")
+      ->add_option("--list", list_length, "--from index: each query's re-ranked list length")
+      ->check(CLI::PositiveNumber);
+  app.get_subcommand("re-ranking")
+      ->add_option("--index", index_type, "--from index: the gallery index's type")
+      ->check(CLI::IsMember({"flat", "ivfflat", "ivfpq", "hnsw"}));
+  app.get_subcommand("re-ranking")
+      ->add_flag("--compare", compare,
+                 "--from index: also run re_ranking_features and print the largest difference "
+                 "of the lists' distances from its matrix");
   app.get_subcommand("re-ranking")
       ->add_option("--block-rows", block_rows, "distance rows per block")
       ->check(CLI::PositiveNumber);
@@ -142,6 +157,42 @@ int main(int argc, char** argv) {
           result.mINP, reidnet::format_baseline_line(result));
       return 0;
     }
+    const auto options = reidnet::ReRankingOptions().block_rows(block_rows);
+    const auto distances = reidnet::EvalOptions().score_kind(reidnet::kDistance);
+    if (from == "index") {
+      // KNN re-ranking: memory O(N k) and no N x N pass; the index build is timed with it.
+      const auto start = std::chrono::steady_clock::now();
+      auto index = reidnet::GalleryIndex::build(
+          data.gf, reidnet::GalleryIndexOptions().type(reidnet::index_type_from_name(index_type)));
+      const auto lists = reidnet::knn_re_ranking(data.qf, data.gf, index, list_length, options);
+      const auto elapsed = seconds_since(start);
+      const auto peak = peak_rss_mb();
+      const auto result = reidnet::evaluate_top_k(lists.indices, lists.distances, data.ql,
+                                                  data.qc, data.gl, data.gc, distances);
+      fmt::print("benchmark=re_ranking from=index index={} list={} {} seconds={:.3f} "
+                 "peak_rss_mb={:.0f} {}\n",
+                 index_type, list_length, shape, elapsed, peak, reidnet::format_baseline_line(result));
+      if (compare) {
+        const auto dense = reidnet::re_ranking_features(data.qf, data.gf, options);
+        const auto k = lists.indices.size(1);
+        const auto gaps = (lists.distances - dense.gather(1, lists.indices.clamp_min(0))).abs();
+        const auto entries = gaps.max();
+        // Near-ties at a neighbour list's end may fall the other way in the two summation
+        // orders; those queries' distances then differ beyond rounding.
+        const auto off_rows = (gaps > 1e-5).any(1).sum();
+        const auto order = (lists.distances - std::get<0>(dense.sort(1)).slice(1, 0, k)).abs().max();
+        const auto top = dense.topk(k, 1, /*largest=*/false);
+        const auto truncated = reidnet::evaluate_top_k(std::get<1>(top), std::get<0>(top), data.ql,
+                                                       data.qc, data.gl, data.gc, distances);
+        fmt::print("compare=re_ranking_features max_entry_difference={:.3g} "
+                   "queries_beyond_1e-5={} max_order_difference={:.3g} its_top_{}: {} its_full: {}\n",
+                   entries.item<double>(), off_rows.item<int64_t>(), order.item<double>(), k,
+                   reidnet::format_baseline_line(truncated),
+                   reidnet::format_baseline_line(
+                       reidnet::evaluate_scores(dense, data.ql, data.qc, data.gl, data.gc, distances)));
+      }
+      return 0;
+    }
     // As the baseline's evaluate_rerank.py: the similarity matrices exist before the timer.
     torch::Tensor q_g, q_q, g_g;
     if (from == "matrices") {
@@ -151,15 +202,13 @@ int main(int argc, char** argv) {
     }
     const auto before = peak_rss_mb();
     const auto start = std::chrono::steady_clock::now();
-    const auto options = reidnet::ReRankingOptions().block_rows(block_rows);
     const auto distance = from == "features"
                               ? reidnet::re_ranking_features(data.qf, data.gf, options)
                               : reidnet::re_ranking(q_g, q_q, g_g, options);
     const auto elapsed = seconds_since(start);
     const auto peak = peak_rss_mb();
     const auto result =
-        reidnet::evaluate_scores(distance, data.ql, data.qc, data.gl, data.gc,
-                                 reidnet::EvalOptions().score_kind(reidnet::kDistance));
+        reidnet::evaluate_scores(distance, data.ql, data.qc, data.gl, data.gc, distances);
     fmt::print(
         "benchmark=re_ranking from={} {} seconds={:.3f} peak_rss_mb={:.0f} "
         "rss_before_mb={:.0f} {}\n",

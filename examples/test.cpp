@@ -6,6 +6,7 @@
 //   reidnet-test --from-mat pytorch_result.mat   (features the Python baseline's test.py wrote)
 #include "common/cli.hpp"
 #include "common/csv.hpp"
+#include "common/gallery_search.hpp"
 #include "common/opts_yaml.hpp"
 #include "common/ranked_list.hpp"
 
@@ -34,6 +35,10 @@ struct TestConfig {
   bool top_k_given = false;  // an explicit --top-k past the gallery is refused, the default clamped
   std::string ms = "1", ap = "trapezoid", device = "cpu", dtype = "fp32";
   bool rerank = false, save_ranks = false, optimize = true;
+  // --index: evaluate from a gallery index's top-k lists instead of the dense scores.
+  reidnet::examples::IndexFlags index;
+  bool use_index = false;
+  int64_t index_k = 1000;
 };
 
 // Bounds on what sizes the work, from the flags or opts.yaml; all are checked before the
@@ -177,11 +182,43 @@ struct Evaluation {
   reidnet::EvalResult result;
 };
 
-// Rank@k and mAP as the flags ask (--rerank, --ap), printed in the baseline's line.
+// --index: Rank@k and mAP from the top --index-k of a gallery index (KNN re-ranking with
+// --rerank); see evaluate_top_k for what a list shorter than the gallery changes.
+reidnet::EvalResult evaluate_with_index(const TestConfig& c, const reidnet::RetrievalFeatures& f,
+                                        reidnet::EvalOptions options) {
+  reidnet::GalleryIndex index = [&] {
+    try {
+      return reidnet::GalleryIndex::create(
+          f.gallery_f.size(1), f.gallery_f.size(0),
+          c.index.build_options().progress(reidnet::examples::index_progress("index")));
+    } catch (const std::exception& error) {
+      throw UsageError(std::string("--index ") + c.index.type + ": " + error.what());
+    }
+  }();
+  index.train(f.gallery_f);
+  index.add(f.gallery_f);
+  const auto k = std::min(c.index_k, index.size());
+  const auto search = c.index.search_options();
+  fmt::print("evaluating each query's top {} from a gallery index: {} (FAISS \"{}\")\n", k,
+             c.index.type, index.describe().factory);
+  if (c.rerank) {
+    const auto lists = reidnet::knn_re_ranking(f.query_f, f.gallery_f, index, k, {}, search);
+    options.score_kind(reidnet::kDistance);
+    return reidnet::evaluate_top_k(lists.indices, lists.distances, f.query_label, f.query_cam,
+                                   f.gallery_label, f.gallery_cam, options);
+  }
+  const auto top = index.search(f.query_f, k, search);
+  return reidnet::evaluate_top_k(top.indices, top.scores, f.query_label, f.query_cam,
+                                 f.gallery_label, f.gallery_cam, options);
+}
+
+// Rank@k and mAP as the flags ask (--rerank, --ap, --index), printed in the baseline's line.
 Evaluation evaluate_and_print(const TestConfig& c, const reidnet::RetrievalFeatures& f) {
   Evaluation evaluation;
   if (c.ap == "plain") evaluation.options.average_precision(reidnet::kPlainAP);
-  if (c.rerank) {
+  if (c.use_index) {
+    evaluation.result = evaluate_with_index(c, f, evaluation.options);
+  } else if (c.rerank) {
     evaluation.scores = reidnet::re_ranking_features(f.query_f, f.gallery_f);
     evaluation.options.score_kind(reidnet::kDistance);
     evaluation.result = reidnet::evaluate_scores(evaluation.scores, f.query_label, f.query_cam,
@@ -217,6 +254,15 @@ int run_from_mat(const CLI::App& app, const TestConfig& c) {
 }
 
 int run(const CLI::App& app, TestConfig& c) {
+  c.use_index = app.count("--index") > 0;
+  for (const char* flag : {"--nlist", "--pq-m", "--pq-bits", "--hnsw-m", "--ef-construction",
+                           "--nprobe", "--ef-search", "--index-k"}) {
+    if (app.count(flag) > 0 && !c.use_index) throw UsageError(fmt::format("{} needs --index", flag));
+  }
+  if (c.use_index && (app.count("--show") > 0 || app.count("--save-ranks") > 0)) {
+    throw UsageError("--show and --save-ranks rank the dense scores; they cannot be combined "
+                     "with --index");
+  }
   if (!c.from_mat.empty()) return run_from_mat(app, c);
   if (c.data.empty()) throw UsageError("--data is required (the data set root), or --from-mat");
   const auto scales = parse_scales(c.ms);
@@ -356,6 +402,11 @@ int main(int argc, char** argv) {
                              "size (default 10, or the gallery size if smaller), and {} with --show",
                              kMaxDrawnRanks))
       ->check(CLI::PositiveNumber);
+  reidnet::examples::add_index_build_flags(app, c.index, "--index");
+  reidnet::examples::add_index_search_flags(app, c.index);
+  app.add_option("--index-k", c.index_k, "with --index: list length evaluated (default 1000, "
+                 "or the gallery size if smaller)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
   if (const auto exit_code = reidnet::examples::parse_flags(app, argc, argv)) return *exit_code;
   c.top_k_given = app.count("--top-k") > 0;
   torch::set_num_threads(static_cast<int>(c.threads));

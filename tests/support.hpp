@@ -29,11 +29,15 @@ inline std::string fixture(const std::string& topic, const std::string& name) {
   return std::string(REIDNET_TEST_FIXTURES_DIR) + "/" + topic + "/" + name;
 }
 
+/// The shell command that runs tests/python/<script> with Debian's python3.
+inline std::string python_command(const std::string& script, const std::string& arguments) {
+  return std::string(REIDNET_TEST_PYTHON) + " " + REIDNET_TEST_SOURCE_DIR + "/python/" + script +
+         " " + arguments;
+}
+
 /// Runs tests/python/<script> with Debian's python3; returns its exit status.
 inline int run_python(const std::string& script, const std::string& arguments) {
-  const std::string command = std::string(REIDNET_TEST_PYTHON) + " " + REIDNET_TEST_SOURCE_DIR +
-                              "/python/" + script + " " + arguments;
-  return std::system(command.c_str());
+  return std::system(python_command(script, arguments).c_str());
 }
 
 /// A plain dict of tensors saved by `torch.save(dict(...))`, read with torch::pickle_load.
@@ -178,9 +182,7 @@ inline ProgramRun run_program(const std::string& program, const std::string& arg
 
 /// run_python, with the script's output.
 inline ProgramRun run_python_capturing(const std::string& script, const std::string& arguments) {
-  return run_shell_command(std::string(REIDNET_TEST_PYTHON) + " " + REIDNET_TEST_SOURCE_DIR +
-                               "/python/" + script + " " + arguments,
-                           script);
+  return run_shell_command(python_command(script, arguments), script);
 }
 
 /// REIDNET_TEST_BINARY_DIR/<name>, empty: a topic's scratch folder, made once per process by

@@ -116,6 +116,33 @@ TEST_CASE("reidnet-train writes net_last.pth, opts.yaml, train.log and train.jpg
     INFO(python.output);
     CHECK(python.status == 0);
     CHECK(python.output == line + "\n");
+
+    // --index: top-k lists from a FAISS index of the gallery, IVF-PQ on the toy data; an
+    // exact index's full lists give the dense evaluation's figures (up to near-ties in score,
+    // which FAISS and LibTorch round differently on this barely trained model).
+    const auto ivfpq = run_program(
+        "reidnet-test", "--data " + toy_data().string() + " --model-dir " + out.string() +
+                            " --batch-size 16 --index ivfpq --features-out " +
+                            (out / "ivfpq_features.pth").string());
+    INFO(ivfpq.output);
+    REQUIRE(ivfpq.status == 0);
+    CHECK(ivfpq.output.find("from a gallery index: ivfpq (FAISS \"L2norm,IVF") != std::string::npos);
+    CHECK(map_of(ivfpq.output) > 0.0);
+    CHECK(map_of(ivfpq.output) <= 1.0);
+    const auto mat = (out / "pytorch_result.mat").string();
+    const auto flat = run_program("reidnet-test", "--from-mat " + mat + " --index flat");
+    INFO(flat.output);
+    REQUIRE(flat.status == 0);
+    CHECK(map_of(flat.output) == doctest::Approx(map).epsilon(2e-3));
+    const auto reranked = run_program("reidnet-test", "--from-mat " + mat + " --index flat --rerank");
+    const auto dense_reranked = run_program("reidnet-test", "--from-mat " + mat + " --rerank");
+    INFO(reranked.output << dense_reranked.output);
+    REQUIRE(reranked.status == 0);
+    REQUIRE(dense_reranked.status == 0);
+    CHECK(map_of(reranked.output) == doctest::Approx(map_of(dense_reranked.output)).epsilon(2e-3));
+    const auto refused = run_program("reidnet-test", "--from-mat " + mat + " --nprobe 4");
+    CHECK(refused.status == 2);
+    CHECK(refused.output.find("--nprobe needs --index") != std::string::npos);
   }
 }
 

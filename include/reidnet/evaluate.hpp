@@ -22,8 +22,11 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <map>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -99,17 +102,21 @@ struct QueryOutcomes {
   explicit QueryOutcomes(int64_t num_queries)
       : ap(static_cast<size_t>(num_queries), 0.0),
         inp(static_cast<size_t>(num_queries), std::numeric_limits<double>::quiet_NaN()),
-        first_hit(static_cast<size_t>(num_queries), -1) {}
+        first_hit(static_cast<size_t>(num_queries), -1),
+        has_good(static_cast<size_t>(num_queries), 0) {}
   std::vector<double> ap;
   std::vector<double> inp;  // NaN for a query without a good match
-  std::vector<int64_t> first_hit;
+  std::vector<int64_t> first_hit;  // -1 when no good match was ranked
+  std::vector<char> has_good;       // the gallery holds a good match
 };
 
 // AP of the good hits at 0-based ranks `ranks` (ascending). Plain AP averages the precision
 // (i+1)/(r+1) at each hit; the baseline's trapezoid AP averages it with the precision i/r just
-// before the hit (1 at rank 0). See docs/reference.md, "Evaluation protocol".
-inline double average_precision(const std::vector<int64_t>& ranks, const AveragePrecision& kind) {
-  const auto ngood = static_cast<double>(ranks.size());
+// before the hit (1 at rank 0). See docs/reference.md, "Evaluation protocol". `total_good`
+// counts good matches that a truncated list left out (they add nothing).
+inline double average_precision(const std::vector<int64_t>& ranks, const AveragePrecision& kind,
+                                size_t total_good) {
+  const auto ngood = static_cast<double>(total_good);
   double ap = 0.0;
   for (const auto i : c10::irange(ranks.size())) {
     const double hits = static_cast<double>(i) + 1.0;
@@ -149,8 +156,9 @@ inline void evaluate_block(const torch::Tensor& block, int64_t first_query, cons
               "{}: the scores of query {} hold NaN or infinity; check the features", caller, q));
         }
         if (ranks.empty()) continue;
+        out.has_good[q] = 1;
         out.first_hit[q] = ranks.front();
-        out.ap[q] = average_precision(ranks, options.average_precision());
+        out.ap[q] = average_precision(ranks, options.average_precision(), ranks.size());
         out.inp[q] = static_cast<double>(ranks.size()) / (static_cast<double>(ranks.back()) + 1.0);
       }
     });
@@ -165,10 +173,10 @@ inline EvalResult summarize(QueryOutcomes&& out, int64_t gallery_size) {
   double inp_sum = 0.0;
   for (const auto q : c10::irange(out.ap.size())) {
     ap_sum += out.ap[q];
-    if (out.first_hit[q] < 0) continue;
+    if (!out.has_good[q]) continue;
     ++result.num_valid_queries;
     inp_sum += out.inp[q];
-    cmc[static_cast<size_t>(out.first_hit[q])] += 1.0;
+    if (out.first_hit[q] >= 0) cmc[static_cast<size_t>(out.first_hit[q])] += 1.0;
   }
   double matched = 0.0;
   for (auto& entry : cmc) {
@@ -281,6 +289,131 @@ inline EvalResult evaluate(const torch::Tensor& query_features, const torch::Ten
                            ids.query_cameras.data_ptr<int64_t>(), gallery, options, caller, out);
   }
   return detail::summarize(std::move(out), gallery_features.size(0));
+}
+
+namespace detail {
+
+// Good matches of each query in the whole gallery (same id, other camera), counted once per
+// id and per (id, camera) instead of once per query and gallery picture.
+inline std::vector<int64_t> good_counts(const CheckedIds& ids) {
+  std::unordered_map<int64_t, int64_t> per_label;
+  std::map<std::pair<int64_t, int64_t>, int64_t> per_label_camera;
+  const auto gallery = ids.gallery();
+  for (const auto j : c10::irange(gallery.size)) {
+    if (gallery.labels[j] == -1) continue;
+    ++per_label[gallery.labels[j]];
+    ++per_label_camera[{gallery.labels[j], gallery.cameras[j]}];
+  }
+  const auto num_queries = ids.query_labels.size(0);
+  const auto* labels = ids.query_labels.data_ptr<int64_t>();
+  const auto* cameras = ids.query_cameras.data_ptr<int64_t>();
+  std::vector<int64_t> counts(static_cast<size_t>(num_queries), 0);
+  for (const auto q : c10::irange(num_queries)) {
+    if (labels[q] == -1) continue;
+    const auto label = per_label.find(labels[q]);
+    if (label == per_label.end()) continue;
+    const auto same_camera = per_label_camera.find({labels[q], cameras[q]});
+    counts[static_cast<size_t>(q)] =
+        label->second - (same_camera == per_label_camera.end() ? 0 : same_camera->second);
+  }
+  return counts;
+}
+
+}  // namespace detail
+
+/// Evaluates each query's top-k list (`indices` int64 [Nq, k] of gallery rows, best first, -1
+/// after the end of a short list; `scores` [Nq, k], similarities unless options say
+/// distances), as a gallery index's search returns them, without the dense score matrix.
+///
+/// Each list is put in the order `evaluate` ranks (better score first, ties by gallery row),
+/// junk is removed, and every good match the list leaves out counts as never retrieved:
+/// - Rank@r is exact for every r up to the list's length (a first hit within the top r is in
+///   the list);
+/// - AP divides by all of the query's good matches in the gallery, so truncated AP, and mAP,
+///   are lower bounds, missing only the good matches ranked below k;
+/// - a query whose good matches are not all in its list has INP 0 (also a lower bound).
+/// A list of the whole gallery gives exactly what `evaluate_scores` gives on the same scores.
+inline EvalResult evaluate_top_k(const torch::Tensor& indices, const torch::Tensor& scores,
+                                 const torch::Tensor& query_labels,
+                                 const torch::Tensor& query_cameras,
+                                 const torch::Tensor& gallery_labels,
+                                 const torch::Tensor& gallery_cameras,
+                                 const EvalOptions& options = {}) {
+  const std::string caller = "reidnet::evaluate_top_k";
+  detail::check_matrix(scores, "scores", caller);
+  if (!indices.defined() || indices.dim() != 2 || indices.sizes() != scores.sizes() ||
+      c10::isFloatingType(indices.scalar_type()) || indices.scalar_type() == torch::kBool) {
+    throw std::runtime_error(
+        fmt::format("{}: indices must be an integer tensor of the scores' shape {}, got {}", caller,
+                    detail::shape_of(scores), indices.defined() ? detail::shape_of(indices) : "none"));
+  }
+  const auto rows = fmt::format("lists {}", detail::shape_of(indices));
+  const auto gallery_size = gallery_labels.defined() && gallery_labels.dim() == 1
+                                ? gallery_labels.size(0) : int64_t{-1};
+  const auto ids = detail::check_ids(query_labels, query_cameras, gallery_labels, gallery_cameras,
+                                     indices.size(0), gallery_size, rows,
+                                     fmt::format("gallery labels [{}]", gallery_size), caller);
+  const auto list_indices = indices.to(torch::kCPU, torch::kLong).contiguous();
+  const auto list_scores = scores.to(torch::kCPU, torch::kDouble).contiguous();
+  const auto total_good = detail::good_counts(ids);
+  const auto gallery = ids.gallery();
+  const auto* labels = ids.query_labels.data_ptr<int64_t>();
+  const auto* cameras = ids.query_cameras.data_ptr<int64_t>();
+  const auto* all_indices = list_indices.data_ptr<int64_t>();
+  const auto* all_scores = list_scores.data_ptr<double>();
+  const auto k = indices.size(1);
+  const bool higher_is_better = std::holds_alternative<Similarity>(options.score_kind());
+  detail::QueryOutcomes out(indices.size(0));
+  at::parallel_for(0, indices.size(0), 16, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> order;
+    std::vector<int64_t> ranks;
+    for (const auto q : c10::irange(begin, end)) {
+      const auto* row = all_indices + q * k;
+      const auto* row_scores = all_scores + q * k;
+      order.clear();
+      for (const auto e : c10::irange(k)) {
+        if (row[e] < 0) continue;
+        if (row[e] >= gallery.size || !std::isfinite(row_scores[e])) {
+          throw std::runtime_error(fmt::format(
+              "{}: the list of query {} holds gallery row {} with score {} (the gallery has {} "
+              "rows; scores must be finite)",
+              caller, q, row[e], row_scores[e], gallery.size));
+        }
+        order.push_back(e);
+      }
+      std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+        const double sa = row_scores[a];
+        const double sb = row_scores[b];
+        const bool better = higher_is_better ? sa > sb : sa < sb;
+        return better || (sa == sb && row[a] < row[b]);
+      });
+      for (size_t e = 1; e < order.size(); ++e) {
+        if (row[order[e]] == row[order[e - 1]]) {
+          throw std::runtime_error(fmt::format("{}: the list of query {} holds gallery row {} "
+                                               "twice", caller, q, row[order[e]]));
+        }
+      }
+      ranks.clear();
+      int64_t rank = 0;
+      for (const auto e : order) {
+        const auto j = row[e];
+        if (gallery.junk(j, labels[q], cameras[q])) continue;
+        if (gallery.good(j, labels[q], cameras[q])) ranks.push_back(rank);
+        ++rank;
+      }
+      const auto good = static_cast<size_t>(total_good[static_cast<size_t>(q)]);
+      if (good == 0) continue;
+      out.has_good[q] = 1;
+      out.inp[q] = 0.0;
+      if (ranks.empty()) continue;
+      out.first_hit[q] = ranks.front();
+      out.ap[q] = detail::average_precision(ranks, options.average_precision(), good);
+      if (ranks.size() == good) {
+        out.inp[q] = static_cast<double>(good) / (static_cast<double>(ranks.back()) + 1.0);
+      }
+    }
+  });
+  return detail::summarize(std::move(out), gallery.size);
 }
 
 /// Options of `top_k_ranks`.

@@ -77,6 +77,14 @@ inline const std::vector<MatNumericType>& mat_numeric_types() {
   return types;
 }
 
+// The entry of mat_numeric_types() that `matches`, or nullptr.
+template <typename Match>
+const MatNumericType* find_mat_type(Match&& matches) {
+  const auto& types = mat_numeric_types();
+  const auto found = std::find_if(types.begin(), types.end(), matches);
+  return found == types.end() ? nullptr : &*found;
+}
+
 // matio reports through a log function; its messages become part of reidnet's errors.
 inline std::string& mat_last_message() {
   thread_local std::string message;
@@ -109,10 +117,8 @@ inline void write_mat_variable(mat_t* file, const std::string& path, const std::
     throw fail("must be 1-D or 2-D, got " +
                (tensor.defined() ? c10::str(tensor.sizes()) : std::string("an undefined tensor")));
   }
-  const MatNumericType* type = nullptr;
-  for (const auto& candidate : mat_numeric_types()) {
-    if (candidate.dtype == tensor.scalar_type()) type = &candidate;
-  }
+  const auto* type = find_mat_type(
+      [&](const MatNumericType& candidate) { return candidate.dtype == tensor.scalar_type(); });
   if (type == nullptr) {
     throw fail(fmt::format("has dtype {}; MAT-files here hold float64, float32 and integer arrays",
                            c10::toString(tensor.scalar_type())));
@@ -154,10 +160,8 @@ inline torch::Tensor read_mat_variable(mat_t* file, const std::string& path,
                            names.empty() ? std::string("no readable array")
                                          : "'" + fmt::format("{}", fmt::join(names, "', '")) + "'"));
   }
-  const MatNumericType* type = nullptr;
-  for (const auto& candidate : mat_numeric_types()) {
-    if (candidate.mat_class == info->class_type) type = &candidate;
-  }
+  const auto* type = find_mat_type(
+      [&](const MatNumericType& candidate) { return candidate.mat_class == info->class_type; });
   if (type == nullptr || info->isComplex != 0 || info->isLogical != 0) {
     throw fail("not a real numeric array (a cell, struct, sparse, logical, char or complex one)");
   }
@@ -242,8 +246,7 @@ inline std::array<torch::Tensor, 3> labelled_features(const MatArrays& arrays, c
 /// sibling is renamed over `path`, so that a failure leaves `path` as it was. Tensors must be
 /// 1-D (written as rows) or 2-D, of dtype float64, float32 or an integer type.
 inline void write_mat(const std::string& path, const MatArrays& arrays) {
-  const auto temporary = detail::temporary_sibling(path);
-  try {
+  detail::fill_file_atomically(path, [&](const std::string& temporary) {
     detail::quiet_mat_log();
     detail::MatFile file(Mat_CreateVer(temporary.c_str(), nullptr, MAT_FT_MAT5));
     if (!file) {
@@ -252,12 +255,7 @@ inline void write_mat(const std::string& path, const MatArrays& arrays) {
     }
     for (const auto& item : arrays) detail::write_mat_variable(file.get(), path, item.key(), item.value());
     if (Mat_Close(file.release()) != 0) throw std::runtime_error("cannot write " + path + ": closing failed");
-    std::filesystem::rename(temporary, path);
-  } catch (...) {
-    std::error_code ignored;
-    std::filesystem::remove(temporary, ignored);
-    throw;
-  }
+  });
 }
 
 /// The arrays `names` of the MAT-file `path`, each as a 2-D tensor (rows x columns, row-major).

@@ -23,11 +23,13 @@
 #include <reidnet/detail/k_reciprocal.hpp>
 #include <reidnet/detail/ranking.hpp>
 
+#include <c10/util/irange.h>
 #include <torch/arg.h>
 #include <torch/types.h>
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -140,6 +142,92 @@ inline torch::Tensor re_ranking_features(const torch::Tensor& query_features,
   detail::SimilarityFromFeatures source{features, features.to(torch::kCPU).contiguous()};
   return detail::k_reciprocal_rerank(source, nq, options.k1(), options.k2(), options.lambda(),
                                      options.block_rows());
+}
+
+/// Neighbour lists of all N = Nq + Ng images (queries first, then the gallery), as a
+/// nearest-neighbour search over the features gives them (reidnet::knn_re_ranking makes them
+/// with a gallery index).
+struct NeighbourGraph {
+  /// int64 [N, c], c >= k1 + 1: each image's candidate nearest images among all N (itself
+  /// included), in any order, -1 for none; re-scored here from the features.
+  torch::Tensor neighbours;
+  /// float [N]: each image's lowest similarity to any of the N images (its farthest one).
+  torch::Tensor farthest;
+  /// int64 [Nq, k]: each query's k nearest gallery rows (-1 for none); k is the length of
+  /// the lists returned.
+  torch::Tensor candidates;
+};
+
+/// Each query's top k after re-ranking, best (lowest distance) first; a shorter list is
+/// padded with index -1 and distance infinity.
+struct ReRankedLists {
+  torch::Tensor distances;  ///< float32 [Nq, k]: re-ranked distances, lower = better
+  torch::Tensor indices;    ///< int64 [Nq, k]: gallery rows
+};
+
+/// k-reciprocal re-ranking from neighbour lists, in memory O(N (k1 + k)) instead of the
+/// O(N^2) of the dense matrices: the same algorithm and float32 arithmetic as `re_ranking`
+/// (each image's distances are divided by its farthest one's, as the baseline's are), so with
+/// exact neighbour lists the k best of each query, and their distances, are those of
+/// `re_ranking_features`'s row. Features [Nq, D] and [Ng, D] as `re_ranking_features` takes
+/// them (L2-normalised); distances between listed images are computed from them exactly.
+inline ReRankedLists re_ranking_neighbours(const torch::Tensor& query_features,
+                                           const torch::Tensor& gallery_features,
+                                           const NeighbourGraph& graph,
+                                           const ReRankingOptions& options = {}) {
+  const std::string caller = "reidnet::re_ranking_neighbours";
+  detail::check_feature_pair(query_features, gallery_features, caller);
+  const auto nq = query_features.size(0);
+  const auto ng = gallery_features.size(0);
+  const auto n = nq + ng;
+  detail::check_not_empty(nq, ng,
+                          fmt::format("query features {}, gallery features {}",
+                                      detail::shape_of(query_features),
+                                      detail::shape_of(gallery_features)),
+                          caller);
+  detail::check_rerank_options(options, n, caller);
+  const auto width = options.k1() + 1;
+  const auto check_table = [&](const torch::Tensor& table, const char* what, int64_t rows,
+                               int64_t min_columns, int64_t bound) {
+    if (!table.defined() || table.dim() != 2 || table.size(0) != rows ||
+        table.size(1) < min_columns || table.scalar_type() != torch::kLong) {
+      throw std::runtime_error(fmt::format("{}: {} must be int64 [{}, >= {}], got {}", caller,
+                                           what, rows, min_columns,
+                                           table.defined() ? detail::shape_of(table) : "none"));
+    }
+    auto cpu = table.to(torch::kCPU).contiguous();
+    if ((cpu < -1).any().item<bool>() || (cpu >= bound).any().item<bool>()) {
+      throw std::runtime_error(
+          fmt::format("{}: {} hold entries outside -1..{}", caller, what, bound - 1));
+    }
+    return cpu;
+  };
+  const auto neighbours = check_table(graph.neighbours, "graph.neighbours", n, width, n);
+  const auto candidates = check_table(graph.candidates, "graph.candidates", nq, 1, ng);
+  if (!graph.farthest.defined() || graph.farthest.dim() != 1 || graph.farthest.size(0) != n) {
+    throw std::runtime_error(fmt::format("{}: graph.farthest must be [{}], got {}", caller, n,
+                                         graph.farthest.defined() ? detail::shape_of(graph.farthest)
+                                                                  : "none"));
+  }
+  const auto features = torch::cat({query_features.to(torch::kCPU, torch::kFloat),
+                                    gallery_features.to(torch::kCPU, torch::kFloat)})
+                            .contiguous();
+  const detail::SimilarityFromFeatures source{features, features};
+  const auto farthest = graph.farthest.to(torch::kCPU, torch::kFloat).contiguous();
+  std::vector<float> row_max(static_cast<size_t>(n));
+  for (const auto i : c10::irange(n)) {
+    row_max[static_cast<size_t>(i)] = detail::rerank_distance(farthest.data_ptr<float>()[i]);
+    if (!(row_max[static_cast<size_t>(i)] > 0.0f) || !std::isfinite(row_max[static_cast<size_t>(i)])) {
+      throw std::runtime_error(fmt::format("{}: image {} has farthest similarity {}; expected a "
+                                           "finite similarity below 1",
+                                           caller, i, farthest.data_ptr<float>()[i]));
+    }
+  }
+  const auto lists = detail::exact_neighbour_lists(source, neighbours, width);
+  auto [distances, indices] =
+      detail::k_reciprocal_top_k(source, lists, row_max, candidates, nq, options.k1(),
+                                 options.k2(), options.lambda(), candidates.size(1));
+  return {distances, indices};
 }
 
 }  // namespace reidnet

@@ -115,26 +115,19 @@ inline std::string parent_folder(const std::string& path) {
 /// Whether an atomic write also makes its result durable.
 enum class FlushToDisk : bool { No = false, Yes = true };
 
-/// The one writer of whole files: `write(std::ostream&)` fills a temporary sibling of `path`
-/// (see temporary_sibling), which is then renamed over `path`. Readers never see a
-/// half-written file, and a failure, an exception thrown by `write` included, leaves `path`
-/// as it was and no temporary behind. With FlushToDisk::Yes the bytes reach the disk before
-/// the rename and the rename after it, so that not even a power cut leaves `path` empty or
-/// partial. Exceptions from `write` propagate unchanged; the writer's own failures are
-/// std::runtime_error("cannot write <path>...").
-template <typename Write,
-          typename = std::enable_if_t<std::is_invocable_v<Write&, std::ostream&>>>
-void write_file_atomically(const std::string& path, Write&& write,
-                           FlushToDisk flush = FlushToDisk::No) {
+/// The one writer of whole files: `fill(const std::string& temporary)` writes a temporary
+/// sibling of `path` (see temporary_sibling), which is then renamed over `path`. Readers never
+/// see a half-written file, and a failure, an exception thrown by `fill` included, leaves
+/// `path` as it was and no temporary behind. With FlushToDisk::Yes the bytes reach the disk
+/// before the rename and the rename after it, so that not even a power cut leaves `path` empty
+/// or partial. For writers that take a file name (matio, FAISS); the stream form is below.
+template <typename Fill,
+          typename = std::enable_if_t<std::is_invocable_v<Fill&, const std::string&>>>
+void fill_file_atomically(const std::string& path, Fill&& fill,
+                          FlushToDisk flush = FlushToDisk::No) {
   const std::string temporary = temporary_sibling(path);
   try {
-    {
-      std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
-      if (!file) throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
-      write(static_cast<std::ostream&>(file));
-      file.close();
-      if (!file) throw std::runtime_error("cannot write " + path + " (disk full?)");
-    }
+    fill(temporary);
     if (flush == FlushToDisk::Yes) sync_path(temporary, false);
     std::error_code error;
     std::filesystem::rename(temporary, path, error);
@@ -145,6 +138,25 @@ void write_file_atomically(const std::string& path, Write&& write,
     throw;
   }
   if (flush == FlushToDisk::Yes) sync_path(parent_folder(path), true);
+}
+
+/// The stream form: `write(std::ostream&)` fills the temporary. Exceptions from `write`
+/// propagate unchanged; the writer's own failures are std::runtime_error("cannot write
+/// <path>...").
+template <typename Write,
+          typename = std::enable_if_t<std::is_invocable_v<Write&, std::ostream&>>>
+void write_file_atomically(const std::string& path, Write&& write,
+                           FlushToDisk flush = FlushToDisk::No) {
+  fill_file_atomically(
+      path,
+      [&](const std::string& temporary) {
+        std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
+        if (!file) throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
+        write(static_cast<std::ostream&>(file));
+        file.close();
+        if (!file) throw std::runtime_error("cannot write " + path + " (disk full?)");
+      },
+      flush);
 }
 
 /// Writes `bytes` as the whole file `path`, atomically (the writer above).

@@ -25,6 +25,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -308,6 +309,112 @@ torch::Tensor k_reciprocal_rerank(Source& source, int64_t num_queries, int64_t k
   if (k2 != 1) weights = expand_queries(weights, lists, n, k2);
   blend_jaccard(weights, n, num_queries, lambda, query_rows);
   return query_rows;
+}
+
+// Each image's `width` nearest among candidate images (int64 [N, c], -1 = none), by the
+// source's exact distance, ties by index: what `smallest` gives over a full row, provided
+// the candidates hold the true nearest.
+template <class Source>
+NeighbourLists exact_neighbour_lists(const Source& source, const torch::Tensor& candidates,
+                                     int64_t width) {
+  const auto n = source.size();
+  NeighbourLists lists{torch::empty({n, width}, torch::kLong)};
+  auto* table = lists.table.data_ptr<int64_t>();
+  const auto* all = candidates.data_ptr<int64_t>();
+  const auto c = candidates.size(1);
+  std::atomic<int64_t> short_row{-1};
+  at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
+    std::vector<std::pair<float, int64_t>> scored;
+    for (const auto i : c10::irange(begin, end)) {
+      scored.clear();
+      for (const auto a : c10::irange(c)) {
+        const auto j = all[i * c + a];
+        if (j >= 0) scored.emplace_back(source.distance(i, j), j);
+      }
+      std::sort(scored.begin(), scored.end());
+      scored.erase(std::unique(scored.begin(), scored.end()), scored.end());
+      if (static_cast<int64_t>(scored.size()) < width) {
+        short_row = i;
+        continue;
+      }
+      for (const auto a : c10::irange(width)) table[i * width + a] = scored[static_cast<size_t>(a)].second;
+    }
+  });
+  if (short_row >= 0) {
+    throw std::runtime_error(fmt::format("reidnet::re_ranking_neighbours: image {} has fewer than "
+                                         "k1 + 1 = {} distinct neighbours",
+                                         short_row.load(), width));
+  }
+  return lists;
+}
+
+// The top `k` of the re-ranked distance of each query, from neighbour lists instead of the
+// distance matrix: memory O(N (k1 + k)) instead of O(Nq Ng). A gallery picture whose V row
+// shares no image with the query's has Jaccard distance 1, so among those the original
+// distance alone orders them; the top k thus lies among the pictures that share an image and
+// the query's k nearest by original distance (`candidates`, int64 [Nq, k] gallery rows).
+// Returns (distances float32 [Nq, k], indices int64 [Nq, k]), best first, ties by gallery
+// row, padded with (inf, -1) where fewer than k candidates exist.
+template <class Source>
+std::pair<torch::Tensor, torch::Tensor> k_reciprocal_top_k(
+    const Source& source, const NeighbourLists& lists, const std::vector<float>& row_max,
+    const torch::Tensor& candidates, int64_t num_queries, int64_t k1, int64_t k2, double lambda,
+    int64_t k) {
+  const auto n = source.size();
+  auto weights = reciprocal_weights(source, lists, row_max, k1);
+  if (k2 != 1) weights = expand_queries(weights, lists, n, k2);
+  const auto by_column = weights.transpose(n);
+  const auto keep = static_cast<float>(lambda);
+  const auto mix = static_cast<float>(1.0 - lambda);
+  auto distances = torch::full({num_queries, k}, std::numeric_limits<float>::infinity(), torch::kFloat);
+  auto indices = torch::full({num_queries, k}, -1, torch::kLong);
+  auto* out_distance = distances.data_ptr<float>();
+  auto* out_index = indices.data_ptr<int64_t>();
+  const auto* nearest = candidates.data_ptr<int64_t>();
+  const auto width = candidates.size(1);
+  at::parallel_for(0, num_queries, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> overlap(static_cast<size_t>(n), 0.0f);
+    std::vector<int64_t> touched;
+    std::vector<std::pair<float, int64_t>> scored;
+    for (const auto q : c10::irange(begin, end)) {
+      touched.clear();
+      for (auto e = weights.begin(q); e < weights.end(q); ++e) {
+        const auto c = weights.columns[static_cast<size_t>(e)];
+        const auto mine = weights.values[static_cast<size_t>(e)];
+        for (auto f = by_column.begin(c); f < by_column.end(c); ++f) {
+          const auto j = by_column.columns[static_cast<size_t>(f)];
+          if (j >= num_queries && overlap[static_cast<size_t>(j)] == 0.0f) touched.push_back(j - num_queries);
+          overlap[static_cast<size_t>(j)] += std::min(mine, by_column.values[static_cast<size_t>(f)]);
+        }
+      }
+      for (const auto a : c10::irange(width)) {
+        if (nearest[q * width + a] >= 0) touched.push_back(nearest[q * width + a]);
+      }
+      std::sort(touched.begin(), touched.end());
+      touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
+      scored.clear();
+      for (const auto g : touched) {
+        const float m = overlap[static_cast<size_t>(num_queries + g)];
+        const float jaccard = 1.0f - m / (2.0f - m);
+        const float original = source.distance(q, num_queries + g) / row_max[static_cast<size_t>(q)];
+        scored.emplace_back(jaccard * mix + original * keep, g);
+      }
+      // Clear the sums (query images' included) for the next query.
+      for (auto e = weights.begin(q); e < weights.end(q); ++e) {
+        const auto c = weights.columns[static_cast<size_t>(e)];
+        for (auto f = by_column.begin(c); f < by_column.end(c); ++f) {
+          overlap[static_cast<size_t>(by_column.columns[static_cast<size_t>(f)])] = 0.0f;
+        }
+      }
+      const auto kept = std::min<int64_t>(k, static_cast<int64_t>(scored.size()));
+      std::partial_sort(scored.begin(), scored.begin() + kept, scored.end());
+      for (const auto r : c10::irange(kept)) {
+        out_distance[q * k + r] = scored[static_cast<size_t>(r)].first;
+        out_index[q * k + r] = scored[static_cast<size_t>(r)].second;
+      }
+    }
+  });
+  return {distances, indices};
 }
 
 // M from the baseline's three similarity blocks (CPU, contiguous, one floating dtype).

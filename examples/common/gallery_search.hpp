@@ -1,0 +1,102 @@
+#pragma once
+// What reidnet-index and reidnet-test share about gallery indexes: the features files they
+// read, the index flags, and progress lines for building and searching.
+#include "common/cli.hpp"
+#include "common/progress.hpp"
+
+#include <reidnet/checkpoint.hpp>
+#include <reidnet/gallery_index.hpp>
+#include <reidnet/mat_file.hpp>
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+
+namespace reidnet::examples {
+
+/// The features of a retrieval run: reidnet-test's features.pth (qf, ql, qc, gf, gl, gc) or
+/// the baseline's pytorch_result.mat (by the .mat extension).
+inline RetrievalFeatures read_retrieval_features(const std::string& path) {
+  try {
+    if (std::filesystem::path(path).extension() == ".mat") return read_pytorch_result(path);
+    const auto tensors = read_state_dict(path);
+    const auto get = [&](const char* key) {
+      if (!tensors.contains(key)) {
+        throw UsageError(fmt::format("{}: no '{}' tensor; expected the features file that "
+                                     "reidnet-test writes (qf, ql, qc, gf, gl, gc)",
+                                     path, key));
+      }
+      return tensors[key];
+    };
+    return {get("qf"), get("ql"), get("qc"), get("gf"), get("gl"), get("gc")};
+  } catch (const UsageError&) {
+    throw;
+  } catch (const std::exception& error) {
+    throw UsageError(error.what());
+  }
+}
+
+/// The build flags of an index: --type and the sizes of its type.
+struct IndexFlags {
+  std::string type = "flat";
+  int64_t nlist = 0, pq_m = 0, pq_bits = 0, hnsw_m = 32, ef_construction = 40;
+  int64_t nprobe = 0, ef_search = 0;
+
+  GalleryIndexOptions build_options() const {
+    auto options = GalleryIndexOptions()
+                       .type(index_type_from_name(type))
+                       .nlist(nlist)
+                       .pq_m(pq_m)
+                       .pq_bits(pq_bits)
+                       .hnsw_m(hnsw_m)
+                       .ef_construction(ef_construction);
+    if (nprobe > 0) options.nprobe(nprobe);  // saved in the file as the default
+    if (ef_search > 0) options.ef_search(ef_search);
+    return options;
+  }
+  IndexSearchOptions search_options() const {
+    return IndexSearchOptions().nprobe(nprobe).ef_search(ef_search);
+  }
+};
+
+inline void add_index_build_flags(CLI::App& app, IndexFlags& flags, const std::string& type_flag) {
+  app.add_option(type_flag, flags.type, "index type: flat (exact), ivfflat, ivfpq or hnsw")
+      ->check(CLI::IsMember({"flat", "ivfflat", "ivfpq", "hnsw"}));
+  app.add_option("--nlist", flags.nlist, "IVF cells (default: 4 sqrt(N), at most N / 39)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
+  app.add_option("--pq-m", flags.pq_m, "PQ sub-quantizers, dividing the dimension (default D / 4)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
+  app.add_option("--pq-bits", flags.pq_bits, "bits a PQ code (default 8, fewer under 256 features)")
+      ->check(CLI::Range(int64_t{1}, int64_t{16}));
+  app.add_option("--hnsw-m", flags.hnsw_m, "HNSW links a picture (default 32)")
+      ->check(CLI::Range(int64_t{2}, int64_t{512}));
+  app.add_option("--ef-construction", flags.ef_construction, "HNSW build candidates (default 40)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
+}
+
+inline void add_index_search_flags(CLI::App& app, IndexFlags& flags) {
+  app.add_option("--nprobe", flags.nprobe, "IVF cells searched a query (default: the index's; "
+                 "16 when building)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
+  app.add_option("--ef-search", flags.ef_search, "HNSW search candidates (default: the index's; "
+                 "64 when building)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
+}
+
+/// A progress callback printing `title stage done/total` lines (see Progress).
+inline std::function<void(const IndexProgress&)> index_progress(const std::string& title) {
+  auto bars = std::make_shared<std::map<std::string, Progress>>();
+  return [bars, title](const IndexProgress& progress) {
+    auto bar = bars->find(progress.stage);
+    if (bar == bars->end()) {
+      bar = bars->emplace(progress.stage, Progress(title + " " + progress.stage, progress.total)).first;
+    }
+    bar->second.update(progress.done, progress.done, "");
+  };
+}
+
+}  // namespace reidnet::examples
