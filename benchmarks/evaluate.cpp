@@ -128,7 +128,7 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.get_subcommand("re-ranking")
       ->add_option("--index", index_type, "--from index: the gallery index's type")
-      ->check(CLI::IsMember({"flat", "ivfflat", "ivfpq", "hnsw"}));
+      ->check(CLI::IsMember(reidnet::index_type_names()));
   app.get_subcommand("re-ranking")
       ->add_flag("--compare", compare,
                  "--from index: also run re_ranking_features and print the largest difference "

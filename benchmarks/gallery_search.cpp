@@ -1,5 +1,5 @@
 // reidnet-gallery-search: top-10 gallery search at ReID scale with reidnet::GalleryIndex (flat,
-// IVF-Flat, IVF-PQ and HNSW on FAISS) against exact search by LibTorch (query blocks x gallery
+// IVF-Flat, IVF-SQ, IVF-PQ and HNSW on FAISS) against exact search by LibTorch (query blocks x gallery
 // matmul + top-k): build time (train + add), search time and queries per second for all
 // queries, recall@10 against the exact top 10, the index's size (its FAISS file) and what the
 // build adds to the process's RSS. Synthetic clustered 512-d features like ReID embeddings.
@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -133,9 +134,10 @@ std::string joined(const std::vector<int64_t>& values) {
 int main(int argc, char** argv) {
   CLI::App app{"Gallery search: reidnet's FAISS indexes against exact LibTorch search"};
   int64_t gallery_size = 100000, query_count = 10000, dim = 512, threads = 2, hnsw_max = 200000,
-          nlist = 1024;
+          nlist = 0;
   uint64_t seed = 1;
   std::string out;
+  std::vector<std::string> only;
   app.add_option("--gallery", gallery_size, "gallery pictures")->check(CLI::Range(int64_t{1000}, int64_t{1} << 34));
   app.add_option("--queries", query_count, "query pictures")->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
   app.add_option("--dim", dim, "feature dimension (a multiple of 128, for both PQ sizes)")
@@ -144,11 +146,41 @@ int main(int argc, char** argv) {
   app.add_option("--out", out, "folder for the features, the exact top 10 and the plan")->required();
   app.add_option("--threads", threads, "CPU threads (LibTorch's, which FAISS shares)")->check(CLI::Range(1, 1024));
   app.add_option("--hnsw-max", hnsw_max, "largest gallery that builds HNSW (slow to build)");
-  app.add_option("--nlist", nlist, "IVF cells")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  app.add_option("--methods", only, "only these indexes (flat, ivfflat, ivfsq8, ivfsq6, ivfpq64, "
+                                    "ivfpq128, hnsw; default all); brute force always runs")
+      ->delimiter(',');
+  app.add_option("--nlist", nlist, "IVF cells (default: the power of two nearest 4 sqrt(N))")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   if (const auto code = reidnet::examples::parse_flags(app, argc, argv)) return *code;
   return reidnet::examples::run_reporting_errors("reidnet-gallery-search", [&] {
     if (dim % 128 != 0) throw reidnet::examples::UsageError(fmt::format("--dim {} is not a multiple of 128", dim));
     torch::set_num_threads(static_cast<int>(threads));
+    if (nlist == 0) {  // FAISS's rule of thumb is 4 to 16 sqrt(N) cells: 1024 at 100k, 4096 at 1M
+      nlist = int64_t{1} << std::lround(std::log2(4 * std::sqrt(static_cast<double>(gallery_size))));
+    }
+    using reidnet::IndexType;
+    const std::vector<int64_t> nprobes{4, 8, 16};
+    const auto ivfpq = [&](int64_t m) {
+      return reidnet::GalleryIndexOptions().type(IndexType::IVFPQ).nlist(nlist).pq_m(m).pq_bits(8);
+    };
+    const auto ivfsq = [&](int64_t bits) {
+      return reidnet::GalleryIndexOptions().type(IndexType::IVFSQ).nlist(nlist).sq_bits(bits);
+    };
+    const std::vector<Method> methods{
+        {"flat", reidnet::GalleryIndexOptions().type(IndexType::Flat), "", {0}},
+        {"ivfflat", reidnet::GalleryIndexOptions().type(IndexType::IVFFlat).nlist(nlist), "nprobe", nprobes},
+        {"ivfsq8", ivfsq(8), "nprobe", nprobes},
+        {"ivfsq6", ivfsq(6), "nprobe", nprobes},
+        {"ivfpq64", ivfpq(64), "nprobe", nprobes},
+        {"ivfpq128", ivfpq(128), "nprobe", nprobes},
+        {"hnsw", reidnet::GalleryIndexOptions().type(IndexType::HNSW).hnsw_m(32).ef_construction(40), "ef_search",
+         {64, 128}},
+    };
+    for (const auto& name : only) {
+      if (std::none_of(methods.begin(), methods.end(), [&](const Method& m) { return m.name == name; })) {
+        throw reidnet::examples::UsageError("--methods: no index method '" + name + "'");
+      }
+    }
     fs::create_directories(out);
     progress(fmt::format("generating {} gallery and {} query features ({}-d)", gallery_size, query_count, dim));
     const auto data = generate(gallery_size, query_count, dim, seed);
@@ -172,26 +204,14 @@ int main(int argc, char** argv) {
                     "index_mb={:.2f} rss_mb=0",
                     brute_seconds, query_count / brute_seconds, data.gallery.nbytes() / 1e6));
 
-    using reidnet::IndexType;
-    const std::vector<int64_t> nprobes{8, 32, 64};
-    const auto ivfpq = [&](int64_t m) {
-      return reidnet::GalleryIndexOptions().type(IndexType::IVFPQ).nlist(nlist).pq_m(m).pq_bits(8);
-    };
-    const std::vector<Method> methods{
-        {"flat", reidnet::GalleryIndexOptions().type(IndexType::Flat), "", {0}},
-        {"ivfflat", reidnet::GalleryIndexOptions().type(IndexType::IVFFlat).nlist(nlist), "nprobe", nprobes},
-        {"ivfpq64", ivfpq(64), "nprobe", nprobes},
-        {"ivfpq128", ivfpq(128), "nprobe", nprobes},
-        {"hnsw", reidnet::GalleryIndexOptions().type(IndexType::HNSW).hnsw_m(32).ef_construction(40), "ef_search",
-         {64, 128}},
-    };
     // What Python's side builds: the same factory strings and search parameters.
     std::ofstream plan(fs::path(out) / "plan.txt");
     for (const auto& method : methods) {
+      if (!only.empty() && std::find(only.begin(), only.end(), method.name) == only.end()) continue;
       const auto options = reidnet::GalleryIndexOptions(method.options).progress([&](const reidnet::IndexProgress& p) {
         progress(fmt::format("reidnet {}: {} {}/{}", method.name, p.stage, p.done, p.total));
       });
-      const bool ivf = options.type() == IndexType::IVFFlat || options.type() == IndexType::IVFPQ;
+      const bool ivf = reidnet::is_ivf(options.type());
       const double rss_before = rss_mb();
       auto index = reidnet::GalleryIndex::create(dim, ivf ? train.size(0) : gallery_size, options);
       const auto info = index.describe();

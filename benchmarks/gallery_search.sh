@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Gallery search at ReID scale (512-d synthetic clustered features, 10k queries, top 10): at each
 # gallery size, reidnet-gallery-search (exact LibTorch search, then reidnet's flat, IVF-Flat,
-# IVF-PQ and HNSW indexes) and then benchmarks/gallery_search_reference.py (Python's FAISS with
-# the same factory strings and search parameters) on the same features; then a markdown table
+# IVF-SQ, IVF-PQ and HNSW indexes) and then benchmarks/gallery_search_reference.py (Python's
+# FAISS with the same factory strings and search parameters) on the same features; then a table
 # per size and whether an index reaches recall@10 >= 0.95 at >= 20x brute force's queries/s
 # with <= 1/4 of the flat index's size.
 #   benchmarks/gallery_search.sh [build-dir] [--sizes 100000,1000000] [--threads 2]
-#       [more reidnet-gallery-search flags: --queries N --seed S --hnsw-max N --nlist N ...]
+#       [more reidnet-gallery-search flags: --queries N --seed S --hnsw-max N --nlist N
+#        --methods ivfflat,ivfsq6 ...]
 set -euo pipefail
 build=build
 if (($#)) && [[ $1 != --* ]]; then build=$1; shift; fi
@@ -32,13 +33,16 @@ table() {  # the rows of one size: a markdown table, then the goal's verdict
       n++
       for (i = 2; i <= NF; i++) { j = index($i, "="); v[n, substr($i, 1, j - 1)] = substr($i, j + 1) }
     }
+    # The flat index of the same implementation, or the float32 gallery where --methods left
+    # flat out.
+    function flat_mb(impl) { return (impl in flat) ? flat[impl] : ("reidnet" in flat) ? flat["reidnet"] : float_mb }
     function label(i) {
       return v[i, "impl"] " " v[i, "method"] (((i, "nprobe") in v) ? " nprobe " v[i, "nprobe"] : "") \
              (((i, "ef_search") in v) ? " efSearch " v[i, "ef_search"] : "")
     }
     END {
       for (i = 1; i <= n; i++) {
-        if (v[i, "method"] == "brute") brute = v[i, "qps"]
+        if (v[i, "method"] == "brute") { brute = v[i, "qps"]; float_mb = v[i, "index_mb"] }
         if (v[i, "method"] == "flat") flat[v[i, "impl"]] = v[i, "index_mb"]
       }
       printf "\n### Gallery of %d pictures\n\n", size
@@ -58,7 +62,7 @@ table() {  # the rows of one size: a markdown table, then the goal's verdict
         build = method == "brute" ? "-" : ((impl, method) in built) ? "(same)" : sprintf("%.1f", v[i, "build_s"])
         built[impl, method] = 1
         speed = v[i, "qps"] / brute
-        share = v[i, "index_mb"] / ((impl in flat) ? flat[impl] : flat["reidnet"])
+        share = v[i, "index_mb"] / flat_mb(impl)
         printf "| %s | %s | %s | %s | %.2f | %.0f | %.1fx | %.4f | %.1f | %.3f |\n", method, impl, params, build,
                v[i, "search_s"], v[i, "qps"], speed, v[i, "recall10"], v[i, "index_mb"], share
         if (method == "brute" || method == "flat") continue
@@ -74,7 +78,7 @@ table() {  # the rows of one size: a markdown table, then the goal's verdict
       printf "not met."
       if (best_small_fast != "") printf " Best recall@10 within the speed and size limits: %s, %.4f.", label(best_small_fast), v[best_small_fast, "recall10"]
       if (best_small_exact != "") printf " Fastest with recall@10 >= 0.95 within the size limit: %s, %.1fx.", label(best_small_exact), v[best_small_exact, "qps"] / brute
-      if (best_fast_exact != "") printf " Smallest with recall@10 >= 0.95 at >= 20x: %s, %.3f of flat.", label(best_fast_exact), v[best_fast_exact, "index_mb"] / flat["reidnet"]
+      if (best_fast_exact != "") printf " Smallest with recall@10 >= 0.95 at >= 20x: %s, %.3f of flat.", label(best_fast_exact), v[best_fast_exact, "index_mb"] / flat_mb(v[best_fast_exact, "impl"])
       print ""
     }' "$data/rows-$1"
 }

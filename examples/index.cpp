@@ -63,6 +63,7 @@ void print_info(const reidnet::GalleryIndex& index, const std::string& path) {
              info.trained ? "trained" : "not trained");
   if (info.nlist > 0) fmt::print("  IVF: {} cells, {} searched a query\n", info.nlist, info.nprobe);
   if (info.pq_m > 0) fmt::print("  PQ: {} sub-quantizers of {} bits\n", info.pq_m, info.pq_bits);
+  if (info.sq_bits > 0) fmt::print("  SQ: {} bits a feature component\n", info.sq_bits);
   if (info.hnsw_m > 0) {
     fmt::print("  HNSW: {} links a picture, efConstruction {}, efSearch {}\n", info.hnsw_m,
                info.ef_construction, info.ef_search);

@@ -255,8 +255,8 @@ int run_from_mat(const CLI::App& app, const TestConfig& c) {
 
 int run(const CLI::App& app, TestConfig& c) {
   c.use_index = app.count("--index") > 0;
-  for (const char* flag : {"--nlist", "--pq-m", "--pq-bits", "--hnsw-m", "--ef-construction",
-                           "--nprobe", "--ef-search", "--index-k"}) {
+  for (const char* flag : {"--nlist", "--pq-m", "--pq-bits", "--sq-bits", "--hnsw-m",
+                           "--ef-construction", "--nprobe", "--ef-search", "--index-k"}) {
     if (app.count(flag) > 0 && !c.use_index) throw UsageError(fmt::format("{} needs --index", flag));
   }
   if (c.use_index && (app.count("--show") > 0 || app.count("--save-ranks") > 0)) {

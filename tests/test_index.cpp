@@ -98,10 +98,6 @@ std::string load_error(const fs::path& path, std::optional<int64_t> dim = std::n
   return "(loaded)";
 }
 
-const std::vector<reidnet::IndexType> kAllTypes{reidnet::IndexType::Flat,
-                                                reidnet::IndexType::IVFFlat,
-                                                reidnet::IndexType::IVFPQ, reidnet::IndexType::HNSW};
-
 }  // namespace
 
 TEST_CASE("an exact index searched for the whole gallery evaluates exactly as evaluate") {
@@ -197,7 +193,7 @@ TEST_CASE("every index type round-trips through a file, and Python's FAISS reads
   reidnet::StateDict queries;
   queries.insert("queries", s.qf);
   reidnet::save_tensors(queries, queries_pt.string());
-  for (const auto type : kAllTypes) {
+  for (const auto type : reidnet::kIndexTypes) {
     const std::string name = reidnet::index_type_name(type);
     INFO(name);
     std::vector<int64_t> progress;
@@ -242,7 +238,7 @@ TEST_CASE("every index type round-trips through a file, and Python's FAISS reads
 TEST_CASE("indexes that Python's FAISS wrote load here and search alike; others are refused") {
   const auto features = reidnet::test::load_tensor_dict(fixture("index", "features.pt"));
   const auto expected = reidnet::test::load_tensor_dict(fixture("index", "expected.pt"));
-  for (const std::string name : {"ivfpq", "hnsw"}) {
+  for (const std::string name : {"ivfsq", "ivfpq", "hnsw"}) {
     INFO(name);
     auto index = reidnet::GalleryIndex::load(fixture("index", "python_" + name + ".faiss"), 32);
     CHECK(index.size() == 600);
@@ -251,6 +247,12 @@ TEST_CASE("indexes that Python's FAISS wrote load here and search alike; others 
     CHECK(torch::allclose(top.scores, expected.at(name + "_scores"), 0, 1e-6));
   }
   CHECK(reidnet::GalleryIndex::load(fixture("index", "python_ivfpq.faiss")).describe().nprobe == 3);
+  const auto sq = reidnet::GalleryIndex::load(fixture("index", "python_ivfsq.faiss")).describe();
+  CHECK(sq.type == reidnet::IndexType::IVFSQ);
+  CHECK(sq.sq_bits == 6);
+  CHECK(sq.factory == "L2norm,IVF8,SQ6");
+  CHECK(sq.code_bytes == 32 * 6 / 8 + 8);
+  CHECK(load_error(fixture("index", "sq_fp16.faiss")).find("not SQ8, SQ6 or SQ4") != std::string::npos);
   CHECK(load_error(fixture("index", "plain_flat.faiss")).find("L2 normalisation") != std::string::npos);
   CHECK(load_error(fixture("index", "l2_metric.faiss")).find("inner product") != std::string::npos);
 }
@@ -313,6 +315,9 @@ TEST_CASE("bad index files and mismatched dimensions get errors naming them") {
   CHECK_THROWS_WITH(reidnet::GalleryIndex::create(
                         32, 10, reidnet::GalleryIndexOptions().type(reidnet::IndexType::IVFFlat).nlist(64)),
                     doctest::Contains("nlist 64 needs at least 64 training features, got 10"));
+  CHECK_THROWS_WITH(reidnet::GalleryIndex::create(
+                        32, 300, reidnet::GalleryIndexOptions().type(reidnet::IndexType::IVFSQ).sq_bits(5)),
+                    doctest::Contains("sq_bits must be 8, 6 or 4, got 5"));
   CHECK_THROWS_WITH(reidnet::index_type_from_name("lsh"), doctest::Contains("unknown index type 'lsh'"));
 }
 

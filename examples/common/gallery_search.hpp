@@ -43,7 +43,7 @@ inline RetrievalFeatures read_retrieval_features(const std::string& path) {
 /// The build flags of an index: --type and the sizes of its type.
 struct IndexFlags {
   std::string type = "flat";
-  int64_t nlist = 0, pq_m = 0, pq_bits = 0, hnsw_m = 32, ef_construction = 40;
+  int64_t nlist = 0, pq_m = 0, pq_bits = 0, sq_bits = 8, hnsw_m = 32, ef_construction = 40;
   int64_t nprobe = 0, ef_search = 0;
 
   GalleryIndexOptions build_options() const {
@@ -52,6 +52,7 @@ struct IndexFlags {
                        .nlist(nlist)
                        .pq_m(pq_m)
                        .pq_bits(pq_bits)
+                       .sq_bits(sq_bits)
                        .hnsw_m(hnsw_m)
                        .ef_construction(ef_construction);
     if (nprobe > 0) options.nprobe(nprobe);  // saved in the file as the default
@@ -64,14 +65,16 @@ struct IndexFlags {
 };
 
 inline void add_index_build_flags(CLI::App& app, IndexFlags& flags, const std::string& type_flag) {
-  app.add_option(type_flag, flags.type, "index type: flat (exact), ivfflat, ivfpq or hnsw")
-      ->check(CLI::IsMember({"flat", "ivfflat", "ivfpq", "hnsw"}));
+  app.add_option(type_flag, flags.type, "index type: flat (exact), ivfflat, ivfsq, ivfpq or hnsw")
+      ->check(CLI::IsMember(index_type_names()));
   app.add_option("--nlist", flags.nlist, "IVF cells (default: 4 sqrt(N), at most N / 39)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
   app.add_option("--pq-m", flags.pq_m, "PQ sub-quantizers, dividing the dimension (default D / 4)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
   app.add_option("--pq-bits", flags.pq_bits, "bits a PQ code (default 8, fewer under 256 features)")
       ->check(CLI::Range(int64_t{1}, int64_t{16}));
+  app.add_option("--sq-bits", flags.sq_bits, "bits an IVF-SQ feature component: 8, 6 or 4 (default 8)")
+      ->check(CLI::IsMember({8, 6, 4}));
   app.add_option("--hnsw-m", flags.hnsw_m, "HNSW links a picture (default 32)")
       ->check(CLI::Range(int64_t{2}, int64_t{512}));
   app.add_option("--ef-construction", flags.ef_construction, "HNSW build candidates (default 40)")

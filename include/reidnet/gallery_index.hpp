@@ -31,6 +31,7 @@
 #include <faiss/IndexIVFFlat.h>
 #include <faiss/IndexIVFPQ.h>
 #include <faiss/IndexPreTransform.h>
+#include <faiss/IndexScalarQuantizer.h>
 #include <faiss/VectorTransform.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
@@ -56,35 +57,52 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace reidnet {
 
 /// The kinds of gallery index. Exact search compares every gallery feature; the others
-/// trade recall for speed (IVF-Flat, HNSW) or for speed and memory (IVF-PQ).
+/// trade recall for speed (IVF-Flat, HNSW) or for speed and memory (IVF-SQ, IVF-PQ).
 enum class IndexType {
   Flat,     ///< exact: every gallery feature, float32 (4 D bytes a picture)
   IVFFlat,  ///< `nlist` k-means cells, `nprobe` of them searched; float32 features
+  IVFSQ,    ///< IVF with each feature component quantised to `sq_bits` bits (D sq_bits / 8 bytes)
   IVFPQ,    ///< IVF with product-quantised codes of `pq_m` x `pq_bits` bits a picture
   HNSW,     ///< a graph of `hnsw_m` links a picture, searched with `ef_search` candidates
 };
 
-/// The names the programs take: flat, ivfflat, ivfpq, hnsw.
+inline constexpr IndexType kIndexTypes[] = {IndexType::Flat, IndexType::IVFFlat, IndexType::IVFSQ,
+                                            IndexType::IVFPQ, IndexType::HNSW};
+
+/// The names the programs take: flat, ivfflat, ivfsq, ivfpq, hnsw.
 inline const char* index_type_name(IndexType type) {
   switch (type) {
     case IndexType::Flat: return "flat";
     case IndexType::IVFFlat: return "ivfflat";
+    case IndexType::IVFSQ: return "ivfsq";
     case IndexType::IVFPQ: return "ivfpq";
     case IndexType::HNSW: return "hnsw";
   }
   return "unknown";
 }
 
+inline std::vector<std::string> index_type_names() {
+  std::vector<std::string> names;
+  for (const auto type : kIndexTypes) names.emplace_back(index_type_name(type));
+  return names;
+}
+
 inline IndexType index_type_from_name(const std::string& name) {
-  for (const auto type : {IndexType::Flat, IndexType::IVFFlat, IndexType::IVFPQ, IndexType::HNSW}) {
+  for (const auto type : kIndexTypes) {
     if (name == index_type_name(type)) return type;
   }
   throw std::invalid_argument(
-      fmt::format("unknown index type '{}': expected flat, ivfflat, ivfpq or hnsw", name));
+      fmt::format("unknown index type '{}': expected flat, ivfflat, ivfsq, ivfpq or hnsw", name));
+}
+
+/// Whether the type searches k-means cells (and so needs training, nlist and nprobe).
+inline bool is_ivf(IndexType type) {
+  return type == IndexType::IVFFlat || type == IndexType::IVFSQ || type == IndexType::IVFPQ;
 }
 
 /// Where a long index operation stands: `stage` is "train", "add" or "search".
@@ -105,6 +123,9 @@ struct GalleryIndexOptions {
   TORCH_ARG(int64_t, pq_m) = 0;
   /// Bits a PQ sub-quantizer code; 0: 8, or fewer when under 256 features train it.
   TORCH_ARG(int64_t, pq_bits) = 0;
+  /// Bits an IVF-SQ feature component: 8, 6 or 4 (each component's range is learnt in
+  /// training and split evenly).
+  TORCH_ARG(int64_t, sq_bits) = 8;
   /// HNSW links a picture (twice as many on the bottom layer).
   TORCH_ARG(int64_t, hnsw_m) = 32;
   /// HNSW candidates kept while linking a new picture.
@@ -147,6 +168,7 @@ struct GalleryIndexInfo {
   int64_t nprobe = 0;     ///< IVF only
   int64_t pq_m = 0;       ///< IVF-PQ only
   int64_t pq_bits = 0;    ///< IVF-PQ only
+  int64_t sq_bits = 0;    ///< IVF-SQ only
   int64_t hnsw_m = 0;     ///< HNSW only
   int64_t ef_search = 0;  ///< HNSW only
   int64_t ef_construction = 0;  ///< HNSW only
@@ -162,10 +184,11 @@ inline std::runtime_error index_error(const std::string& caller, const std::stri
 
 // FAISS's factory string for the options; nlist and the PQ sizes are already resolved.
 inline std::string index_factory_string(IndexType type, int64_t nlist, int64_t pq_m,
-                                        int64_t pq_bits, int64_t hnsw_m) {
+                                        int64_t pq_bits, int64_t sq_bits, int64_t hnsw_m) {
   switch (type) {
     case IndexType::Flat: return "L2norm,Flat";
     case IndexType::IVFFlat: return fmt::format("L2norm,IVF{},Flat", nlist);
+    case IndexType::IVFSQ: return fmt::format("L2norm,IVF{},SQ{}", nlist, sq_bits);
     // "np": no polysemous training, which only reorders codes for Hamming filtering (unused
     // here) and makes training ~15x slower.
     case IndexType::IVFPQ: return fmt::format("L2norm,IVF{},PQ{}x{}np", nlist, pq_m, pq_bits);
@@ -267,6 +290,16 @@ inline void probe_index_file(const std::string& path, uint64_t file_bytes,
                                         message.empty() ? "FAISS cannot read it" : message));
 }
 
+// The bits a component of FAISS's uniform-per-component scalar quantizers; 0 for the others.
+inline int64_t scalar_quantizer_bits(faiss::ScalarQuantizer::QuantizerType type) {
+  switch (type) {
+    case faiss::ScalarQuantizer::QT_8bit: return 8;
+    case faiss::ScalarQuantizer::QT_6bit: return 6;
+    case faiss::ScalarQuantizer::QT_4bit: return 4;
+    default: return 0;
+  }
+}
+
 // The part of an index below its L2 normalisation.
 inline faiss::Index* inner_index(faiss::Index* index) {
   return dynamic_cast<faiss::IndexPreTransform&>(*index).index;
@@ -314,6 +347,18 @@ inline void check_index_entries(faiss::Index* inner, const std::string& path,
         throw fail("its product quantizer does not match its code size");
       }
     }
+    if (dynamic_cast<faiss::IndexIVFFlat*>(inner) == nullptr &&
+        dynamic_cast<faiss::IndexIVFPQ*>(inner) == nullptr &&
+        dynamic_cast<faiss::IndexIVFScalarQuantizer*>(inner) == nullptr) {
+      throw fail("an IVF index other than IVF-Flat, IVF-SQ and IVF-PQ");
+    }
+    if (auto* sq = dynamic_cast<faiss::IndexIVFScalarQuantizer*>(inner)) {
+      // Searching reads a trained range (minimum and width) for each component.
+      if (scalar_quantizer_bits(sq->sq.qtype) == 0 || sq->sq.d != sq->d ||
+          sq->sq.code_size != sq->code_size || sq->sq.trained.size() != 2 * static_cast<size_t>(sq->d)) {
+        throw fail("its scalar quantizer is not SQ8, SQ6 or SQ4 with a range for each component");
+      }
+    }
     return;
   }
   if (auto* hnsw_index = dynamic_cast<faiss::IndexHNSW*>(inner)) {
@@ -344,7 +389,7 @@ inline void check_index_entries(faiss::Index* inner, const std::string& path,
     }
     return;
   }
-  throw fail("an index type other than flat, IVF-Flat, IVF-PQ and HNSW");
+  throw fail("an index type other than flat, IVF-Flat, IVF-SQ, IVF-PQ and HNSW");
 }
 
 }  // namespace detail
@@ -359,7 +404,7 @@ class GalleryIndex {
     const std::string caller = "reidnet::GalleryIndex::create";
     if (dim < 1) throw detail::index_error(caller, fmt::format("dim must be >= 1, got {}", dim));
     const auto type = options.type();
-    const bool ivf = type == IndexType::IVFFlat || type == IndexType::IVFPQ;
+    const bool ivf = is_ivf(type);
     int64_t nlist = options.nlist();
     int64_t pq_m = options.pq_m();
     int64_t pq_bits = options.pq_bits();
@@ -394,6 +439,10 @@ class GalleryIndex {
                                                       pq_bits, int64_t{1} << pq_bits, train_size));
       }
     }
+    if (type == IndexType::IVFSQ && options.sq_bits() != 8 && options.sq_bits() != 6 &&
+        options.sq_bits() != 4) {
+      throw detail::index_error(caller, fmt::format("sq_bits must be 8, 6 or 4, got {}", options.sq_bits()));
+    }
     if (type == IndexType::HNSW && (options.hnsw_m() < 2 || options.ef_construction() < 1)) {
       throw detail::index_error(caller, fmt::format("hnsw_m must be >= 2 and ef_construction >= 1, "
                                                     "got {} and {}",
@@ -402,7 +451,8 @@ class GalleryIndex {
     if (options.batch() < 1) {
       throw detail::index_error(caller, fmt::format("batch must be >= 1, got {}", options.batch()));
     }
-    const auto factory = detail::index_factory_string(type, nlist, pq_m, pq_bits, options.hnsw_m());
+    const auto factory = detail::index_factory_string(type, nlist, pq_m, pq_bits, options.sq_bits(),
+                                                      options.hnsw_m());
     GalleryIndex index(detail::faiss_call(caller, [&] {
       return std::unique_ptr<faiss::Index>(faiss::index_factory(
           static_cast<int>(dim), factory.c_str(), faiss::METRIC_INNER_PRODUCT));
@@ -433,7 +483,7 @@ class GalleryIndex {
     return index;
   }
 
-  /// Trains the IVF cells and PQ codebooks (a no-op for flat and HNSW indexes).
+  /// Trains the IVF cells and the PQ codebooks or SQ ranges (a no-op for flat and HNSW).
   void train(const torch::Tensor& features) {
     const std::string caller = "reidnet::GalleryIndex::train";
     const auto x = detail::faiss_features(features, dim(), "training features", caller);
@@ -509,7 +559,7 @@ class GalleryIndex {
   }
 
   /// Reads a FAISS index file and checks it: an L2 normalisation followed by a flat, IVF-Flat,
-  /// IVF-PQ or HNSW index with the inner-product metric, of `expected_dim`-d features when
+  /// IVF-SQ, IVF-PQ or HNSW index with the inner-product metric, of `expected_dim`-d features when
   /// given, whose stored sizes, list entries and graph links are consistent. Throws
   /// std::runtime_error naming the file and what is wrong.
   static GalleryIndex load(const std::string& path, std::optional<int64_t> expected_dim = std::nullopt) {
@@ -584,6 +634,9 @@ class GalleryIndex {
         info.type = IndexType::IVFPQ;
         info.pq_m = static_cast<int64_t>(pq->pq.M);
         info.pq_bits = static_cast<int64_t>(pq->pq.nbits);
+      } else if (auto* sq = dynamic_cast<faiss::IndexIVFScalarQuantizer*>(inner)) {
+        info.type = IndexType::IVFSQ;
+        info.sq_bits = detail::scalar_quantizer_bits(sq->sq.qtype);
       } else {
         info.type = IndexType::IVFFlat;
       }
@@ -596,7 +649,7 @@ class GalleryIndex {
     }
     if (info.factory.empty()) {
       info.factory = detail::index_factory_string(info.type, info.nlist, info.pq_m, info.pq_bits,
-                                                  info.hnsw_m);
+                                                  info.sq_bits, info.hnsw_m);
     }
     return info;
   }

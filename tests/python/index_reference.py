@@ -2,9 +2,11 @@
 
 - python_ivfpq.faiss: faiss.index_factory(32, "L2norm,IVF8,PQ8x6", METRIC_INNER_PRODUCT),
   trained on and holding features.pt's "gallery", nprobe 3;
+- python_ivfsq.faiss: "L2norm,IVF8,SQ6" likewise, nprobe 3;
 - python_hnsw.faiss: "L2norm,HNSW16" over the same gallery;
-- expected.pt: each index's search of features.pt's "queries" (k 7): ivfpq_scores,
-  ivfpq_indices, hnsw_scores, hnsw_indices;
+- expected.pt: each index's search of features.pt's "queries" (k 7): <name>_scores and
+  <name>_indices for ivfpq, ivfsq and hnsw;
+- sq_fp16.faiss: "L2norm,IVF8,SQfp16" (a scalar quantizer that a gallery index refuses);
 - plain_flat.faiss: an IndexFlatIP without the L2 normalisation (a gallery index refuses it);
 - l2_metric.faiss: "L2norm,Flat" with the L2 metric (refused too).
 """
@@ -26,11 +28,12 @@ def main():
     torch.save({"gallery": torch.from_numpy(gallery), "queries": torch.from_numpy(queries)},
                os.path.join(out, "features.pt"))
     expected = {}
-    for name, factory in (("ivfpq", "L2norm,IVF8,PQ8x6"), ("hnsw", "L2norm,HNSW16")):
+    for name, factory in (("ivfpq", "L2norm,IVF8,PQ8x6"), ("ivfsq", "L2norm,IVF8,SQ6"),
+                          ("hnsw", "L2norm,HNSW16")):
         index = faiss.index_factory(32, factory, faiss.METRIC_INNER_PRODUCT)
         index.train(gallery)
         index.add(gallery)
-        if name == "ivfpq":
+        if name.startswith("ivf"):
             faiss.extract_index_ivf(index).nprobe = 3
         scores, indices = index.search(queries, 7)
         expected[name + "_scores"] = torch.from_numpy(scores)
@@ -40,6 +43,10 @@ def main():
     plain = faiss.IndexFlatIP(32)
     plain.add(gallery)
     faiss.write_index(plain, os.path.join(out, "plain_flat.faiss"))
+    fp16 = faiss.index_factory(32, "L2norm,IVF8,SQfp16", faiss.METRIC_INNER_PRODUCT)
+    fp16.train(gallery)
+    fp16.add(gallery)
+    faiss.write_index(fp16, os.path.join(out, "sq_fp16.faiss"))
     l2 = faiss.index_factory(32, "L2norm,Flat", faiss.METRIC_L2)
     l2.add(gallery)
     faiss.write_index(l2, os.path.join(out, "l2_metric.faiss"))
