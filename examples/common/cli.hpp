@@ -1,6 +1,8 @@
 #pragma once
 // What every example program does at its edges: parse flags with CLI11 and turn errors into
 // messages and exit codes (2 = bad flags or bad input, 1 = failure while running).
+#include <reidnet/errors.hpp>
+
 #include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
 #include <fmt/core.h>
@@ -48,6 +50,9 @@ int run_reporting_errors(const char* program, Body&& body) {
     return body();
   } catch (const UsageError& error) {
     fmt::print(stderr, "{}: {}\nRun with --help for the flags.\n", program, error.what());
+    return 2;
+  } catch (const InputError& error) {  // a file the library refused; the message names it
+    fmt::print(stderr, "{}: {}\n", program, error.what());
     return 2;
   } catch (const c10::Error& error) {  // LibTorch's own message, without its C++ backtrace
     fmt::print(stderr, "{}: {}\n", program, error.what_without_backtrace());

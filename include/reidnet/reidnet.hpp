@@ -11,6 +11,7 @@
 #include <reidnet/checkpoint.hpp>
 #include <reidnet/class_block.hpp>
 #include <reidnet/densenet.hpp>
+#include <reidnet/errors.hpp>
 #include <reidnet/evaluate.hpp>
 #include <reidnet/features.hpp>
 #include <reidnet/ft_net.hpp>
