@@ -40,10 +40,24 @@ torch::Tensor split_features(const reidnet::RetrievalFeatures& f, const IndexCon
   return c.split == "query" ? f.query_f : f.gallery_f;
 }
 
-reidnet::GalleryIndex load_index(const std::string& path) {
+// Bad index files and a file another writer holds are the user's to fix: exit code 2.
+template <class Open>
+reidnet::GalleryIndex open_index(Open&& open) {
   try {
-    return reidnet::GalleryIndex::load(path);
+    return open();
   } catch (const std::exception& error) {
+    throw UsageError(error.what());
+  }
+}
+
+reidnet::GalleryIndex load_index(const std::string& path) {
+  return open_index([&] { return reidnet::GalleryIndex::load(path); });
+}
+
+void save_index(const reidnet::GalleryIndex& index, const std::string& path) {
+  try {
+    index.save(path);
+  } catch (const reidnet::IndexFileBusy& error) {
     throw UsageError(error.what());
   }
 }
@@ -75,22 +89,21 @@ int build(const IndexConfig& c) {
   require_folder_of(c.out, "--out");
   const auto features = split_features(reidnet::examples::read_retrieval_features(c.features), c);
   auto options = c.flags.build_options().progress(reidnet::examples::index_progress("index"));
-  reidnet::GalleryIndex index = [&] {
-    try {
-      return reidnet::GalleryIndex::create(features.size(1), features.size(0), options);
-    } catch (const std::exception& error) {
-      throw UsageError(error.what());
-    }
-  }();
+  if (features.size(0) == 0) {
+    throw UsageError(fmt::format("--features {}: no {} features to index", c.features, c.split));
+  }
+  auto index = open_index(
+      [&] { return reidnet::GalleryIndex::create(features.size(1), features.size(0), options); });
   index.train(features);
   index.add(features);
-  index.save(c.out);
+  save_index(index, c.out);
   print_info(index, c.out);
   return 0;
 }
 
 int add(const IndexConfig& c) {
-  auto index = load_index(c.index);
+  // Held from reading to writing: a concurrent add is refused instead of lost.
+  auto index = open_index([&] { return reidnet::GalleryIndex::open_for_update(c.index); });
   const auto features = split_features(reidnet::examples::read_retrieval_features(c.features), c);
   if (features.size(1) != index.dim()) {
     throw UsageError(fmt::format("--features {}: {} features are {}-d, but {} holds {}-d ones",
@@ -99,7 +112,7 @@ int add(const IndexConfig& c) {
   index.set_progress(reidnet::examples::index_progress("index"));
   const auto before = index.size();
   index.add(features);
-  index.save(c.index);  // atomically: a failed add leaves the file as it was
+  save_index(index, c.index);  // atomically: a failed add leaves the file as it was
   fmt::print("added {} pictures (rows {}..{}) to {}\n", features.size(0), before,
              index.size() - 1, c.index);
   return 0;
@@ -109,6 +122,7 @@ int search(const IndexConfig& c) {
   if (c.out.empty() && !c.evaluate) throw UsageError("search: give --out, --evaluate or both");
   if (!c.out.empty()) require_folder_of(c.out, "--out");
   auto index = load_index(c.index);
+  if (index.size() == 0) throw UsageError(c.index + ": the index holds no pictures to search");
   const auto f = reidnet::examples::read_retrieval_features(c.features);
   const auto queries = split_features(f, c);
   if (queries.size(1) != index.dim()) {

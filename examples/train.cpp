@@ -694,6 +694,8 @@ int train(CLI::App& app, TrainConfig config, const std::string& resume,
     return trainer.run(folder ? &*folder : nullptr);
   } catch (const UsageError&) {
     throw;
+  } catch (const reidnet::InputError&) {  // a picture or file this rank refused
+    throw;
   } catch (const std::exception& error) {
     if (!group) throw;
     // Most often another process died: its peers see their connections close (Gloo's

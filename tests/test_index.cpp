@@ -9,6 +9,9 @@
 #include <reidnet/gallery_index.hpp>
 #include <reidnet/re_ranking.hpp>
 
+#include <sys/inotify.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -267,17 +270,17 @@ TEST_CASE("bad index files and mismatched dimensions get errors naming them") {
   ivf.save(ivf_path.string());
   const auto bytes = read_bytes(flat_path);
 
-  CHECK(load_error(workspace() / "missing.faiss").find("no such index file") != std::string::npos);
-  CHECK(load_error(workspace()).find("no such index file") != std::string::npos);
+  CHECK(load_error(workspace() / "missing.faiss").find("cannot open the index file") != std::string::npos);
+  CHECK(load_error(workspace()).find("not a regular file") != std::string::npos);
   const auto empty = workspace() / "empty.faiss";
   write_bytes(empty, "");
-  CHECK(load_error(empty).find("too short") != std::string::npos);
+  CHECK(load_error(empty).find("the file ends inside the file's first tag") != std::string::npos);
   const auto text = workspace() / "text.faiss";
   write_bytes(text, "this is not an index\n");
   CHECK(load_error(text).find("does not start with FAISS's L2 normalisation") != std::string::npos);
   const auto truncated = workspace() / "truncated.faiss";
   write_bytes(truncated, bytes.substr(0, bytes.size() / 2));
-  CHECK(load_error(truncated).find(truncated.string() + ": not a valid FAISS index") != std::string::npos);
+  CHECK(load_error(truncated).find(truncated.string() + ": not a valid gallery index") != std::string::npos);
 
   // The flat codes' size field, patched to claim 2^39 floats: refused without allocating them.
   const auto flat_tag = bytes.find("IxFI");
@@ -293,7 +296,8 @@ TEST_CASE("bad index files and mismatched dimensions get errors naming them") {
     return 0;
   });
   INFO(child.message);
-  CHECK(child.message.find(huge_path.string() + ": not a valid FAISS index") != std::string::npos);
+  CHECK(child.message.find(huge_path.string() + ": not a valid gallery index: the index claims "
+                           "549755813888 entries") != std::string::npos);
   CHECK(child.peak_rss_kb - idle_kb < 256 * 1024);  // the 2 TB were never allocated here
 
   // The last id of the last IVF cell, patched out of range: FAISS would return it from search.
@@ -319,6 +323,119 @@ TEST_CASE("bad index files and mismatched dimensions get errors naming them") {
                         32, 300, reidnet::GalleryIndexOptions().type(reidnet::IndexType::IVFSQ).sq_bits(5)),
                     doctest::Contains("sq_bits must be 8, 6 or 4, got 5"));
   CHECK_THROWS_WITH(reidnet::index_type_from_name("lsh"), doctest::Contains("unknown index type 'lsh'"));
+}
+
+TEST_CASE("index files that FAISS reads but search or add would misuse are refused at load") {
+  // Each file is one structure away from what reidnet writes; see index_reference.py.
+  const std::vector<std::pair<std::string, std::string>> cases{
+      {"idmap_quantizer", "its coarse quantizer is not a flat inner-product index"},
+      {"narrow_quantizer", "the coarse quantizer holds 8 features of dimension 16, expected 8 of dimension 32"},
+      {"ivf_nprobe", "it searches 1000000000 cells a query (nprobe), expected 1 to its 8 cells"},
+      {"ondisk", "its inverted lists are not stored in the file (FAISS type 'ilod'"},
+      {"narrow_storage", "the HNSW storage holds 600 features of dimension 16, expected 600 of dimension 32"},
+      {"hnsw_storage", "its storage is not a flat inner-product index"},
+      {"cum_levels", "do not match its level"},
+      {"assign_probas", "its levels' link counts and probabilities do not match"},
+      {"upper_beam_negative", "it stores an upper beam of -1"},
+      {"upper_beam_huge", "it stores an upper beam of 1073741824"},
+      {"ef_search_huge", "it stores efSearch 100000000 and efConstruction 40; expected 1 to 65536"},
+      {"ef_search_max", "it stores efSearch 2147483647"},
+      {"link_level", ", which is not on that level"},
+  };
+  // The data file that the on-disk lists name: watched, it must never be opened, even to read.
+  const auto named = fixture("index", "hostile_ondisk.ivfdata");
+  const int watch = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  REQUIRE(watch >= 0);
+  REQUIRE(::inotify_add_watch(watch, named.c_str(), IN_OPEN | IN_ACCESS | IN_MODIFY) >= 0);
+  const auto idle_kb = reidnet::test::idle_child_rss_kb();
+  for (const auto& [name, expected] : cases) {
+    const auto path = fixture("index", "hostile_" + name + ".faiss");
+    INFO(name);
+    const auto child = reidnet::test::run_in_child([&](std::string& message) {
+      message = load_error(path);
+      return 0;
+    });
+    INFO(child.message);
+    CHECK(child.code == 0);  // no signal, no unexpected exception
+    CHECK(child.message.find(path + ": not a valid gallery index: ") != std::string::npos);
+    CHECK(child.message.find(expected) != std::string::npos);
+    CHECK(child.peak_rss_kb - idle_kb < 32 * 1024);
+    const auto search = run_program("reidnet-index", "search --index " + path + " --features " +
+                                                         fixture("index", "features.pt") + " --evaluate");
+    CHECK(search.status == 2);
+    CHECK(search.output.find(path + ": not a valid gallery index: ") != std::string::npos);
+    CHECK(search.output.find(expected) != std::string::npos);
+  }
+  char events[4096];
+  CHECK(::read(watch, events, sizeof events) < 0);  // nothing opened the data file
+  ::close(watch);
+}
+
+TEST_CASE("reidnet-index: one writer at a time, no lost update, no stale temporaries, no empty index") {
+  const auto s = clustered_set(12, 10, 20000, 32, 30);
+  const auto features = workspace() / "writers.pth";
+  reidnet::StateDict tensors;
+  for (const auto& [key, value] : {std::pair<const char*, torch::Tensor>{"qf", s.qf}, {"ql", s.ql},
+                                   {"qc", s.qc}, {"gf", s.gf}, {"gl", s.gl}, {"gc", s.gc}}) {
+    tensors.insert(key, value);
+  }
+  reidnet::save_tensors(tensors, features.string());
+  const auto index = workspace() / "writers.faiss";
+  const auto add = "add --index " + index.string() + " --features " + features.string();
+  REQUIRE(run_program("reidnet-index", "build --features " + features.string() + " --out " +
+                                           index.string()).status == 0);
+
+  // A writer that holds the file (here this process) refuses a second one, naming the file.
+  {
+    auto held = reidnet::GalleryIndex::open_for_update(index.string());
+    const auto refused = run_program("reidnet-index", add);
+    CHECK(refused.status == 2);
+    CHECK(refused.output.find(index.string() + " is being written by another process") != std::string::npos);
+    CHECK_THROWS_AS(reidnet::GalleryIndex::open_for_update(index.string()), reidnet::IndexFileBusy);
+  }
+  CHECK(reidnet::GalleryIndex::load(index.string()).size() == 20000);
+
+  // Two adds at once: each either adds its 20,000 pictures or is refused; none is lost.
+  const auto both = reidnet::test::run_shell_command(
+      "binary=" + std::string(REIDNET_TEST_EXAMPLES_DIR) + "/reidnet-index; $binary " + add +
+          " > /dev/null 2>&1 & first=$!; $binary " + add + " > /dev/null 2>&1; second=$?; "
+          "wait $first; echo statuses $? $second",
+      "two_adds");
+  INFO(both.output);
+  int first = -1, second = -1;
+  REQUIRE(std::sscanf(both.output.c_str() + both.output.find("statuses"), "statuses %d %d", &first, &second) == 2);
+  CHECK((first == 0 || first == 2));
+  CHECK((second == 0 || second == 2));
+  CHECK(first + second <= 2);  // at least one succeeded
+  CHECK(reidnet::GalleryIndex::load(index.string()).size() == 20000 * (1 + (first == 0) + (second == 0)));
+
+  // A writer killed mid-write left a temporary: the next writer removes it, not another file.
+  const auto stale = workspace() / "writers.faiss.tmp4242_17_3_0";
+  const auto neighbour = workspace() / "writers.faiss.tmpnotes";
+  write_bytes(stale, "half an index");
+  write_bytes(neighbour, "a user's file");
+  CHECK(run_program("reidnet-index", add).status == 0);
+  CHECK(!fs::exists(stale));
+  CHECK(fs::exists(neighbour));
+
+  // An index with no pictures is neither built nor searched.
+  reidnet::StateDict none = tensors;
+  none["gf"] = torch::zeros({0, 32});
+  none["gl"] = torch::zeros({0}, torch::kLong);
+  none["gc"] = torch::zeros({0}, torch::kLong);
+  const auto none_path = workspace() / "no_gallery.pth";
+  reidnet::save_tensors(none, none_path.string());
+  const auto empty_build = run_program("reidnet-index", "build --features " + none_path.string() +
+                                                            " --out " + (workspace() / "none.faiss").string());
+  CHECK(empty_build.status == 2);
+  CHECK(empty_build.output.find("no gallery features to index") != std::string::npos);
+  CHECK(!fs::exists(workspace() / "none.faiss"));
+  const auto empty_index = workspace() / "empty_index.faiss";
+  reidnet::GalleryIndex::create(32, 0).save(empty_index.string());
+  const auto empty_search = run_program("reidnet-index", "search --index " + empty_index.string() +
+                                                             " --features " + features.string() + " --evaluate");
+  CHECK(empty_search.status == 2);
+  CHECK(empty_search.output.find(empty_index.string() + ": the index holds no pictures") != std::string::npos);
 }
 
 TEST_CASE("reidnet-index builds, adds, searches and describes over reidnet-test's features files") {

@@ -11,6 +11,7 @@
 #include <reidnet/data.hpp>
 #include "toy/toy_data.hpp"
 #include <reidnet/ft_net.hpp>
+#include <reidnet/run_folder.hpp>
 
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -20,6 +21,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 namespace fs = std::filesystem;
@@ -276,7 +278,7 @@ TEST_CASE("temporary_sibling names are unique and start with the path and .tmp")
   CHECK(a.rfind("/x/ranks.csv.tmp" + std::to_string(::getpid()) + "_", 0) == 0);
 }
 
-TEST_CASE("MSMT17 list entries must be regular files; folder layouts skip anything else") {
+TEST_CASE("MSMT17 list entries must be regular files; folder layouts refuse others named like pictures") {
   TemporaryFolder folder("reidnet_test_limits_entries");
   const auto picture = folder.path / "picture.jpg";
   reidnet::write_jpeg(picture.string(), small_picture(16, 8));
@@ -331,21 +333,68 @@ TEST_CASE("MSMT17 list entries must be regular files; folder layouts skip anythi
     CHECK(run.code == 0);
     CHECK(contains(run.message, (root / "list_query.txt").string() + ": not a regular file"));
   }
-  SUBCASE("Market-1501 folders skip FIFOs, devices and looping links named like pictures") {
+  SUBCASE("Market-1501 folders refuse, by name, entries named like pictures that are not files") {
     const auto root = folder.path / "market";
     make_toy(root);
     const auto before = reidnet::read_dataset(root.string());
     const auto query = root / "query";
-    REQUIRE(::mkfifo((query / "0003_c1s1_000901_01.jpg").c_str(), 0600) == 0);
-    fs::create_symlink("/dev/zero", query / "0003_c1s1_000902_01.jpg");
-    fs::create_symlink(query / "0003_c1s1_000903_01.jpg", query / "0003_c1s1_000903_01.jpg");
-    fs::create_symlink(picture, query / "0003_c1s1_000904_01.jpg");
+    const auto entry = query / "0003_c1s1_000901_01.jpg";
+    const std::vector<std::pair<std::string, std::function<void()>>> entries{
+        {"a FIFO", [&] { REQUIRE(::mkfifo(entry.c_str(), 0600) == 0); }},
+        {"a link to a device", [&] { fs::create_symlink("/dev/zero", entry); }},
+        {"a looping link", [&] { fs::create_symlink(entry, entry); }},
+        {"a dangling link", [&] { fs::create_symlink(folder.path / "missing.jpg", entry); }},
+        {"a folder", [&] { fs::create_directory(entry); }}};
+    for (const auto& [kind, make] : entries) {
+      CAPTURE(kind);
+      make();
+      const auto start = std::chrono::steady_clock::now();
+      CHECK_THROWS_WITH_AS(reidnet::read_dataset(root.string()),
+                           doctest::Contains((entry.string() + " is named like a picture but is not a "
+                                              "regular file").c_str()),
+                           reidnet::InputError);
+      CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+      fs::remove(entry);
+    }
+    fs::create_symlink(picture, entry);  // a link to a picture is a picture
     const auto after = reidnet::read_dataset(root.string());
-    REQUIRE(after.query.size() == before.query.size() + 1);  // only the link to a picture
-    CHECK(std::any_of(after.query.begin(), after.query.end(), [&](const auto& s) {
-      return s.path == (query / "0003_c1s1_000904_01.jpg").string();
-    }));
+    CHECK(after.query.size() == before.query.size() + 1);
+    std::ofstream(query / "notes.txt") << "not named like a picture: skipped";
+    CHECK(reidnet::read_dataset(root.string()).query.size() == after.query.size());
   }
+}
+
+TEST_CASE("a run folder's commit journal is read under 1 MiB and refused with a key written twice") {
+  TemporaryFolder folder("reidnet_test_limits_journal");
+  const auto run = folder.path / "run";
+  fs::create_directories(run);
+  const auto journal = run / ".reidnet-commit.json";
+  {  // 40 MB of valid JSON: parsed whole, it would take over a GB
+    std::ofstream file(journal);
+    file << "[";
+    for (int i = 0; i < 400000; ++i) file << (i ? "," : "") << "{\"name\":\"net_last.pth\",\"pad\":[1,2,3,4,5,6,7,8,9,10,11,12,13,14]}";
+    file << "]";
+  }
+  const auto idle = idle_child_rss_kb();
+  const auto big = run_in_child([&](std::string& message) {
+    try {
+      reidnet::RunFolder opened(run);
+      return 1;
+    } catch (const reidnet::InputError& error) {
+      message = error.what();
+      return 0;
+    }
+  });
+  INFO(big.message);
+  CHECK(big.code == 0);
+  CHECK(contains(big.message, journal.string() + " is corrupt"));
+  CHECK(contains(big.message, "more than the 1048576 allowed"));
+  CHECK(big.peak_rss_kb - idle < 16 * 1024);
+  std::ofstream(journal, std::ios::trunc)
+      << R"([{"name": "net_last.pth", "staged": "net_last.pth.tmp1_2_3_4", "size": 1, "crc32": 0,)"
+      << R"( "name": "opts.yaml"}])";
+  CHECK_THROWS_WITH_AS(reidnet::RunFolder(run.string()),
+                       doctest::Contains("the key 'name' appears twice"), reidnet::InputError);
 }
 
 TEST_CASE("csv_field quotes as RFC 4180 does") {

@@ -388,6 +388,63 @@ TEST_CASE("bad values in opts.yaml and trainer_state.yaml are refused naming the
   }
 }
 
+TEST_CASE("a key written twice in opts.yaml or trainer_state.yaml is refused, naming the file and "
+          "key") {
+  // yaml-cpp would read the first value and PyYAML (the Python baseline) the last.
+  const auto source = workspace() / "duplicate_yaml_source";
+  REQUIRE(run_program("reidnet-train", train_flags(source) + " --total-epoch 1").status == 0);
+  const auto folder = workspace() / "duplicate_yaml";
+  for (const auto& [file, line] : {std::pair<std::string, std::string>{"opts.yaml", "lr: 0.5"},
+                                   {"trainer_state.yaml", "next_epoch: 0"}}) {
+    CAPTURE(file);
+    copy_run(source, folder);
+    std::ofstream(folder / file, std::ios::app) << line << "\n";
+    const auto before = snapshot(folder);
+    const auto resumed = run_program("reidnet-train", "--resume " + folder.string());
+    INFO(resumed.output);
+    CHECK(resumed.status == 2);
+    const auto key = line.substr(0, line.find(':'));
+    CHECK(resumed.output.find((folder / file).string() + ": the key '" + key + "' appears twice") !=
+          std::string::npos);
+    CHECK(snapshot(folder) == before);
+  }
+  const auto test = run_program("reidnet-test", "--data " + toy_data().string() + " --model-dir " +
+                                                    folder.string());
+  CHECK(test.status == 0);  // the last case broke trainer_state.yaml, which testing does not read
+  std::ofstream(folder / "opts.yaml", std::ios::app) << "stride: 1\n";
+  const auto refused = run_program("reidnet-test", "--data " + toy_data().string() + " --model-dir " +
+                                                       folder.string());
+  CHECK(refused.status == 2);
+  CHECK(refused.output.find("the key 'stride' appears twice") != std::string::npos);
+}
+
+TEST_CASE("a corrupt picture in the data stops reidnet-test and reidnet-train with exit code 2, "
+          "naming it") {
+  const auto data = workspace() / "corrupt_picture_data";
+  fs::remove_all(data);
+  fs::copy(toy_data(), data, fs::copy_options::recursive);
+  fs::path victim;
+  for (const auto& entry : fs::directory_iterator(data / "query")) {
+    if (victim.empty() || entry.path() < victim) victim = entry.path();
+  }
+  REQUIRE(!victim.empty());
+  std::ofstream(victim, std::ios::binary | std::ios::trunc) << "\xff\xd8\xff\xe0 not the rest of a JPEG";
+  const auto test = run_program("reidnet-test", "--data " + data.string() + " --model-dir " +
+                                                    (workspace() / "run_a").string());
+  INFO(test.output);
+  CHECK(test.status == 2);
+  CHECK(test.output.find(victim.string()) != std::string::npos);
+  const auto train_victim = data / "bounding_box_train" / victim.filename();
+  fs::copy_file(victim, train_victim, fs::copy_options::overwrite_existing);
+  const auto train = run_program("reidnet-train", "--data " + data.string() + " --out " +
+                                                      (workspace() / "corrupt_run").string() +
+                                                      " --height 64 --width 32 --batch-size 8 "
+                                                      "--workers 2 --seed 3 --threads 2 --total-epoch 1");
+  INFO(train.output);
+  CHECK(train.status == 2);
+  CHECK(train.output.find(train_victim.string()) != std::string::npos);
+}
+
 TEST_CASE("a TorchScript optimizer.pt in a run folder is refused without running any of it") {
   const auto source = workspace() / "torchscript_source";
   REQUIRE(run_program("reidnet-train", train_flags(source) + " --total-epoch 1").status == 0);

@@ -78,7 +78,7 @@ inline void add_index_build_flags(CLI::App& app, IndexFlags& flags, const std::s
   app.add_option("--hnsw-m", flags.hnsw_m, "HNSW links a picture (default 32)")
       ->check(CLI::Range(int64_t{2}, int64_t{512}));
   app.add_option("--ef-construction", flags.ef_construction, "HNSW build candidates (default 40)")
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
+      ->check(CLI::Range(int64_t{1}, kMaxEfSearch));
 }
 
 inline void add_index_search_flags(CLI::App& app, IndexFlags& flags) {
@@ -87,7 +87,7 @@ inline void add_index_search_flags(CLI::App& app, IndexFlags& flags) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
   app.add_option("--ef-search", flags.ef_search, "HNSW search candidates (default: the index's; "
                  "64 when building)")
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
+      ->check(CLI::Range(int64_t{1}, kMaxEfSearch));
 }
 
 /// A progress callback printing `title stage done/total` lines (see Progress).

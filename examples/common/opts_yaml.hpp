@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -302,17 +303,25 @@ inline void write_opts_yaml(const TrainConfig& c, const std::string& path) {
 }
 
 /// Reads a small YAML file (opts.yaml, trainer_state.yaml): a regular file of at most 1 MiB,
-/// parsed into a map. Throws UsageError naming the file.
+/// parsed into a map in which no key appears twice (yaml-cpp would read the first value and
+/// PyYAML the last: reidnet and the Python baseline would read different recipes). Throws
+/// UsageError naming the file (and the repeated key).
 inline YAML::Node read_yaml_map(const std::filesystem::path& path) {
   YAML::Node node;
   try {
-    const auto bytes = detail::read_file_bytes(path.string());
-    if (bytes.size() > (1u << 20)) throw std::runtime_error("larger than 1 MiB");
+    const auto bytes = detail::read_file_bytes(path.string(), detail::kMaxSettingsFileBytes);
     node = YAML::Load(std::string(bytes.begin(), bytes.end()));
   } catch (const std::exception& error) {
     throw UsageError(path.string() + ": cannot read it (" + error.what() + ")");
   }
   if (!node.IsMap()) throw UsageError(path.string() + ": not a map of keys to values");
+  std::set<std::string> keys;
+  for (const auto& entry : node) {  // yaml-cpp keeps every pair a map lists, repeats included
+    const auto key = entry.first.IsScalar() ? entry.first.Scalar() : YAML::Dump(entry.first);
+    if (!keys.insert(key).second) {
+      throw UsageError(fmt::format("{}: the key '{}' appears twice", path.string(), key));
+    }
+  }
   return node;
 }
 

@@ -1,11 +1,15 @@
 #pragma once
 /// Person re-identification data sets on disk: Market-1501, DukeMTMC-reID, MSMT17 and the
 /// Python baseline's folder-per-id layout, read into splits of samples. Only regular files
-/// (or symbolic links to them) become samples: folder layouts skip anything else, and an
-/// MSMT17 list naming a missing file, a FIFO or a device is refused.
+/// (or symbolic links to them) become samples: folder layouts skip files not named like
+/// pictures (.jpg, .jpeg, .png) and refuse, by name, an entry so named that is not a regular
+/// file (a folder, FIFO, device or broken link); an MSMT17 list naming a missing file, a FIFO
+/// or a device is refused.
 ///
 ///     auto data = reidnet::read_dataset("Market-1501-v15.09.15");
 ///     // data.train_all, data.train, data.val, data.query, data.gallery; data.class_num()
+
+#include <reidnet/errors.hpp>
 
 #include <torch/torch.h>
 
@@ -144,9 +148,14 @@ inline std::vector<Sample> read_named_pictures(const std::filesystem::path& dire
                                                const DatasetOptions& options, Dataset& dataset) {
   std::vector<Sample> samples;
   for (const auto& path : sorted_entries(directory)) {
-    // Symbolic links to pictures count; FIFOs, devices and broken or looping links do not.
+    if (!is_image_file(path)) continue;
+    // Symbolic links to pictures count; anything else named like a picture (a folder, a FIFO,
+    // a device, a broken or looping link) is refused by name rather than silently left out.
     std::error_code error;
-    if (!std::filesystem::is_regular_file(path, error) || !is_image_file(path)) continue;
+    if (!std::filesystem::is_regular_file(path, error)) {
+      throw InputError(path.string() + " is named like a picture but is not a regular file (a "
+                       "folder, FIFO, device, or broken link): remove or rename it");
+    }
     const auto parsed = parse_market_name(path.filename().string());
     if (!parsed) {
       reject_name(path.string(), "expected <id>_c<camera>..., like 0002_c1s1_000451_03.jpg",

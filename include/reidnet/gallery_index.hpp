@@ -13,11 +13,14 @@
 /// and the file says so. Files are FAISS's own: Python's `faiss.read_index` reads them, and
 /// an index that Python built with `faiss.index_factory(d, "L2norm,IVF1024,PQ64",
 /// faiss.METRIC_INNER_PRODUCT)` loads here (reidnet's IVF-PQ strings end in "np": no
-/// polysemous training). Loading checks the normalisation, the metric, the
-/// type, the feature dimension and the sizes (see `GalleryIndex::load`).
+/// polysemous training). Loading walks the whole file before FAISS reads it and accepts
+/// only these structures, with every size, id, link and stored parameter in bounds (see
+/// reidnet/detail/index_file.hpp). Writers take the file's lock (IndexFileLock): one at a time.
 /// Needs FAISS (Debian's libfaiss-dev; target reidnet::faiss).
 
 #include <reidnet/detail/file_io.hpp>
+#include <reidnet/detail/index_file.hpp>
+#include <reidnet/errors.hpp>
 #include <reidnet/detail/ranking.hpp>
 #include <reidnet/re_ranking.hpp>
 
@@ -40,8 +43,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <sys/resource.h>
-#include <sys/wait.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -99,6 +101,9 @@ inline IndexType index_type_from_name(const std::string& name) {
   throw std::invalid_argument(
       fmt::format("unknown index type '{}': expected flat, ivfflat, ivfsq, ivfpq or hnsw", name));
 }
+
+/// The most HNSW candidates a search or a build may keep (index files storing more are refused).
+inline constexpr int64_t kMaxEfSearch = detail::kMaxEfSearch;
 
 /// Whether the type searches k-means cells (and so needs training, nlist and nprobe).
 inline bool is_ivf(IndexType type) {
@@ -223,73 +228,6 @@ auto faiss_call(const std::string& caller, Call&& call) -> decltype(call()) {
   }
 }
 
-inline uint64_t process_address_space_bytes() {
-  std::ifstream statm("/proc/self/statm");
-  uint64_t pages = 0;
-  statm >> pages;
-  return pages * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-}
-
-// faiss::read_index allocates what the file's sizes say before it reads the data behind them
-// (up to 2^40 bytes a vector), and trusts the graph and list entries it reads. So a file is
-// read first in a child process whose address space may grow by at most twice the file's
-// size plus 256 MB: a file that claims more than it holds, or that crashes the reader, fails
-// there, and the caller's process never allocates for it.
-inline void probe_index_file(const std::string& path, uint64_t file_bytes,
-                             const std::string& caller) {
-  int channel[2];
-  if (::pipe(channel) != 0) throw index_error(caller, std::string("pipe: ") + std::strerror(errno));
-  const pid_t child = ::fork();
-  if (child < 0) {
-    ::close(channel[0]);
-    ::close(channel[1]);
-    throw index_error(caller, std::string("fork: ") + std::strerror(errno));
-  }
-  if (child == 0) {
-    ::close(channel[0]);
-    const uint64_t budget = process_address_space_bytes() + 2 * file_bytes + (uint64_t{256} << 20);
-    const rlimit limit{budget, budget};
-    ::setrlimit(RLIMIT_AS, &limit);
-    std::string message;
-    int code = 0;
-    try {
-      delete faiss::read_index(path.c_str());
-    } catch (const std::bad_alloc&) {
-      message = "its sizes claim more memory than a file of its size can hold";
-      code = 3;
-    } catch (const faiss::FaissException& error) {
-      message = error.msg;
-      code = 4;
-    } catch (const std::exception& error) {
-      message = error.what();
-      code = 4;
-    }
-    message.resize(std::min<size_t>(message.size(), 2048));
-    if (!message.empty() && ::write(channel[1], message.data(), message.size()) < 0) code = 5;
-    ::_exit(code);
-  }
-  ::close(channel[1]);
-  std::string message;
-  char buffer[512];
-  for (ssize_t got; (got = ::read(channel[0], buffer, sizeof buffer)) != 0;) {
-    if (got < 0 && errno == EINTR) continue;
-    if (got < 0) break;
-    message.append(buffer, static_cast<size_t>(got));
-  }
-  ::close(channel[0]);
-  int status = 0;
-  while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return;
-  if (WIFSIGNALED(status)) {
-    throw index_error(caller, fmt::format("{}: not a valid FAISS index (reading it ends in signal "
-                                          "{})",
-                                          path, WTERMSIG(status)));
-  }
-  throw index_error(caller, fmt::format("{}: not a valid FAISS index: {}", path,
-                                        message.empty() ? "FAISS cannot read it" : message));
-}
-
 // The bits a component of FAISS's uniform-per-component scalar quantizers; 0 for the others.
 inline int64_t scalar_quantizer_bits(faiss::ScalarQuantizer::QuantizerType type) {
   switch (type) {
@@ -305,94 +243,40 @@ inline faiss::Index* inner_index(faiss::Index* index) {
   return dynamic_cast<faiss::IndexPreTransform&>(*index).index;
 }
 
-// Checks what FAISS does not: that the entries FAISS will follow at search time (list ids,
-// graph links) lie within the index.
-inline void check_index_entries(faiss::Index* inner, const std::string& path,
-                                const std::string& caller) {
-  const auto fail = [&](const std::string& what) {
-    return index_error(caller, fmt::format("{}: not a valid gallery index: {}", path, what));
-  };
-  const int64_t total = inner->ntotal;
-  if (auto* flat = dynamic_cast<faiss::IndexFlat*>(inner)) {
-    if (flat->codes.size() != static_cast<size_t>(total) * flat->code_size) {
-      throw fail(fmt::format("{} features declared, {} bytes stored", total, flat->codes.size()));
-    }
-    return;
-  }
-  if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(inner)) {
-    if (ivf->quantizer == nullptr || ivf->quantizer->ntotal != static_cast<int64_t>(ivf->nlist) ||
-        ivf->quantizer->d != ivf->d) {
-      throw fail(fmt::format("its coarse quantizer does not hold its {} cells", ivf->nlist));
-    }
-    auto* lists = dynamic_cast<faiss::ArrayInvertedLists*>(ivf->invlists);
-    if (lists == nullptr || lists->nlist != ivf->nlist) {
-      throw fail("its inverted lists are not stored in the file");
-    }
-    int64_t listed = 0;
-    for (const auto cell : c10::irange(lists->nlist)) {
-      const auto& ids = lists->ids[cell];
-      listed += static_cast<int64_t>(ids.size());
-      for (const auto id : ids) {
-        if (id < 0 || id >= total) {
-          throw fail(fmt::format("cell {} lists picture {} of {}", cell, id, total));
-        }
-      }
-    }
-    if (listed != total) {
-      throw fail(fmt::format("its cells list {} pictures, but it declares {}", listed, total));
-    }
-    if (auto* pq = dynamic_cast<faiss::IndexIVFPQ*>(inner)) {
-      if (pq->pq.d != pq->d || pq->pq.code_size != pq->code_size ||
-          (pq->pq.M * pq->pq.nbits + 7) / 8 != pq->code_size) {
-        throw fail("its product quantizer does not match its code size");
-      }
-    }
-    if (dynamic_cast<faiss::IndexIVFFlat*>(inner) == nullptr &&
-        dynamic_cast<faiss::IndexIVFPQ*>(inner) == nullptr &&
-        dynamic_cast<faiss::IndexIVFScalarQuantizer*>(inner) == nullptr) {
-      throw fail("an IVF index other than IVF-Flat, IVF-SQ and IVF-PQ");
-    }
-    if (auto* sq = dynamic_cast<faiss::IndexIVFScalarQuantizer*>(inner)) {
-      // Searching reads a trained range (minimum and width) for each component.
-      if (scalar_quantizer_bits(sq->sq.qtype) == 0 || sq->sq.d != sq->d ||
-          sq->sq.code_size != sq->code_size || sq->sq.trained.size() != 2 * static_cast<size_t>(sq->d)) {
-        throw fail("its scalar quantizer is not SQ8, SQ6 or SQ4 with a range for each component");
-      }
-    }
-    return;
-  }
-  if (auto* hnsw_index = dynamic_cast<faiss::IndexHNSW*>(inner)) {
-    const auto& graph = hnsw_index->hnsw;
-    if (hnsw_index->storage == nullptr || hnsw_index->storage->ntotal != total ||
-        graph.levels.size() != static_cast<size_t>(total) ||
-        graph.offsets.size() != static_cast<size_t>(total) + 1 ||
-        graph.neighbors.size() != graph.offsets.back()) {
-      throw fail(fmt::format("its graph does not hold its {} pictures", total));
-    }
-    const auto layers = static_cast<int>(graph.cum_nneighbor_per_level.size());
-    for (const auto i : c10::irange(total)) {
-      const int level = graph.levels[static_cast<size_t>(i)];
-      if (level < 1 || level >= layers ||
-          graph.offsets[static_cast<size_t>(i) + 1] - graph.offsets[static_cast<size_t>(i)] !=
-              static_cast<size_t>(graph.cum_nneighbor_per_level[static_cast<size_t>(level)])) {
-        throw fail(fmt::format("the links of picture {} do not match its level", i));
-      }
-    }
-    for (const auto neighbour : graph.neighbors) {
-      if (neighbour < -1 || neighbour >= total) {
-        throw fail(fmt::format("a link to picture {} of {}", neighbour, total));
-      }
-    }
-    if (graph.entry_point < (total > 0 ? 0 : -1) || graph.entry_point >= total ||
-        (total > 0 && graph.max_level != graph.levels[static_cast<size_t>(graph.entry_point)] - 1)) {
-      throw fail("its entry point is not one of its pictures at its top level");
-    }
-    return;
-  }
-  throw fail("an index type other than flat, IVF-Flat, IVF-SQ, IVF-PQ and HNSW");
-}
-
 }  // namespace detail
+
+/// Another process is writing the index file.
+struct IndexFileBusy : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// The write lock of an index file: an exclusive lock (flock) on the sibling `<path>.lock`,
+/// which every writer of `path` takes (GalleryIndex::save, GalleryIndex::open_for_update), so
+/// that writers never overlap: a second one is refused with IndexFileBusy rather than losing
+/// the first one's update. Taking it removes the temporary files a writer killed mid-write
+/// left beside `path`. Readers take no lock: a write replaces the file in one rename.
+class IndexFileLock {
+ public:
+  explicit IndexFileLock(const std::string& path)
+      : path_(std::filesystem::absolute(path).lexically_normal()),
+        lock_(detail::lock_exclusively(path + ".lock", O_RDWR | O_CREAT)) {
+    if (!lock_) {
+      throw IndexFileBusy(fmt::format("{} is being written by another process (another "
+                                      "reidnet-index add or build?); try again when it ends",
+                                      path));
+    }
+    detail::remove_temporary_siblings(path);
+  }
+
+  /// Whether this is the lock of `path`.
+  bool guards(const std::string& path) const {
+    return std::filesystem::absolute(path).lexically_normal() == path_;
+  }
+
+ private:
+  std::filesystem::path path_;
+  std::unique_ptr<detail::FileDescriptor> lock_;  // closing it releases the lock
+};
 
 /// A gallery index (see the top of this file). Movable, not copyable; `search` changes the
 /// index's search parameters when asked to, so one index is searched by one thread at a time.
@@ -457,6 +341,11 @@ class GalleryIndex {
       return std::unique_ptr<faiss::Index>(faiss::index_factory(
           static_cast<int>(dim), factory.c_str(), faiss::METRIC_INNER_PRODUCT));
     }));
+    if (options.ef_search() > kMaxEfSearch || options.ef_construction() > kMaxEfSearch) {
+      throw detail::index_error(caller, fmt::format("ef_search and ef_construction must be at most "
+                                                    "{}, got {} and {}", kMaxEfSearch,
+                                                    options.ef_search(), options.ef_construction()));
+    }
     if (options.nprobe() < 1 || options.ef_search() < 1) {
       throw detail::index_error(caller, fmt::format("nprobe and ef_search must be >= 1, got {} and {}",
                                                     options.nprobe(), options.ef_search()));
@@ -477,6 +366,9 @@ class GalleryIndex {
   static GalleryIndex build(const torch::Tensor& gallery_features,
                             const GalleryIndexOptions& options = {}) {
     detail::check_matrix(gallery_features, "gallery features", "reidnet::GalleryIndex::build");
+    if (gallery_features.size(0) == 0) {
+      throw InputError("reidnet::GalleryIndex::build: no gallery features to index");
+    }
     auto index = create(gallery_features.size(1), gallery_features.size(0), options);
     index.train(gallery_features);
     index.add(gallery_features);
@@ -518,9 +410,11 @@ class GalleryIndex {
     if (options.batch() < 1) {
       throw detail::index_error(caller, fmt::format("batch must be >= 1, got {}", options.batch()));
     }
-    if (options.nprobe() < 0 || options.ef_search() < 0) {
-      throw detail::index_error(caller, "nprobe and ef_search must be >= 0");
+    if (options.nprobe() < 0 || options.ef_search() < 0 || options.ef_search() > kMaxEfSearch) {
+      throw detail::index_error(caller, fmt::format("nprobe must be >= 0 and ef_search 0 to {}",
+                                                    kMaxEfSearch));
     }
+    if (size() == 0) throw InputError(caller + ": the index holds no pictures to search");
     const auto x = detail::faiss_features(queries, dim(), "queries", caller);
     const auto info = describe();
     faiss::ParameterSpace parameters;
@@ -551,8 +445,12 @@ class GalleryIndex {
   }
 
   /// Writes the index as a FAISS index file, atomically (a temporary sibling is renamed).
+  /// Takes `path`'s write lock for the time of the write (see IndexFileLock), unless this index
+  /// already holds it (open_for_update).
   void save(const std::string& path) const {
     const std::string caller = "reidnet::GalleryIndex::save";
+    std::optional<IndexFileLock> lock;
+    if (lock_ == nullptr || !lock_->guards(path)) lock.emplace(path);
     detail::fill_file_atomically(path, [&](const std::string& temporary) {
       detail::faiss_call(caller, [&] { faiss::write_index(index_.get(), temporary.c_str()); });
     });
@@ -560,53 +458,38 @@ class GalleryIndex {
 
   /// Reads a FAISS index file and checks it: an L2 normalisation followed by a flat, IVF-Flat,
   /// IVF-SQ, IVF-PQ or HNSW index with the inner-product metric, of `expected_dim`-d features when
-  /// given, whose stored sizes, list entries and graph links are consistent. Throws
-  /// std::runtime_error naming the file and what is wrong.
+  /// given, whose stored sizes, list entries, graph links and search parameters are in bounds,
+  /// checked before FAISS reads it. Throws InputError naming the file and what is wrong.
   static GalleryIndex load(const std::string& path, std::optional<int64_t> expected_dim = std::nullopt) {
     const std::string caller = "reidnet::GalleryIndex::load";
-    std::error_code error;
-    if (!std::filesystem::is_regular_file(path, error)) {
-      throw detail::index_error(caller, fmt::format("{}: no such index file", path));
+    // O_NONBLOCK: a FIFO named like an index must not block the open; the walk refuses it.
+    const detail::FileDescriptor file(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+    if (file.fd < 0) {
+      throw InputError(fmt::format("{}: cannot open the index file: {}", path, std::strerror(errno)));
     }
-    const auto file_bytes = std::filesystem::file_size(path, error);
-    {
-      std::ifstream file(path, std::ios::binary);
-      unsigned char tag[4] = {};
-      if (!file.read(reinterpret_cast<char*>(tag), 4)) throw detail::index_error(caller, fmt::format("{}: not a FAISS index file (too short)", path));
-      if (std::memcmp(tag, "IxPT", 4) != 0) {
-        throw detail::index_error(
-            caller, fmt::format("{}: not a gallery index: it does not start with FAISS's L2 "
-                                "normalisation (an index made by index_factory(d, \"L2norm,...\", "
-                                "METRIC_INNER_PRODUCT)); its first bytes are {:02x}",
-                                path, fmt::join(tag, tag + 4, " ")));
-      }
-    }
-    detail::probe_index_file(path, file_bytes, caller);
+    detail::check_index_file(file.fd, path);
+    // FAISS reads the very bytes that were checked: the same open file, from its start.
+    std::unique_ptr<FILE, int (*)(FILE*)> stream(::fdopen(::dup(file.fd), "rb"), &std::fclose);
+    if (!stream) throw InputError(fmt::format("{}: cannot read the index file: {}", path, std::strerror(errno)));
     GalleryIndex index(detail::faiss_call(caller, [&] {
-      return std::unique_ptr<faiss::Index>(faiss::read_index(path.c_str()));
+      return std::unique_ptr<faiss::Index>(faiss::read_index(stream.get()));
     }));
-    const auto fail = [&](const std::string& what) {
-      return detail::index_error(caller, fmt::format("{}: not a gallery index: {}", path, what));
-    };
-    auto* chain = dynamic_cast<faiss::IndexPreTransform*>(index.index_.get());
-    if (chain == nullptr || chain->chain.size() != 1 || chain->index == nullptr) {
-      throw fail("expected one L2 normalisation in front of the index");
-    }
-    auto* norm = dynamic_cast<faiss::NormalizationTransform*>(chain->chain[0]);
-    if (norm == nullptr || norm->norm != 2.0f) throw fail("its transform is not an L2 normalisation");
-    if (chain->metric_type != faiss::METRIC_INNER_PRODUCT ||
-        chain->index->metric_type != faiss::METRIC_INNER_PRODUCT) {
-      throw fail("its metric is not the inner product (cosine similarity)");
-    }
-    if (norm->d_in != chain->d || norm->d_out != chain->d || chain->index->d != chain->d ||
-        chain->ntotal != chain->index->ntotal) {
-      throw fail("its parts disagree on the feature dimension or the number of pictures");
-    }
-    detail::check_index_entries(chain->index, path, caller);
     if (expected_dim && *expected_dim != index.dim()) {
-      throw detail::index_error(caller, fmt::format("{} holds {}-d features, expected {}-d", path,
-                                                    index.dim(), *expected_dim));
+      throw InputError(fmt::format("{} holds {}-d features, expected {}-d", path, index.dim(),
+                                   *expected_dim));
     }
+    return index;
+  }
+
+  /// `load`, for changing the file: the index holds `path`'s write lock (see IndexFileLock)
+  /// until it is destroyed, so that its `save(path)` replaces the very version it read; no
+  /// other writer's update can come between and be lost. Throws IndexFileBusy while another
+  /// process writes `path`.
+  static GalleryIndex open_for_update(const std::string& path,
+                                      std::optional<int64_t> expected_dim = std::nullopt) {
+    auto lock = std::make_unique<IndexFileLock>(path);
+    auto index = load(path, expected_dim);
+    index.lock_ = std::move(lock);
     return index;
   }
 
@@ -671,6 +554,7 @@ class GalleryIndex {
 
   std::unique_ptr<faiss::Index> index_;
   GalleryIndexOptions build_options_;
+  std::unique_ptr<IndexFileLock> lock_;  // open_for_update's
 };
 
 /// k-reciprocal re-ranking (reidnet::re_ranking's algorithm) of each query's top `k`, with

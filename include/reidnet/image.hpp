@@ -15,6 +15,7 @@
 ///     reidnet::set_max_image_pixels(200'000'000);  // or 0: no limit
 
 #include <reidnet/detail/file_io.hpp>
+#include <reidnet/errors.hpp>
 
 #include <dlfcn.h>
 #include <png.h>
@@ -141,13 +142,13 @@ inline torch::Tensor decode_jpeg(const std::vector<unsigned char>& bytes, const 
   int width = 0, height = 0, subsampling = 0, colorspace = 0;
   if (tjDecompressHeader3(decoder.handle, bytes.data(), static_cast<unsigned long>(bytes.size()),
                           &width, &height, &subsampling, &colorspace) != 0) {
-    throw std::runtime_error("corrupt JPEG " + name + ": " + tjGetErrorStr2(decoder.handle));
+    throw InputError("corrupt JPEG " + name + ": " + tjGetErrorStr2(decoder.handle));
   }
   if (colorspace == TJCS_CMYK || colorspace == TJCS_YCCK) {
-    throw std::runtime_error("CMYK JPEG " + name + " is not supported: convert it to RGB");
+    throw InputError("CMYK JPEG " + name + " is not supported: convert it to RGB");
   }
   if (const auto problem = image_size_problem(width, height, name); !problem.empty()) {
-    throw std::runtime_error(problem);
+    throw InputError(problem);
   }
 #ifdef TJFLAG_LIMITSCANS
   // A progressive file of a few KB can hold thousands of scans, each decoded over the whole
@@ -166,7 +167,7 @@ inline torch::Tensor decode_jpeg(const std::vector<unsigned char>& bytes, const 
     // ends early, but accept the harmless warnings (e.g. extraneous bytes before a marker).
     const bool harmless = tjGetErrorCode(decoder.handle) == TJERR_WARNING &&
                           message.find("Premature end") == std::string::npos;
-    if (!harmless) throw std::runtime_error("corrupt or truncated JPEG " + name + ": " + message);
+    if (!harmless) throw InputError("corrupt or truncated JPEG " + name + ": " + message);
   }
   return image;
 }
@@ -209,7 +210,7 @@ inline torch::Tensor decode_png(const std::vector<unsigned char>& bytes, const s
   }
   if (setjmp(png_jmpbuf(png))) {
     png_destroy_read_struct(&png, &info, nullptr);
-    throw std::runtime_error("corrupt or truncated PNG " + name + ": " + state->error);
+    throw InputError("corrupt or truncated PNG " + name + ": " + state->error);
   }
   png_set_read_fn(png, state.get(), png_read_from_memory);
   png_read_info(png, info);
@@ -219,7 +220,7 @@ inline torch::Tensor decode_png(const std::vector<unsigned char>& bytes, const s
   const int bit_depth = png_get_bit_depth(png, info);
   if (const auto problem = image_size_problem(width, height, name); !problem.empty()) {
     png_destroy_read_struct(&png, &info, nullptr);
-    throw std::runtime_error(problem);
+    throw InputError(problem);
   }
   state->image = torch::empty({static_cast<int64_t>(height), static_cast<int64_t>(width), 3},
                               torch::kUInt8);
@@ -278,13 +279,18 @@ inline torch::Tensor checked_rgb(const torch::Tensor& image, const std::string& 
 }  // namespace detail
 
 /// Decodes a JPEG or PNG file (by content, not extension) into a uint8 [H, W, 3] RGB tensor.
-/// Throws std::runtime_error naming the file if it is missing, not a regular file, larger than
+/// Throws InputError naming the file if it is missing, not a regular file, larger than
 /// 1 GiB, truncated, corrupt, not a picture, or claims more than max_image_pixels() pixels.
 inline torch::Tensor read_image(const std::string& path) {
-  const auto bytes = detail::read_file_bytes(path);
+  std::vector<unsigned char> bytes;
+  try {
+    bytes = detail::read_file_bytes(path);
+  } catch (const std::runtime_error& error) {  // missing, not a regular file, too large
+    throw InputError(error.what());
+  }
   if (detail::is_jpeg(bytes)) return detail::decode_jpeg(bytes, path);
   if (detail::is_png(bytes)) return detail::decode_png(bytes, path);
-  throw std::runtime_error("cannot read image " + path + ": not a JPEG or PNG file");
+  throw InputError("cannot read image " + path + ": not a JPEG or PNG file");
 }
 
 /// Encodes a uint8 [H, W, 3] RGB image as JPEG (4:2:0, like PIL's default) into `path`,

@@ -18,6 +18,7 @@
 
 #include <reidnet/detail/file_io.hpp>
 #include <reidnet/detail/zip.hpp>
+#include <reidnet/errors.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -26,6 +27,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -77,12 +79,26 @@ inline bool is_plain_name(const std::string& name) {
          name.find('\0') == std::string::npos;
 }
 
-/// Whether `name` is a temporary name of the library's writers: "<file>.tmp" followed only by
-/// digits, '_' and '-' (temporary_sibling's and the older fixed ".tmp" spellings).
-inline bool is_temporary_name(const std::string& name) {
-  const auto at = name.rfind(".tmp");
-  if (at == std::string::npos || at == 0) return false;
-  return name.find_first_not_of("0123456789_-", at + 4) == std::string::npos;
+/// JSON text parsed as nlohmann::json does, except that an object naming a key twice is refused
+/// (nlohmann keeps the last value, other readers the first).
+inline nlohmann::json parse_json_without_duplicate_keys(const std::vector<unsigned char>& text) {
+  std::vector<std::vector<std::string>> keys;  // of each object being parsed
+  std::string repeated;
+  const auto note = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    using Event = nlohmann::json::parse_event_t;
+    if (event == Event::object_start) keys.emplace_back();
+    if (event == Event::object_end && !keys.empty()) keys.pop_back();
+    if (event == Event::key && !keys.empty()) {
+      auto& seen = keys.back();
+      const auto key = parsed.get<std::string>();
+      if (std::find(seen.begin(), seen.end(), key) != seen.end() && repeated.empty()) repeated = key;
+      seen.push_back(key);
+    }
+    return true;
+  };
+  auto json = nlohmann::json::parse(text.begin(), text.end(), note);
+  if (!repeated.empty()) throw std::runtime_error("the key '" + repeated + "' appears twice in an object");
+  return json;
 }
 
 }  // namespace detail
@@ -177,13 +193,10 @@ class RunFolder {
  private:
   static std::unique_ptr<detail::FileDescriptor> open_and_lock(const std::filesystem::path& path) {
     std::filesystem::create_directories(path);
-    auto folder = detail::open_file(path.string(), O_RDONLY | O_DIRECTORY);
-    if (::flock(folder->fd, LOCK_EX | LOCK_NB) != 0) {
-      if (errno == EWOULDBLOCK) {
-        throw RunFolderBusy(path.string() + " is in use by another process (another "
-                            "reidnet-train on the same folder?); wait for it to end");
-      }
-      throw std::runtime_error("cannot lock " + path.string() + ": " + std::strerror(errno));
+    auto folder = detail::lock_exclusively(path.string(), O_RDONLY | O_DIRECTORY);
+    if (!folder) {
+      throw RunFolderBusy(path.string() + " is in use by another process (another "
+                          "reidnet-train on the same folder?); wait for it to end");
     }
     return folder;
   }
@@ -192,27 +205,27 @@ class RunFolder {
     const auto journal_path = path_ / detail::kCommitJournal;
     if (!std::filesystem::exists(journal_path)) return;
     const auto where = journal_path.string();
-    const auto bytes = detail::read_file_bytes(where);
     nlohmann::json journal;
     try {
-      journal = nlohmann::json::parse(bytes.begin(), bytes.end());
-    } catch (const nlohmann::json::exception& error) {
-      throw std::runtime_error(where + " is corrupt (" + error.what() + ")");
+      const auto bytes = detail::read_file_bytes(where, detail::kMaxSettingsFileBytes);
+      journal = detail::parse_json_without_duplicate_keys(bytes);
+    } catch (const std::exception& error) {
+      throw InputError(where + " is corrupt (" + error.what() + ")");
     }
-    if (!journal.is_array()) throw std::runtime_error(where + " is corrupt: not a list of files");
+    if (!journal.is_array()) throw InputError(where + " is corrupt: not a list of files");
     for (const auto& entry : journal) {
       if (!entry.is_object() || !entry.contains("name") || !entry["name"].is_string() ||
           !entry.contains("staged") || !entry["staged"].is_string() || !entry.contains("size") ||
           !entry["size"].is_number_unsigned() || !entry.contains("crc32") ||
           !entry["crc32"].is_number_unsigned()) {
-        throw std::runtime_error(where + " is corrupt: an entry lacks name, staged, size or crc32");
+        throw InputError(where + " is corrupt: an entry lacks name, staged, size or crc32");
       }
       const auto name = entry["name"].get<std::string>();
       const auto staged = entry["staged"].get<std::string>();
       // Only files of this folder, staged under their own temporary names, are ever renamed.
       if (!detail::is_plain_name(name) || !detail::is_plain_name(staged) ||
           staged.rfind(name + ".tmp", 0) != 0 || !detail::is_temporary_name(staged)) {
-        throw std::runtime_error(where + " is corrupt: it names '" + name + "' and '" + staged + "'");
+        throw InputError(where + " is corrupt: it names '" + name + "' and '" + staged + "'");
       }
       const std::pair<uint64_t, uint32_t> expected{entry["size"].get<uint64_t>(),
                                                    entry["crc32"].get<uint32_t>()};
@@ -220,12 +233,12 @@ class RunFolder {
       const auto final_path = (path_ / name).string();
       if (std::filesystem::exists(staged_path)) {
         if (detail::file_checksum(staged_path) != expected) {
-          throw std::runtime_error("cannot finish the interrupted commit of " + path_.string() +
+          throw InputError("cannot finish the interrupted commit of " + path_.string() +
                                    ": " + staged_path + " does not match " + where);
         }
         std::filesystem::rename(staged_path, final_path);
       } else if (!std::filesystem::exists(final_path) || detail::file_checksum(final_path) != expected) {
-        throw std::runtime_error("cannot finish the interrupted commit of " + path_.string() +
+        throw InputError("cannot finish the interrupted commit of " + path_.string() +
                                  ": " + name + " is neither staged nor published as " + where +
                                  " records");
       }

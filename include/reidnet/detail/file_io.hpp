@@ -21,6 +21,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -29,6 +30,10 @@ namespace reidnet::detail {
 /// What read_file_bytes refuses past unless told otherwise: far more than any picture or
 /// list file a data set holds, far less than a sparse file or a device can make it allocate.
 inline constexpr uint64_t kMaxFileBytes = uint64_t{1} << 30;  // 1 GiB
+
+/// The bound on the small files that describe a run (opts.yaml, trainer_state.yaml, a run
+/// folder's commit journal): far more than they ever hold, little to parse.
+inline constexpr uint64_t kMaxSettingsFileBytes = uint64_t{1} << 20;  // 1 MiB
 
 /// Closes a POSIX file descriptor.
 struct FileDescriptor {
@@ -91,11 +96,54 @@ inline std::string temporary_sibling(const std::string& path) {
          std::to_string(thread) + "_" + std::to_string(counter++);
 }
 
+/// The folder that holds `path` ("." for a bare file name).
+inline std::string parent_folder(const std::string& path) {
+  const auto parent = std::filesystem::path(path).parent_path();
+  return parent.empty() ? std::string(".") : parent.string();
+}
+
 /// Opens `path` with `flags` (and O_CLOEXEC), or throws naming it.
 inline std::unique_ptr<FileDescriptor> open_file(const std::string& path, int flags) {
-  auto file = std::make_unique<FileDescriptor>(::open(path.c_str(), flags | O_CLOEXEC));
+  // 0644 where O_CREAT makes the file (before the umask).
+  auto file = std::make_unique<FileDescriptor>(::open(path.c_str(), flags | O_CLOEXEC, 0644));
   if (file->fd < 0) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
   return file;
+}
+
+/// Whether `name` is a temporary name of the library's writers: "<file>.tmp" followed only by
+/// digits, '_' and '-' (temporary_sibling's and the older fixed ".tmp" spellings).
+inline bool is_temporary_name(const std::string& name) {
+  const auto at = name.rfind(".tmp");
+  if (at == std::string::npos || at == 0) return false;
+  return name.find_first_not_of("0123456789_-", at + 4) == std::string::npos;
+}
+
+/// Removes the temporary siblings of `path` (see temporary_sibling) that writers killed
+/// mid-write left behind. Only for a caller that holds the lock every writer of `path` takes:
+/// a temporary is then no other writer's work in progress.
+inline void remove_temporary_siblings(const std::string& path) {
+  namespace fs = std::filesystem;
+  const auto prefix = fs::path(path).filename().string() + ".tmp";
+  std::error_code error;
+  for (fs::directory_iterator entry(parent_folder(path), error), end; !error && entry != end;
+       entry.increment(error)) {
+    const auto name = entry->path().filename().string();
+    std::error_code ignored;
+    if (name.rfind(prefix, 0) == 0 && is_temporary_name(name) &&
+        fs::is_regular_file(entry->symlink_status(ignored))) {
+      fs::remove(entry->path(), ignored);
+    }
+  }
+}
+
+/// An exclusive lock (flock) on `path`, opened with `flags`, held until the descriptor is
+/// closed; nullptr when another process holds it. Throws naming `path` when it cannot be
+/// opened or locked.
+inline std::unique_ptr<FileDescriptor> lock_exclusively(const std::string& path, int flags) {
+  auto file = open_file(path, flags);
+  if (::flock(file->fd, LOCK_EX | LOCK_NB) == 0) return file;
+  if (errno == EWOULDBLOCK) return nullptr;
+  throw std::runtime_error("cannot lock " + path + ": " + std::strerror(errno));
 }
 
 /// Flushes a file or a folder (its entries: the renames) to the disk.
@@ -104,12 +152,6 @@ inline void sync_path(const std::string& path, bool directory) {
   if (::fsync(file->fd) != 0) {
     throw std::runtime_error("cannot flush " + path + " to disk: " + std::strerror(errno));
   }
-}
-
-/// The folder that holds `path` ("." for a bare file name).
-inline std::string parent_folder(const std::string& path) {
-  const auto parent = std::filesystem::path(path).parent_path();
-  return parent.empty() ? std::string(".") : parent.string();
 }
 
 /// Whether an atomic write also makes its result durable.
