@@ -29,7 +29,8 @@
 /// - Under reidnet::run_local_workers (`reidnet-train --nproc-per-node N`), every rank is on this
 ///   machine, and the launcher hands its workers a c10d FileStore in a fresh private folder
 ///   (REIDNET_STORE_FILE, mode 0700, removed when the job ends), and Gloo binds to 127.0.0.1
-///   (unless GLOO_SOCKET_IFNAME names an interface). Nothing listens beyond loopback. A file,
+///   (unless GLOO_SOCKET_IFNAME names an interface). Nothing listens beyond loopback (with
+///   NCCL, its bootstrap too only where NCCL_SOCKET_IFNAME=lo is set). A file,
 ///   not a TCPStore on 127.0.0.1: LibTorch 1.13's TCPStore cannot be told where to listen
 ///   (it binds every interface, IPv4 and IPv6), and even a loopback port can be joined by any
 ///   local user, whereas the folder is closed to other users on every LibTorch.
