@@ -5,18 +5,25 @@
 
 #include <reidnet/checkpoint.hpp>
 #include <reidnet/data_loader.hpp>
+#include <reidnet/distributed.hpp>
 #include <reidnet/local_launcher.hpp>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -69,13 +76,16 @@ Process start(const std::string& binary, const std::vector<std::string>& argumen
   return process;
 }
 
-/// Waits for `process`, killing it after `limit` (then code -1, signal 9).
-Finished wait_for(const Process& process, std::chrono::seconds limit) {
+/// Waits for `process`, killing it after `limit` (then code -1, signal 9); calls `while_running`
+/// every 50 ms until it ends.
+Finished wait_for(const Process& process, std::chrono::seconds limit,
+                  const std::function<void()>& while_running = {}) {
   Finished finished;
   int status = 0;
   for (;;) {
     const pid_t done = ::waitpid(process.pid, &status, WNOHANG);
     if (done == process.pid) break;
+    if (while_running) while_running();
     if (std::chrono::steady_clock::now() - process.started > limit) {
       ::kill(process.pid, SIGKILL);
       ::waitpid(process.pid, &status, 0);
@@ -297,13 +307,17 @@ TEST_CASE("a worker killed mid-epoch stops the job within 60 s, with a message; 
     auto arguments = train_arguments(out);
     arguments.insert(arguments.begin(), {"--nproc-per-node", "2"});
     arguments.insert(arguments.end(), {"--total-epoch", "3"});
-    const auto job = start(examples_program("reidnet-train"), arguments, {{"REIDNET_KILL_RANK_AT", "1:2:3"}});
+    const auto temporary = workspace() / "killed_supervised_tmp";  // the launcher's TMPDIR
+    fs::create_directories(temporary);
+    const auto job = start(examples_program("reidnet-train"), arguments,
+                           {{"REIDNET_KILL_RANK_AT", "1:2:3"}, {"TMPDIR", temporary.string()}});
     const auto finished = wait_for(job, std::chrono::seconds(240));
     INFO(finished.output);
     CHECK(finished.code != 0);
     CHECK(finished.output.find("worker rank 1") != std::string::npos);
     CHECK(finished.output.find("was killed by signal 9") != std::string::npos);
     check_checkpoint(out);
+    CHECK(fs::is_empty(temporary));  // the rendezvous folder went with the job
   }
   SUBCASE("launched without a supervisor (as by torchrun), the survivor fails on its own") {
     const auto out = workspace() / "killed_alone";
@@ -343,6 +357,315 @@ TEST_CASE("a rank that never joins, or a wrong MASTER_PORT, fails within twice -
     CHECK(finished.output.find(fmt::format("127.0.0.1:{}", port)) != std::string::npos);
     CHECK_FALSE(fs::exists(out));  // nothing written before the job had met
   }
+}
+
+namespace {
+
+/// A TCP socket: its local address and state as /proc/net/tcp{,6} give them.
+struct TcpSocket {
+  std::string address;
+  int port = 0;
+  bool loopback = false;
+  bool listening = false;
+  pid_t pid = -1;
+};
+
+/// `pid` and its descendants, found through the parent ids in /proc/<pid>/stat.
+std::vector<pid_t> process_tree(pid_t root) {
+  std::map<pid_t, std::vector<pid_t>> children;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    const auto close = text.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(text.substr(close + 1));
+    std::string state;
+    pid_t parent = -1;
+    rest >> state >> parent;
+    children[parent].push_back(static_cast<pid_t>(std::stol(name)));
+  }
+  std::vector<pid_t> tree{root};
+  for (size_t i = 0; i < tree.size(); ++i) {
+    for (const pid_t child : children[tree[i]]) tree.push_back(child);
+  }
+  return tree;
+}
+
+/// The TCP sockets (IPv4 and IPv6) that processes `pids` hold, matched to their processes
+/// through the socket inodes of /proc/<pid>/fd.
+std::vector<TcpSocket> tcp_sockets(const std::vector<pid_t>& pids) {
+  std::map<std::string, pid_t> inodes;
+  for (const pid_t pid : pids) {
+    try {  // (the process may end meanwhile)
+      std::error_code error;
+      for (const auto& fd : fs::directory_iterator(fmt::format("/proc/{}/fd", pid), error)) {
+        std::error_code unreadable;
+        const std::string target = fs::read_symlink(fd.path(), unreadable).string();
+        if (!unreadable && target.rfind("socket:[", 0) == 0) {
+          inodes[target.substr(8, target.size() - 9)] = pid;
+        }
+      }
+    } catch (const fs::filesystem_error&) {
+    }
+  }
+  std::vector<TcpSocket> sockets;
+  for (const int family : {AF_INET, AF_INET6}) {
+    std::ifstream table(family == AF_INET ? "/proc/net/tcp" : "/proc/net/tcp6");
+    std::string line;
+    std::getline(table, line);  // the header
+    while (std::getline(table, line)) {
+      std::istringstream fields(line);
+      std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
+      fields >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >> timeout >> inode;
+      const auto found = inodes.find(inode);
+      if (found == inodes.end()) continue;
+      const auto colon = local.find(':');
+      const std::string hex = local.substr(0, colon);
+      TcpSocket listener;
+      listener.listening = state == "0A";
+      listener.port = static_cast<int>(std::stoul(local.substr(colon + 1), nullptr, 16));
+      listener.pid = found->second;
+      // The kernel prints the address as 32-bit words in this machine's byte order.
+      unsigned char bytes[16] = {};
+      for (size_t word = 0; word < hex.size() / 8; ++word) {
+        const auto value = static_cast<uint32_t>(std::stoul(hex.substr(word * 8, 8), nullptr, 16));
+        std::memcpy(bytes + 4 * word, &value, 4);
+      }
+      char text[INET6_ADDRSTRLEN] = "";
+      ::inet_ntop(family, bytes, text, sizeof text);
+      listener.address = text;
+      if (family == AF_INET) {
+        listener.loopback = bytes[0] == 127;
+      } else {
+        in6_addr address;
+        std::memcpy(&address, bytes, 16);
+        listener.loopback = IN6_IS_ADDR_LOOPBACK(&address) || (IN6_IS_ADDR_V4MAPPED(&address) && bytes[12] == 127);
+      }
+      sockets.push_back(listener);
+    }
+  }
+  return sockets;
+}
+
+/// Looks at the TCP sockets of some processes and their descendants: remembers every
+/// listening socket on an address beyond loopback, and how many looks found the processes
+/// holding TCP sockets at all (connected ones included: Gloo's pairs), so that a watch that
+/// saw nothing cannot pass for one that found nothing wrong.
+struct ListenWatch {
+  std::vector<TcpSocket> exposed;
+  int looks_with_sockets = 0;
+
+  void look(const std::vector<pid_t>& roots) {
+    std::vector<pid_t> pids;
+    for (const pid_t root : roots) {
+      const auto tree = process_tree(root);
+      pids.insert(pids.end(), tree.begin(), tree.end());
+    }
+    const auto sockets = tcp_sockets(pids);
+    if (!sockets.empty()) ++looks_with_sockets;
+    for (const auto& socket : sockets) {
+      if (socket.listening && !socket.loopback) exposed.push_back(socket);
+    }
+  }
+
+  std::string report() const {
+    std::set<std::string> lines;
+    for (const auto& socket : exposed) {
+      lines.insert(fmt::format("pid {} listens on {} port {}\n", socket.pid, socket.address, socket.port));
+    }
+    std::string text;
+    for (const auto& line : lines) text += line;
+    return text;
+  }
+};
+
+/// The names in `folder`.
+std::vector<std::string> entries(const fs::path& folder) {
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(folder)) names.push_back(entry.path().filename().string());
+  return names;
+}
+
+}  // namespace
+
+TEST_CASE("reidnet-train --nproc-per-node 2 listens on nothing beyond loopback; its rendezvous "
+          "folder is private and removed at the end") {
+  const auto out = workspace() / "loopback_only";
+  const auto temporary = workspace() / "loopback_only_tmp";  // the launcher's TMPDIR
+  fs::create_directories(temporary);
+  auto arguments = train_arguments(out);
+  arguments.insert(arguments.begin(), {"--nproc-per-node", "2"});
+  arguments.insert(arguments.end(), {"--total-epoch", "1"});
+  const auto job = start(examples_program("reidnet-train"), arguments, {{"TMPDIR", temporary.string()}});
+  ListenWatch watch;
+  std::set<std::string> folders;
+  bool private_folders = true;
+  const auto finished = wait_for(job, std::chrono::seconds(300), [&] {
+    watch.look({job.pid});
+    std::error_code error;
+    for (const auto& entry : fs::directory_iterator(temporary, error)) {
+      if (entry.path().filename().string().rfind("reidnet-job-", 0) != 0) continue;
+      folders.insert(entry.path().filename().string());
+      struct stat info {};
+      if (::stat(entry.path().c_str(), &info) == 0 && (info.st_mode & 0777) != 0700) private_folders = false;
+    }
+  });
+  INFO(finished.output);
+  REQUIRE(finished.code == 0);
+  INFO(watch.report());
+  CHECK(watch.looks_with_sockets > 0);  // Gloo's connections, at least
+  CHECK(watch.exposed.empty());
+  CHECK(folders.size() == 1);
+  CHECK(private_folders);
+  CHECK(entries(temporary).empty());
+}
+
+TEST_CASE("under torchrun's variables with a loopback MASTER_ADDR, Gloo listens on loopback only, "
+          "and so does the store where LibTorch lets reidnet bind it (2.4 and later)") {
+  const auto out = workspace() / "torchrun_loopback";
+  auto arguments = train_arguments(out);
+  arguments.insert(arguments.end(), {"--total-epoch", "1"});
+  const int port = reidnet::detail::free_loopback_port();
+  const auto rank0 = start(examples_program("reidnet-train"), arguments, rank_environment(0, 2, port));
+  const auto rank1 = start(examples_program("reidnet-train"), arguments, rank_environment(1, 2, port));
+  ListenWatch watch;
+  const auto first = wait_for(rank1, std::chrono::seconds(300), [&] { watch.look({rank0.pid, rank1.pid}); });
+  const auto second = wait_for(rank0, std::chrono::seconds(300));
+  INFO(first.output);
+  INFO(second.output);
+  REQUIRE(first.code == 0);
+  REQUIRE(second.code == 0);
+  INFO(watch.report());
+  CHECK(watch.looks_with_sockets > 0);
+  for (const auto& listener : watch.exposed) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    CHECK_MESSAGE(false, "listens beyond loopback: " << listener.address << " port " << listener.port);
+#else
+    // LibTorch 1.13's TCPStore binds every interface, and nothing can tell it otherwise.
+    CHECK(listener.port == port);
+#endif
+  }
+}
+
+TEST_CASE("WORLD_SIZE above 4096 is refused; at 4096 with one rank started, it fails within "
+          "about twice --dist-timeout") {
+  REQUIRE(reidnet::kMaxWorldSize == 4096);
+  const auto out = workspace() / "world_size";
+  auto arguments = train_arguments(out);
+  for (const char* size : {"4097", "100000"}) {
+    const auto refused = run_program("reidnet-train", joined(arguments), fmt::format("WORLD_SIZE={} RANK=0", size));
+    INFO(refused.output);
+    CHECK(refused.status == 2);
+    CHECK(refused.output.find(fmt::format("WORLD_SIZE='{}'", size)) != std::string::npos);
+    CHECK(refused.output.find("4096") != std::string::npos);
+  }
+  arguments.insert(arguments.end(), {"--total-epoch", "1", "--dist-timeout", "3"});
+  const int port = reidnet::detail::free_loopback_port();
+  for (const int rank : {0, 4095}) {
+    CAPTURE(rank);  // rank 0 waits for 4095 others; rank 4095 finds nothing on the port
+    const auto finished = wait_for(start(examples_program("reidnet-train"), arguments,
+                                         rank_environment(rank, 4096, port)),
+                                   std::chrono::seconds(60));
+    INFO(finished.output);
+    MESSAGE("WORLD_SIZE 4096, rank " << rank << " alone, --dist-timeout 3: failed after "
+            << finished.seconds << " s");
+    CHECK(finished.signal == 0);
+    CHECK(finished.code == 1);
+    CHECK(finished.seconds < 2 * 3 + 5);  // (+5: the program's start, as above)
+    CHECK(finished.output.find("within the 3 s timeout") != std::string::npos);
+    CHECK(finished.output.find(fmt::format("127.0.0.1:{}", port)) != std::string::npos);
+    if (rank == 0) CHECK(finished.output.find("1 of 4096 ranks joined") != std::string::npos);
+    CHECK_FALSE(fs::exists(out));
+  }
+}
+
+TEST_CASE("ProcessGroup::connect: one deadline for the whole rendezvous, on a TCPStore or the "
+          "launcher's file store") {
+  using reidnet::test::run_in_child;
+  // Each in a child: a failed rendezvous leaves c10d's threads behind.
+  const auto connect_alone = [](reidnet::LaunchEnvironment launch, int milliseconds) {
+    return run_in_child([launch, milliseconds](std::string& message) {
+      try {
+        reidnet::ProcessGroup::connect(launch, torch::kCPU,
+                                       reidnet::ProcessGroupOptions().timeout(std::chrono::milliseconds(milliseconds)));
+        message = "connected";
+        return 0;
+      } catch (const std::runtime_error& error) {
+        message = error.what();
+        return 1;
+      }
+    }, 60);
+  };
+  SUBCASE("TCPStore, WORLD_SIZE 4096, rank 0 alone") {
+    reidnet::LaunchEnvironment launch;
+    launch.world_size = 4096;
+    launch.master_port = reidnet::detail::free_loopback_port();
+    const auto run = connect_alone(launch, 2000);
+    INFO(run.message);
+    MESSAGE("connect, WORLD_SIZE 4096, rank 0 alone, 2 s timeout: failed after " << run.seconds << " s");
+    CHECK(run.code == 1);
+    CHECK(run.seconds < 2 * 2);
+    CHECK(run.message.find("through the rendezvous") != std::string::npos);
+    CHECK(run.message.find("1 of 4096 ranks joined") != std::string::npos);
+    CHECK(run.message.find("within the 2 s timeout") != std::string::npos);
+  }
+  SUBCASE("file store: rank 0 names the rank that never came; folder left as it was") {
+    reidnet::test::TemporaryFolder folder("reidnet_file_store");
+    reidnet::LaunchEnvironment launch;
+    launch.world_size = 3;
+    launch.store_file = (folder.path / "store").string();
+    const auto writer = run_in_child([&](std::string&) {  // rank 2 checks in and leaves
+      auto store = c10::make_intrusive<c10d::FileStore>(launch.store_file, 3);
+      store->set("reidnet/rendezvous/2", std::vector<uint8_t>{'1'});
+      store->add("reidnet/rendezvous/joined", 1);
+      return 0;
+    });
+    REQUIRE(writer.code == 0);
+    const auto run = connect_alone(launch, 1000);
+    INFO(run.message);
+    CHECK(run.code == 1);
+    CHECK(run.seconds < 2 * 1);
+    CHECK(run.message.find("the launcher's file store " + launch.store_file) != std::string::npos);
+    CHECK(run.message.find("2 of 3 ranks joined (missing: rank 1)") != std::string::npos);
+  }
+  SUBCASE("a world size above the limit") {
+    reidnet::LaunchEnvironment launch;
+    launch.world_size = reidnet::kMaxWorldSize + 1;
+    CHECK_THROWS_AS(reidnet::ProcessGroup::connect(launch, torch::kCPU), std::invalid_argument);
+  }
+}
+
+TEST_CASE("where a job meets over loopback, and the store's own listening socket") {
+  reidnet::LaunchEnvironment launch;
+  launch.world_size = 2;
+  CHECK(reidnet::detail::loopback_job_address(launch) == std::optional<std::string>("127.0.0.1"));
+  launch.master_addr = "::1";
+  CHECK(reidnet::detail::loopback_job_address(launch) == std::optional<std::string>("::1"));
+  // A host name resolving to loopback counts only when every rank is known to be here.
+  launch.master_addr = "localhost";
+  CHECK_FALSE(reidnet::detail::loopback_job_address(launch).has_value());
+  launch.local_world_size = 2;
+  CHECK(reidnet::detail::loopback_job_address(launch).has_value());
+  launch.master_addr = "192.0.2.1";  // a documentation address: only parsed, never reached
+  CHECK_FALSE(reidnet::detail::loopback_job_address(launch).has_value());
+  launch.store_file = "/run/job/store";
+  CHECK(reidnet::detail::loopback_job_address(launch) == std::optional<std::string>("127.0.0.1"));
+
+  reidnet::LaunchEnvironment local;
+  local.master_port = reidnet::detail::free_loopback_port();
+  const int fd = reidnet::detail::listen_on_master_address(local);
+  REQUIRE(fd >= 0);
+  sockaddr_in bound{};
+  socklen_t length = sizeof bound;
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &length) == 0);
+  CHECK(bound.sin_family == AF_INET);
+  CHECK(ntohl(bound.sin_addr.s_addr) == INADDR_LOOPBACK);
+  CHECK(ntohs(bound.sin_port) == local.master_port);
+  // The port is now taken: a second store there is refused with the reason.
+  CHECK_THROWS_WITH(reidnet::detail::listen_on_master_address(local), doctest::Contains("Address already in use"));
+  ::close(fd);
 }
 
 TEST_CASE("bad launcher variables and flags are usage errors (exit code 2)") {

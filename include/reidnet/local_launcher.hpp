@@ -6,6 +6,14 @@
 ///
 ///     // in main(), when --nproc-per-node 2 was given:
 ///     return reidnet::run_local_workers("/proc/self/exe", worker_arguments, 2);
+///
+/// The workers meet through a file, not a port: the launcher makes a fresh folder that only
+/// its user can enter (mode 0700) under the temporary directory ($TMPDIR, else /tmp), names a
+/// file in it in REIDNET_STORE_FILE, and removes the folder when the job ends, whether the
+/// workers succeed, fail or are stopped by SIGINT, SIGTERM or SIGHUP (only a SIGKILL of the
+/// launcher itself leaves it behind). reidnet::ProcessGroup::connect then rendezvouses on a
+/// c10d FileStore in that file and binds Gloo to 127.0.0.1, so the job listens on no network
+/// interface beyond loopback (see reidnet/distributed.hpp).
 
 #include <fmt/core.h>
 
@@ -23,6 +31,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -30,7 +39,34 @@
 
 namespace reidnet {
 
+/// The environment variable through which run_local_workers gives its workers the path of the
+/// job's rendezvous file; reidnet::LaunchEnvironment reads it. Only the launcher sets it.
+inline constexpr const char* kStoreFileVariable = "REIDNET_STORE_FILE";
+
 namespace detail {
+
+/// A fresh folder under the temporary directory that only this user can enter (mkdtemp makes
+/// it with mode 0700), removed with its contents when this object goes.
+class PrivateFolder {
+ public:
+  explicit PrivateFolder(const std::string& stem) {
+    std::string name = (std::filesystem::temp_directory_path() / (stem + "-XXXXXX")).string();
+    if (::mkdtemp(name.data()) == nullptr) {
+      throw std::runtime_error(fmt::format("cannot make a private folder {}: {}", name, std::strerror(errno)));
+    }
+    path_ = name;
+  }
+  ~PrivateFolder() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  PrivateFolder(const PrivateFolder&) = delete;
+  PrivateFolder& operator=(const PrivateFolder&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
 
 /// A TCP port on 127.0.0.1 that nothing listens on now (the kernel's choice).
 inline int free_loopback_port() {
@@ -70,10 +106,13 @@ inline void forward_signal(int signal_number) {
 }  // namespace detail
 
 /// Runs `program` with `arguments` as `nproc` workers, ranks 0 to nproc - 1, and waits for
-/// them. MASTER_ADDR and MASTER_PORT are taken from the environment where set, else
-/// 127.0.0.1 and a free port. When a worker fails (non-zero exit or a signal), the others get
-/// SIGTERM, then SIGKILL after `grace`, and the message names the worker. Returns 0 when all
-/// succeeded, else the first failed worker's exit code (1 for a signal).
+/// them. They rendezvous through REIDNET_STORE_FILE, a file in a private folder that is removed
+/// when they have all ended. MASTER_ADDR and MASTER_PORT (taken from the environment where set,
+/// else 127.0.0.1 and a free port) are still given, for programs that read only torchrun's
+/// variables; reidnet's programs do not use them here. When a worker fails (non-zero exit or a
+/// signal), the others get SIGTERM, then SIGKILL after `grace`, and the message names the
+/// worker. Returns 0 when all succeeded, else the first failed worker's exit code (1 for a
+/// signal).
 inline int run_local_workers(const std::string& program, const std::vector<std::string>& arguments,
                              int64_t nproc, std::chrono::seconds grace = std::chrono::seconds(10)) {
   if (nproc < 1) throw std::invalid_argument(fmt::format("--nproc-per-node {}: expected 1 or more", nproc));
@@ -82,6 +121,9 @@ inline int run_local_workers(const std::string& program, const std::vector<std::
   const char* port_variable = std::getenv("MASTER_PORT");
   const std::string port = port_variable != nullptr && *port_variable != 0
       ? std::string(port_variable) : std::to_string(detail::free_loopback_port());
+
+  const detail::PrivateFolder rendezvous("reidnet-job");
+  const std::string store_file = (rendezvous.path() / "store").string();
 
   std::vector<char*> argv;
   argv.push_back(const_cast<char*>(program.c_str()));
@@ -95,6 +137,7 @@ inline int run_local_workers(const std::string& program, const std::vector<std::
   sigemptyset(&forward.sa_mask);
   ::sigaction(SIGINT, &forward, nullptr);
   ::sigaction(SIGTERM, &forward, nullptr);
+  ::sigaction(SIGHUP, &forward, nullptr);
   const pid_t supervisor = ::getpid();
   for (int64_t rank = 0; rank < nproc; ++rank) {
     const pid_t pid = ::fork();
@@ -113,6 +156,7 @@ inline int run_local_workers(const std::string& program, const std::vector<std::
       ::setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
       ::setenv("MASTER_ADDR", address.c_str(), 1);
       ::setenv("MASTER_PORT", port.c_str(), 1);
+      ::setenv(kStoreFileVariable, store_file.c_str(), 1);
       ::execv(program.c_str(), argv.data());
       std::fprintf(stderr, "cannot run %s: %s\n", program.c_str(), std::strerror(errno));
       ::_exit(127);
@@ -153,6 +197,7 @@ inline int run_local_workers(const std::string& program, const std::vector<std::
   workers.clear();
   ::signal(SIGINT, SIG_DFL);
   ::signal(SIGTERM, SIG_DFL);
+  ::signal(SIGHUP, SIG_DFL);
   return result;
 }
 
