@@ -431,3 +431,76 @@ TEST_CASE("variables that are not needed are skipped unparsed: a cell of 2 milli
     check_equal(reidnet::read_pytorch_result(path), expected);
   }
 }
+
+TEST_CASE("reidnet-index refuses bad features files with exit code 2, naming the file and the "
+          "tensor") {
+  const auto features = reference_features();
+  const auto base = [&] {
+    reidnet::StateDict tensors;
+    tensors.insert("qf", features.query_f);
+    tensors.insert("ql", features.query_label);
+    tensors.insert("qc", features.query_cam);
+    tensors.insert("gf", features.gallery_f);
+    tensors.insert("gl", features.gallery_label);
+    tensors.insert("gc", features.gallery_cam);
+    return tensors;
+  };
+  auto nan = features.query_f.clone();
+  nan.index_put_({3, 4}, std::numeric_limits<float>::quiet_NaN());
+  struct Case {
+    std::string name, key;
+    torch::Tensor value;  // undefined: the key is left out
+  };
+  const std::vector<Case> cases{
+      {"qf_1d.pth", "qf", features.query_f.reshape({-1})},
+      {"qf_int.pth", "qf", features.query_f.to(torch::kInt32)},
+      {"qf_nan.pth", "qf", nan},
+      {"gf_columns.pth", "gf", features.gallery_f.slice(1, 0, 16).contiguous()},
+      {"gf_no_columns.pth", "gf", torch::zeros({300, 0})},
+      {"gl_short.pth", "gl", features.gallery_label.slice(0, 0, 299).contiguous()},
+      {"gc_fraction.pth", "gc", features.gallery_cam.to(torch::kFloat64) + 0.5},
+      {"ql_matrix.pth", "ql", features.query_label.reshape({2, -1}).contiguous()},
+      {"qc_missing.pth", "qc", torch::Tensor()},
+  };
+  reidnet::test::TemporaryFolder folder("bad_features");
+  for (const auto& bad : cases) {
+    CAPTURE(bad.name);
+    auto tensors = base();
+    reidnet::StateDict changed;
+    for (const auto& item : tensors) {
+      if (item.key() != bad.key) changed.insert(item.key(), item.value());
+      else if (bad.value.defined()) changed.insert(item.key(), bad.value);
+    }
+    const auto path = (folder.path / bad.name).string();
+    reidnet::save_tensors(changed, path);
+    const auto out = (folder.path / "x.faiss").string();
+    const auto run = reidnet::test::run_program("reidnet-index", "build --features " + path + " --out " + out);
+    INFO(run.output);
+    CHECK(run.status == 2);
+    CHECK(run.output.find(path) != std::string::npos);
+    CHECK(run.output.find("'" + bad.key + "'") != std::string::npos);
+    CHECK(run.output.find("Traceback") == std::string::npos);
+    CHECK_FALSE(fs::exists(out));
+  }
+  // A pytorch_result.mat whose query_f has no columns, and one whose cell hides in gallery_f.
+  const auto arrays = reference_arrays();
+  reidnet::MatArrays mat;
+  mat.insert("query_f", torch::zeros({40, 0}));
+  for (const char* name : {"query_label", "query_cam", "gallery_f", "gallery_label", "gallery_cam"}) {
+    mat.insert(name, arrays[name]);
+  }
+  const auto no_columns = (folder.path / "no_columns.mat").string();
+  reidnet::write_mat(no_columns, mat);
+  const auto deep = with_element(reference_file_without({"gallery_f"}, "no_gallery_f.mat"),
+                                 nested_cell_element("gallery_f", 1000), "cell_gallery_f.mat");
+  for (const auto& [path, array] : std::vector<std::pair<std::string, std::string>>{
+           {no_columns, "query_f"}, {deep, "gallery_f"}}) {
+    CAPTURE(path);
+    const auto run = reidnet::test::run_program(
+        "reidnet-index", "build --features " + path + " --out " + (folder.path / "y.faiss").string());
+    INFO(run.output);
+    CHECK(run.status == 2);
+    CHECK(run.output.find(path) != std::string::npos);
+    CHECK(run.output.find(array) != std::string::npos);
+  }
+}
