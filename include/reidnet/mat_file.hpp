@@ -19,9 +19,11 @@
 ///   bytes when stored plainly, or at most 1032 times its compressed bytes (zlib's largest
 ///   expansion). A compressed array's stream is then inflated, without keeping its bytes, and
 ///   must give exactly its array.
-/// - So an array takes in memory (values x its class's size) at most 8 times the bytes of data
-///   it really holds: a B-byte file makes reidnet allocate at most 8 B for what it reads when
-///   stored plainly, 8 x 1032 B when compressed (zeros), and no more than one converted copy.
+/// - So an array takes in memory (values x its class's size, what matio allocates) at most 8
+///   times the bytes of data it really holds (and, its tag being 32-bit, under 32 GiB): a
+///   B-byte file makes matio allocate at most 8 B for the arrays read when stored plainly,
+///   8 x 1032 B when compressed (runs of zeros), to which reidnet adds its row-major copy of
+///   each array and a float32 copy of double features.
 ///   The features files' counts (rows of labels, cameras and features; columns of query and
 ///   gallery features, at least 1) are compared from the headers first: a file whose arrays
 ///   disagree is refused before any data is read, whatever sizes it claims.
