@@ -440,3 +440,36 @@ TEST_CASE("optimizer state round-trips through its file, and a mismatched optimi
   CHECK(error_of([&] { reidnet::load_optimizer_state(copy, file("torchscript_prints.pt")); })
             .find("refusing the pickle global") != std::string::npos);
 }
+
+TEST_CASE("a tensor viewing more elements than its storage holds (zero or overlapping strides) is "
+          "refused by name, within bounded memory") {
+  // expanded_view.pth: 'gf' is one float seen as 2^19 x 512 through stride 0 (1 GiB once
+  // materialised) in a file of about a kilobyte; overlapping_view.pth: 20 elements over 8.
+  for (const auto& [name, key] : std::vector<std::pair<std::string, std::string>>{
+           {"expanded_view.pth", "'gf'"}, {"overlapping_view.pth", "'overlap'"}}) {
+    CAPTURE(name);
+    const auto idle = reidnet::test::idle_child_rss_kb();
+    const auto child = reidnet::test::run_in_child([&](std::string& message) {
+      message = error_of([&] { reidnet::read_state_dict(file(name)); });
+      return 0;
+    });
+    INFO(child.message);
+    MESSAGE(name, " (", std::filesystem::file_size(file(name)), " bytes): refused with a peak RSS ",
+            child.peak_rss_kb - idle, " KiB above an idle child");
+    CHECK(child.code == 0);
+    CHECK(child.message.find(file(name)) != std::string::npos);
+    CHECK(child.message.find("tensor " + key) != std::string::npos);
+    CHECK(child.message.find("strides") != std::string::npos);
+    CHECK(child.peak_rss_kb - idle < 64 * 1024);
+  }
+  // reidnet-index reads it as a features file: refused as bad input (exit code 2), no index.
+  reidnet::test::TemporaryFolder folder("expanded_view_index");
+  const auto out = (folder.path / "x.faiss").string();
+  const auto run = reidnet::test::run_program(
+      "reidnet-index", "build --features " + file("expanded_view.pth") + " --out " + out);
+  INFO(run.output);
+  CHECK(run.status == 2);
+  CHECK(run.output.find(file("expanded_view.pth")) != std::string::npos);
+  CHECK(run.output.find("'gf'") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(out));
+}

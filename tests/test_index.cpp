@@ -477,8 +477,13 @@ TEST_CASE("reidnet-index builds, adds, searches and describes over reidnet-test'
   // A rejected add (wrong dimension) leaves the file byte-identical; a good one appends.
   const auto original = read_bytes(index);
   const auto narrow = workspace() / "narrow.pth";
+  // A consistent features file (its query and gallery features both 16-d) whose dimension
+  // differs from the index's.
   reidnet::StateDict narrow_tensors = tensors;
+  narrow_tensors["qf"] = torch::randn({tensors["qf"].size(0), 16});
   narrow_tensors["gf"] = torch::randn({5, 16});
+  narrow_tensors["gl"] = tensors["gl"].slice(0, 0, 5).contiguous();
+  narrow_tensors["gc"] = tensors["gc"].slice(0, 0, 5).contiguous();
   reidnet::save_tensors(narrow_tensors, narrow.string());
   const auto rejected = run_program("reidnet-index", "add --index " + index.string() + " --features " + narrow.string());
   CHECK(rejected.status == 2);

@@ -19,25 +19,35 @@
 namespace reidnet::examples {
 
 /// The features of a retrieval run: reidnet-test's features.pth (qf, ql, qc, gf, gl, gc) or
-/// the baseline's pytorch_result.mat (by the .mat extension).
+/// the baseline's pytorch_result.mat (by the .mat extension), checked by
+/// check_retrieval_features right after reading. A file that cannot be read or holds bad
+/// features is reidnet::InputError (exit code 2), naming the file and the tensor.
 inline RetrievalFeatures read_retrieval_features(const std::string& path) {
-  try {
-    if (std::filesystem::path(path).extension() == ".mat") return read_pytorch_result(path);
-    const auto tensors = read_state_dict(path);
-    const auto get = [&](const char* key) {
-      if (!tensors.contains(key)) {
-        throw UsageError(fmt::format("{}: no '{}' tensor; expected the features file that "
-                                     "reidnet-test writes (qf, ql, qc, gf, gl, gc)",
-                                     path, key));
-      }
-      return tensors[key];
-    };
-    return {get("qf"), get("ql"), get("qc"), get("gf"), get("gl"), get("gc")};
-  } catch (const UsageError&) {
-    throw;
-  } catch (const std::exception& error) {
-    throw UsageError(error.what());
+  if (std::filesystem::path(path).extension() == ".mat") {
+    try {
+      return read_pytorch_result(path);  // checked there, naming the arrays
+    } catch (const InputError&) {
+      throw;
+    } catch (const std::runtime_error& error) {
+      throw InputError(error.what());
+    }
   }
+  StateDict tensors;
+  try {
+    tensors = read_state_dict(path);
+  } catch (const std::runtime_error& error) {
+    const std::string message = error.what();
+    throw InputError(message.find(path) == std::string::npos ? path + ": " + message : message);
+  }
+  const auto get = [&](const char* key) {
+    if (!tensors.contains(key)) {
+      throw InputError(fmt::format("{}: no '{}' tensor; expected the features file that "
+                                   "reidnet-test writes (qf, ql, qc, gf, gl, gc)", path, key));
+    }
+    return tensors[key];
+  };
+  return check_retrieval_features({get("qf"), get("ql"), get("qc"), get("gf"), get("gl"), get("gc")},
+                                  path, kFeaturesFileNames);
 }
 
 /// The build flags of an index: --type and the sizes of its type.

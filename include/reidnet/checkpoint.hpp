@@ -128,6 +128,7 @@ class LoadedArchive {
       throw CheckpointError(std::string("expected a tensor, found a ") + kind_name(value.kind));
     }
     const auto& view = *value.tensor;
+    check_view_elements(view, "a tensor");
     return storages_[archive_.storage_of.at(view.storage.get())].as_strided(
         view.sizes, view.strides, static_cast<int64_t>(view.offset));
   }

@@ -7,12 +7,35 @@
 ///     auto theirs = reidnet::read_pytorch_result("pytorch_result.mat"); // the baseline's file
 ///
 /// Arrays are 2-D, as MATLAB has them: a 1-D tensor is written as a 1 x N row (scipy's
-/// `oned_as="row"`), and reading gives 2-D tensors in row-major order. Reading checks every
-/// variable's class and size against the file's size before its data is read, so that a
-/// damaged or hostile file gets an error naming it and the variable, never a huge allocation.
-/// Needs matio (Debian's libmatio-dev; target reidnet::mat).
+/// `oned_as="row"`), and reading gives 2-D tensors in row-major order.
+///
+/// Reading treats the file as hostile until its headers are checked:
+/// - The file's top-level elements are scanned first (reidnet/detail/mat_scan.hpp): of each
+///   array only its header is read (inflated from a 4 KiB prefix where compressed), and no
+///   array is parsed further; cells, structs and arrays not asked for are skipped whole.
+/// - Every array asked for must be a real numeric 2-D array whose stored data (values x the
+///   stored type's size, which may be narrower than its class: MATLAB stores whole-number
+///   doubles as bytes) is exactly its data tag's byte count, inside its element: the element's
+///   bytes when stored plainly, or at most 1032 times its compressed bytes (zlib's largest
+///   expansion). A compressed array's stream is then inflated, without keeping its bytes, and
+///   must give exactly its array.
+/// - So an array takes in memory (values x its class's size, what matio allocates) at most 8
+///   times the bytes of data it really holds (and, its tag being 32-bit, under 32 GiB): a
+///   B-byte file makes matio allocate at most 8 B for the arrays read when stored plainly,
+///   8 x 1032 B when compressed (runs of zeros), to which reidnet adds its row-major copy of
+///   each array and a float32 copy of double features.
+///   The features files' counts (rows of labels, cameras and features; columns of query and
+///   gallery features, at least 1) are compared from the headers first: a file whose arrays
+///   disagree is refused before any data is read, whatever sizes it claims.
+/// - matio then decodes only the arrays asked for: when the file holds anything else, from an
+///   anonymous in-memory copy of the header and their elements (memfd_create), so that matio
+///   never parses another variable (a cell of millions of cells, a cell nested 200,000 deep).
+/// Errors for bad input are reidnet::InputError, naming the file and the array.
+/// Needs matio (Debian's libmatio-dev; target reidnet::mat) and zlib.
 
 #include <reidnet/detail/file_io.hpp>
+#include <reidnet/detail/mat_scan.hpp>
+#include <reidnet/errors.hpp>
 
 #include <torch/types.h>
 #include <torch/ordered_dict.h>
@@ -24,7 +47,9 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <memory>
@@ -32,6 +57,11 @@
 #include <string>
 #include <system_error>
 #include <vector>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace reidnet {
 
@@ -44,6 +74,81 @@ struct RetrievalFeatures {
   torch::Tensor query_f, query_label, query_cam;        // (Q, D) float32; (Q) int64; (Q) int64
   torch::Tensor gallery_f, gallery_label, gallery_cam;  // (G, D) float32; (G) int64; (G) int64
 };
+
+/// The names that errors give the six tensors of RetrievalFeatures (query_f, query_label,
+/// query_cam, gallery_f, gallery_label, gallery_cam), and what they call one.
+struct RetrievalFeatureNames {
+  const char* kind;
+  std::array<const char*, 6> names;
+};
+/// reidnet-test's features.pth.
+inline const RetrievalFeatureNames kFeaturesFileNames{"tensor", {"qf", "ql", "qc", "gf", "gl", "gc"}};
+/// The baseline's pytorch_result.mat.
+inline const RetrievalFeatureNames kPytorchResultNames{
+    "array", {"query_f", "query_label", "query_cam", "gallery_f", "gallery_label", "gallery_cam"}};
+
+/// Checks features read from the file `path` and returns them as the library uses them:
+/// query_f and gallery_f 2-D floating-point matrices with the same number (at least 1) of
+/// columns and finite values, as float32; labels and cameras 1-D (or one row) of integers (or
+/// of floating-point whole numbers), one per feature row, as int64 vectors. Throws
+/// reidnet::InputError naming the file and the tensor (by `names`) at fault.
+inline RetrievalFeatures check_retrieval_features(const RetrievalFeatures& features,
+                                                  const std::string& path,
+                                                  const RetrievalFeatureNames& names = kFeaturesFileNames) {
+  const auto fail = [&](size_t index, const std::string& problem) {
+    return InputError(fmt::format("{}: {} '{}' {}", path, names.kind, names.names[index], problem));
+  };
+  const auto describe = [](const torch::Tensor& tensor) {
+    return fmt::format("{} of {}", c10::str(tensor.sizes()), c10::toString(tensor.scalar_type()));
+  };
+  const auto features_of = [&](const torch::Tensor& tensor, size_t index) {
+    if (!tensor.defined()) throw fail(index, "is missing");
+    if (tensor.dim() != 2 || !tensor.is_floating_point()) {
+      throw fail(index, fmt::format("is {}; expected a 2-D floating-point matrix (pictures x "
+                                    "feature dimensions)", describe(tensor)));
+    }
+    if (tensor.size(1) < 1) throw fail(index, fmt::format("is {}: no feature columns", describe(tensor)));
+    const auto values = tensor.to(torch::kCPU);
+    constexpr int64_t kRowsAtOnce = 1 << 14;  // the finiteness check's temporary stays small
+    for (int64_t row = 0; row < values.size(0); row += kRowsAtOnce) {
+      if (!torch::isfinite(values.slice(0, row, row + kRowsAtOnce)).all().item<bool>()) {
+        throw fail(index, "holds NaN or infinite values");
+      }
+    }
+    return values.to(torch::kFloat32).contiguous();
+  };
+  const auto labels_of = [&](const torch::Tensor& tensor, size_t index, int64_t rows, size_t rows_of) {
+    if (!tensor.defined()) throw fail(index, "is missing");
+    if (!(tensor.dim() == 1 || (tensor.dim() == 2 && tensor.size(0) == 1)) ||
+        tensor.scalar_type() == torch::kBool || tensor.is_complex()) {
+      throw fail(index, fmt::format("is {}; expected a 1-D vector (or one row) of integers",
+                                    describe(tensor)));
+    }
+    const auto flat = tensor.to(torch::kCPU).reshape({-1});
+    if (flat.is_floating_point() &&
+        (!torch::isfinite(flat).all().item<bool>() || !torch::equal(flat.round(), flat))) {
+      throw fail(index, "holds values that are not whole numbers");
+    }
+    if (flat.numel() != rows) {
+      throw fail(index, fmt::format("has {} values for the {} rows of {} '{}'", flat.numel(), rows,
+                                    names.kind, names.names[rows_of]));
+    }
+    return flat.to(torch::kInt64);
+  };
+  RetrievalFeatures checked;
+  checked.query_f = features_of(features.query_f, 0);
+  checked.gallery_f = features_of(features.gallery_f, 3);
+  if (checked.query_f.size(1) != checked.gallery_f.size(1)) {
+    throw fail(0, fmt::format("has {} columns and {} '{}' {}; expected features of one dimension",
+                              checked.query_f.size(1), names.kind, names.names[3],
+                              checked.gallery_f.size(1)));
+  }
+  checked.query_label = labels_of(features.query_label, 1, checked.query_f.size(0), 0);
+  checked.query_cam = labels_of(features.query_cam, 2, checked.query_f.size(0), 0);
+  checked.gallery_label = labels_of(features.gallery_label, 4, checked.gallery_f.size(0), 3);
+  checked.gallery_cam = labels_of(features.gallery_cam, 5, checked.gallery_f.size(0), 3);
+  return checked;
+}
 
 /// multi_query.mat: the features of Market-1501's multi-query pictures (`gt_bbox`).
 struct MultiQueryFeatures {
@@ -134,53 +239,162 @@ inline void write_mat_variable(mat_t* file, const std::string& path, const std::
   }
 }
 
-/// The names of the variables whose headers read, in file order.
-inline std::vector<std::string> mat_variable_names(mat_t* file) {
-  std::vector<std::string> names;
-  Mat_Rewind(file);
-  while (MatVariable info = MatVariable(Mat_VarReadNextInfo(file))) {
-    if (info->name != nullptr) names.emplace_back(info->name);
+/// A MAT-file open for reading, scanned, with the arrays asked for checked from their headers.
+struct MatSelection {
+  std::string path;
+  std::unique_ptr<FileDescriptor> file;
+  MatScan scan;
+  std::vector<std::string> names;  // asked for, in the caller's order
+
+  const MatElement& element(const std::string& name) const {
+    for (const auto& candidate : scan.wanted) {
+      if (candidate.name == name) return candidate;
+    }
+    throw std::logic_error("reidnet: array '" + name + "' was not selected");
   }
-  Mat_Rewind(file);
-  return names;
+  uint64_t rows(const std::string& name) const { return element(name).dims[0]; }
+  uint64_t columns(const std::string& name) const { return element(name).dims[1]; }
+};
+
+inline InputError array_error(const std::string& path, const std::string& name,
+                              const std::string& problem) {
+  return InputError(fmt::format("{}: array '{}': {}", path, name, problem));
 }
 
-inline torch::Tensor read_mat_variable(mat_t* file, const std::string& path,
-                                       const std::string& name, uint64_t file_bytes) {
-  const auto fail = [&](const std::string& problem) {
-    return std::runtime_error(fmt::format("{}: array '{}': {}", path, name, problem));
-  };
-  MatVariable info(Mat_VarReadInfo(file, name.c_str()));
-  if (!info) {
-    const auto names = mat_variable_names(file);
-    if (std::find(names.begin(), names.end(), name) != names.end()) {
-      throw fail(mat_reason("its header cannot be read"));
+inline const MatNumericType* mat_type_of_class(uint32_t mat_class) {
+  return find_mat_type([&](const MatNumericType& candidate) {
+    return static_cast<uint32_t>(candidate.mat_class) == mat_class;
+  });
+}
+
+/// "'a', 'b'" for the errors: the arrays that the scan found.
+inline std::string held_arrays(const MatScan& scan) {
+  std::string held = scan.names.empty() ? std::string("no readable array")
+                                        : "'" + fmt::format("{}", fmt::join(scan.names, "', '")) + "'";
+  if (scan.names.size() == MatScan::kListedNames) held += " and more";
+  if (scan.unnamed > 0) held += fmt::format(" ({} more whose header cannot be read)", scan.unnamed);
+  return held;
+}
+
+/// Checks an array's header before any of its data is read: a real numeric 2-D array whose
+/// stored data holds exactly its values, inside what its element can hold (see read_mat).
+inline void check_mat_header(const MatElement& element, const std::string& path) {
+  const auto& name = element.name;
+  if (!element.problem.empty()) throw array_error(path, name, "its header cannot be read: " + element.problem);
+  const auto* type = mat_type_of_class(element.mat_class);
+  if (type == nullptr || element.complex || element.logical) {
+    throw array_error(path, name, fmt::format(
+        "is {}{}; expected a real numeric array (double, single, int64, int32, int16, int8 or uint8)",
+        mat_class_name(element.mat_class),
+        element.complex ? " (complex)" : element.logical ? " (logical)" : ""));
+  }
+  if (element.rank != 2) {
+    throw array_error(path, name, fmt::format("has {} dimensions; expected a 2-D array", element.rank));
+  }
+  const uint64_t rows = element.dims[0], columns = element.dims[1];
+  if (element.no_data) {
+    if (rows * columns != 0) {
+      throw array_error(path, name, fmt::format("is {} x {} but holds no data", rows, columns));
     }
-    throw fail(fmt::format("not in the file, which holds {}",
-                           names.empty() ? std::string("no readable array")
-                                         : "'" + fmt::format("{}", fmt::join(names, "', '")) + "'"));
+    return;
   }
-  const auto* type = find_mat_type(
-      [&](const MatNumericType& candidate) { return candidate.mat_class == info->class_type; });
-  if (type == nullptr || info->isComplex != 0 || info->isLogical != 0) {
-    throw fail("not a real numeric array (a cell, struct, sparse, logical, char or complex one)");
+  const uint64_t stored = mat_stored_value_bytes(element.data_type);
+  if (stored == 0) {
+    throw array_error(path, name, fmt::format("its data is stored as {}, not as numbers",
+                                              mat_stored_type_name(element.data_type)));
   }
-  if (info->rank != 2) throw fail(fmt::format("has {} dimensions; expected a 2-D array", info->rank));
-  const uint64_t rows = info->dims[0], columns = info->dims[1];
-  // Checked before reading: stored uncompressed, every value takes at least a byte of the
-  // file (MATLAB may store doubles as bytes), and zlib expands by at most about 1032 times.
-  const uint64_t limit = (info->compression == MAT_COMPRESSION_NONE ? 1 : 1032) * file_bytes;
-  const uint64_t element_bytes = c10::elementSize(type->dtype);
-  if (columns != 0 && rows > limit / columns) {
-    throw fail(fmt::format("{} x {} values do not fit in a {}-byte file", rows, columns, file_bytes));
+  // Dimensions are below 2^31, so rows x columns does not overflow; the data's byte count,
+  // below 2^32, is divided rather than the values multiplied.
+  if (element.data_bytes % stored != 0 || rows * columns != element.data_bytes / stored) {
+    throw array_error(path, name, fmt::format(
+        "its header says {} x {} values but its data holds {} bytes of {} ({} values)", rows,
+        columns, element.data_bytes, mat_stored_type_name(element.data_type),
+        element.data_bytes / stored));
   }
+  if (element.compressed &&
+      element.matrix_bytes + 8 > kZlibMaxRatio * (element.file_bytes - 8)) {
+    throw array_error(path, name, fmt::format(
+        "its {}-byte array cannot come from {} compressed bytes (zlib expands at most {} times)",
+        element.matrix_bytes + 8, element.file_bytes - 8, kZlibMaxRatio));
+  }
+}
+
+/// Opens and scans `path`, and checks the headers of the arrays `names`; no data is read.
+inline MatSelection select_mat_arrays(const std::string& path, const std::vector<std::string>& names) {
+  MatSelection selection;
+  selection.path = path;
+  selection.names = names;
+  // O_NONBLOCK: opening a FIFO with no writer would wait forever; fstat then refuses it.
+  selection.file = std::make_unique<FileDescriptor>(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+  struct stat info {};
+  if (selection.file->fd < 0 || ::fstat(selection.file->fd, &info) != 0 || !S_ISREG(info.st_mode)) {
+    throw InputError(fmt::format("{}: not a readable file", path));
+  }
+  selection.scan = scan_mat_file(selection.file->fd, static_cast<uint64_t>(info.st_size), path, names);
+  for (const auto& name : names) {
+    const auto& wanted = selection.scan.wanted;
+    const auto found = std::find_if(wanted.begin(), wanted.end(),
+                                    [&](const MatElement& element) { return element.name == name; });
+    if (found == wanted.end()) {
+      throw array_error(path, name, "not in the file, which holds " + held_arrays(selection.scan));
+    }
+    check_mat_header(*found, path);
+  }
+  return selection;
+}
+
+/// Writes all of `bytes` to `fd`, or throws.
+inline void write_all(int fd, const unsigned char* bytes, size_t size, const std::string& path) {
+  for (size_t done = 0; done < size;) {
+    const ssize_t count = ::write(fd, bytes + done, size - done);
+    if (count < 0 && errno == EINTR) continue;
+    if (count <= 0) {
+      throw std::runtime_error(fmt::format("{}: cannot copy its arrays for reading: {}", path,
+                                           std::strerror(errno)));
+    }
+    done += static_cast<size_t>(count);
+  }
+}
+
+/// An anonymous in-memory file holding the header and the selected arrays' elements of the
+/// scanned file: what matio reads when the file holds anything else, which it then never sees.
+inline std::unique_ptr<FileDescriptor> copy_selected_elements(const MatSelection& selection) {
+  const auto& path = selection.path;
+  auto copy = std::make_unique<FileDescriptor>(::memfd_create("reidnet-mat", MFD_CLOEXEC));
+  if (copy->fd < 0) {
+    throw std::runtime_error(fmt::format("{}: cannot make an in-memory file for its arrays: {}", path,
+                                         std::strerror(errno)));
+  }
+  write_all(copy->fd, reinterpret_cast<const unsigned char*>(selection.scan.header.data()),
+            selection.scan.header.size(), path);
+  MatFileReader reader(selection.file->fd, selection.scan.file_bytes);
+  std::vector<unsigned char> chunk(1 << 20);
+  for (const auto& element : selection.scan.wanted) {
+    for (uint64_t done = 0; done < element.file_bytes;) {
+      const auto size = std::min<uint64_t>(chunk.size(), element.file_bytes - done);
+      if (!reader.read_direct(element.offset + done, chunk.data(), size)) {
+        throw array_error(path, element.name, "the file changed or ended while it was read");
+      }
+      write_all(copy->fd, chunk.data(), static_cast<size_t>(size), path);
+      done += size;
+    }
+  }
+  return copy;
+}
+
+/// The array `element` through matio, checked against its header.
+inline torch::Tensor read_mat_variable(mat_t* file, const std::string& path, const MatElement& element) {
+  const auto& name = element.name;
+  const auto* type = mat_type_of_class(element.mat_class);
+  const uint64_t rows = element.dims[0], columns = element.dims[1];
   MatVariable variable(Mat_VarRead(file, name.c_str()));
   if (!variable || (rows * columns > 0 && variable->data == nullptr)) {
-    throw fail(mat_reason("its data cannot be read"));
+    throw array_error(path, name, mat_reason("its data cannot be read"));
   }
-  if (variable->class_type != info->class_type || variable->dims[0] != rows ||
-      variable->dims[1] != columns || variable->nbytes != rows * columns * element_bytes) {
-    throw fail("its data does not match its header");
+  if (static_cast<uint32_t>(variable->class_type) != element.mat_class || variable->rank != 2 ||
+      variable->dims[0] != rows || variable->dims[1] != columns ||
+      variable->nbytes != rows * columns * c10::elementSize(type->dtype)) {
+    throw array_error(path, name, "its data does not match its header");
   }
   const auto shape = std::vector<int64_t>{static_cast<int64_t>(columns), static_cast<int64_t>(rows)};
   // clone, not contiguous(): a 1 x N transpose is already contiguous, and matio frees the data.
@@ -189,55 +403,96 @@ inline torch::Tensor read_mat_variable(mat_t* file, const std::string& path,
       .clone(torch::MemoryFormat::Contiguous);
 }
 
-inline MatFile open_mat(const std::string& path, uint64_t& file_bytes) {
-  std::error_code error;
-  const auto status = std::filesystem::status(path, error);
-  if (error || !std::filesystem::is_regular_file(status)) {
-    throw std::runtime_error(fmt::format("{}: not a readable file", path));
+/// Reads the selected arrays: each compressed one is first inflated without keeping its bytes,
+/// to check that its stream holds exactly its array; then matio decodes them from a file that
+/// holds only them.
+inline MatArrays read_selected_arrays(const MatSelection& selection) {
+  const auto& path = selection.path;
+  MatFileReader reader(selection.file->fd, selection.scan.file_bytes);
+  for (const auto& element : selection.scan.wanted) {
+    if (!element.compressed) continue;
+    std::string problem;
+    const uint64_t expected = element.matrix_bytes + 8;
+    const auto inflated = inflate_mat_stream(reader, element.offset + 8, element.file_bytes - 8,
+                                             nullptr, 0, expected, problem);
+    if (!problem.empty()) throw array_error(path, element.name, problem);
+    if (inflated != expected) {
+      throw array_error(path, element.name, fmt::format(
+          "its compressed data inflates to {}{} bytes, where its header says {}",
+          inflated > expected ? "more than " : "", inflated > expected ? expected : inflated, expected));
+    }
   }
-  file_bytes = std::filesystem::file_size(path);
+  std::unique_ptr<FileDescriptor> copy;
+  int source = selection.file->fd;
+  if (selection.scan.elements != selection.scan.wanted.size()) {
+    copy = copy_selected_elements(selection);
+    source = copy->fd;
+  }
   quiet_mat_log();
-  MatFile file(Mat_Open(path.c_str(), MAT_ACC_RDONLY));
-  if (!file) throw std::runtime_error(fmt::format("{}: not a MAT-file ({})", path, mat_reason("matio cannot open it")));
-  if (Mat_GetVersion(file.get()) != MAT_FT_MAT5) {
-    throw std::runtime_error(fmt::format("{}: not a level-5 MAT-file (MATLAB's -v7 or -v6, "
-                                         "scipy.io.savemat's default)", path));
+  MatFile file(Mat_Open(fmt::format("/proc/self/fd/{}", source).c_str(), MAT_ACC_RDONLY));
+  if (!file || Mat_GetVersion(file.get()) != MAT_FT_MAT5) {
+    throw std::runtime_error(fmt::format("{}: matio cannot open it ({})", path,
+                                         mat_reason("through /proc/self/fd")));
   }
-  return file;
+  MatArrays arrays;
+  for (const auto& name : selection.names) {
+    arrays.insert(name, read_mat_variable(file.get(), path, selection.element(name)));
+  }
+  return arrays;
+}
+
+/// The number of labels in the header of `name`: a row or a column.
+inline uint64_t header_label_count(const MatSelection& selection, const std::string& name) {
+  const auto rows = selection.rows(name), columns = selection.columns(name);
+  if (rows != 1 && columns != 1) {
+    throw InputError(fmt::format("{}: array '{}' is {} x {}; expected one row or column",
+                                 selection.path, name, rows, columns));
+  }
+  return rows * columns;
+}
+
+/// <prefix>_f, <prefix>_label and <prefix>_cam from their headers: one row of floating-point
+/// features (at least one column) per label and as many cameras as labels.
+inline void check_labelled_headers(const MatSelection& selection, const std::string& prefix) {
+  const auto labels = header_label_count(selection, prefix + "_label");
+  const auto cameras = header_label_count(selection, prefix + "_cam");
+  const auto& features = selection.element(prefix + "_f");
+  const auto dtype = mat_type_of_class(features.mat_class)->dtype;
+  const auto rows = features.dims[0], columns = features.dims[1];
+  if (!c10::isFloatingType(dtype) || rows != labels || cameras != labels) {
+    throw InputError(fmt::format(
+        "{}: {}_f is {} x {} of {} and {}_cam has {} values for {} labels; expected one row of "
+        "floating-point features and one camera per label", selection.path, prefix, rows,
+        columns, c10::toString(dtype), prefix, cameras, labels));
+  }
+  if (columns == 0) {
+    throw InputError(fmt::format("{}: array '{}_f' is {} x 0; features need at least one column",
+                                 selection.path, prefix, rows));
+  }
 }
 
 /// (1, N) or (N, 1) as N labels, in int64; `name` and `path` for the errors.
 inline torch::Tensor label_vector(const torch::Tensor& array, const std::string& path,
                                   const std::string& name) {
   if (array.dim() != 2 || (array.size(0) != 1 && array.size(1) != 1)) {
-    throw std::runtime_error(fmt::format("{}: array '{}' is {} x {}; expected one row or column",
-                                         path, name, array.size(0), array.size(1)));
+    throw InputError(fmt::format("{}: array '{}' is {} x {}; expected one row or column", path,
+                                 name, array.size(0), array.size(1)));
   }
   const auto flat = array.reshape({-1});
-  const auto labels = flat.to(torch::kInt64);
-  if (flat.is_floating_point() && !torch::equal(labels.to(flat.scalar_type()), flat)) {
-    throw std::runtime_error(fmt::format("{}: array '{}' holds values that are not whole numbers",
-                                         path, name));
+  if (flat.is_floating_point() &&
+      (!torch::isfinite(flat).all().item<bool>() || !torch::equal(flat.round(), flat))) {
+    throw InputError(fmt::format("{}: array '{}' holds values that are not whole numbers", path, name));
   }
-  return labels;
+  return flat.to(torch::kInt64);
 }
 
-/// <prefix>_f, <prefix>_label and <prefix>_cam of `arrays`: features in float32, one row per
-/// label, and as many cameras as labels.
+/// <prefix>_f, <prefix>_label and <prefix>_cam of `arrays` (checked from their headers by
+/// check_labelled_headers): features in float32, labels and cameras as int64 vectors.
 inline std::array<torch::Tensor, 3> labelled_features(const MatArrays& arrays, const std::string& path,
                                                       const std::string& prefix) {
   const auto labels = label_vector(arrays[prefix + "_label"], path, prefix + "_label");
   const auto cameras = label_vector(arrays[prefix + "_cam"], path, prefix + "_cam");
-  const auto& features = arrays[prefix + "_f"];
-  if (!features.is_floating_point() || features.size(0) != labels.numel() ||
-      cameras.numel() != labels.numel()) {
-    throw std::runtime_error(fmt::format(
-        "{}: {}_f is {} x {} of {} and {}_cam has {} values for {} labels; expected one row of "
-        "floating-point features and one camera per label", path, prefix, features.size(0),
-        features.size(1), c10::toString(features.scalar_type()), prefix, cameras.numel(),
-        labels.numel()));
-  }
-  return {features.to(torch::kFloat32), labels, cameras};
+  return {arrays[prefix + "_f"].to(torch::kFloat32), labels, cameras};
 }
 
 }  // namespace detail
@@ -259,16 +514,11 @@ inline void write_mat(const std::string& path, const MatArrays& arrays) {
 }
 
 /// The arrays `names` of the MAT-file `path`, each as a 2-D tensor (rows x columns, row-major).
-/// Throws std::runtime_error naming the file and the array when one is missing, is not a real
-/// numeric matrix, or is larger than the file can hold.
+/// Throws reidnet::InputError naming the file and the array when one is missing, is not a real
+/// numeric matrix, or does not fit in what the file holds for it (see the file comment); no
+/// array's data is read before every array's header has been checked.
 inline MatArrays read_mat(const std::string& path, const std::vector<std::string>& names) {
-  uint64_t file_bytes = 0;
-  const auto file = detail::open_mat(path, file_bytes);
-  MatArrays arrays;
-  for (const auto& name : names) {
-    arrays.insert(name, detail::read_mat_variable(file.get(), path, name, file_bytes));
-  }
-  return arrays;
+  return detail::read_selected_arrays(detail::select_mat_arrays(path, names));
 }
 
 /// pytorch_result.mat as the baseline's test.py writes it: features as (N, D) float32, labels
@@ -286,18 +536,24 @@ inline void write_pytorch_result(const std::string& path, const RetrievalFeature
 
 /// A pytorch_result.mat from the baseline (or write_pytorch_result): features in float32 (from
 /// single or double), labels and cameras as int64 vectors (from any integer class, or from
-/// doubles that are whole numbers), their counts checked against the features' rows.
+/// doubles that are whole numbers). The row counts (one label and one camera per feature row)
+/// and the column counts (the same, at least 1, for query and gallery) are compared from the
+/// headers before any data is read; the values are then checked by check_retrieval_features.
 inline RetrievalFeatures read_pytorch_result(const std::string& path) {
-  const auto arrays = read_mat(path, {"query_f", "query_label", "query_cam", "gallery_f",
-                                      "gallery_label", "gallery_cam"});
+  const auto selection = detail::select_mat_arrays(
+      path, {"query_f", "query_label", "query_cam", "gallery_f", "gallery_label", "gallery_cam"});
+  detail::check_labelled_headers(selection, "query");
+  detail::check_labelled_headers(selection, "gallery");
+  if (selection.columns("query_f") != selection.columns("gallery_f")) {
+    throw InputError(fmt::format("{}: query_f has {} columns and gallery_f {}; expected features "
+                                 "of one dimension", path, selection.columns("query_f"),
+                                 selection.columns("gallery_f")));
+  }
+  const auto arrays = detail::read_selected_arrays(selection);
   const auto [query_f, query_label, query_cam] = detail::labelled_features(arrays, path, "query");
   const auto [gallery_f, gallery_label, gallery_cam] = detail::labelled_features(arrays, path, "gallery");
-  if (query_f.size(1) != gallery_f.size(1)) {
-    throw std::runtime_error(fmt::format("{}: query_f has {} columns and gallery_f {}; expected "
-                                         "features of one dimension", path, query_f.size(1),
-                                         gallery_f.size(1)));
-  }
-  return {query_f, query_label, query_cam, gallery_f, gallery_label, gallery_cam};
+  return check_retrieval_features({query_f, query_label, query_cam, gallery_f, gallery_label, gallery_cam},
+                                  path, kPytorchResultNames);
 }
 
 /// multi_query.mat as the baseline's test.py writes it (mquery_f, mquery_label, mquery_cam).
@@ -309,8 +565,11 @@ inline void write_multi_query(const std::string& path, const MultiQueryFeatures&
   write_mat(path, arrays);
 }
 
+/// multi_query.mat's arrays, their counts compared from the headers before any data is read.
 inline MultiQueryFeatures read_multi_query(const std::string& path) {
-  const auto arrays = read_mat(path, {"mquery_f", "mquery_label", "mquery_cam"});
+  const auto selection = detail::select_mat_arrays(path, {"mquery_f", "mquery_label", "mquery_cam"});
+  detail::check_labelled_headers(selection, "mquery");
+  const auto arrays = detail::read_selected_arrays(selection);
   const auto [mquery_f, mquery_label, mquery_cam] = detail::labelled_features(arrays, path, "mquery");
   return {mquery_f, mquery_label, mquery_cam};
 }

@@ -190,6 +190,11 @@ def write_crafted_files(path):
     data[info.header_offset + 30 + name_length + extra_length] ^= 0x01
     with open(path("crc_mismatch.pth"), "wb") as f:
         f.write(bytes(data))
+    # Views with more elements than their storages: one float seen as 2^19 x 512 (stride 0,
+    # 1 GiB if materialised) in a 1 KB file, and 20 elements laid over 8 (overlapping strides).
+    torch.save({"qf": torch.zeros(2, 512), "gf": torch.zeros(1).expand(1 << 19, 512)},
+               path("expanded_view.pth"))
+    torch.save({"overlap": torch.arange(8.0).as_strided((5, 4), (1, 1))}, path("overlapping_view.pth"))
     write_torchscript_optimizer(path("torchscript_prints.pt"), 'print("REIDNET_PAYLOAD_RAN")')
     write_torchscript_optimizer(path("torchscript_loops.pt"), "while True:\n            pass")
 

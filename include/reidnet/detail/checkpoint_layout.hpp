@@ -116,6 +116,7 @@ inline void collect_tensors(const PickledArchive& archive, CheckpointLayout& lay
   for (const auto& [key, value] : dict.entries) {
     if (key->kind != Value::Kind::String) throw CheckpointError("not a state dict: a key is not a string");
     const auto& tensor = *value->tensor;
+    check_view_elements(tensor, "tensor '" + key->text + "'");
     const size_t storage = archive.storage_of.at(tensor.storage.get());
     auto [found, inserted] = layout_index.emplace(storage, layout.storages.size());
     if (inserted) layout.storages.push_back(archive.storages[storage]);

@@ -67,6 +67,20 @@ struct TensorRef {
   std::vector<int64_t> strides;
 };
 
+/// Refuses a view with more elements than its storage holds: zero strides (an expanded
+/// tensor) or overlapping ones repeat the storage's values, and reading the view would take
+/// memory that the file never held. `what` names the tensor in the error.
+inline void check_view_elements(const TensorRef& tensor, const std::string& what) {
+  uint64_t numel = 1;
+  for (const auto size : tensor.sizes) numel = checked_multiply(numel, static_cast<uint64_t>(size), "tensor size");
+  if (numel > tensor.storage->numel) {
+    throw CheckpointError(what + " is a view of " + std::to_string(numel) +
+                          " elements on a storage of " + std::to_string(tensor.storage->numel) +
+                          ": zero or overlapping strides repeat its values; refused (save it "
+                          "with .contiguous() or .clone())");
+  }
+}
+
 /// One unpickled value. Containers own their items; `sealed` marks a container that has been
 /// nested somewhere and so may no longer change.
 struct Value {
