@@ -57,6 +57,17 @@ Retrieval exact_valued_set(int64_t seed, int64_t num_queries, int64_t num_galler
           place(num_gallery), ids(num_gallery), cams(num_gallery)};
 }
 
+// `s` as reidnet-test's features file (qf, ql, qc, gf, gl, gc) at `path`; returns its tensors.
+reidnet::StateDict write_features_file(const Retrieval& s, const fs::path& path) {
+  reidnet::StateDict tensors;
+  for (const auto& [key, value] : {std::pair<const char*, torch::Tensor>{"qf", s.qf}, {"ql", s.ql},
+                                   {"qc", s.qc}, {"gf", s.gf}, {"gl", s.gl}, {"gc", s.gc}}) {
+    tensors.insert(key, value);
+  }
+  reidnet::save_tensors(tensors, path.string());
+  return tensors;
+}
+
 // Clustered Gaussian features (ids as clusters), L2-normalised, as ReID embeddings are.
 Retrieval clustered_set(int64_t seed, int64_t num_queries, int64_t num_gallery, int64_t dim,
                         int64_t num_ids = 25) {
@@ -374,12 +385,7 @@ TEST_CASE("index files that FAISS reads but search or add would misuse are refus
 TEST_CASE("reidnet-index: one writer at a time, no lost update, no stale temporaries, no empty index") {
   const auto s = clustered_set(12, 10, 20000, 32, 30);
   const auto features = workspace() / "writers.pth";
-  reidnet::StateDict tensors;
-  for (const auto& [key, value] : {std::pair<const char*, torch::Tensor>{"qf", s.qf}, {"ql", s.ql},
-                                   {"qc", s.qc}, {"gf", s.gf}, {"gl", s.gl}, {"gc", s.gc}}) {
-    tensors.insert(key, value);
-  }
-  reidnet::save_tensors(tensors, features.string());
+  const auto tensors = write_features_file(s, features);
   const auto index = workspace() / "writers.faiss";
   const auto add = "add --index " + index.string() + " --features " + features.string();
   REQUIRE(run_program("reidnet-index", "build --features " + features.string() + " --out " +
@@ -441,12 +447,7 @@ TEST_CASE("reidnet-index: one writer at a time, no lost update, no stale tempora
 TEST_CASE("reidnet-index builds, adds, searches and describes over reidnet-test's features files") {
   const auto s = clustered_set(11, 40, 600, 32, 30);
   const auto features = workspace() / "features.pth";
-  reidnet::StateDict tensors;
-  for (const auto& [key, value] : {std::pair<const char*, torch::Tensor>{"qf", s.qf}, {"ql", s.ql},
-                                   {"qc", s.qc}, {"gf", s.gf}, {"gl", s.gl}, {"gc", s.gc}}) {
-    tensors.insert(key, value);
-  }
-  reidnet::save_tensors(tensors, features.string());
+  const auto tensors = write_features_file(s, features);
   const auto index = workspace() / "cli.faiss";
   const auto build = run_program("reidnet-index", "build --features " + features.string() +
                                                       " --type ivfpq --pq-m 8 --out " + index.string());
