@@ -5,6 +5,7 @@
 
 #include <reidnet/reidnet.hpp>
 
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <thread>
@@ -12,6 +13,12 @@
 #include <vector>
 
 using reidnet::test::max_relative_difference;
+
+// .ci/test sets REIDNET_TEST_ONEDNN_CRASHES where oneDNN 3.x dies of SIGFPE on this CPU (a
+// virtual machine hiding its cache topology) and caps oneDNN at AVX: LibTorch's own oneDNN
+// tensor ops (mkldnn_add) still crash there, and the capped oneDNN has no bf16. The cases
+// that need either are then reported as skipped, not passed.
+const auto kSkipWhereOneDnnCrashes = doctest::skip(std::getenv("REIDNET_TEST_ONEDNN_CRASHES") != nullptr);
 
 namespace {
 
@@ -89,7 +96,7 @@ TEST_CASE("fp32 FtNet embed and forward match the module for stride 1/2, linear 
   }
 }
 
-TEST_CASE("bf16 FtNet embed has cosine >= 0.999 to the fp32 module, per row") {
+TEST_CASE("bf16 FtNet embed has cosine >= 0.999 to the fp32 module, per row" * kSkipWhereOneDnnCrashes) {
   torch::NoGradGuard no_grad;
   for (const int64_t stride : {1, 2}) {
     for (const int64_t linear_num : {0, 512}) {
@@ -109,7 +116,8 @@ TEST_CASE("bf16 FtNet embed has cosine >= 0.999 to the fp32 module, per row") {
   }
 }
 
-TEST_CASE("each optimisation switched off on its own still matches the module (fp32)") {
+TEST_CASE("each optimisation switched off on its own still matches the module (fp32)" *
+          kSkipWhereOneDnnCrashes) {
   torch::NoGradGuard no_grad;
   auto net = make_ft_net(2, 512);
   const auto images = torch::randn({2, 3, kHeight, kWidth});
