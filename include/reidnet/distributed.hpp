@@ -80,6 +80,7 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -92,6 +93,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace reidnet {
@@ -290,6 +292,36 @@ inline int listen_on_master_address(const LaunchEnvironment& launch) {
   return -1;
 }
 
+/// Whether something at `host`:`port` accepted a TCP connection before `deadline`, trying
+/// every address it resolves to every 100 ms. A rank other than 0 waits for rank 0's store so
+/// before it connects: LibTorch 2.x's TCPStore client, refused, retries after its own timeout
+/// and a growing back-off sleep, which would let a job with no rank 0 run well past the
+/// timeout.
+inline bool wait_until_accepting(const std::string& host, uint16_t port,
+                                 std::chrono::steady_clock::time_point deadline) {
+  using namespace std::chrono;
+  for (;;) {
+    for (const auto& address : resolve_tcp(host, port)) {
+      const int fd = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+      if (fd < 0) continue;
+      bool accepted = ::connect(fd, reinterpret_cast<const sockaddr*>(&address.address), address.length) == 0;
+      if (!accepted && errno == EINPROGRESS) {
+        const auto left = duration_cast<milliseconds>(deadline - steady_clock::now()).count();
+        pollfd wait{fd, POLLOUT, 0};
+        int error = 0;
+        socklen_t size = sizeof error;
+        accepted = ::poll(&wait, 1, static_cast<int>(std::clamp<int64_t>(left, 1, 1000))) == 1 &&
+                   ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &size) == 0 && error == 0;
+      }
+      ::close(fd);
+      if (accepted) return true;
+    }
+    const auto now = steady_clock::now();
+    if (now >= deadline) return false;
+    std::this_thread::sleep_for(std::min<steady_clock::duration>(milliseconds(100), deadline - now));
+  }
+}
+
 }  // namespace detail
 
 /// How ProcessGroup::connect reaches the other ranks.
@@ -339,6 +371,10 @@ class ProcessGroup {
           "({}); {}", launch.rank, launch.world_size, stage, where,
           options.timeout().count() / 1000.0, detail, check));
     };
+    if (!file && launch.rank != 0 &&
+        !detail::wait_until_accepting(launch.master_addr, static_cast<uint16_t>(launch.master_port), deadline)) {
+      throw failure("the TCPStore", "nothing accepted a connection there");
+    }
     c10::intrusive_ptr<c10d::Store> store;
     try {
       store = open_store(launch, options);
