@@ -24,6 +24,13 @@
 
 namespace reidnet::test {
 
+/// A test case that needs a GPU is decorated `* cuda_suite() * skip_without_cuda()`: it joins
+/// the "cuda" suite, which the topic runs leave out and ctest's `cuda` test (label cuda) runs,
+/// and it is skipped where no CUDA device is present, so that ctest reports that test as
+/// skipped rather than passed.
+inline doctest::test_suite cuda_suite() { return doctest::test_suite("cuda"); }
+inline doctest::skip skip_without_cuda() { return doctest::skip(!torch::cuda::is_available()); }
+
 /// fixtures/<topic>/<name>: files written by tests/python/<topic>_reference.py.
 inline std::string fixture(const std::string& topic, const std::string& name) {
   return std::string(REIDNET_TEST_FIXTURES_DIR) + "/" + topic + "/" + name;

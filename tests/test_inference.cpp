@@ -281,12 +281,6 @@ TEST_CASE("bad inputs and options are rejected with a message") {
 }
 
 namespace {
-/// The CUDA checks run where a GPU is present; elsewhere they say so and pass.
-bool cuda_or_skip() {
-  if (!torch::cuda::is_available()) MESSAGE("no CUDA device: checked on GPU machines only");
-  return torch::cuda::is_available();
-}
-
 /// TF32 convs (cuDNN's default) round to 10 mantissa bits; the fp32 bounds need them off.
 struct ExactCudnnScope {
   const bool tf32 = at::globalContext().allowTF32CuDNN();
@@ -295,8 +289,8 @@ struct ExactCudnnScope {
 };
 }  // namespace
 
-TEST_CASE("on CUDA the fast path matches the module: fp32 within 1e-4, fp16 and bf16 cosine >= 0.999") {
-  if (!cuda_or_skip()) return;
+TEST_CASE("on CUDA the fast path matches the module: fp32 within 1e-4, fp16 and bf16 cosine >= 0.999" *
+          reidnet::test::cuda_suite() * reidnet::test::skip_without_cuda()) {
   const ExactCudnnScope exact;
   auto net = make_ft_net(2, 512);
   torch::manual_seed(11);
@@ -324,8 +318,8 @@ TEST_CASE("on CUDA the fast path matches the module: fp32 within 1e-4, fp16 and 
   }
 }
 
-TEST_CASE("on CUDA the module matches the CPU, and an fp16 autocast step with GradScaler trains") {
-  if (!cuda_or_skip()) return;
+TEST_CASE("on CUDA the module matches the CPU, and an fp16 autocast step with GradScaler trains" *
+          reidnet::test::cuda_suite() * reidnet::test::skip_without_cuda()) {
   torch::manual_seed(12);
   reidnet::FtNet net(reidnet::FtNetOptions(10).linear_num(64));
   randomize_batch_norms(*net);

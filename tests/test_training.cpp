@@ -125,41 +125,45 @@ TEST_CASE("StepLR at 2/3 of the epochs and cosine equal PyTorch's schedulers per
   }
 }
 
-TEST_CASE("GradScaler unscales gradients, skips a step with inf gradients and adapts the scale") {
-  std::vector<torch::Device> devices{torch::kCPU};
-  if (torch::cuda::is_available()) devices.emplace_back(torch::kCUDA);  // the fused kernel
-  for (const auto& device : devices) {
-    CAPTURE(device);
-    auto weight = torch::ones({3}, torch::TensorOptions(device)).requires_grad_();
-    torch::optim::SGD sgd({weight}, torch::optim::SGDOptions(0.1));
-    reidnet::GradScaler scaler(reidnet::GradScalerOptions().init_scale(1024).growth_interval(2));
-    auto finite_step = [&] {
-      sgd.zero_grad();
-      scaler.scale((weight * 2).sum()).backward();
-      CHECK(weight.grad().cpu().eq(2048).all().item<bool>());  // d(2w)/dw, scaled
-      const bool stepped = scaler.step(sgd);
-      CHECK(weight.grad().cpu().eq(2).all().item<bool>());     // unscaled before the step
-      scaler.update();
-      return stepped;
-    };
-    CHECK(finite_step());
-    CHECK(torch::allclose(weight.detach().cpu(), torch::full({3}, 0.8)));
-    CHECK(scaler.current_scale() == 1024);
-    CHECK(finite_step());
-    CHECK(scaler.current_scale() == 2048);  // grows after growth_interval finite steps
-
+namespace {
+/// GradScaler's steps on `device`: unscaled before the step, grown after growth_interval finite
+/// steps, and a step with inf gradients skipped and the scale backed off.
+void check_grad_scaler_steps(torch::Device device) {
+  CAPTURE(device);
+  auto weight = torch::ones({3}, torch::TensorOptions(device)).requires_grad_();
+  torch::optim::SGD sgd({weight}, torch::optim::SGDOptions(0.1));
+  reidnet::GradScaler scaler(reidnet::GradScalerOptions().init_scale(1024).growth_interval(2));
+  auto finite_step = [&] {
     sgd.zero_grad();
-    const auto infinite = torch::tensor({1.0f, std::numeric_limits<float>::infinity(), 1.0f},
-                                        torch::TensorOptions(device));
-    scaler.scale((weight * infinite).sum()).backward();
-    const auto before = weight.detach().clone();
-    CHECK_FALSE(scaler.step(sgd));
-    CHECK(scaler.found_inf());
-    CHECK(torch::equal(weight.detach(), before));  // the step was skipped
+    scaler.scale((weight * 2).sum()).backward();
+    CHECK(weight.grad().cpu().eq(2048).all().item<bool>());  // d(2w)/dw, scaled
+    const bool stepped = scaler.step(sgd);
+    CHECK(weight.grad().cpu().eq(2).all().item<bool>());     // unscaled before the step
     scaler.update();
-    CHECK(scaler.current_scale() == 1024);  // backed off
-    CHECK(scaler.state().growth_tracker == 0);
-  }
+    return stepped;
+  };
+  CHECK(finite_step());
+  CHECK(torch::allclose(weight.detach().cpu(), torch::full({3}, 0.8)));
+  CHECK(scaler.current_scale() == 1024);
+  CHECK(finite_step());
+  CHECK(scaler.current_scale() == 2048);  // grows after growth_interval finite steps
+
+  sgd.zero_grad();
+  const auto infinite = torch::tensor({1.0f, std::numeric_limits<float>::infinity(), 1.0f},
+                                      torch::TensorOptions(device));
+  scaler.scale((weight * infinite).sum()).backward();
+  const auto before = weight.detach().clone();
+  CHECK_FALSE(scaler.step(sgd));
+  CHECK(scaler.found_inf());
+  CHECK(torch::equal(weight.detach(), before));  // the step was skipped
+  scaler.update();
+  CHECK(scaler.current_scale() == 1024);  // backed off
+  CHECK(scaler.state().growth_tracker == 0);
+}
+}  // namespace
+
+TEST_CASE("GradScaler unscales gradients, skips a step with inf gradients and adapts the scale") {
+  check_grad_scaler_steps(torch::kCPU);
 
   SUBCASE("disabled, it passes the loss and the step through") {
     auto weight = torch::ones({2}).requires_grad_();
@@ -178,6 +182,11 @@ TEST_CASE("GradScaler unscales gradients, skips a step with inf gradients and ad
     CHECK_THROWS_WITH_AS(scaler.load_state({-1.0, 0}), doctest::Contains("scale must be > 0"),
                          c10::Error);
   }
+}
+
+TEST_CASE("on CUDA GradScaler's fused unscale kernel takes the same steps" *
+          reidnet::test::cuda_suite() * reidnet::test::skip_without_cuda()) {
+  check_grad_scaler_steps(torch::kCUDA);
 }
 
 TEST_CASE("make_sgd's multi-tensor SGD takes exactly torch::optim::SGD's steps, and resumes") {
