@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's per-family speed table: test-time embedding of a batch, reidnet's
+# docs/families.md's per-family speed table: test-time embedding of a batch, reidnet's
 # optimize_for_inference (reidnet-bench --model) next to eager PyTorch (benchmarks/families.py)
 # on the same machine, interleaved; best of ROUNDS runs each, as img/s and reidnet / Python.
 #

@@ -69,7 +69,7 @@ struct InferenceOptions {
   TORCH_ARG(bool, prepack) = true;
   /// CPU, with prepack and fuse, float32 or bfloat16: run the backbone on oneDNN's own API
   /// (weights reordered once per kernel, residual add fused into the conv), where reidnet
-  /// was built with it (REIDNET_WITH_ONEDNN, see README); LibTorch's oneDNN ops otherwise.
+  /// was built with it (REIDNET_WITH_ONEDNN, see docs/speed.md); LibTorch's oneDNN ops otherwise.
   TORCH_ARG(bool, call_onednn_directly) = true;
 };
 
