@@ -240,3 +240,120 @@ TEST_CASE("reuse_freed_host_memory applies on glibc, and large tensors still com
     CHECK(big.sum().item<int64_t>() == static_cast<int64_t>(round) * (48 << 20));
   }
 }
+
+namespace {
+/// reidnet::Adam over the reference's two weights (backbone at a tenth of the lr), as
+/// training_reference.py's adam_steps builds torch.optim's.
+struct AdamRun {
+  std::vector<torch::Tensor> weights;
+  std::unique_ptr<reidnet::Adam> adam;
+
+  explicit AdamRun(const std::string& kind) {
+    const auto& r = reference();
+    for (int i = 0; i < 2; ++i) {
+      weights.push_back(r.at(kind + "_start_" + std::to_string(i)).clone().requires_grad_());
+    }
+    const auto recipe = reidnet::AdamRecipe().lr(0.01).backbone_lr_ratio(0.1).weight_decay(5e-4)
+                            .decoupled_weight_decay(kind == "adamw");
+    adam = reidnet::make_adam(reidnet::ParameterGroups{{weights[0]}, {weights[1]}}, recipe);
+    if (kind == "amsgrad") {
+      for (auto& group : adam->param_groups()) {
+        static_cast<torch::optim::AdamOptions&>(group.options()).amsgrad(true);
+      }
+    }
+  }
+
+  /// The reference's gradients of step `step`, then the step.
+  void step(const std::string& kind, int step) {
+    for (int i = 0; i < 2; ++i) {
+      weights[i].mutable_grad() = reference().at(kind + "_grad_" + std::to_string(step) + "_" + std::to_string(i)).clone();
+    }
+    adam->step();
+  }
+};
+}  // namespace
+
+TEST_CASE("Adam, AdamW and AMSGrad take torch.optim's three steps bit for bit; their state files "
+          "load both ways, and a resumed run equals an uninterrupted one") {
+  for (const std::string kind : {"adam", "adamw", "amsgrad"}) {
+    CAPTURE(kind);
+    AdamRun run(kind);
+    for (int step = 0; step < 3; ++step) {
+      run.step(kind, step);
+      for (int i = 0; i < 2; ++i) {
+        CAPTURE(step);
+        CAPTURE(i);
+        const auto& expected = reference().at(kind + "_after_" + std::to_string(step) + "_" + std::to_string(i));
+        CHECK(torch::equal(run.weights[i].detach(), expected));
+      }
+    }
+    // reidnet's file into Python, and Python's file into reidnet.
+    const auto ours = fixture("training", kind + "_reidnet_state.pt");
+    reidnet::save_optimizer_state(*run.adam, ours);
+    CHECK(reidnet::test::run_python("optimizer_check.py",
+                                    kind + " " + ours + " " + fixture("training", "")) == 0);
+    AdamRun loaded(kind);
+    reidnet::load_optimizer_state(*loaded.adam, fixture("training", kind + "_state.pt"));
+    for (int i = 0; i < 2; ++i) {
+      const auto* mine = reidnet::detail::parameter_state<torch::optim::AdamParamState>(*run.adam, run.weights[i]);
+      const auto* theirs =
+          reidnet::detail::parameter_state<torch::optim::AdamParamState>(*loaded.adam, loaded.weights[i]);
+      REQUIRE(mine != nullptr);
+      REQUIRE(theirs != nullptr);
+      CHECK(theirs->step() == 3);
+      CHECK(torch::equal(theirs->exp_avg(), mine->exp_avg()));
+      CHECK(torch::equal(theirs->exp_avg_sq(), mine->exp_avg_sq()));
+      CHECK(theirs->max_exp_avg_sq().defined() == (kind == "amsgrad"));
+    }
+    CHECK(reidnet::learning_rates(*loaded.adam) == reidnet::learning_rates(*run.adam));
+
+    // Resume: two steps, the state through a file into a new optimizer, the third step.
+    AdamRun first(kind);
+    first.step(kind, 0);
+    first.step(kind, 1);
+    const auto halfway = fixture("training", kind + "_halfway.pt");
+    reidnet::save_optimizer_state(*first.adam, halfway);
+    AdamRun resumed(kind);
+    for (int i = 0; i < 2; ++i) {
+      torch::NoGradGuard no_grad;
+      resumed.weights[i].copy_(first.weights[i]);
+    }
+    reidnet::load_optimizer_state(*resumed.adam, halfway);
+    resumed.step(kind, 2);
+    for (int i = 0; i < 2; ++i) CHECK(torch::equal(resumed.weights[i].detach(), run.weights[i].detach()));
+  }
+}
+
+TEST_CASE("a bad Adam state file is refused by name and leaves the optimizer unchanged") {
+  AdamRun run("adam");
+  run.step("adam", 0);
+  const auto before = run.adam->state().size();
+  // An SGD file has no 'betas'; an AMSGrad file turns amsgrad on with its maxima.
+  const auto sgd_file = fixture("training", "adam_refused_sgd.pt");
+  {
+    auto weight = torch::zeros({4, 3}, torch::requires_grad());
+    auto other = torch::zeros({5}, torch::requires_grad());
+    auto sgd = reidnet::make_sgd(reidnet::ParameterGroups{{weight}, {other}});
+    reidnet::save_optimizer_state(*sgd, sgd_file);
+  }
+  auto message_of = [&](const std::string& path) {
+    try {
+      reidnet::load_optimizer_state(*run.adam, path);
+    } catch (const std::exception& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  const auto sgd_message = message_of(sgd_file);
+  CHECK(sgd_message.find(sgd_file) != std::string::npos);
+  CHECK(sgd_message.find("param_groups[0] has no 'betas'") != std::string::npos);
+  AdamRun amsgrad("amsgrad");
+  amsgrad.step("amsgrad", 0);
+  const auto amsgrad_file = fixture("training", "amsgrad_one_step.pt");
+  reidnet::save_optimizer_state(*amsgrad.adam, amsgrad_file);
+  AdamRun plain("adam");
+  reidnet::load_optimizer_state(*plain.adam, amsgrad_file);  // amsgrad comes with the file
+  CHECK(static_cast<const torch::optim::AdamOptions&>(plain.adam->param_groups()[0].options()).amsgrad());
+  CHECK(message_of(fixture("training", "reference.pt")).find("no 'param_groups'") != std::string::npos);
+  CHECK(run.adam->state().size() == before);
+}

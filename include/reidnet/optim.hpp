@@ -1,17 +1,22 @@
 #pragma once
 /// The baseline's optimiser: SGD with Nesterov momentum and two parameter
-/// groups, the pretrained backbone at a fraction of the head's learning rate.
+/// groups, the pretrained backbone at a fraction of the head's learning rate; and the strong
+/// baseline's, Adam or AdamW, whose steps equal Python's bit for bit.
 ///
 ///     auto sgd = reidnet::make_sgd(*net, reidnet::SgdRecipe().lr(0.05));
 ///     // sgd->param_groups()[0] is the backbone (0.005), [1] the head (0.05)
+///     auto adam = reidnet::make_adam(*net, reidnet::AdamRecipe().lr(3.5e-4));
 
 #include <reidnet/reid_model.hpp>
 
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
+#include <torch/optim/adam.h>
 #include <torch/optim/sgd.h>
 #include <torch/utils.h>
+#include <torch/version.h>
 
+#include <cmath>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -138,23 +143,125 @@ inline void clear_gradients(torch::optim::Optimizer& optimizer) {
   }
 }
 
-/// Learning rate of each param group, in order.
-inline std::vector<double> learning_rates(const torch::optim::SGD& optimizer) {
+/// Learning rate of each param group, in order (any optimiser: SGD, Adam, ...).
+inline std::vector<double> learning_rates(const torch::optim::Optimizer& optimizer) {
   std::vector<double> rates;
-  for (const auto& group : optimizer.param_groups()) {
-    rates.push_back(static_cast<const torch::optim::SGDOptions&>(group.options()).lr());
-  }
+  for (const auto& group : optimizer.param_groups()) rates.push_back(group.options().get_lr());
   return rates;
 }
 
 /// Sets the learning rate of each param group, in order.
-inline void set_learning_rates(torch::optim::SGD& optimizer, const std::vector<double>& rates) {
+inline void set_learning_rates(torch::optim::Optimizer& optimizer, const std::vector<double>& rates) {
   auto& groups = optimizer.param_groups();
   TORCH_CHECK(rates.size() == groups.size(), "set_learning_rates: ", rates.size(),
               " rates for ", groups.size(), " param groups");
-  for (size_t i = 0; i < groups.size(); ++i) {
-    static_cast<torch::optim::SGDOptions&>(groups[i].options()).lr(rates[i]);
+  for (size_t i = 0; i < groups.size(); ++i) groups[i].options().set_lr(rates[i]);
+}
+
+/// The strong baseline's optimiser (fast-reid's bag of tricks): Adam, with L2 weight decay
+/// added to the gradient as torch.optim.Adam does, or AdamW's decoupled weight decay.
+struct AdamRecipe {
+  /// Learning rate of the head; the backbone gets lr * backbone_lr_ratio.
+  TORCH_ARG(double, lr) = 3.5e-4;
+  TORCH_ARG(double, backbone_lr_ratio) = 1.0;
+  TORCH_ARG(double, weight_decay) = 5e-4;
+  TORCH_ARG(double, beta1) = 0.9;
+  TORCH_ARG(double, beta2) = 0.999;
+  TORCH_ARG(double, eps) = 1e-8;
+  /// AdamW: the weights shrink by lr * weight_decay each step instead.
+  TORCH_ARG(bool, decoupled_weight_decay) = false;
+};
+
+/// torch.optim.Adam, or torch.optim.AdamW with `decoupled_weight_decay`, with Python's
+/// single-tensor step (its default on the CPU) op for op, so that its steps equal Python's
+/// bit for bit. The options (AdamOptions) and the state (AdamParamState: step, exp_avg,
+/// exp_avg_sq, max_exp_avg_sq) are torch::optim::Adam's.
+class Adam : public torch::optim::Adam {
+ public:
+  Adam(std::vector<torch::optim::OptimizerParamGroup> groups, torch::optim::AdamOptions defaults,
+       bool decoupled_weight_decay = false)
+      : torch::optim::Adam(std::move(groups), std::move(defaults)),
+        decoupled_weight_decay_(decoupled_weight_decay) {}
+
+  bool decoupled_weight_decay() const { return decoupled_weight_decay_; }
+
+  torch::Tensor step(LossClosure closure = nullptr) override {
+    torch::NoGradGuard no_grad;
+    torch::Tensor loss;
+    if (closure) {
+      at::AutoGradMode enable_grad(true);
+      loss = closure();
+    }
+    using Key = typename std::decay_t<decltype(state_)>::key_type;
+    for (auto& group : param_groups()) {
+      const auto& options = static_cast<const torch::optim::AdamOptions&>(group.options());
+      const auto [beta1, beta2] = options.betas();
+      for (auto& parameter : group.params()) {
+        if (!parameter.grad().defined()) continue;
+        const auto key = detail::optimizer_state_key<Key>(parameter);
+        if (state_.find(key) == state_.end()) {
+          auto fresh = std::make_unique<torch::optim::AdamParamState>();
+          fresh->exp_avg(torch::zeros_like(parameter, at::MemoryFormat::Preserve));
+          fresh->exp_avg_sq(torch::zeros_like(parameter, at::MemoryFormat::Preserve));
+          if (options.amsgrad()) fresh->max_exp_avg_sq(torch::zeros_like(parameter, at::MemoryFormat::Preserve));
+          state_[key] = std::move(fresh);
+        }
+        auto& state = static_cast<torch::optim::AdamParamState&>(*state_.at(key));
+        state.step(state.step() + 1);
+        auto gradient = parameter.grad();
+        if (decoupled_weight_decay_) {
+          parameter.mul_(1 - options.lr() * options.weight_decay());
+        } else if (options.weight_decay() != 0) {
+          gradient = gradient.add(parameter, options.weight_decay());
+        }
+        // Python moves the first moment with lerp_ since 2.1, with mul_ and add_ before: the
+        // same value, rounded differently.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+        state.exp_avg().lerp_(gradient, 1 - beta1);
+#else
+        state.exp_avg().mul_(beta1).add_(gradient, 1 - beta1);
+#endif
+        state.exp_avg_sq().mul_(beta2).addcmul_(gradient, gradient, 1 - beta2);
+        const auto step = static_cast<double>(state.step());
+        const double step_size = options.lr() / (1 - std::pow(beta1, step));
+        const double bias_correction2_sqrt = std::sqrt(1 - std::pow(beta2, step));
+        auto second_moment = state.exp_avg_sq();
+        if (options.amsgrad()) {
+          at::maximum_out(state.max_exp_avg_sq(), state.max_exp_avg_sq(), second_moment);
+          second_moment = state.max_exp_avg_sq();
+        }
+        const auto denominator = (second_moment.sqrt() / bias_correction2_sqrt).add_(options.eps());
+        parameter.addcdiv_(state.exp_avg(), denominator, -step_size);
+      }
+    }
+    return loss;
   }
+
+ private:
+  bool decoupled_weight_decay_ = false;
+};
+
+/// Adam (or AdamW) with group 0 = backbone (lr * backbone_lr_ratio) and group 1 = head (lr),
+/// the groups a ReidModel declares.
+inline std::unique_ptr<Adam> make_adam(ParameterGroups groups, const AdamRecipe& recipe = {}) {
+  TORCH_CHECK(!groups.head.empty(), "make_adam: the head group has no parameters");
+  auto adam_options = [&](double lr) {
+    return torch::optim::AdamOptions(lr)
+        .betas({recipe.beta1(), recipe.beta2()})
+        .eps(recipe.eps())
+        .weight_decay(recipe.weight_decay());
+  };
+  std::vector<torch::optim::OptimizerParamGroup> param_groups;
+  param_groups.emplace_back(std::move(groups.backbone), std::make_unique<torch::optim::AdamOptions>(
+                                                            adam_options(recipe.lr() * recipe.backbone_lr_ratio())));
+  param_groups.emplace_back(std::move(groups.head),
+                            std::make_unique<torch::optim::AdamOptions>(adam_options(recipe.lr())));
+  return std::make_unique<Adam>(std::move(param_groups), adam_options(recipe.lr()),
+                                recipe.decoupled_weight_decay());
+}
+
+inline std::unique_ptr<Adam> make_adam(const ReidModelImpl& model, const AdamRecipe& recipe = {}) {
+  return make_adam(model.parameter_groups(), recipe);
 }
 
 }  // namespace reidnet

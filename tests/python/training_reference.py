@@ -62,8 +62,32 @@ def scheduled_rates(make_scheduler, epochs, lr=0.05, ratio=0.1):
     return torch.tensor(rates, dtype=torch.float64)
 
 
+def adam_steps(out, name, make_optimizer, steps=3):
+    """Three steps of `make_optimizer` over two groups (backbone at a tenth of the lr): the
+    starting weights, each step's gradients and the weights after each step into `out`
+    (prefix `name`), and the optimizer's state_dict to <name>_state.pt."""
+    g = torch.Generator().manual_seed(11)
+    weights = [torch.randn(4, 3, generator=g), torch.randn(5, generator=g)]
+    out[f"{name}_start_0"], out[f"{name}_start_1"] = (w.clone() for w in weights)
+    params = [torch.nn.Parameter(w.clone()) for w in weights]
+    optimizer = make_optimizer([{"params": [params[0]], "lr": 0.1 * 0.01},
+                                {"params": [params[1]], "lr": 0.01}])
+    for step in range(steps):
+        for i, p in enumerate(params):
+            p.grad = torch.randn(p.shape, generator=g)
+            out[f"{name}_grad_{step}_{i}"] = p.grad.clone()
+        optimizer.step()
+        for i, p in enumerate(params):
+            out[f"{name}_after_{step}_{i}"] = p.detach().clone()
+    torch.save(optimizer.state_dict(), os.path.join(sys.argv[1], f"{name}_state.pt"))
+
+
 def main():
     out = {}
+    os.makedirs(sys.argv[1], exist_ok=True)
+    adam_steps(out, "adam", lambda groups: torch.optim.Adam(groups, weight_decay=5e-4))
+    adam_steps(out, "adamw", lambda groups: torch.optim.AdamW(groups, weight_decay=5e-4))
+    adam_steps(out, "amsgrad", lambda groups: torch.optim.Adam(groups, weight_decay=5e-4, amsgrad=True))
     g = torch.Generator().manual_seed(5)
     logits = torch.randn(12, 7, generator=g, dtype=torch.float64)
     targets = torch.randint(0, 7, (12,), generator=g)
