@@ -90,8 +90,9 @@ void add_flags(CLI::App& app, TrainConfig& c, std::string& name) {
                  "resnet50/densenet121, IBN-Net's resnet50_ibn_a)")
       ->check(CLI::ExistingFile);
   app.add_option("--batch-size,--batchsize", c.batch_size, "images per batch (up to 4096)");
+  app.add_option("--optimizer", c.optimizer, "sgd (Nesterov momentum 0.9), adam or adamw");
   app.add_option("--lr", c.lr, "learning rate of the head");
-  app.add_option("--weight-decay", c.weight_decay, "SGD weight decay");
+  app.add_option("--weight-decay", c.weight_decay, "weight decay (adamw: decoupled)");
   app.add_option("--total-epoch,--total_epoch", c.total_epoch, "epochs (0 writes the initial model)");
   app.add_option("--warm-epoch,--warm_epoch", c.warm_epoch, "loss warm-up epochs");
   app.add_flag("--cosine", c.cosine, "cosine schedule instead of StepLR");
@@ -376,10 +377,18 @@ class Trainer {
             group_->size());
       }
     }
-    optimizer_ = reidnet::make_sgd(*net_, reidnet::SgdRecipe()
-                                              .lr(c_.lr)
-                                              .backbone_lr_ratio(c_.backbone_lr_ratio)
-                                              .weight_decay(c_.weight_decay));
+    if (c_.optimizer == "sgd") {
+      optimizer_ = reidnet::make_sgd(*net_, reidnet::SgdRecipe()
+                                                .lr(c_.lr)
+                                                .backbone_lr_ratio(c_.backbone_lr_ratio)
+                                                .weight_decay(c_.weight_decay));
+    } else {
+      optimizer_ = reidnet::make_adam(*net_, reidnet::AdamRecipe()
+                                                 .lr(c_.lr)
+                                                 .backbone_lr_ratio(c_.backbone_lr_ratio)
+                                                 .weight_decay(c_.weight_decay)
+                                                 .decoupled_weight_decay(c_.optimizer == "adamw"));
+    }
     base_rates_ = reidnet::learning_rates(*optimizer_);
     if (!resume_.empty()) {
       const fs::path folder(resume_);
@@ -600,7 +609,7 @@ class Trainer {
   int64_t batches_per_epoch_ = 0;
   reidnet::ReidModel net_;
   std::optional<reidnet::GradientAverager> averager_;
-  std::unique_ptr<torch::optim::SGD> optimizer_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::vector<double> base_rates_;
   TrainerState state_;
 };

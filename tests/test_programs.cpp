@@ -152,25 +152,40 @@ TEST_CASE("reidnet-train writes net_last.pth, opts.yaml, train.log and train.jpg
 }
 
 TEST_CASE("a run stopped after epoch 1 and resumed ends with the same weights as an "
-          "uninterrupted run") {
-  const auto whole = workspace() / "whole";
-  const auto split = workspace() / "split";
-  const std::string flags = " --total-epoch 2 --warm-epoch 1 --triplet --instances-per-id 4";
-  REQUIRE(run_program("reidnet-train", train_flags(whole) + flags).status == 0);
-  const auto first = run_program("reidnet-train", train_flags(split) + flags + " --epochs-this-run 1");
-  INFO(first.output);
-  REQUIRE(first.status == 0);
-  CHECK(first.output.find("--resume") != std::string::npos);
-  // --resume alone continues with the run's opts.yaml (data folder included).
-  const auto second = run_program("reidnet-train", "--resume " + split.string() + " --threads 2");
-  INFO(second.output);
-  REQUIRE(second.status == 0);
-  const auto a = reidnet::read_state_dict((whole / "net_last.pth").string());
-  const auto b = reidnet::read_state_dict((split / "net_last.pth").string());
-  REQUIRE(a.size() == b.size());
-  for (const auto& item : a) {
-    CAPTURE(item.key());
-    CHECK(torch::equal(item.value(), b[item.key()]));
+          "uninterrupted run, with SGD, Adam and AdamW") {
+  for (const std::string optimizer : {"sgd", "adam", "adamw"}) {
+    CAPTURE(optimizer);
+    const auto whole = workspace() / ("whole_" + optimizer);
+    const auto split = workspace() / ("split_" + optimizer);
+    const std::string flags = " --total-epoch 2 --warm-epoch 1 --triplet --instances-per-id 4 --optimizer " +
+                              optimizer + (optimizer == "sgd" ? "" : " --lr 0.00035");
+    REQUIRE(run_program("reidnet-train", train_flags(whole) + flags).status == 0);
+    const auto first = run_program("reidnet-train", train_flags(split) + flags + " --epochs-this-run 1");
+    INFO(first.output);
+    REQUIRE(first.status == 0);
+    CHECK(first.output.find("--resume") != std::string::npos);
+    // --resume alone continues with the run's opts.yaml (data folder included).
+    const auto second = run_program("reidnet-train", "--resume " + split.string() + " --threads 2");
+    INFO(second.output);
+    REQUIRE(second.status == 0);
+    const auto a = reidnet::read_state_dict((whole / "net_last.pth").string());
+    const auto b = reidnet::read_state_dict((split / "net_last.pth").string());
+    REQUIRE(a.size() == b.size());
+    for (const auto& item : a) {
+      CAPTURE(item.key());
+      CHECK(torch::equal(item.value(), b[item.key()]));
+    }
+    std::ifstream yaml(split / "opts.yaml");
+    std::stringstream text;
+    text << yaml.rdbuf();
+    CHECK(text.str().find("optimizer: " + optimizer) != std::string::npos);
+    if (optimizer != "sgd") {  // Python's Adam/AdamW loads optimizer.pt into ft_net's two groups
+      const auto nclasses = a["classifier.classifier.0.bias"].size(0);
+      CHECK(reidnet::test::run_python("check_checkpoint.py",
+                                      "adam_optimizer " + (split / "optimizer.pt").string() + " " +
+                                          (split / "net_last.pth").string() + " " + std::to_string(nclasses) +
+                                          " 2 512 " + optimizer) == 0);
+    }
   }
 }
 
@@ -195,6 +210,9 @@ TEST_CASE("bad flags and bad data give a clear usage error and exit code 2") {
     CHECK(run_program("reidnet-train", train_flags(out) + " --stride 3").status == 2);
     CHECK(run_program("reidnet-train", train_flags(out) + " --fp16 --bf16").status == 2);
     CHECK(run_program("reidnet-train", train_flags(out) + " --no-such-flag").status == 2);
+    const auto optimizer = run_program("reidnet-train", train_flags(out) + " --optimizer rmsprop");
+    CHECK(optimizer.status == 2);
+    CHECK(optimizer.output.find("--optimizer is rmsprop; expected sgd, adam or adamw") != std::string::npos);
   }
   SUBCASE("a recipe flag together with --resume") {
     const auto folder = out / "looks_like_a_run";

@@ -44,6 +44,7 @@ struct TrainConfig {
   std::string weights;
   int64_t class_num = 0;  // filled from the data set
   // Optimiser and schedule.
+  std::string optimizer = "sgd";  // sgd (Nesterov), adam or adamw
   int64_t batch_size = 32;
   double lr = 0.05;
   double weight_decay = 5e-4;
@@ -152,6 +153,7 @@ void for_each_opts_field(Config& c, Field&& field) {
   field("stride", c.last_stride);  // the baseline's key for the last stride
   field("droprate", c.droprate);
   field("erasing_p", c.erasing_p);
+  field("optimizer", c.optimizer);
   field("lr", c.lr);
   field("weight_decay", c.weight_decay);
   field("total_epoch", c.total_epoch);
@@ -215,6 +217,8 @@ void check_train_config(const TrainConfig& c, Name&& name) {
           "1 to 1000000");
   require(c.batch_size >= 1 && c.batch_size <= kMaxBatchSize, "batchsize", "--batch-size",
           c.batch_size, "1 to 4096");
+  require(c.optimizer == "sgd" || c.optimizer == "adam" || c.optimizer == "adamw", "optimizer",
+          "--optimizer", c.optimizer, "sgd, adam or adamw");
   require(std::isfinite(c.lr) && c.lr > 0, "lr", "--lr", c.lr, "a positive number");
   require(within(c.weight_decay, 0, 1), "weight_decay", "--weight-decay", c.weight_decay, "0 to 1");
   require(c.total_epoch >= 0 && c.total_epoch <= 100000, "total_epoch", "--total-epoch",

@@ -33,6 +33,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -406,6 +407,20 @@ inline void load_optimizer_state(torch::optim::Adam& optimizer, const std::strin
         }
         return state;
       });
+}
+
+/// Either overload above, picked by the optimiser's type: SGD (ForeachSGD) or Adam
+/// (reidnet::Adam). Throws std::invalid_argument for another optimiser.
+inline void save_optimizer_state(const torch::optim::Optimizer& optimizer, const std::string& path) {
+  if (const auto* sgd = dynamic_cast<const torch::optim::SGD*>(&optimizer)) return save_optimizer_state(*sgd, path);
+  if (const auto* adam = dynamic_cast<const torch::optim::Adam*>(&optimizer)) return save_optimizer_state(*adam, path);
+  throw std::invalid_argument("save_optimizer_state: only SGD and Adam state can be saved");
+}
+
+inline void load_optimizer_state(torch::optim::Optimizer& optimizer, const std::string& path) {
+  if (auto* sgd = dynamic_cast<torch::optim::SGD*>(&optimizer)) return load_optimizer_state(*sgd, path);
+  if (auto* adam = dynamic_cast<torch::optim::Adam*>(&optimizer)) return load_optimizer_state(*adam, path);
+  throw std::invalid_argument("load_optimizer_state: only SGD and Adam state can be loaded");
 }
 
 }  // namespace reidnet

@@ -8,6 +8,9 @@
       load reidnet's optimizer state into Python's SGD for ft_net (the baseline's two groups),
       take one step, and save Python's state to <out.pt> and its momentum buffers, by
       parameter index, to <out.pt>.expected.
+  check_checkpoint.py adam_optimizer <optimizer.pt> <net.pth> <nclasses> <stride> <linear_num> <adam|adamw>
+      load reidnet's Adam or AdamW state into Python's, for ft_net's two groups; every moment
+      and step must come through, and the optimizer must take a step.
 Exit status 0 on success; a message on stderr otherwise.
 """
 import sys
@@ -63,6 +66,29 @@ def check_optimizer(optimizer_path, net_path, nclasses, stride, linear_num, out_
                out_path + ".expected")
 
 
+def check_adam_optimizer(optimizer_path, net_path, nclasses, stride, linear_num, kind):
+    net = FtNet(int(nclasses), 0.5, int(stride), int(linear_num))
+    net.load_state_dict(torch.load(net_path, map_location="cpu"), strict=True)
+    named = list(net.named_parameters())
+    groups = [{"params": [p for n, p in named if not n.startswith("classifier.")]},
+              {"params": [p for n, p in named if n.startswith("classifier.")]}]
+    adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind](groups, lr=1.0)
+    saved = torch.load(optimizer_path, map_location="cpu")
+    adam.load_state_dict(saved)
+    params = [p for group in adam.param_groups for p in group["params"]]
+    assert len(saved["state"]) > 100, f"only {len(saved['state'])} parameters have state"
+    for index, entry in saved["state"].items():
+        state = adam.state[params[index]]
+        assert entry["step"].dtype == torch.float32 and entry["step"].dim() == 0, "step"
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(state[key], entry[key]), f"state[{index}][{key}]"
+    assert adam.param_groups[1]["lr"] == saved["param_groups"][1]["lr"] != 1.0
+    for p in params:
+        p.grad = p.detach() * 0.01
+    adam.step()
+
+
 if __name__ == "__main__":
     kind, *args = sys.argv[1:]
-    {"ft_net": check_ft_net, "features": check_features, "optimizer": check_optimizer}[kind](*args)
+    {"ft_net": check_ft_net, "features": check_features, "optimizer": check_optimizer,
+     "adam_optimizer": check_adam_optimizer}[kind](*args)
