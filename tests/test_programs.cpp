@@ -152,8 +152,8 @@ TEST_CASE("reidnet-train writes net_last.pth, opts.yaml, train.log and train.jpg
 }
 
 TEST_CASE("a run stopped after epoch 1 and resumed ends with the same weights as an "
-          "uninterrupted run, with SGD, Adam and AdamW") {
-  for (const std::string optimizer : {"sgd", "adam", "adamw"}) {
+          "uninterrupted run, with SGD and with Adam") {
+  for (const std::string optimizer : {"sgd", "adam"}) {  // AdamW: the same path, bit-tested in training
     CAPTURE(optimizer);
     const auto whole = workspace() / ("whole_" + optimizer);
     const auto split = workspace() / ("split_" + optimizer);

@@ -48,6 +48,14 @@ Key optimizer_state_key(const at::Tensor& parameter) {
     return parameter.unsafeGetTensorImpl();
   }
 }
+
+/// The loss of an optimiser step's closure, computed with gradients on as Python's step does;
+/// undefined without a closure.
+inline torch::Tensor closure_loss(const torch::optim::Optimizer::LossClosure& closure) {
+  if (!closure) return {};
+  at::AutoGradMode enable_grad(true);
+  return closure();
+}
 }  // namespace detail
 
 /// torch::optim::SGD whose update runs as multi-tensor (`_foreach_`) kernels, as Python's SGD
@@ -61,11 +69,7 @@ class ForeachSGD : public torch::optim::SGD {
 
   torch::Tensor step(LossClosure closure = nullptr) override {
     torch::NoGradGuard no_grad;
-    torch::Tensor loss;
-    if (closure) {
-      at::AutoGradMode enable_grad(true);
-      loss = closure();
-    }
+    const auto loss = detail::closure_loss(closure);
     using Key = typename std::decay_t<decltype(state_)>::key_type;
     for (auto& group : param_groups()) {
       const auto& options = static_cast<const torch::optim::SGDOptions&>(group.options());
@@ -187,11 +191,7 @@ class Adam : public torch::optim::Adam {
 
   torch::Tensor step(LossClosure closure = nullptr) override {
     torch::NoGradGuard no_grad;
-    torch::Tensor loss;
-    if (closure) {
-      at::AutoGradMode enable_grad(true);
-      loss = closure();
-    }
+    const auto loss = detail::closure_loss(closure);
     using Key = typename std::decay_t<decltype(state_)>::key_type;
     for (auto& group : param_groups()) {
       const auto& options = static_cast<const torch::optim::AdamOptions&>(group.options());
