@@ -2,6 +2,7 @@
 // three steps of reidnet's GradientAverager against PyTorch's DistributedDataParallel (both
 // on Gloo, two processes over loopback), and reidnet-train's multi-process runs and failures.
 #include "support.hpp"
+#include "scratch.hpp"
 
 #include <reidnet/checkpoint.hpp>
 #include <reidnet/data_loader.hpp>
@@ -33,6 +34,7 @@ namespace fs = std::filesystem;
 namespace {
 
 using reidnet::test::run_program;
+using reidnet::test::scratch;
 
 const fs::path& workspace() {
   static const fs::path root = reidnet::test::fresh_workspace("distributed_workspace");
@@ -177,7 +179,7 @@ namespace {
 std::vector<reidnet::StateDict> run_worker_job(const std::string& mode, int world_size,
                                                const std::string& name,
                                                const std::string& precision = "float32") {
-  const auto out = workspace() / name;
+  const auto out = scratch(workspace() / name);
   fs::create_directories(out);
   const int port = reidnet::detail::free_loopback_port();
   const std::string worker = std::string(REIDNET_TEST_BINARY_DIR) + "/reidnet_ddp_worker";
@@ -259,7 +261,7 @@ TEST_CASE("SyncBatchNorm: 2 processes at batch 6 equal 1 process at batch 12 (fl
 }
 
 TEST_CASE("reidnet-train --nproc-per-node 2 trains; rank 0 alone writes; resume takes any world size") {
-  const auto out = workspace() / "two";
+  const auto out = scratch(workspace() / "two");
   auto arguments = train_arguments(out);
   const auto two = run_program("reidnet-train", "--nproc-per-node 2" + joined(arguments) +
                                " --total-epoch 2 --epochs-this-run 1");
@@ -278,7 +280,7 @@ TEST_CASE("reidnet-train --nproc-per-node 2 trains; rank 0 alone writes; resume 
   CHECK(one.output.find("resuming " + out.string() + " at epoch 2") != std::string::npos);
   CHECK(one.output.find("epoch 2/2") != std::string::npos);
   // and a one-process run resumed on two.
-  const auto single = workspace() / "one_then_two";
+  const auto single = scratch(workspace() / "one_then_two");
   REQUIRE(run_program("reidnet-train", joined(train_arguments(single)) +
                       " --total-epoch 2 --epochs-this-run 1").status == 0);
   const auto resumed = run_program("reidnet-train", "--nproc-per-node 2 --resume " + single.string() +
@@ -303,11 +305,11 @@ TEST_CASE("a worker killed mid-epoch stops the job within 60 s, with a message; 
     CHECK(first == "next_epoch: 1");
   };
   SUBCASE("under --nproc-per-node, the launcher stops the others") {
-    const auto out = workspace() / "killed_supervised";
+    const auto out = scratch(workspace() / "killed_supervised");
     auto arguments = train_arguments(out);
     arguments.insert(arguments.begin(), {"--nproc-per-node", "2"});
     arguments.insert(arguments.end(), {"--total-epoch", "3"});
-    const auto temporary = workspace() / "killed_supervised_tmp";  // the launcher's TMPDIR
+    const auto temporary = scratch(workspace() / "killed_supervised_tmp");  // the launcher's TMPDIR
     fs::create_directories(temporary);
     const auto job = start(examples_program("reidnet-train"), arguments,
                            {{"REIDNET_KILL_RANK_AT", "1:2:3"}, {"TMPDIR", temporary.string()}});
@@ -320,7 +322,7 @@ TEST_CASE("a worker killed mid-epoch stops the job within 60 s, with a message; 
     CHECK(fs::is_empty(temporary));  // the rendezvous folder went with the job
   }
   SUBCASE("launched without a supervisor (as by torchrun), the survivor fails on its own") {
-    const auto out = workspace() / "killed_alone";
+    const auto out = scratch(workspace() / "killed_alone");
     auto arguments = train_arguments(out);
     arguments.insert(arguments.end(), {"--total-epoch", "3"});
     const int port = reidnet::detail::free_loopback_port();
@@ -341,7 +343,7 @@ TEST_CASE("a worker killed mid-epoch stops the job within 60 s, with a message; 
 }
 
 TEST_CASE("a rank that never joins, or a wrong MASTER_PORT, fails within twice --dist-timeout") {
-  const auto out = workspace() / "alone";
+  const auto out = scratch(workspace() / "alone");
   auto arguments = train_arguments(out);
   arguments.insert(arguments.end(), {"--total-epoch", "1", "--dist-timeout", "5"});
   const int port = reidnet::detail::free_loopback_port();
@@ -492,8 +494,8 @@ std::vector<std::string> entries(const fs::path& folder) {
 
 TEST_CASE("reidnet-train --nproc-per-node 2 listens on nothing beyond loopback; its rendezvous "
           "folder is private and removed at the end") {
-  const auto out = workspace() / "loopback_only";
-  const auto temporary = workspace() / "loopback_only_tmp";  // the launcher's TMPDIR
+  const auto out = scratch(workspace() / "loopback_only");
+  const auto temporary = scratch(workspace() / "loopback_only_tmp");  // the launcher's TMPDIR
   fs::create_directories(temporary);
   auto arguments = train_arguments(out);
   arguments.insert(arguments.begin(), {"--nproc-per-node", "2"});
@@ -524,7 +526,7 @@ TEST_CASE("reidnet-train --nproc-per-node 2 listens on nothing beyond loopback; 
 
 TEST_CASE("under torchrun's variables with a loopback MASTER_ADDR, Gloo listens on loopback only, "
           "and so does the store where LibTorch lets reidnet bind it (2.4 and later)") {
-  const auto out = workspace() / "torchrun_loopback";
+  const auto out = scratch(workspace() / "torchrun_loopback");
   auto arguments = train_arguments(out);
   arguments.insert(arguments.end(), {"--total-epoch", "1"});
   const int port = reidnet::detail::free_loopback_port();
@@ -552,7 +554,7 @@ TEST_CASE("under torchrun's variables with a loopback MASTER_ADDR, Gloo listens 
 TEST_CASE("WORLD_SIZE above 4096 is refused; at 4096 with one rank started, it fails within "
           "about twice --dist-timeout") {
   REQUIRE(reidnet::kMaxWorldSize == 4096);
-  const auto out = workspace() / "world_size";
+  const auto out = scratch(workspace() / "world_size");
   auto arguments = train_arguments(out);
   for (const char* size : {"4097", "100000"}) {
     const auto refused = run_program("reidnet-train", joined(arguments), fmt::format("WORLD_SIZE={} RANK=0", size));
@@ -669,7 +671,7 @@ TEST_CASE("where a job meets over loopback, and the store's own listening socket
 }
 
 TEST_CASE("bad launcher variables and flags are usage errors (exit code 2)") {
-  const auto out = workspace() / "bad";
+  const auto out = scratch(workspace() / "bad");
   const auto arguments = joined(train_arguments(out));
   CHECK(run_program("reidnet-train", arguments, "WORLD_SIZE=2 RANK=2").status == 2);
   CHECK(run_program("reidnet-train", arguments, "WORLD_SIZE=two RANK=0").status == 2);

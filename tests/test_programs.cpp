@@ -1,6 +1,7 @@
 // End-to-end runs of the example programs on a small toy data set: reidnet-toy-data,
 // reidnet-train (outputs, Python loading, resume, bad input) and reidnet-test.
 #include "support.hpp"
+#include "scratch.hpp"
 
 #include "common/curves.hpp"
 #include "common/ranked_list.hpp"
@@ -25,6 +26,7 @@ namespace {
 
 using reidnet::test::map_of;
 using reidnet::test::run_program;
+using reidnet::test::scratch;
 
 const fs::path& workspace() {
   static const fs::path root = reidnet::test::fresh_workspace("programs_workspace");
@@ -155,8 +157,8 @@ TEST_CASE("a run stopped after epoch 1 and resumed ends with the same weights as
           "uninterrupted run, with SGD and with Adam") {
   for (const std::string optimizer : {"sgd", "adam"}) {  // AdamW: the same path, bit-tested in training
     CAPTURE(optimizer);
-    const auto whole = workspace() / ("whole_" + optimizer);
-    const auto split = workspace() / ("split_" + optimizer);
+    const auto whole = scratch(workspace() / ("whole_" + optimizer));
+    const auto split = scratch(workspace() / ("split_" + optimizer));
     const std::string flags = " --total-epoch 2 --warm-epoch 1 --triplet --instances-per-id 4 --optimizer " +
                               optimizer + (optimizer == "sgd" ? "" : " --lr 0.00035");
     REQUIRE(run_program("reidnet-train", train_flags(whole) + flags).status == 0);
@@ -255,7 +257,7 @@ TEST_CASE("bad flags and bad data give a clear usage error and exit code 2") {
 }
 
 TEST_CASE("a diverging loss stops the run with a clear message and leaves no partial file") {
-  const auto out = workspace() / "diverge";
+  const auto out = scratch(workspace() / "diverge");
   const auto run = run_program("reidnet-train", train_flags(out) + " --total-epoch 2 --lr 1e12");
   INFO(run.output);
   CHECK(run.status == 1);
@@ -267,7 +269,7 @@ TEST_CASE("a diverging loss stops the run with a clear message and leaves no par
 
 TEST_CASE("optimizer.pt is Python's optimizer.state_dict(): Python loads it and steps, and "
           "reidnet loads what Python saved") {
-  const auto out = workspace() / "optimizer_interop";
+  const auto out = scratch(workspace() / "optimizer_interop");
   REQUIRE(run_program("reidnet-train", train_flags(out) + " --total-epoch 1").status == 0);
   const auto net_path = (out / "net_last.pth").string();
   const auto nclasses = reidnet::read_state_dict(net_path)["classifier.classifier.0.bias"].size(0);
@@ -297,10 +299,10 @@ TEST_CASE("optimizer.pt is Python's optimizer.state_dict(): Python loads it and 
 }
 
 TEST_CASE("a rejected command leaves an existing run byte-identical") {
-  const auto run = workspace() / "kept";
+  const auto run = scratch(workspace() / "kept");
   REQUIRE(run_program("reidnet-train", train_flags(run) + " --total-epoch 1").status == 0);
   const auto before = snapshot(run);
-  const auto other_ids = workspace() / "toy_other_ids";
+  const auto other_ids = scratch(workspace() / "toy_other_ids");
   REQUIRE(run_program("reidnet-toy-data", "--out " + other_ids.string() + " --ids 6 --seed 12").status == 0);
   for (const std::string flags :
        {train_flags(run) + " --batch-size 100000", train_flags(run) + " --lr nan",
@@ -317,7 +319,7 @@ TEST_CASE("a rejected command leaves an existing run byte-identical") {
 }
 
 TEST_CASE("a second trainer on a run folder in use is refused, and the folder is unchanged") {
-  const auto out = workspace() / "locked";
+  const auto out = scratch(workspace() / "locked");
   REQUIRE(run_program("reidnet-train", train_flags(out) + " --total-epoch 0").status == 0);
   const auto before = snapshot(out);
   const reidnet::RunFolder held(out);  // as a trainer running on it holds it
@@ -332,7 +334,7 @@ TEST_CASE("a second trainer on a run folder in use is refused, and the folder is
 
 TEST_CASE("killed at any step of an epoch's commit, --resume ends exactly as an uninterrupted run") {
   const std::string flags = " --total-epoch 2 --train-all";
-  const auto whole = workspace() / "uninterrupted";
+  const auto whole = scratch(workspace() / "uninterrupted");
   REQUIRE(run_program("reidnet-train", train_flags(whole) + flags).status == 0);
   const auto expected = snapshot(whole);
   for (const std::string step :
@@ -340,7 +342,7 @@ TEST_CASE("killed at any step of an epoch's commit, --resume ends exactly as an 
         "1:published:optimizer.pt", "1:published:trainer_state.yaml", "1:published:train.log",
         "1:published:train.jpg", "1:committed"}) {
     CAPTURE(step);
-    const auto out = workspace() / ("killed_" + std::to_string(std::hash<std::string>{}(step)));
+    const auto out = scratch(workspace() / ("killed_" + std::to_string(std::hash<std::string>{}(step))));
     const auto killed = run_program("reidnet-train", train_flags(out) + flags, "REIDNET_KILL_AT=" + step);
     INFO(killed.output);
     REQUIRE(killed.status == 128 + SIGKILL);
@@ -359,7 +361,7 @@ TEST_CASE("killed at any step of an epoch's commit, --resume ends exactly as an 
 }
 
 TEST_CASE("NaN and infinite flag values are refused with exit code 2, naming the flag") {
-  const auto out = workspace() / "nan_flags";
+  const auto out = scratch(workspace() / "nan_flags");
   for (const std::string flag : {"--lr", "--droprate", "--weight-decay", "--erasing-p",
                                  "--label-smoothing", "--backbone-lr-ratio"}) {
     for (const char* value : {"nan", "inf", "-inf"}) {
@@ -376,9 +378,9 @@ TEST_CASE("NaN and infinite flag values are refused with exit code 2, naming the
 
 TEST_CASE("bad values in opts.yaml and trainer_state.yaml are refused naming the file, key and "
           "value") {
-  const auto source = workspace() / "bad_yaml_source";
+  const auto source = scratch(workspace() / "bad_yaml_source");
   REQUIRE(run_program("reidnet-train", train_flags(source) + " --total-epoch 1").status == 0);
-  const auto folder = workspace() / "bad_yaml";
+  const auto folder = scratch(workspace() / "bad_yaml");
   const std::vector<std::tuple<std::string, std::string, std::string>> cases = {
       {"opts.yaml", "nclasses", "nclasses: 0"},     {"opts.yaml", "stride", "stride: 7"},
       {"opts.yaml", "lr", "lr: .nan"},              {"opts.yaml", "batchsize", "batchsize: many"},
@@ -409,9 +411,9 @@ TEST_CASE("bad values in opts.yaml and trainer_state.yaml are refused naming the
 TEST_CASE("a key written twice in opts.yaml or trainer_state.yaml is refused, naming the file and "
           "key") {
   // yaml-cpp would read the first value and PyYAML (the Python baseline) the last.
-  const auto source = workspace() / "duplicate_yaml_source";
+  const auto source = scratch(workspace() / "duplicate_yaml_source");
   REQUIRE(run_program("reidnet-train", train_flags(source) + " --total-epoch 1").status == 0);
-  const auto folder = workspace() / "duplicate_yaml";
+  const auto folder = scratch(workspace() / "duplicate_yaml");
   for (const auto& [file, line] : {std::pair<std::string, std::string>{"opts.yaml", "lr: 0.5"},
                                    {"trainer_state.yaml", "next_epoch: 0"}}) {
     CAPTURE(file);
@@ -438,7 +440,7 @@ TEST_CASE("a key written twice in opts.yaml or trainer_state.yaml is refused, na
 
 TEST_CASE("a corrupt picture in the data stops reidnet-test and reidnet-train with exit code 2, "
           "naming it") {
-  const auto data = workspace() / "corrupt_picture_data";
+  const auto data = scratch(workspace() / "corrupt_picture_data");
   fs::remove_all(data);
   fs::copy(toy_data(), data, fs::copy_options::recursive);
   fs::path victim;
@@ -455,7 +457,7 @@ TEST_CASE("a corrupt picture in the data stops reidnet-test and reidnet-train wi
   const auto train_victim = data / "bounding_box_train" / victim.filename();
   fs::copy_file(victim, train_victim, fs::copy_options::overwrite_existing);
   const auto train = run_program("reidnet-train", "--data " + data.string() + " --out " +
-                                                      (workspace() / "corrupt_run").string() +
+                                                      scratch(workspace() / "corrupt_run").string() +
                                                       " --height 64 --width 32 --batch-size 8 "
                                                       "--workers 2 --seed 3 --threads 2 --total-epoch 1");
   INFO(train.output);
@@ -464,11 +466,11 @@ TEST_CASE("a corrupt picture in the data stops reidnet-test and reidnet-train wi
 }
 
 TEST_CASE("a TorchScript optimizer.pt in a run folder is refused without running any of it") {
-  const auto source = workspace() / "torchscript_source";
+  const auto source = scratch(workspace() / "torchscript_source");
   REQUIRE(run_program("reidnet-train", train_flags(source) + " --total-epoch 1").status == 0);
   for (const char* payload : {"torchscript_prints.pt", "torchscript_loops.pt"}) {
     CAPTURE(payload);
-    const auto folder = workspace() / "torchscript_run";
+    const auto folder = scratch(workspace() / "torchscript_run");
     copy_run(source, folder);
     fs::copy_file(reidnet::test::fixture("checkpoint", payload), folder / "optimizer.pt",
                   fs::copy_options::overwrite_existing);
@@ -518,7 +520,7 @@ TEST_CASE("reidnet-train trains every family on the toy data (--use_dense, --PCB
       {"bnneck", "--bnneck --pool gem --triplet --instances-per-id 2 --lr 0.01", "bnneck: true"}};
   for (const auto& [name, flags, opts_line] : families) {
     CAPTURE(name);
-    const auto out = workspace() / ("family_" + name);
+    const auto out = scratch(workspace() / ("family_" + name));
     auto arguments = train_flags(out) + " --total-epoch 1 " + flags;
     if (name == "pcb") {  // PCB at its own size, not the 64x32 of train_flags
       arguments = "--data " + toy_data().string() + " --out " + out.string() +
@@ -540,7 +542,7 @@ TEST_CASE("reidnet-train trains every family on the toy data (--use_dense, --PCB
     CHECK(map <= 1.0);
   }
   // Contradicting switches are refused before anything is written.
-  const auto out = workspace() / "family_conflict";
+  const auto out = scratch(workspace() / "family_conflict");
   const auto run = run_program("reidnet-train", train_flags(out) + " --PCB --use_dense");
   CHECK(run.status == 2);
   CHECK(run.output.find("at most one") != std::string::npos);
@@ -569,7 +571,7 @@ TEST_CASE("--preset: a flag overrides the preset, the preset overrides the defau
   int run_number = 0;
   for (const std::string& order : {"--preset scratch --lr 0.07", "--lr 0.07 --preset scratch"}) {
     CAPTURE(order);
-    const auto out = workspace() / ("preset_" + std::to_string(++run_number));
+    const auto out = scratch(workspace() / ("preset_" + std::to_string(++run_number)));
     const auto run = run_program("reidnet-train", data + out.string() + " " + order);
     INFO(run.output);
     REQUIRE(run.status == 0);
@@ -586,13 +588,13 @@ TEST_CASE("--preset: a flag overrides the preset, the preset overrides the defau
     CHECK(yaml_value(opts, "cosine") == "true");
   }
   // A family switch overrides the preset's model too.
-  const auto dense = workspace() / "preset_dense";
+  const auto dense = scratch(workspace() / "preset_dense");
   const auto switched = run_program("reidnet-train", data + dense.string() + " --preset scratch --use_dense");
   INFO(switched.output);
   REQUIRE(switched.status == 0);
   CHECK(yaml_value(dense / "opts.yaml", "model") == "ft_net_dense");
   CHECK(yaml_value(dense / "opts.yaml", "stride") == "1");
-  const auto tricks = workspace() / "preset_tricks";
+  const auto tricks = scratch(workspace() / "preset_tricks");
   const auto run = run_program("reidnet-train", data + tricks.string() + " --preset all-tricks --batch-size 4");
   INFO(run.output);
   REQUIRE(run.status == 0);
@@ -615,7 +617,7 @@ TEST_CASE("--preset: a flag overrides the preset, the preset overrides the defau
 }
 
 TEST_CASE("reidnet-toy-data refuses an unknown --style, naming the flag and the styles") {
-  const auto out = workspace() / "toy_unknown_style";
+  const auto out = scratch(workspace() / "toy_unknown_style");
   const auto run = run_program("reidnet-toy-data", "--out " + out.string() + " --style cartoon");
   INFO(run.output);
   CHECK(run.status == 2);
@@ -659,7 +661,7 @@ TEST_CASE("train.jpg is a PLplot chart: two panels with axes, labels, a legend, 
     CHECK(pixels_near(picture, {214, 39, 40}) > 500);   // the val curves
   }
   // Through reidnet-train too: a JPEG of the same size.
-  const auto out = workspace() / "curves_run";
+  const auto out = scratch(workspace() / "curves_run");
   const auto run = run_program("reidnet-train", train_flags(out) + " --total-epoch 2");
   REQUIRE_MESSAGE(run.status == 0, run.output);
   const auto written = reidnet::read_image((out / "train.jpg").string());
