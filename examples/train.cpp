@@ -96,6 +96,12 @@ void add_flags(CLI::App& app, TrainConfig& c, std::string& name) {
   app.add_option("--total-epoch,--total_epoch", c.total_epoch, "epochs (0 writes the initial model)");
   app.add_option("--warm-epoch,--warm_epoch", c.warm_epoch, "loss warm-up epochs");
   app.add_flag("--cosine", c.cosine, "cosine schedule instead of StepLR");
+  app.add_option("--milestones", c.milestones, "MultiStepLR: epochs at which the lr drops "
+                 "tenfold, e.g. 40,70 (default: StepLR at 2/3 of the epochs)")
+      ->delimiter(',');
+  app.add_option("--lr-warmup-epochs", c.lr_warmup_epochs, "linear lr warm-up, per iteration, "
+                 "over this many epochs");
+  app.add_option("--lr-warmup-factor", c.lr_warmup_factor, "the lr warm-up's first factor (0 to 1]");
   app.add_option("--backbone-lr-ratio", c.backbone_lr_ratio, "backbone lr = ratio x lr (0 to 10)");
   app.add_option("--erasing-p,--erasing_p", c.erasing_p, "random erasing probability");
   app.add_flag("--color-jitter,--color_jitter", c.color_jitter, "ColorJitter(0.1, 0.1, 0.1)");
@@ -311,6 +317,11 @@ class Trainer {
         throw UsageError(fmt::format("--batch-size {} is not a multiple of --instances-per-id {} "
                                      "(P x K batches)", c_.batch_size, k));
       }
+      if (c_.batch_size / k > c_.class_num) {
+        throw UsageError(fmt::format("--batch-size {} / --instances-per-id {}: P x K sampling needs at "
+                                     "least P = {} identities, --data {} has {}", c_.batch_size, k,
+                                     c_.batch_size / k, c_.data, c_.class_num));
+      }
     }
     const auto loader_options = reidnet::LoaderOptions()
                                     .batch_size(c_.batch_size)
@@ -435,10 +446,11 @@ class Trainer {
     const int64_t last_epoch = c_.epochs_this_run > 0
         ? std::min(c_.total_epoch, first_epoch + c_.epochs_this_run) : c_.total_epoch;
     for (int64_t epoch = first_epoch; epoch < last_epoch; ++epoch) {
-      const auto rates = c_.cosine
-          ? reidnet::CosineSchedule{c_.total_epoch, 0.01 * c_.lr}.rates(base_rates_, epoch)
+      const auto rates = c_.cosine ? reidnet::CosineSchedule{c_.total_epoch, 0.01 * c_.lr}.rates(base_rates_, epoch)
+          : !c_.milestones.empty() ? reidnet::MultiStepSchedule{c_.milestones, 0.1}.rates(base_rates_, epoch)
           : reidnet::StepSchedule::for_epochs(c_.total_epoch).rates(base_rates_, epoch);
       reidnet::set_learning_rates(*optimizer_, rates);
+      epoch_rates_ = rates;
       // Dropout draws from the global generator: seeding it per epoch makes a resumed run
       // take the same random path as an uninterrupted one.
       torch::manual_seed(c_.seed * 1000003 + static_cast<uint64_t>(epoch));
@@ -548,6 +560,10 @@ class Trainer {
         return result;
       }
       const int64_t iteration = epoch * batches + step;
+      const reidnet::LinearWarmup lr_warmup{c_.lr_warmup_epochs * batches, c_.lr_warmup_factor};
+      if (iteration <= lr_warmup.iterations) {  // at its end, back to the epoch's rates
+        reidnet::set_learning_rates(optimizer, lr_warmup.rates(epoch_rates_, iteration));
+      }
       if (averager_) averager_->before_backward({loss});
       scaler_.scale(loss * warmup.factor(epoch, iteration)).backward();
       scaler_.step(optimizer);  // skipped when fp16 gradients overflowed
@@ -611,6 +627,7 @@ class Trainer {
   std::optional<reidnet::GradientAverager> averager_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::vector<double> base_rates_;
+  std::vector<double> epoch_rates_;  // the schedule's, before the lr warm-up
   TrainerState state_;
 };
 

@@ -126,6 +126,30 @@ TEST_CASE("StepLR at 2/3 of the epochs and cosine equal PyTorch's schedulers per
 }
 
 namespace {
+/// `schedule`'s rates of two groups at steps 0..steps-1 against PyTorch's, row by row.
+template <class Schedule>
+void check_rates(const Schedule& schedule, const torch::Tensor& expected, int64_t steps) {
+  const std::vector<double> base{0.005, 0.05};
+  for (int64_t step = 0; step < steps; ++step) {
+    CAPTURE(step);
+    const auto rates = schedule.rates(base, step);
+    for (int64_t group = 0; group < 2; ++group) {
+      CHECK(rates[group] == doctest::Approx(expected[step][group].item<double>()).epsilon(1e-12));
+    }
+  }
+}
+}  // namespace
+
+TEST_CASE("the strong baseline's schedule: MultiStepLR per epoch and a linear warm-up per "
+          "iteration equal PyTorch's MultiStepLR and LinearLR") {
+  check_rates(reidnet::MultiStepSchedule{{40, 70}, 0.1}, reference().at("multistep_rates"), 120);
+  const reidnet::LinearWarmup warmup{25, 0.1};
+  check_rates(warmup, reference().at("linear_warmup_rates"), 40);
+  CHECK(warmup.factor(0) == 0.1);
+  CHECK(warmup.factor(25) == 1.0);
+}
+
+namespace {
 /// GradScaler's steps on `device`: unscaled before the step, grown after growth_interval finite
 /// steps, and a step with inf gradients skipped and the scale backed off.
 void check_grad_scaler_steps(torch::Device device) {

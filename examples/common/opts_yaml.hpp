@@ -4,16 +4,20 @@
 #include "cli.hpp"
 
 #include <fmt/core.h>
+#include <fmt/ranges.h>
 #include <reidnet/detail/file_io.hpp>
 #include <reidnet/model_zoo.hpp>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace reidnet::examples {
@@ -51,6 +55,9 @@ struct TrainConfig {
   int64_t total_epoch = 60;
   int64_t warm_epoch = 0;
   bool cosine = false;
+  std::vector<int64_t> milestones;  // MultiStepLR's epochs; none = StepLR at 2/3 of the epochs
+  int64_t lr_warmup_epochs = 0;     // linear learning-rate warm-up, per iteration
+  double lr_warmup_factor = 0.1;    // its factor at the first iteration
   double backbone_lr_ratio = 0.1;
   // Augmentation.
   double erasing_p = 0.0;
@@ -112,6 +119,31 @@ inline constexpr Preset kPresets[] = {
        c.color_jitter = true;
        c.cosine = true;
      }},
+    // The strong baseline, BoT (Luo et al., "Bag of Tricks and A Strong Baseline for Deep
+    // Person Re-identification", 2019), as fast-reid's configs/Base-bagtricks.yml states it:
+    // BNNeck, stride 1, Adam at 3.5e-4 with weight decay 5e-4 on every parameter, 16 ids x 4
+    // pictures, label smoothing 0.1, random erasing 0.5, triplet loss (margin 0.3), 256x128,
+    // 120 epochs, a linear warm-up from 0.1 x lr. The decay epochs 40 and 70 and the 10-epoch
+    // warm-up are the paper's (Base-bagtricks.yml: 40 and 90, 2,000 iterations).
+    {"bot", "the strong baseline (BoT): BNNeck, stride 1, Adam lr 3.5e-4, P x K = 16 x 4 with "
+            "triplet loss, label smoothing 0.1, erasing 0.5, 120 epochs, warm-up 10, decay at 40 and 70",
+     [](TrainConfig& c) {
+       c.bnneck = true;
+       c.last_stride = 1;
+       c.optimizer = "adam";
+       c.lr = 3.5e-4;
+       c.weight_decay = 5e-4;
+       c.backbone_lr_ratio = 1.0;
+       c.batch_size = 64;
+       c.instances_per_id = 4;
+       c.triplet = true;
+       c.label_smoothing = 0.1;
+       c.erasing_p = 0.5;
+       c.total_epoch = 120;
+       c.milestones = {40, 70};
+       c.lr_warmup_epochs = 10;
+       c.lr_warmup_factor = 0.1;
+     }},
 };
 
 /// The preset called `name`, or nullptr.
@@ -159,6 +191,9 @@ void for_each_opts_field(Config& c, Field&& field) {
   field("total_epoch", c.total_epoch);
   field("warm_epoch", c.warm_epoch);
   field("cosine", c.cosine);
+  field("milestones", c.milestones);
+  field("lr_warmup_epochs", c.lr_warmup_epochs);
+  field("lr_warmup_factor", c.lr_warmup_factor);
   field("use_circle", c.circle);
   field("use_triplet", c.triplet);
   field("label_smoothing", c.label_smoothing);
@@ -201,7 +236,7 @@ void check_train_config(const TrainConfig& c, Name&& name) {
     return std::isfinite(value) && value >= low && value <= high;
   };
   require(find_preset(c.preset) != nullptr, "preset", "--preset", c.preset,
-          "baseline, all-tricks or scratch");
+          "baseline, all-tricks, scratch or bot");
   require(c.height >= 1 && c.height <= kMaxImageSide, "height", "--height", c.height, "1 to 4096");
   require(c.width >= 1 && c.width <= kMaxImageSide, "width", "--width", c.width, "1 to 4096");
   require(c.workers >= 0 && c.workers <= kMaxWorkers, "workers", "--workers", c.workers, "0 to 256");
@@ -225,6 +260,19 @@ void check_train_config(const TrainConfig& c, Name&& name) {
           c.total_epoch, "0 to 100000");
   require(c.warm_epoch >= 0 && c.warm_epoch <= 100000, "warm_epoch", "--warm-epoch", c.warm_epoch,
           "0 to 100000");
+  require(c.milestones.size() <= 100 &&
+              std::all_of(c.milestones.begin(), c.milestones.end(),
+                          [](int64_t epoch) { return epoch >= 1 && epoch <= 100000; }) &&
+              std::adjacent_find(c.milestones.begin(), c.milestones.end(),
+                                 std::greater_equal<int64_t>()) == c.milestones.end(),
+          "milestones", "--milestones", fmt::format("{}", fmt::join(c.milestones, ",")),
+          "up to 100 ascending epochs, each 1 to 100000");
+  require(!(c.cosine && !c.milestones.empty()), "cosine", "--cosine", "true together with milestones",
+          "one schedule");
+  require(c.lr_warmup_epochs >= 0 && c.lr_warmup_epochs <= 100000, "lr_warmup_epochs",
+          "--lr-warmup-epochs", c.lr_warmup_epochs, "0 to 100000");
+  require(std::isfinite(c.lr_warmup_factor) && c.lr_warmup_factor > 0 && c.lr_warmup_factor <= 1,
+          "lr_warmup_factor", "--lr-warmup-factor", c.lr_warmup_factor, "above 0, up to 1");
   require(within(c.backbone_lr_ratio, 0, 10), "backbone_lr_ratio", "--backbone-lr-ratio",
           c.backbone_lr_ratio, "0 to 10");
   require(within(c.erasing_p, 0, 1), "erasing_p", "--erasing-p", c.erasing_p, "0 to 1");
@@ -288,7 +336,13 @@ std::pair<std::string, reidnet::ModelArgs> resolve_model(const TrainConfig& c, N
 inline void write_opts_yaml(const TrainConfig& c, const std::string& path) {
   YAML::Emitter out;
   out << YAML::BeginMap;
-  auto put = [&out](const char* key, const auto& value) { out << YAML::Key << key << YAML::Value << value; };
+  auto put = [&out](const char* key, const auto& value) {
+    out << YAML::Key << key << YAML::Value;
+    if constexpr (std::is_same_v<std::decay_t<decltype(value)>, std::vector<int64_t>>) {
+      out << YAML::Flow;  // milestones: [40, 70]
+    }
+    out << value;
+  };
   put("name", std::filesystem::path(c.out).filename().string());
   for_each_opts_field(c, [&](const char* key, const auto& value) {
     // The switches are written as the model they resolved to, so that Python reads the same.

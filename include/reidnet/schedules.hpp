@@ -1,15 +1,20 @@
 #pragma once
-/// Learning-rate schedules and the loss warm-up of the baseline recipe.
-/// Both are closed forms of (epoch, iteration), so a resumed run needs no scheduler state.
+/// Learning-rate schedules, the strong baseline's linear learning-rate warm-up and the
+/// baseline's loss warm-up. All are closed forms of (epoch, iteration), so a resumed run needs
+/// no scheduler state.
 ///
-///     reidnet::StepSchedule schedule{/*step_size=*/40, /*gamma=*/0.1};
-///     reidnet::set_learning_rates(*sgd, schedule.rates(base_rates, epoch));
+///     reidnet::MultiStepSchedule schedule{/*milestones=*/{40, 70}, /*gamma=*/0.1};
+///     const auto epoch_rates = schedule.rates(base_rates, epoch);
+///     reidnet::LinearWarmup warmup{/*iterations=*/10 * batches_per_epoch, /*start_factor=*/0.1};
+///     // every iteration (0-based, counted from the start of training):
+///     reidnet::set_learning_rates(*adam, warmup.rates(epoch_rates, iteration));
 
 #include <torch/types.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <iterator>
 #include <vector>
 
 namespace reidnet {
@@ -40,6 +45,43 @@ struct StepSchedule {
   }
   std::vector<double> rates(const std::vector<double>& base, int64_t epoch) const {
     return detail::scheduled_rates(*this, base, epoch);
+  }
+};
+
+/// PyTorch's MultiStepLR: base * gamma^(the number of milestones at or below epoch), stepped
+/// once per epoch. `milestones` ascend.
+struct MultiStepSchedule {
+  std::vector<int64_t> milestones;
+  double gamma = 0.1;
+
+  double rate(double base, int64_t epoch) const {
+    TORCH_CHECK(std::is_sorted(milestones.begin(), milestones.end()),
+                "MultiStepSchedule::milestones must ascend");
+    const auto passed = std::distance(
+        milestones.begin(), std::upper_bound(milestones.begin(), milestones.end(), epoch));
+    return base * std::pow(gamma, static_cast<double>(passed));
+  }
+  std::vector<double> rates(const std::vector<double>& base, int64_t epoch) const {
+    return detail::scheduled_rates(*this, base, epoch);
+  }
+};
+
+/// A linear warm-up of the learning rate over the first `iterations` training iterations, as
+/// fast-reid's WarmupLR ("linear") and PyTorch's LinearLR(start_factor, total_iters=iterations)
+/// stepped per iteration: the factor is start_factor at iteration 0 and rises linearly to 1 at
+/// `iterations`. It multiplies the rates of the epoch's schedule.
+struct LinearWarmup {
+  int64_t iterations = 0;
+  double start_factor = 0.1;
+
+  double factor(int64_t iteration) const {
+    if (iteration >= iterations) return 1.0;
+    const double progress = static_cast<double>(iteration) / static_cast<double>(iterations);
+    return start_factor * (1 - progress) + progress;
+  }
+  double rate(double base, int64_t iteration) const { return base * factor(iteration); }
+  std::vector<double> rates(const std::vector<double>& base, int64_t iteration) const {
+    return detail::scheduled_rates(*this, base, iteration);
   }
 };
 

@@ -8,9 +8,10 @@
       load reidnet's optimizer state into Python's SGD for ft_net (the baseline's two groups),
       take one step, and save Python's state to <out.pt> and its momentum buffers, by
       parameter index, to <out.pt>.expected.
-  check_checkpoint.py adam_optimizer <optimizer.pt> <net.pth> <nclasses> <stride> <linear_num> <adam|adamw>
-      load reidnet's Adam or AdamW state into Python's, for ft_net's two groups; every moment
-      and step must come through, and the optimizer must take a step.
+  check_checkpoint.py adam_optimizer <optimizer.pt> <net.pth> <adam|adamw>
+      load reidnet's Adam or AdamW state into Python's, for the two groups (backbone, head) of
+      the model that net.pth holds: ft_net (the baseline's) or BNNeck (fast-reid's); every
+      moment and step must come through, and the optimizer must take a step.
 Exit status 0 on success; a message on stderr otherwise.
 """
 import sys
@@ -18,6 +19,7 @@ import sys
 import torch
 
 from reference_models import FtNet
+from zoo_models import BnneckNet
 
 
 def check_ft_net(path, nclasses, stride, linear_num):
@@ -66,12 +68,17 @@ def check_optimizer(optimizer_path, net_path, nclasses, stride, linear_num, out_
                out_path + ".expected")
 
 
-def check_adam_optimizer(optimizer_path, net_path, nclasses, stride, linear_num, kind):
-    net = FtNet(int(nclasses), 0.5, int(stride), int(linear_num))
-    net.load_state_dict(torch.load(net_path, map_location="cpu"), strict=True)
+def check_adam_optimizer(optimizer_path, net_path, kind):
+    weights = torch.load(net_path, map_location="cpu")
+    if "heads.weight" in weights:
+        net, head = BnneckNet(weights["heads.weight"].shape[0]), "heads."
+    else:
+        classifier = weights["classifier.classifier.0.weight"]
+        net, head = FtNet(classifier.shape[0], 0.5, 2, classifier.shape[1]), "classifier."
+    net.load_state_dict(weights, strict=True)
     named = list(net.named_parameters())
-    groups = [{"params": [p for n, p in named if not n.startswith("classifier.")]},
-              {"params": [p for n, p in named if n.startswith("classifier.")]}]
+    groups = [{"params": [p for n, p in named if not n.startswith(head)]},
+              {"params": [p for n, p in named if n.startswith(head)]}]
     adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind](groups, lr=1.0)
     saved = torch.load(optimizer_path, map_location="cpu")
     adam.load_state_dict(saved)

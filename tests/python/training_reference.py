@@ -111,6 +111,12 @@ def main():
     out["cosine_rates"] = scheduled_rates(
         lambda sgd: torch.optim.lr_scheduler.CosineAnnealingLR(sgd, epochs, eta_min=0.01 * 0.05),
         epochs)
+    # The strong baseline's schedule: MultiStepLR per epoch, and a linear warm-up per
+    # iteration (LinearLR, as fast-reid's WarmupLR "linear"), here over 25 iterations.
+    out["multistep_rates"] = scheduled_rates(
+        lambda sgd: torch.optim.lr_scheduler.MultiStepLR(sgd, milestones=[40, 70], gamma=0.1), 120)
+    out["linear_warmup_rates"] = scheduled_rates(
+        lambda sgd: torch.optim.lr_scheduler.LinearLR(sgd, start_factor=0.1, total_iters=25), 40)
     os.makedirs(sys.argv[1], exist_ok=True)
     torch.save(out, os.path.join(sys.argv[1], "reference.pt"))
 
