@@ -5,7 +5,7 @@
 //
 //   reidnet-distributed --height 128 --width 64 --batch-size 16 --steps 10 --threads 2
 //   WORLD_SIZE=2 RANK=0 ... reidnet-distributed --threads 1   (one command per rank)
-#include <reidnet/distributed.hpp>
+#include <reidnet/distributed/distributed.hpp>
 #include <reidnet/reidnet.hpp>
 
 #include <CLI/CLI.hpp>

@@ -10,7 +10,7 @@
 // Each run prints one `key=value` line that benchmarks/evaluate_compare.py parses.
 #include "../examples/common/cli.hpp"
 
-#include <reidnet/gallery_index.hpp>
+#include <reidnet/evaluation/gallery_index.hpp>
 #include <reidnet/reidnet.hpp>
 
 #include <fmt/core.h>

@@ -12,7 +12,7 @@
 // Prints one `row key=value ...` line a measurement on stdout and progress on stderr.
 #include "../examples/common/cli.hpp"
 
-#include <reidnet/gallery_index.hpp>
+#include <reidnet/evaluation/gallery_index.hpp>
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>

@@ -10,9 +10,9 @@
 #include "common/gallery_search.hpp"
 #include "common/opts_yaml.hpp"
 
-#include <reidnet/detail/file_io.hpp>
-#include <reidnet/evaluate.hpp>
-#include <reidnet/gallery_index.hpp>
+#include <reidnet/core/detail/file_io.hpp>
+#include <reidnet/evaluation/evaluate.hpp>
+#include <reidnet/evaluation/gallery_index.hpp>
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>

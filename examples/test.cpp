@@ -10,9 +10,9 @@
 #include "common/opts_yaml.hpp"
 #include "common/ranked_list.hpp"
 
-#include <reidnet/checkpoint.hpp>
+#include <reidnet/io/checkpoint.hpp>
 #include <reidnet/data.hpp>
-#include <reidnet/mat_file.hpp>
+#include <reidnet/io/mat_file.hpp>
 #include <reidnet/reidnet.hpp>
 
 #include <CLI/CLI.hpp>
@@ -312,8 +312,9 @@ int run(const CLI::App& app, TestConfig& c) {
 
   const auto dtype = c.dtype == "bf16" ? torch::kBFloat16 : c.dtype == "fp16" ? torch::kHalf
                                                                                : torch::kFloat;
+  const auto normalization = reidnet::normalization_of(net->config());
   auto features_of = [&](const std::vector<reidnet::Sample>& samples, const char* split) {
-    reidnet::DataLoader loader(samples, reidnet::make_eval_transform(c.height, c.width),
+    reidnet::DataLoader loader(samples, reidnet::make_eval_transform(c.height, c.width, normalization),
                                reidnet::LoaderOptions().batch_size(c.batch_size).workers(c.workers));
     fmt::print("extracting {} features of {} images\n", split, samples.size());
     return reidnet::extract_features(

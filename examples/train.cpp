@@ -10,20 +10,20 @@
 //   torchrun --nproc-per-node 2 --no-python reidnet-train --data toy --out runs/toy2
 //
 // With torchrun's environment (WORLD_SIZE, RANK, ...) each process trains on its shard of every
-// epoch and gradients are averaged over the processes (reidnet/distributed.hpp); rank 0 alone
+// epoch and gradients are averaged over the processes (reidnet/distributed/distributed.hpp); rank 0 alone
 // writes the run folder. --batch-size is per process, as in the baseline's DDP script.
 #include "common/cli.hpp"
 #include "common/curves.hpp"
 #include "common/opts_yaml.hpp"
 #include "common/progress.hpp"
 
-#include <reidnet/checkpoint.hpp>
+#include <reidnet/io/checkpoint.hpp>
 #include <reidnet/data.hpp>
-#include <reidnet/distributed.hpp>
-#include <reidnet/local_launcher.hpp>
-#include <reidnet/optimizer_state.hpp>
+#include <reidnet/distributed/distributed.hpp>
+#include <reidnet/distributed/local_launcher.hpp>
+#include <reidnet/solver/optimizer_state.hpp>
 #include <reidnet/reidnet.hpp>
-#include <reidnet/run_folder.hpp>
+#include <reidnet/engine/run_folder.hpp>
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
@@ -334,15 +334,22 @@ class Trainer {
                                     .shard(group_ ? std::optional<reidnet::Shard>(
                                                         {group_->rank(), group_->size()})
                                                   : std::nullopt);
+    torch::manual_seed(c_.seed);
+    auto [model_name, model_args] = reidnet::examples::resolve_model(
+        c_, [](const char*, const char* flag) { return std::string(flag); });
+    net_ = reidnet::create_model(model_name, model_args.class_num(c_.class_num));
+    // The family's own normalisation (mean, std, pixel range) feeds both pipelines.
+    const auto normalization = reidnet::normalization_of(net_->config());
     train_loader_.emplace(
         train_samples_,
         reidnet::make_train_transform(reidnet::TrainTransformOptions()
                                           .height(c_.height)
                                           .width(c_.width)
                                           .color_jitter(c_.color_jitter ? 0.1 : 0.0)
-                                          .erasing_probability(c_.erasing_p)),
+                                          .erasing_probability(c_.erasing_p)
+                                          .normalization(normalization)),
         loader_options);
-    val_loader_.emplace(data_.val, reidnet::make_eval_transform(c_.height, c_.width),
+    val_loader_.emplace(data_.val, reidnet::make_eval_transform(c_.height, c_.width, normalization),
                         reidnet::LoaderOptions().batch_size(c_.batch_size).workers(c_.workers));
     batches_per_epoch_ = static_cast<int64_t>(train_loader_->plan(0).size());
     if (batches_per_epoch_ == 0) {
@@ -351,11 +358,6 @@ class Trainer {
                                    group_ ? fmt::format(" of this process's shard (1 in {})", group_->size())
                                           : std::string()));
     }
-
-    torch::manual_seed(c_.seed);
-    auto [model_name, model_args] = reidnet::examples::resolve_model(
-        c_, [](const char*, const char* flag) { return std::string(flag); });
-    net_ = reidnet::create_model(model_name, model_args.class_num(c_.class_num));
     // opts.yaml records the family resolved, with the baseline's switches to match.
     c_.model = model_name;
     c_.ibn = model_name == "ft_net_ibn" || model_args.backbone() == "resnet50_ibn_a";
@@ -450,11 +452,10 @@ class Trainer {
           : !c_.milestones.empty() ? reidnet::MultiStepSchedule{c_.milestones, 0.1}.rates(base_rates_, epoch)
           : reidnet::StepSchedule::for_epochs(c_.total_epoch).rates(base_rates_, epoch);
       reidnet::set_learning_rates(*optimizer_, rates);
-      epoch_rates_ = rates;
       // Dropout draws from the global generator: seeding it per epoch makes a resumed run
       // take the same random path as an uninterrupted one.
       torch::manual_seed(c_.seed * 1000003 + static_cast<uint64_t>(epoch));
-      const auto train = train_epoch(warmup, epoch);
+      const auto train = train_epoch(warmup, epoch, rates);
       PhaseResult val;
       if (std::isfinite(train.loss) && has_val_ && is_main_) val = evaluate_val();
       if (!std::isfinite(train.loss) || !std::isfinite(val.loss)) {
@@ -514,10 +515,14 @@ class Trainer {
     stage_history(commit, state_.history);
   }
 
-  PhaseResult train_epoch(const reidnet::LossWarmup& warmup, int64_t epoch) {
+  /// One epoch at the schedule's `rates` (per parameter group), under the linear warm-up of
+  /// the learning rate in its first iterations.
+  PhaseResult train_epoch(const reidnet::LossWarmup& warmup, int64_t epoch,
+                          const std::vector<double>& rates) {
     auto& net = *net_;
     auto& optimizer = *optimizer_;
     const int64_t batches = batches_per_epoch_;
+    const reidnet::LinearWarmup lr_warmup{c_.lr_warmup_epochs * batches, c_.lr_warmup_factor};
     net.train();
     torch::nn::CrossEntropyLoss cross_entropy(
         torch::nn::CrossEntropyLossOptions().label_smoothing(c_.label_smoothing));
@@ -560,9 +565,8 @@ class Trainer {
         return result;
       }
       const int64_t iteration = epoch * batches + step;
-      const reidnet::LinearWarmup lr_warmup{c_.lr_warmup_epochs * batches, c_.lr_warmup_factor};
       if (iteration <= lr_warmup.iterations) {  // at its end, back to the epoch's rates
-        reidnet::set_learning_rates(optimizer, lr_warmup.rates(epoch_rates_, iteration));
+        reidnet::set_learning_rates(optimizer, lr_warmup.rates(rates, iteration));
       }
       if (averager_) averager_->before_backward({loss});
       scaler_.scale(loss * warmup.factor(epoch, iteration)).backward();
@@ -627,7 +631,6 @@ class Trainer {
   std::optional<reidnet::GradientAverager> averager_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::vector<double> base_rates_;
-  std::vector<double> epoch_rates_;  // the schedule's, before the lr warm-up
   TrainerState state_;
 };
 

@@ -3,7 +3,7 @@
 // archives of any object (optimizer states). Any input must either parse into storage ranges
 // that lie inside it and do not overlap, or raise CheckpointError; a crash, a sanitizer
 // report, a leak or another exception type is a bug.
-#include <reidnet/detail/checkpoint_layout.hpp>
+#include <reidnet/io/detail/checkpoint_layout.hpp>
 
 #include <cstdint>
 #include <cstdlib>

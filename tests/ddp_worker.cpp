@@ -10,9 +10,9 @@
 //     12s + 11, split in rank order, with BatchNorm statistics over all ranks (sync-bn) or
 //     each rank's own (local-bn), in float32 (default) or float64. One rank (WORLD_SIZE=1)
 //     is the one-process run at batch 12.
-#include <reidnet/checkpoint.hpp>
-#include <reidnet/data_loader.hpp>
-#include <reidnet/distributed.hpp>
+#include <reidnet/io/checkpoint.hpp>
+#include <reidnet/data/data_loader.hpp>
+#include <reidnet/distributed/distributed.hpp>
 #include <reidnet/reidnet.hpp>
 
 #include <fmt/core.h>

@@ -1,7 +1,7 @@
 #pragma once
 // A backbone added the way a user adds one: this header and the registry line at its end.
 // Two strided 3x3 convs; small enough to train in a test.
-#include <reidnet/backbone.hpp>
+#include <reidnet/models/backbones/backbone.hpp>
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/batchnorm.h>

@@ -6,8 +6,8 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <reidnet/detail/file_io.hpp>
-#include <reidnet/state_dict.hpp>
+#include <reidnet/core/detail/file_io.hpp>
+#include <reidnet/io/state_dict.hpp>
 #include <torch/torch.h>
 
 #include <cerrno>

@@ -1,4 +1,4 @@
-// Checkpoint interop with Python (reidnet/checkpoint.hpp): real torch.save files written by
+// Checkpoint interop with Python (reidnet/io/checkpoint.hpp): real torch.save files written by
 // tests/python/checkpoint_reference.py load and reproduce Python's outputs; files reidnet
 // writes load in Python bit-identically; malicious, truncated and garbage files are refused
 // with std::runtime_error and nothing executed.

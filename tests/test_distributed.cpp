@@ -4,10 +4,10 @@
 #include "support.hpp"
 #include "scratch.hpp"
 
-#include <reidnet/checkpoint.hpp>
-#include <reidnet/data_loader.hpp>
-#include <reidnet/distributed.hpp>
-#include <reidnet/local_launcher.hpp>
+#include <reidnet/io/checkpoint.hpp>
+#include <reidnet/data/data_loader.hpp>
+#include <reidnet/distributed/distributed.hpp>
+#include <reidnet/distributed/local_launcher.hpp>
 
 #include <arpa/inet.h>
 #include <fcntl.h>

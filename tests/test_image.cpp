@@ -96,6 +96,42 @@ TEST_CASE("eval_transform equals torchvision's Resize+ToTensor+Normalize within 
   }
 }
 
+TEST_CASE("a model config's normalisation drives eval_transform: 0.5/0.5 as torchvision's, "
+          "fast-reid's 0..255 pixels as fast-reid's") {
+  // TransReID's and CLIP-ReID's mean = std = 0.5 on 0..1, and fast-reid's ModelConfig: mean
+  // and std on 0..255 (max_pixel_value 1), as its checkpoints' pixel_mean and pixel_std.
+  const auto half = reidnet::normalization_of(
+      reidnet::ModelConfig().mean({0.5, 0.5, 0.5}).std({0.5, 0.5, 0.5}));
+  const auto fastreid = reidnet::normalization_of(reidnet::ModelConfig()
+                                                      .mean({123.675, 116.28, 103.53})
+                                                      .std({58.395, 57.12, 57.375})
+                                                      .max_pixel_value(1));
+  for (const auto& file : manifest()["resize_files"]) {
+    const auto name = file.get<std::string>();
+    CAPTURE(name);
+    const auto image = reidnet::read_image(picture(file));
+    const auto with_half = reidnet::eval_transform(image, 256, 128, half);
+    const auto with_fastreid = reidnet::eval_transform(image, 256, 128, fastreid);
+    // Identical pixels and identical float32 arithmetic: identical values.
+    CHECK(torch::equal(with_half, reference("eval_half/" + name)));
+    CHECK(torch::equal(with_fastreid, reference("eval_fastreid/" + name)));
+    // The three normalisations really differ: the checks above can fail.
+    CHECK_FALSE(torch::allclose(with_half, reference("eval/" + name)));
+  }
+  // The loader's transform applies the same.
+  reidnet::Rng rng(0);
+  const auto first = picture(manifest()["resize_files"][0]);
+  CHECK(torch::equal(reidnet::make_eval_transform(256, 128, half)(reidnet::read_image(first), rng),
+                     reidnet::eval_transform(reidnet::read_image(first), 256, 128, half)));
+  // What the pipeline cannot give is refused, naming it.
+  CHECK_THROWS_WITH_AS(reidnet::normalization_of(reidnet::ModelConfig().interpolation("bilinear")),
+                       doctest::Contains("'bilinear' resizing"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(reidnet::normalization_of(reidnet::ModelConfig().mean({0.5})),
+                       doctest::Contains("1 mean values"), std::invalid_argument);
+  CHECK_THROWS_AS(reidnet::make_eval_transform(8, 8, reidnet::Normalization().std({1, 0, 1})),
+                  std::invalid_argument);
+}
+
 TEST_CASE("pad, crop and horizontal_flip equal torchvision's Pad, crop and hflip on PIL") {
   for (const auto& file : manifest()["resize_files"]) {
     CAPTURE(file.get<std::string>());

@@ -4,10 +4,10 @@
 // bad files and mismatched dimensions get errors naming them; reidnet-index's commands.
 #include "support.hpp"
 
-#include <reidnet/checkpoint.hpp>
-#include <reidnet/evaluate.hpp>
-#include <reidnet/gallery_index.hpp>
-#include <reidnet/re_ranking.hpp>
+#include <reidnet/io/checkpoint.hpp>
+#include <reidnet/evaluation/evaluate.hpp>
+#include <reidnet/evaluation/gallery_index.hpp>
+#include <reidnet/evaluation/re_ranking.hpp>
 
 #include <sys/inotify.h>
 #include <unistd.h>

@@ -1,4 +1,4 @@
-// The inference fast path (reidnet/inference.hpp) against the unoptimised module in eval mode:
+// The inference fast path (reidnet/inference/inference.hpp) against the unoptimised module in eval mode:
 // fp32 within 1e-4 relative, bf16 cosine >= 0.999 per row; every switch; the original module
 // left unchanged; bad inputs rejected. (The module itself is checked against Python in models.)
 #include "support.hpp"

@@ -7,11 +7,11 @@
 
 #include "../examples/common/csv.hpp"
 
-#include <reidnet/checkpoint.hpp>
+#include <reidnet/io/checkpoint.hpp>
 #include <reidnet/data.hpp>
 #include "toy/toy_data.hpp"
-#include <reidnet/ft_net.hpp>
-#include <reidnet/run_folder.hpp>
+#include <reidnet/models/ft_net.hpp>
+#include <reidnet/engine/run_folder.hpp>
 
 #include <sys/stat.h>
 #include <sys/wait.h>

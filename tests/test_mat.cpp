@@ -4,9 +4,9 @@
 // arrays; damaged files and arrays get errors naming the file and the array.
 #include "support.hpp"
 
-#include <reidnet/checkpoint.hpp>
-#include <reidnet/evaluate.hpp>
-#include <reidnet/mat_file.hpp>
+#include <reidnet/io/checkpoint.hpp>
+#include <reidnet/evaluation/evaluate.hpp>
+#include <reidnet/io/mat_file.hpp>
 
 #include <zlib.h>
 

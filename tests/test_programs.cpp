@@ -6,12 +6,13 @@
 #include "common/curves.hpp"
 #include "common/ranked_list.hpp"
 
-#include <reidnet/checkpoint.hpp>
-#include <reidnet/optimizer_state.hpp>
+#include <reidnet/io/checkpoint.hpp>
+#include <reidnet/solver/optimizer_state.hpp>
 #include <reidnet/reidnet.hpp>
-#include <reidnet/run_folder.hpp>
+#include <reidnet/engine/run_folder.hpp>
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -338,32 +339,75 @@ TEST_CASE("a second trainer on a run folder in use is refused, and the folder is
   }
 }
 
-TEST_CASE("killed at any step of an epoch's commit, --resume ends exactly as an uninterrupted run") {
+TEST_CASE("a RunFolder commit killed after any step leaves every file old or every file new") {
+  // In-process: a forked child commits new versions of three files and kills itself (SIGKILL)
+  // after one step of publish; reopening the folder must give the old set or the new set whole,
+  // with no journal and no temporary file left.
+  const std::vector<std::string> names = {"net_last.pth", "optimizer.pt", "trainer_state.yaml"};
+  const auto write = [](const std::string& path, const std::string& text) {
+    std::ofstream(path, std::ios::binary) << text;
+  };
+  const auto versions = [&](const std::string& version) {
+    std::map<std::string, std::string> files;
+    for (const auto& name : names) files[name] = name + " " + version;
+    return files;
+  };
+  const std::vector<std::pair<std::string, std::string>> steps = {
+      {"staged", "old"},           {"journal", "new"},
+      {"published:net_last.pth", "new"}, {"published:optimizer.pt", "new"},
+      {"published:trainer_state.yaml", "new"}, {"committed", "new"}};
+  for (size_t index = 0; index < steps.size(); ++index) {
+    const std::string& step = steps[index].first;  // a lambda below captures it
+    const std::string& outcome = steps[index].second;
+    CAPTURE(step);
+    const auto out = scratch(workspace() / ("commit_killed_" + std::to_string(index)));
+    fs::remove_all(out);
+    {
+      const reidnet::RunFolder folder(out);
+      auto commit = folder.begin();
+      for (const auto& [name, text] : versions("old")) write(commit.stage(name), text);
+      commit.publish();
+    }
+    const auto child = reidnet::test::run_in_child([&](std::string& message) {
+      const reidnet::RunFolder folder(out);
+      auto commit = folder.begin();
+      for (const auto& [name, text] : versions("new")) write(commit.stage(name), text);
+      commit.publish([&](const std::string& done) {
+        if (done == step) std::raise(SIGKILL);
+      });
+      message = "publish returned without reaching " + step;
+      return 0;
+    });
+    INFO(child.message);
+    REQUIRE(child.code == -1);  // killed
+    const reidnet::RunFolder reopened(out);
+    CHECK(snapshot(out) == versions(outcome));
+  }
+}
+
+TEST_CASE("killed in the middle of an epoch's commit, --resume ends exactly as an uninterrupted run") {
+  // End to end, through the trainer's own crash point (REIDNET_KILL_AT): killed after two of
+  // its files were renamed into place. The commit protocol at every other step is the case above.
   const std::string flags = " --total-epoch 2 --train-all";
   const auto whole = scratch(workspace() / "uninterrupted");
   REQUIRE(run_program("reidnet-train", train_flags(whole) + flags).status == 0);
   const auto expected = snapshot(whole);
-  for (const std::string step :
-       {"0:published:opts.yaml", "1:staged", "1:journal", "1:published:net_last.pth",
-        "1:published:optimizer.pt", "1:published:trainer_state.yaml", "1:published:train.log",
-        "1:published:train.jpg", "1:committed"}) {
-    CAPTURE(step);
-    const auto out = scratch(workspace() / ("killed_" + std::to_string(std::hash<std::string>{}(step))));
-    const auto killed = run_program("reidnet-train", train_flags(out) + flags, "REIDNET_KILL_AT=" + step);
-    INFO(killed.output);
-    REQUIRE(killed.status == 128 + SIGKILL);
-    const auto resumed = run_program("reidnet-train", "--resume " + out.string() + " --threads 2");
-    INFO(resumed.output);
-    REQUIRE(resumed.status == 0);
-    auto files = snapshot(out);
-    for (const char* name : {"net_last.pth", "optimizer.pt", "trainer_state.yaml", "train.log"}) {
-      CAPTURE(name);
-      CHECK(files[name] == expected.at(name));
-    }
-    files.erase("opts.yaml");  // names its own folder
-    files.erase("train.jpg");
-    CHECK(files.size() == 4);  // no journal, no temporary file
+  const auto out = scratch(workspace() / "killed");
+  const auto killed = run_program("reidnet-train", train_flags(out) + flags,
+                                  "REIDNET_KILL_AT=1:published:optimizer.pt");
+  INFO(killed.output);
+  REQUIRE(killed.status == 128 + SIGKILL);
+  const auto resumed = run_program("reidnet-train", "--resume " + out.string() + " --threads 2");
+  INFO(resumed.output);
+  REQUIRE(resumed.status == 0);
+  auto files = snapshot(out);
+  for (const char* name : {"net_last.pth", "optimizer.pt", "trainer_state.yaml", "train.log"}) {
+    CAPTURE(name);
+    CHECK(files[name] == expected.at(name));
   }
+  files.erase("opts.yaml");  // names its own folder
+  files.erase("train.jpg");
+  CHECK(files.size() == 4);  // no journal, no temporary file
 }
 
 TEST_CASE("NaN and infinite flag values are refused with exit code 2, naming the flag") {
@@ -390,7 +434,8 @@ TEST_CASE("bad values in opts.yaml and trainer_state.yaml are refused naming the
   const std::vector<std::tuple<std::string, std::string, std::string>> cases = {
       {"opts.yaml", "nclasses", "nclasses: 0"},     {"opts.yaml", "stride", "stride: 7"},
       {"opts.yaml", "lr", "lr: .nan"},              {"opts.yaml", "batchsize", "batchsize: many"},
-      {"opts.yaml", "height", "height: -5"},                  {"trainer_state.yaml", "next_epoch", "next_epoch: -1"},
+      {"opts.yaml", "height", "height: -5"},        {"opts.yaml", "milestones", "milestones: [5, 2]"},
+      {"opts.yaml", "milestones", "milestones: 40"},  {"trainer_state.yaml", "next_epoch", "next_epoch: -1"},
       {"trainer_state.yaml", "next_epoch", "next_epoch: 99"},
       {"trainer_state.yaml", "train_loss", "train_loss: [.nan]"},
       {"trainer_state.yaml", "loss_scale", "loss_scale: 0"}};

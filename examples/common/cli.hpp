@@ -1,7 +1,7 @@
 #pragma once
 // What every example program does at its edges: parse flags with CLI11 and turn errors into
 // messages and exit codes (2 = bad flags or bad input, 1 = failure while running).
-#include <reidnet/errors.hpp>
+#include <reidnet/core/errors.hpp>
 
 #include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>

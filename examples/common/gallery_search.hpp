@@ -4,9 +4,9 @@
 #include "common/cli.hpp"
 #include "common/progress.hpp"
 
-#include <reidnet/checkpoint.hpp>
-#include <reidnet/gallery_index.hpp>
-#include <reidnet/mat_file.hpp>
+#include <reidnet/io/checkpoint.hpp>
+#include <reidnet/evaluation/gallery_index.hpp>
+#include <reidnet/io/mat_file.hpp>
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>

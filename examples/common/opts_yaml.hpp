@@ -5,8 +5,8 @@
 
 #include <fmt/core.h>
 #include <fmt/ranges.h>
-#include <reidnet/detail/file_io.hpp>
-#include <reidnet/model_zoo.hpp>
+#include <reidnet/core/detail/file_io.hpp>
+#include <reidnet/models/model_zoo.hpp>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>

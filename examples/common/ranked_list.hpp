@@ -4,10 +4,10 @@
 // rank, id, camera and score written under it. Drawn with cairo.
 #include "cairo_image.hpp"
 
-#include <reidnet/datasets.hpp>
-#include <reidnet/evaluate.hpp>
-#include <reidnet/image.hpp>
-#include <reidnet/transforms.hpp>
+#include <reidnet/data/datasets.hpp>
+#include <reidnet/evaluation/evaluate.hpp>
+#include <reidnet/data/image.hpp>
+#include <reidnet/data/transforms.hpp>
 
 #include <fmt/core.h>
 #include <torch/torch.h>

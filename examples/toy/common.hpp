@@ -3,7 +3,7 @@
 // development of a drawn scene (light, colour cast, sensor noise) into a uint8 picture.
 #include "common/cairo_image.hpp"
 
-#include <reidnet/detail/random.hpp>
+#include <reidnet/data/detail/random.hpp>
 
 #include <torch/torch.h>
 

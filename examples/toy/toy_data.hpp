@@ -6,8 +6,8 @@
 #include "blocks.hpp"
 #include "street.hpp"
 
-#include <reidnet/detail/file_io.hpp>
-#include <reidnet/image.hpp>
+#include <reidnet/core/detail/file_io.hpp>
+#include <reidnet/data/image.hpp>
 
 #include <fmt/core.h>
 

@@ -6,7 +6,8 @@
 ///     #include <reidnet/data.hpp>
 ///     auto data = reidnet::read_dataset("Market-1501-v15.09.15");
 
-#include <reidnet/data_loader.hpp>
-#include <reidnet/datasets.hpp>
-#include <reidnet/image.hpp>
-#include <reidnet/transforms.hpp>
+#include <reidnet/data/data_loader.hpp>
+#include <reidnet/data/datasets.hpp>
+#include <reidnet/data/image.hpp>
+#include <reidnet/data/model_input.hpp>
+#include <reidnet/data/transforms.hpp>

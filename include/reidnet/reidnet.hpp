@@ -5,35 +5,46 @@
 ///     #include <reidnet/reidnet.hpp>
 ///     reidnet::FtNet net(751);
 
-#include <reidnet/autocast.hpp>
-#include <reidnet/backbone.hpp>
-#include <reidnet/bnneck.hpp>
-#include <reidnet/checkpoint.hpp>
-#include <reidnet/class_block.hpp>
-#include <reidnet/densenet.hpp>
-#include <reidnet/errors.hpp>
-#include <reidnet/evaluate.hpp>
-#include <reidnet/features.hpp>
-#include <reidnet/ft_net.hpp>
-#include <reidnet/grad_scaler.hpp>
-#include <reidnet/host_memory.hpp>
-#include <reidnet/ibn.hpp>
-#include <reidnet/inference.hpp>
-#include <reidnet/init.hpp>
-#include <reidnet/losses.hpp>
-#include <reidnet/memory_format.hpp>
-#include <reidnet/model_zoo.hpp>
-#include <reidnet/optim.hpp>
-#include <reidnet/optimizer_state.hpp>
-#include <reidnet/part_head.hpp>
-#include <reidnet/pooling.hpp>
-#include <reidnet/re_ranking.hpp>
-#include <reidnet/reid_model.hpp>
-#include <reidnet/residual_blocks.hpp>
-#include <reidnet/resnet.hpp>
-#include <reidnet/run_folder.hpp>
-#include <reidnet/schedules.hpp>
-#include <reidnet/state_dict.hpp>
-#include <reidnet/usam.hpp>
-#include <reidnet/usam_resnet.hpp>
-#include <reidnet/version.hpp>
+#include <reidnet/core/autocast.hpp>
+#include <reidnet/core/errors.hpp>
+#include <reidnet/core/host_memory.hpp>
+#include <reidnet/core/memory_format.hpp>
+#include <reidnet/core/version.hpp>
+
+#include <reidnet/io/checkpoint.hpp>
+#include <reidnet/io/retrieval_features.hpp>
+#include <reidnet/io/state_dict.hpp>
+
+#include <reidnet/models/layers/batch_norm.hpp>
+#include <reidnet/models/layers/ibn.hpp>
+#include <reidnet/models/layers/init.hpp>
+#include <reidnet/models/layers/pooling.hpp>
+#include <reidnet/models/layers/residual_blocks.hpp>
+#include <reidnet/models/layers/usam.hpp>
+
+#include <reidnet/models/backbones/backbone.hpp>
+#include <reidnet/models/backbones/densenet.hpp>
+#include <reidnet/models/backbones/resnet.hpp>
+#include <reidnet/models/backbones/usam_resnet.hpp>
+
+#include <reidnet/models/heads/bnneck.hpp>
+#include <reidnet/models/heads/class_block.hpp>
+#include <reidnet/models/heads/part_head.hpp>
+
+#include <reidnet/models/ft_net.hpp>
+#include <reidnet/models/model_zoo.hpp>
+#include <reidnet/models/reid_model.hpp>
+
+#include <reidnet/solver/grad_scaler.hpp>
+#include <reidnet/solver/losses.hpp>
+#include <reidnet/solver/optim.hpp>
+#include <reidnet/solver/optimizer_state.hpp>
+#include <reidnet/solver/schedules.hpp>
+
+#include <reidnet/inference/inference.hpp>
+
+#include <reidnet/evaluation/evaluate.hpp>
+#include <reidnet/evaluation/features.hpp>
+#include <reidnet/evaluation/re_ranking.hpp>
+
+#include <reidnet/engine/run_folder.hpp>

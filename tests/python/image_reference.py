@@ -8,7 +8,8 @@ palette, 16-bit), then decoded and transformed by PIL and torchvision:
 - manifest.json: the file names, the resize sizes, the colour factors, the broken files;
 - reference.pt: a plain dict of tensors: decoded/<file> (PIL convert('RGB'), uint8 HWC),
   resized/<file>/<h>x<w> (torchvision Resize bicubic, uint8 HWC), eval/<file> (Resize,
-  ToTensor, Normalize; float CHW), pad_crop_flip/<file> (Resize, Pad(10), crop at (3, 17),
+  ToTensor, Normalize; float CHW), eval_half/<file> (Normalize(0.5, 0.5)), eval_fastreid/<file>
+  (fast-reid's pixel_mean and pixel_std on 0..255), pad_crop_flip/<file> (Resize, Pad(10), crop at (3, 17),
   hflip; uint8 HWC), brightness|contrast|saturation/<file>/<factor> (uint8 HWC).
 """
 import io
@@ -148,6 +149,8 @@ def main():
                     or f.endswith("_palette.png") or f == "camera.png"]
     colour_files = ["astronaut.jpg", "coffee.jpg", "chelsea.jpg"]
     normalize = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+    FASTREID_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+    FASTREID_STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
     for file in files:
         image = Image.open(os.path.join(pictures, file)).convert("RGB")
         tensors[f"decoded/{file}"] = torch.from_numpy(np.array(image))
@@ -158,6 +161,13 @@ def main():
             evaluated = normalize(
                 transforms.Resize((256, 128), interpolation=InterpolationMode.BICUBIC)(image))
             tensors[f"eval/{file}"] = evaluated
+            # Other families' normalisations: TransReID's and CLIP-ReID's mean = std = 0.5,
+            # and fast-reid's float 0..255 pixels less pixel_mean, over pixel_std.
+            resized_eval = transforms.Resize((256, 128), interpolation=InterpolationMode.BICUBIC)(image)
+            tensors[f"eval_half/{file}"] = transforms.Compose(
+                [transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])(resized_eval)
+            pixels = torch.from_numpy(np.array(resized_eval)).permute(2, 0, 1).float()
+            tensors[f"eval_fastreid/{file}"] = pixels.sub(FASTREID_MEAN).div(FASTREID_STD)
             # Pad(10) -> crop at (3, 17) -> hflip, the train transform with fixed draws.
             resized = transforms.Resize((256, 128), interpolation=InterpolationMode.BICUBIC)(image)
             shifted = F.hflip(F.crop(F.pad(resized, 10), 3, 17, 256, 128))

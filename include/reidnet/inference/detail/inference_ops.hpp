@@ -1,0 +1,301 @@
+#pragma once
+// Internals of reidnet/inference/inference.hpp: BatchNorm folding and the per-layer kernels of the
+// inference fast path (oneDNN blocked layout on CPU, dense channels_last elsewhere).
+
+#include <reidnet/models/layers/batch_norm.hpp>
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+namespace reidnet::detail {
+
+/// An eval-mode BatchNorm as the affine map y = x * scale + shift (exact: running statistics).
+struct BatchNormAffine {
+  at::Tensor scale;
+  at::Tensor shift;
+};
+
+/// `NormImpl` is BatchNorm1dImpl or BatchNorm2dImpl; the module's tensors are only read.
+template <class NormImpl>
+BatchNormAffine batch_norm_affine(const NormImpl& norm) {
+  TORCH_CHECK(norm.options.track_running_stats(),
+              "optimize_for_inference: a BatchNorm without running statistics cannot be folded");
+  // Computed in double so that folding adds no rounding beyond the final cast.
+  const auto var = norm.running_var.detach().to(at::kDouble);
+  const auto mean = norm.running_mean.detach().to(at::kDouble);
+  auto scale = at::rsqrt(var + norm.options.eps());
+  if (norm.options.affine()) scale = scale * norm.weight.detach().to(at::kDouble);
+  auto shift = -mean * scale;
+  if (norm.options.affine()) shift = shift + norm.bias.detach().to(at::kDouble);
+  return {scale, shift};
+}
+
+/// oneDNN's prepacked convolution with a fused ReLU (`mkldnn_prepacked::conv2d_prepack` /
+/// `conv2d_run`, registered by LibTorch builds with oneDNN since 1.12). Looked up at run time:
+/// where it is missing the blocked-layout path runs instead.
+struct PrepackedConvOps {
+  // c10::optional in LibTorch 1.x, std::optional in recent 2.x.
+  using MaybeOperator = decltype(c10::Dispatcher::singleton().findSchema({"", ""}));
+  MaybeOperator prepack;
+  MaybeOperator run;
+
+  static const PrepackedConvOps& get() {
+    static const PrepackedConvOps ops = [] {
+      PrepackedConvOps found;
+      auto& dispatcher = c10::Dispatcher::singleton();
+      found.prepack = dispatcher.findSchema({"mkldnn_prepacked::conv2d_prepack", ""});
+      found.run = dispatcher.findSchema({"mkldnn_prepacked::conv2d_run", ""});
+      return found;
+    }();
+    return ops;
+  }
+  /// Both ops, with the argument lists this code passes (W, B, stride, padding, dilation,
+  /// groups, input_size, attr) and (X, context).
+  bool available() const {
+    return prepack.has_value() && run.has_value() &&
+           prepack->schema().arguments().size() == 8 && run->schema().arguments().size() == 2;
+  }
+};
+
+/// The kernels a model runs with, chosen once from the options and this LibTorch build.
+enum class ConvBackend {
+  dense,          // at::conv2d on dense (channels_last) tensors: CUDA, or any CPU build
+  onednn_blocked, // activations and weights in oneDNN's blocked layout, eltwise ops in place
+  onednn_fused,   // channels_last activations, prepacked weights, conv+ReLU fused by oneDNN
+  cudnn_fused,    // CUDA: conv+bias+ReLU and conv+bias+residual add+ReLU fused by cuDNN
+  onednn_direct,  // CPU: the whole backbone on oneDNN's own API (detail/onednn_backbone.hpp)
+};
+
+/// What every kernel needs to know about how tensors are stored.
+struct KernelConfig {
+  at::ScalarType dtype = at::kFloat;
+  at::Device device = at::kCPU;
+  bool channels_last = true;
+  bool fold_bn = true;
+  /// Activations and weights in oneDNN's own (blocked) layout, weights reordered once.
+  bool prepack = true;
+  /// ReLU fused into the conv where oneDNN can; in-place ReLU and residual add elsewhere.
+  bool fuse = true;
+  ConvBackend backend = ConvBackend::dense;
+
+  at::MemoryFormat memory_format() const {
+    return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  }
+};
+
+/// oneDNN contexts of one conv, one per input shape (a context is built for a fixed shape and
+/// holds its own copy of the packed weights, so only the most recent few shapes are kept:
+/// a feature extractor sees the full batch and one smaller last batch).
+class PrepackedConvCache {
+ public:
+  static constexpr size_t kMaxShapes = 3;
+
+  /// `prepack_arguments`: W, B, stride, padding, dilation, groups, attr (input_size is added
+  /// per shape). Built once, so that a call allocates nothing when its shape is cached.
+  explicit PrepackedConvCache(std::vector<c10::IValue> prepack_arguments)
+      : prepack_arguments_(std::move(prepack_arguments)) {}
+
+  c10::IValue get(const at::Tensor& x) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto shape = x.sizes();
+    for (const auto& [cached_shape, context] : contexts_) {
+      if (shape.equals(cached_shape)) return context;
+    }
+    torch::jit::Stack stack(prepack_arguments_);
+    stack.insert(stack.begin() + 6, c10::IValue(shape.vec()));  // input_size, before attr
+    PrepackedConvOps::get().prepack->callBoxed(&stack);
+    if (contexts_.size() == kMaxShapes) contexts_.erase(contexts_.begin());
+    contexts_.emplace_back(shape.vec(), stack.at(0));
+    return contexts_.back().second;
+  }
+
+ private:
+  const std::vector<c10::IValue> prepack_arguments_;
+  std::mutex mutex_;
+  std::vector<std::pair<std::vector<int64_t>, c10::IValue>> contexts_;  // oldest first
+};
+
+/// One Conv2d (no bias in ResNet), its BatchNorm2d and, if `relu`, the ReLU after them.
+struct ConvBn {
+  at::Tensor weight;  // folded (or original) weight, dtype/device/memory format of the config
+  at::Tensor bias;    // folded BatchNorm shift; undefined when BatchNorm is not folded
+  at::Tensor packed_weight;  // oneDNN blocked weight (onednn_blocked)
+  at::Tensor packed_bias;    // fp32 oneDNN bias (onednn_blocked)
+  at::Tensor bn_scale, bn_shift;  // unfolded BatchNorm, as (1, C, 1, 1) affine
+  std::vector<int64_t> stride, padding, dilation;
+  int64_t groups = 1;
+  bool relu = false;
+  std::shared_ptr<PrepackedConvCache> prepacked;  // onednn_fused
+
+  at::Tensor run(const at::Tensor& x, const KernelConfig& config) const {
+    switch (config.backend) {
+      case ConvBackend::onednn_fused: {
+        // Reused per thread: at batch 1, per-call allocations are a visible share of a conv.
+        thread_local torch::jit::Stack stack;
+        stack.clear();
+        stack.emplace_back(x);
+        stack.emplace_back(prepacked->get(x));
+        PrepackedConvOps::get().run->callBoxed(&stack);
+        auto y = std::move(stack.at(0)).toTensor();  // ReLU already applied by oneDNN
+        stack.clear();
+        return y;
+      }
+      case ConvBackend::onednn_blocked:
+        return apply_relu(at::mkldnn_convolution(x, packed_weight, packed_bias, padding, stride,
+                                                 dilation, groups),
+                          config);
+      case ConvBackend::cudnn_fused:
+        if (relu) return at::cudnn_convolution_relu(x, weight, bias, stride, padding, dilation, groups);
+        break;
+      case ConvBackend::dense:
+      case ConvBackend::onednn_direct:  // runs in OnednnBackbone, never here
+        break;
+    }
+    auto y = at::conv2d(x, weight, bias, stride, padding, dilation, groups);
+    if (!config.fold_bn) y = config.fuse ? y.mul_(bn_scale).add_(bn_shift) : y * bn_scale + bn_shift;
+    return apply_relu(std::move(y), config);
+  }
+
+  /// relu(conv(x) + identity): the last conv of a residual block (built with relu = false).
+  at::Tensor run_add_relu(const at::Tensor& x, const at::Tensor& identity,
+                          const KernelConfig& config) const {
+    if (config.backend == ConvBackend::cudnn_fused) {
+      return at::cudnn_convolution_add_relu(x, weight, identity, at::Scalar(1.0), bias, stride,
+                                            padding, dilation, groups);
+    }
+    auto y = run(x, config);
+    if (!config.fuse) return at::relu(y + identity);
+    // One pass instead of two (add_, then relu_) over the block's output: ~15% of a CPU
+    // forward at batch 16 goes to these memory-bound passes. ATen's kernel is fp32 only.
+    if (y.scalar_type() == at::kFloat && !y.is_mkldnn()) return at::_add_relu_(y, identity);
+    return y.add_(identity).relu_();
+  }
+
+ private:
+  // Only ever applied to a fresh conv output, so the in-place form is safe.
+  at::Tensor apply_relu(at::Tensor y, const KernelConfig& config) const {
+    if (!relu) return y;
+    return config.fuse ? y.relu_() : at::relu(y);
+  }
+};
+
+/// The convs of one residual block, in order, and its downsample conv if it has one.
+struct ResidualBlockPlan {
+  std::vector<ConvBn> convs;
+  bool has_downsample = false;
+  ConvBn downsample;
+};
+
+inline std::vector<int64_t> to_vector(at::IntArrayRef values) { return values.vec(); }
+
+inline ConvBn make_conv_bn(const torch::nn::Conv2dImpl& conv,
+                           const BatchNorm2dImpl& norm, bool relu,
+                           const KernelConfig& config) {
+  const auto& conv_options = conv.options;
+  ConvBn out;
+  out.relu = relu;
+  out.stride = to_vector(*conv_options.stride());
+  out.dilation = to_vector(*conv_options.dilation());
+  // Every conv of torchvision's ResNet pads by dilation * (kernel - 1) / 2; reading the
+  // padding option itself would need c10::variant (1.x) or std::variant (2.x).
+  const auto kernel = to_vector(*conv_options.kernel_size());
+  out.padding = {out.dilation[0] * (kernel[0] - 1) / 2, out.dilation[1] * (kernel[1] - 1) / 2};
+  out.groups = conv_options.groups();
+  const auto affine = batch_norm_affine(norm);
+  auto weight = conv.weight.detach().to(at::kDouble);
+  at::Tensor bias = conv.bias.defined() ? conv.bias.detach().to(at::kDouble)
+                                         : at::zeros({weight.size(0)}, weight.options());
+  const auto target = at::TensorOptions().dtype(config.dtype).device(config.device);
+  if (config.fold_bn) {
+    weight = weight * affine.scale.view({-1, 1, 1, 1});
+    bias = bias * affine.scale + affine.shift;
+    if (config.backend != ConvBackend::onednn_blocked) {  // that one keeps only its copy
+      out.weight = weight.to(target).contiguous(config.memory_format());
+      // oneDNN adds a float bias to bf16 convs: no need to round it.
+      out.bias = bias.to(config.backend == ConvBackend::onednn_direct ? target.dtype(at::kFloat)
+                                                                       : target);
+    }
+  } else {
+    // Unfolded: keep the conv as is; BatchNorm becomes a per-channel affine after it.
+    out.weight = weight.to(target).contiguous(config.memory_format());
+    out.bias = conv.bias.defined() ? bias.to(target) : at::Tensor();
+    out.bn_scale = affine.scale.to(target).view({1, -1, 1, 1});
+    out.bn_shift = affine.shift.to(target).view({1, -1, 1, 1});
+  }
+  if (config.backend == ConvBackend::onednn_fused) {
+    out.prepacked = std::make_shared<PrepackedConvCache>(std::vector<c10::IValue>{
+        out.weight, out.bias, out.stride, out.padding, out.dilation, out.groups,
+        std::string(relu ? "relu" : "none")});
+  }
+  if (config.backend == ConvBackend::onednn_blocked) {
+    out.packed_weight = at::mkldnn_reorder_conv2d_weight(
+        weight.to(at::kFloat).contiguous().to_mkldnn(config.dtype), out.padding, out.stride,
+        out.dilation, out.groups);
+    out.packed_bias = bias.to(at::kFloat).to_mkldnn();
+  }
+  return out;
+}
+
+/// A Linear possibly followed by an eval BatchNorm1d folded into it: y = x W^T + b.
+struct DenseAffine {
+  at::Tensor weight;  // (out, in), fp32
+  at::Tensor bias;    // (out), fp32
+};
+
+inline DenseAffine linear_affine(const torch::nn::LinearImpl& linear) {
+  return {linear.weight.detach().to(at::kDouble),
+          linear.bias.defined() ? linear.bias.detach().to(at::kDouble)
+                                : at::zeros({linear.weight.size(0)}, at::kDouble)};
+}
+
+/// Whether cuDNN's fused conv+bias+ReLU and conv+bias+add+ReLU run for this dtype and layout
+/// (they need a LibTorch built with cuDNN, and some cuDNN versions lack some dtypes): tried
+/// once on a tiny input, so that the model falls back to separate kernels instead of failing.
+inline bool cudnn_fusion_available(const KernelConfig& config) {
+  try {
+    const auto options = at::TensorOptions().dtype(config.dtype).device(config.device);
+    const auto x = at::randn({1, 8, 6, 6}, options).contiguous(config.memory_format());
+    const auto weight = at::randn({8, 8, 3, 3}, options).contiguous(config.memory_format());
+    const auto bias = at::randn({8}, options);
+    const std::vector<int64_t> one{1, 1};
+    const auto fused = at::cudnn_convolution_add_relu(x, weight, x, at::Scalar(1.0), bias, one,
+                                                      one, one, 1);
+    const auto reference = at::relu(at::conv2d(x, weight, bias, one, one, one, 1) + x);
+    return at::cudnn_convolution_relu(x, weight, bias, one, one, one, 1).defined() &&
+           at::allclose(fused.to(at::kFloat), reference.to(at::kFloat), 5e-2, 5e-2);
+  } catch (const c10::Error&) {
+    return false;
+  }
+}
+
+/// True when oneDNN can run the CPU path of this LibTorch build.
+inline bool onednn_available() {
+  return at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
+}
+
+/// Whether oneDNN has bf16 convolutions on this CPU: it needs AVX-512 (BW, VL, DQ), as
+/// LibTorch's own check says; on AVX2 every bf16 oneDNN conv fails to build its primitive,
+/// and LibTorch's native convolution runs bf16 instead.
+inline bool onednn_runs_bf16() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool supported = __builtin_cpu_supports("avx512bw") &&
+                                __builtin_cpu_supports("avx512vl") &&
+                                __builtin_cpu_supports("avx512dq");
+  return supported;
+#else
+  return false;
+#endif
+}
+
+}  // namespace reidnet::detail

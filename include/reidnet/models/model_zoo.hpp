@@ -1,0 +1,249 @@
+#pragma once
+/// The model registry: every ReID model family by name, built from one set of arguments.
+///
+///   name            backbone (key prefix)              head (keys)               Python model
+///   ft_net          resnet50 (model.)                  ClassBlock (classifier.)  baseline ft_net
+///   ft_net_ibn      resnet50_ibn_a (model.)            ClassBlock (classifier.)  ft_net(ibn=True)
+///   ft_net_usam     resnet50 + USAM (model., usam_1/2) ClassBlock (classifier.)  ft_net(usam=True)
+///   ft_net_dense    densenet121 (model.)               ClassBlock (classifier.)  ft_net_dense
+///   pcb             resnet50, last stride 1 (model.)   six stripes (classifier0..5.)  PCB
+///   bnneck          resnet50 without fc (backbone.)    BNNeck (heads.)           fast-reid BoT
+///   <backbone>      any registered backbone (model.)   ClassBlock (classifier.)
+///
+///     auto model = reidnet::create_model("pcb", reidnet::ModelArgs().class_num(751));
+///     for (const auto& name : reidnet::model_names()) std::cout << name << '\n';
+
+#include <reidnet/models/backbones/backbone.hpp>
+#include <reidnet/models/heads/bnneck.hpp>
+#include <reidnet/io/checkpoint.hpp>
+#include <reidnet/models/heads/class_block.hpp>
+#include <reidnet/models/backbones/densenet.hpp>
+#include <reidnet/models/ft_net.hpp>
+#include <reidnet/models/heads/part_head.hpp>
+#include <reidnet/models/layers/pooling.hpp>
+#include <reidnet/models/reid_model.hpp>
+#include <reidnet/models/backbones/resnet.hpp>
+#include <reidnet/models/backbones/usam_resnet.hpp>
+
+#include <c10/util/Exception.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace reidnet {
+
+/// Everything a model family is built from; a family ignores what it has no use for.
+struct ModelArgs {
+  /// Training identities (the classifiers' width).
+  TORCH_ARG(int64_t, class_num) = 751;
+  /// Dropout before each classifier (PCB: also on its pooled stripes).
+  TORCH_ARG(double, droprate) = 0.5;
+  /// Stride of the backbone's last stage: 2, or 1 for a finer map (PCB always uses 1).
+  TORCH_ARG(int64_t, last_stride) = 2;
+  /// ClassBlock bottleneck width; 0 = no Linear (PCB's stripes use 256 whatever this says).
+  TORCH_ARG(int64_t, linear_num) = 512;
+  /// Global pooling: avg, max, gem (learnable p) or gem_fixed.
+  TORCH_ARG(PoolType, pool) = PoolType::avg;
+  /// The backbone of the bnneck family (e.g. resnet50_ibn_a): empty = resnet50.
+  TORCH_ARG(std::string, backbone) = "";
+  /// Std of the classifier's normal init; unset = the family's own (0.001, fast-reid 0.01).
+  TORCH_ARG(std::optional<double>, classifier_std) = std::nullopt;
+};
+
+/// One registered model family.
+struct ModelEntry {
+  std::function<ReidModel(const ModelArgs&)> create;
+  std::string description;
+};
+
+namespace detail {
+
+inline void check_model_args(const ModelArgs& args) {
+  TORCH_CHECK(args.class_num() > 0, "ModelArgs::class_num must be positive, got ", args.class_num());
+  TORCH_CHECK(args.last_stride() == 1 || args.last_stride() == 2,
+              "ModelArgs::last_stride must be 1 or 2, got ", args.last_stride());
+  TORCH_CHECK(args.droprate() >= 0 && args.droprate() < 1,
+              "ModelArgs::droprate must be in [0, 1), got ", args.droprate());
+  TORCH_CHECK(args.linear_num() >= 0, "ModelArgs::linear_num must be >= 0, got ", args.linear_num());
+}
+
+inline ModelConfig config_for(const std::string& backbone, std::string prefix) {
+  return ModelConfig().imagenet_prefix(std::move(prefix)).imagenet_key(backbone_entry(backbone).imagenet_key);
+}
+
+inline ClassBlock baseline_head(int64_t input_dim, const ModelArgs& args) {
+  return ClassBlock(ClassBlockOptions(input_dim, args.class_num())
+                        .droprate(args.droprate())
+                        .linear_num(args.linear_num())
+                        .pool(args.pool()),
+                    KaimingHeadInit{}, ClassifierNormalInit{args.classifier_std().value_or(0.001)});
+}
+
+/// `backbone` + the baseline's ClassBlock, as model / classifier (its timm families' layout).
+inline ReidModel class_block_model(const std::string& backbone, const ModelArgs& args) {
+  auto trunk = create_backbone(backbone, BackboneArgs().last_stride(args.last_stride()));
+  auto head = baseline_head(trunk->num_features(), args);
+  return ReidModel(std::move(trunk), head.ptr(), ReidModelLayout("model", "classifier"),
+                   config_for(backbone, "model."));
+}
+
+inline ReidModel ft_net_model(const ModelArgs& args, bool ibn) {
+  return ReidModel(std::shared_ptr<ReidModelImpl>(FtNet(FtNetOptions(args.class_num())
+                   .droprate(args.droprate())
+                   .last_stride(args.last_stride())
+                   .linear_num(args.linear_num())
+                   .classifier_std(args.classifier_std().value_or(0.001))
+                   .ibn(ibn)
+                   .pool(args.pool()))
+      .ptr()));
+}
+
+inline ReidModel usam_model(const ModelArgs& args) {
+  auto trunk = UsamResNet(ResNetOptions().layers({3, 4, 6, 3}).last_stride(args.last_stride()));
+  auto head = baseline_head(trunk->num_features(), args);
+  // The baseline registers usam_1/usam_2 after its classifier.
+  return ReidModel(trunk.ptr(), head.ptr(),
+                   ReidModelLayout("", "classifier", {"model", "classifier", "usam_1", "usam_2"}),
+                   config_for("resnet50", "model."));
+}
+
+inline ReidModel pcb_model(const ModelArgs& args) {
+  auto trunk = resnet50(ResNetOptions().last_stride(1));
+  auto head = PartHead(PartHeadOptions(trunk->num_features(), args.class_num())
+                           .droprate(args.droprate())
+                           .classifier_std(args.classifier_std().value_or(0.001)));
+  return ReidModel(trunk.ptr(), head.ptr(), ReidModelLayout("model", ""),
+                   config_for("resnet50", "model.").height(384).width(192));
+}
+
+inline ReidModel bnneck_model(const ModelArgs& args) {
+  const auto name = args.backbone().empty() ? std::string("resnet50") : args.backbone();
+  auto trunk = create_backbone(
+      name, BackboneArgs().last_stride(args.last_stride()).keep_classifier(false));
+  auto head = BNNeckHead(BNNeckHeadOptions(trunk->num_features(), args.class_num())
+                             .pool(args.pool())
+                             .classifier_std(args.classifier_std().value_or(0.01)));
+  return ReidModel(std::move(trunk), head.ptr(), ReidModelLayout("backbone", "heads"),
+                   config_for(name, "backbone."));
+}
+
+inline std::map<std::string, ModelEntry>& model_registry() {
+  static std::map<std::string, ModelEntry> registry{
+      {"ft_net", {[](const ModelArgs& a) { return ft_net_model(a, false); },
+                  "the baseline's ft_net: ResNet-50 + ClassBlock"}},
+      {"ft_net_ibn", {[](const ModelArgs& a) { return ft_net_model(a, true); },
+                      "ft_net on IBN-Net's resnet50_ibn_a (the baseline's --ibn)"}},
+      {"ft_net_usam", {usam_model, "ft_net with USAM attention after the stem and layer1 (--usam)"}},
+      {"ft_net_dense", {[](const ModelArgs& a) { return class_block_model("densenet121", a); },
+                        "the baseline's ft_net_dense: DenseNet-121 + ClassBlock (--use_dense)"}},
+      {"pcb", {pcb_model, "PCB: six horizontal stripes, one ClassBlock each (--PCB)"}},
+      {"bnneck", {bnneck_model, "the strong baseline: BNNeck head in fast-reid's layout (--bnneck)"}},
+  };
+  return registry;
+}
+
+}  // namespace detail
+
+/// Every model name create_model knows: the families above and each registered backbone.
+inline std::vector<std::string> model_names() {
+  std::vector<std::string> names;
+  for (const auto& item : detail::model_registry()) names.push_back(item.first);
+  for (const auto& name : backbone_names()) {
+    if (!detail::model_registry().count(name)) names.push_back(name);
+  }
+  return names;
+}
+
+/// One line per model name, for listings.
+inline std::string model_description(const std::string& name) {
+  const auto found = detail::model_registry().find(name);
+  if (found != detail::model_registry().end()) return found->second.description;
+  return backbone_entry(name).description + " + ClassBlock";
+}
+
+/// Whether `name` is one of model_names().
+inline bool is_model_name(const std::string& name) {
+  const auto names = model_names();
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+/// A new model of family `name` (see model_names()); throws naming the known names.
+inline ReidModel create_model(const std::string& name, const ModelArgs& args = {}) {
+  detail::check_model_args(args);
+  std::function<ReidModel(const ModelArgs&)> create;
+  const auto found = detail::model_registry().find(name);
+  if (found != detail::model_registry().end()) {
+    create = found->second.create;
+  } else if (is_model_name(name)) {
+    create = [name](const ModelArgs& a) { return detail::class_block_model(name, a); };
+  } else {
+    std::string known;
+    for (const auto& item : model_names()) known += (known.empty() ? "" : ", ") + item;
+    TORCH_CHECK(false, "no model named \"", name, "\"; known: ", known);
+  }
+  auto model = create(args);
+  model->set_factory([create, args] { return create(args).ptr(); });
+  return model;
+}
+
+/// Loads published ImageNet weights of the model's backbone (torchvision's, IBN-Net's) into
+/// it, through the family's key mapping. Every backbone tensor must come from the file; the
+/// file's entries the backbone lacks (an ImageNet classifier it dropped) are ignored.
+inline LoadReport load_imagenet_weights(ReidModelImpl& model, const std::string& path) {
+  const auto& config = model.config();
+  const auto tensors = read_state_dict(path);
+  StateDict mapped;
+  for (const auto& item : tensors) {
+    const auto key = config.imagenet_key() ? config.imagenet_key()(item.key()) : item.key();
+    if (!key.empty()) mapped.insert(key, item.value());
+  }
+  return detail::with_file_context("cannot load ImageNet weights", path, [&] {
+    auto report = load_state_dict(model, mapped,
+                                  LoadOptions().into(config.imagenet_prefix()).strict(false));
+    if (!report.missing.empty() || !report.mismatched.empty()) {
+      throw std::runtime_error("the backbone is not covered by the file (" + report.summary() + ")");
+    }
+    return report;
+  });
+}
+
+/// Loads a fast-reid checkpoint ({'model': state_dict, 'optimizer': ..., ...}) into a
+/// `bnneck` model, strictly. fast-reid normalises 0-255 input inside the model; older files
+/// keep that mean and std as `pixel_mean`/`pixel_std`. They must be the model config's mean
+/// and std on 0..255 (times max_pixel_value), which the data pipeline then applies.
+inline LoadReport load_fastreid_checkpoint(ReidModelImpl& model, const std::string& path) {
+  auto tensors = read_state_dict(path);
+  StateDict weights;
+  for (const auto& item : tensors) {
+    const bool pixel_mean = item.key() == "pixel_mean";
+    if (!pixel_mean && item.key() != "pixel_std") {
+      weights.insert(item.key(), item.value());
+      continue;
+    }
+    const auto& expected = pixel_mean ? model.config().mean() : model.config().std();
+    const double to_levels = model.config().max_pixel_value();  // 255: config on 0..1; 1: on 0..255
+    const auto values = item.value().to(torch::kDouble).flatten();
+    bool same = values.numel() == static_cast<int64_t>(expected.size());
+    for (int64_t i = 0; same && i < values.numel(); ++i) {
+      same = std::abs(values[i].item<double>() - to_levels * expected[static_cast<size_t>(i)]) < 1e-3;
+    }
+    if (!same) {
+      throw std::runtime_error(fmt::format(
+          "cannot load fast-reid checkpoint {}: its {} differs from the model's input "
+          "normalisation on 0..255; set ModelConfig's mean and std to it", path, item.key()));
+    }
+  }
+  return detail::with_file_context("cannot load fast-reid checkpoint", path,
+                                   [&] { return load_state_dict(model, weights); });
+}
+
+}  // namespace reidnet
