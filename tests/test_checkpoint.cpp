@@ -10,6 +10,10 @@
 #include <fstream>
 #include <iterator>
 
+// A namespace per topic: the topics build as one unit (CMake unity build) without their
+// helpers meeting.
+namespace reidnet_test_checkpoint {
+
 using reidnet::test::fixture;
 using reidnet::test::max_relative_difference;
 
@@ -476,3 +480,5 @@ TEST_CASE("a tensor viewing more elements than its storage holds (zero or overla
   CHECK(run.output.find("'gf'") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(out));
 }
+
+}  // namespace reidnet_test_checkpoint

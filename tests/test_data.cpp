@@ -11,6 +11,10 @@
 #include <random>
 #include <set>
 
+// A namespace per topic: the topics build as one unit (CMake unity build) without their
+// helpers meeting.
+namespace reidnet_test_data {
+
 namespace fs = std::filesystem;
 using reidnet::test::TemporaryFolder;
 
@@ -512,3 +516,5 @@ TEST_CASE("the toy data set keeps Market-1501's layout and the promises of reidn
     CHECK(entries() == 4);
   }
 }
+
+}  // namespace reidnet_test_data

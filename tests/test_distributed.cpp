@@ -29,6 +29,10 @@
 #include <thread>
 #include <vector>
 
+// A namespace per topic: the topics build as one unit (CMake unity build) without their
+// helpers meeting.
+namespace reidnet_test_distributed {
+
 namespace fs = std::filesystem;
 
 namespace {
@@ -685,3 +689,5 @@ TEST_CASE("bad launcher variables and flags are usage errors (exit code 2)") {
   CHECK(message.find("RANK='5'") != std::string::npos);
   CHECK_FALSE(fs::exists(out));
 }
+
+}  // namespace reidnet_test_distributed

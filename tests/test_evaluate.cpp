@@ -10,6 +10,10 @@
 #include <string>
 #include <vector>
 
+// A namespace per topic: the topics build as one unit (CMake unity build) without their
+// helpers meeting.
+namespace reidnet_test_evaluate {
+
 using reidnet::test::fixture;
 using reidnet::test::load_tensor_dict;
 
@@ -404,3 +408,5 @@ TEST_CASE("extract_features rejects bad batches and precision settings") {
                                 reidnet::FeatureOptions().dtype(torch::kInt)),
       "dtype must be Float, BFloat16 or Half");
 }
+
+}  // namespace reidnet_test_evaluate

@@ -12,6 +12,10 @@
 #include <fstream>
 #include <random>
 
+// A namespace per topic: the topics build as one unit (CMake unity build) without their
+// helpers meeting.
+namespace reidnet_test_image {
+
 using reidnet::test::fixture;
 
 namespace {
@@ -231,3 +235,5 @@ TEST_CASE("image libraries: reidnet's image calls reach libjpeg-turbo and libpng
   CHECK_FALSE(std::filesystem::exists(jpeg));
   CHECK_FALSE(std::filesystem::exists(png));
 }
+
+}  // namespace reidnet_test_image

@@ -20,6 +20,10 @@
 #include <string>
 #include <vector>
 
+// A namespace per topic: the topics build as one unit (CMake unity build) without their
+// helpers meeting.
+namespace reidnet_test_index {
+
 namespace fs = std::filesystem;
 
 namespace {
@@ -504,3 +508,5 @@ TEST_CASE("reidnet-index builds, adds, searches and describes over reidnet-test'
   CHECK(unknown.status == 2);
   CHECK(unknown.output.find("--type") != std::string::npos);
 }
+
+}  // namespace reidnet_test_index

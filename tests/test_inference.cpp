@@ -12,6 +12,10 @@
 #include <utility>
 #include <vector>
 
+// A namespace per topic: the topics build as one unit (CMake unity build) without their
+// helpers meeting.
+namespace reidnet_test_inference {
+
 using reidnet::test::max_relative_difference;
 
 // .ci/test sets REIDNET_TEST_ONEDNN_CRASHES where oneDNN 3.x dies of SIGFPE on this CPU (a
@@ -368,3 +372,5 @@ TEST_CASE("on CUDA the module matches the CPU, and an fp16 autocast step with Gr
   CHECK(steps_taken >= 3);
   CHECK_FALSE(torch::equal(net->classifier->classifier->parameters().front(), before));
 }
+
+}  // namespace reidnet_test_inference

@@ -24,6 +24,10 @@
 #include <functional>
 #include <sstream>
 
+// A namespace per topic: the topics build as one unit (CMake unity build) without their
+// helpers meeting.
+namespace reidnet_test_input_limits {
+
 namespace fs = std::filesystem;
 using reidnet::test::TemporaryFolder;
 using reidnet::test::ChildRun;
@@ -544,3 +548,5 @@ TEST_CASE("reidnet-test quotes paths in --save-ranks and leaves no temporary fil
     CHECK_MESSAGE(!contains(entry.path().filename().string(), ".tmp"), entry.path());
   }
 }
+
+}  // namespace reidnet_test_input_limits

@@ -7,6 +7,10 @@
 #include <filesystem>
 #include <string>
 
+// A namespace per topic: the topics build as one unit (CMake unity build) without their
+// helpers meeting.
+namespace reidnet_test_learning {
+
 namespace fs = std::filesystem;
 
 TEST_CASE("--preset scratch learns a data set it was not designed on: mAP rises by at least 0.15") {
@@ -32,3 +36,5 @@ TEST_CASE("--preset scratch learns a data set it was not designed on: mAP rises 
   const double trained = map_after("trained", "--total-epoch 30");
   CHECK(trained - untrained >= 0.15);
 }
+
+}  // namespace reidnet_test_learning

@@ -21,6 +21,10 @@
 #include <string>
 #include <vector>
 
+// A namespace per topic: the topics build as one unit (CMake unity build) without their
+// helpers meeting.
+namespace reidnet_test_mat {
+
 namespace fs = std::filesystem;
 
 namespace {
@@ -504,3 +508,5 @@ TEST_CASE("reidnet-index refuses bad features files with exit code 2, naming the
     CHECK(run.output.find(array) != std::string::npos);
   }
 }
+
+}  // namespace reidnet_test_mat

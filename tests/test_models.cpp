@@ -11,6 +11,10 @@
 #include <type_traits>
 #include <utility>
 
+// A namespace per topic: the topics build as one unit (CMake unity build) without their
+// helpers meeting.
+namespace reidnet_test_models {
+
 using reidnet::test::copy_state;
 using reidnet::test::fixture;
 using reidnet::test::max_relative_difference;
@@ -347,3 +351,5 @@ TEST_CASE("bad options are refused with a message naming the option") {
   CHECK_THROWS_WITH_AS(reidnet::FtNet(reidnet::FtNetOptions(751).stride(3)),
                        doctest::Contains("last_stride"), c10::Error);
 }
+
+}  // namespace reidnet_test_models

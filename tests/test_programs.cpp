@@ -21,6 +21,10 @@
 #include <tuple>
 #include <vector>
 
+// A namespace per topic: the topics build as one unit (CMake unity build) without their
+// helpers meeting.
+namespace reidnet_test_programs {
+
 namespace fs = std::filesystem;
 
 namespace {
@@ -785,3 +789,5 @@ TEST_CASE("show_N.png is the query and its ranked gallery with green and red bor
                          .slice(1, kGap + kBorder, kGap + kBorder + kImageWidth);
   CHECK(first.to(torch::kFloat).std().item<double>() > 10);
 }
+
+}  // namespace reidnet_test_programs

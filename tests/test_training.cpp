@@ -7,6 +7,10 @@
 #include <limits>
 #include <sstream>
 
+// A namespace per topic: the topics build as one unit (CMake unity build) without their
+// helpers meeting.
+namespace reidnet_test_training {
+
 using reidnet::test::fixture;
 using reidnet::test::scalar;
 
@@ -381,3 +385,5 @@ TEST_CASE("a bad Adam state file is refused by name and leaves the optimizer unc
   CHECK(message_of(fixture("training", "reference.pt")).find("no 'param_groups'") != std::string::npos);
   CHECK(run.adam->state().size() == before);
 }
+
+}  // namespace reidnet_test_training

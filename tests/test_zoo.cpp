@@ -13,6 +13,10 @@
 #include <fstream>
 #include <regex>
 
+// A namespace per topic: the topics build as one unit (CMake unity build) without their
+// helpers meeting.
+namespace reidnet_test_zoo {
+
 using reidnet::test::copy_state;
 using reidnet::test::fixture;
 using reidnet::test::max_relative_difference;
@@ -265,3 +269,5 @@ TEST_CASE("families refuse what they cannot build, naming it") {
   auto ibn = reidnet::create_model("ft_net_ibn");
   CHECK(reidnet::optimize_for_inference(ibn).describe().find("path=module") != std::string::npos);
 }
+
+}  // namespace reidnet_test_zoo
