@@ -9,6 +9,7 @@
 // benchmarks/compare_speed.sh runs it side by side with benchmarks/reference_python.py.
 #include "../examples/common/cli.hpp"
 
+#include <reidnet/engine/training_step.hpp>
 #include <reidnet/reidnet.hpp>
 
 #include <ATen/autocast_mode.h>
@@ -56,12 +57,6 @@ struct BenchOptions {
   bool no_channels_last = false;
   bool no_reuse_memory = false;
 };
-
-torch::Dtype parse_dtype(const std::string& name) {
-  if (name == "fp32") return torch::kFloat32;
-  if (name == "bf16") return torch::kBFloat16;
-  return torch::kFloat16;
-}
 
 /// The vector extensions that matter for oneDNN, from /proc/cpuinfo (Linux).
 std::string cpu_instruction_set() {
@@ -146,7 +141,7 @@ double percentile(std::vector<double> values, double fraction) {
 std::string embed_path(const BenchOptions& options, reidnet::ReidModel& net,
                        const torch::Device& device, const torch::Tensor& images,
                        Timing& timing) {
-  const auto dtype = parse_dtype(options.dtype);
+  const auto dtype = reidnet::compute_dtype_from_name(options.dtype);
   if (options.eager) {
     // The unoptimised module, weights cast to the dtype, under InferenceMode.
     net->to(device, dtype);
@@ -186,26 +181,13 @@ std::string train_path(const BenchOptions& options, reidnet::ReidModel& net,
   auto optimizer = reidnet::make_sgd(*net);
   const auto labels =
       torch::randint(options.class_num, {options.batch_size}, torch::TensorOptions(device).dtype(torch::kLong));
-  const auto dtype = parse_dtype(options.dtype);
+  const auto dtype = reidnet::compute_dtype_from_name(options.dtype);
   const bool autocast = dtype != torch::kFloat32;
-  // As reidnet-train: fp16 needs loss scaling (one host sync per step, as in Python).
-  reidnet::GradScaler scaler(reidnet::GradScalerOptions().enabled(dtype == torch::kFloat16));
-  timing = time_iterations(options, device, [&] {
-    reidnet::clear_gradients(*optimizer);
-    torch::Tensor loss;
-    {
-      reidnet::AutocastGuard autocast_scope(device, dtype);
-      for (const auto& logits : net->forward(input).logits) {
-        const auto term = torch::nn::functional::cross_entropy(logits, labels);
-        loss = loss.defined() ? loss + term : term;
-      }
-    }
-    scaler.scale(loss).backward();
-    scaler.step(*optimizer);
-    scaler.update();
-  });
+  // reidnet-train's step: fp16 takes loss scaling (one host sync per step, as in Python).
+  reidnet::TrainingStep train_step(net, *optimizer, reidnet::TrainingStepOptions().dtype(dtype));
+  timing = time_iterations(options, device, [&] { train_step(input, labels); });
   return fmt::format("train step (SGD nesterov, 2 groups), {}{}{}", options.dtype,
-                     autocast ? " autocast" : "", scaler.is_enabled() ? " + GradScaler" : "") +
+                     autocast ? " autocast" : "", train_step.scaler().is_enabled() ? " + GradScaler" : "") +
          (channels_last ? ", channels_last" : ", NCHW");
 }
 

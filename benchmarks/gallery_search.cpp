@@ -161,19 +161,19 @@ int main(int argc, char** argv) {
     using reidnet::IndexType;
     const std::vector<int64_t> nprobes{4, 8, 16};
     const auto ivfpq = [&](int64_t m) {
-      return reidnet::GalleryIndexOptions().type(IndexType::IVFPQ).nlist(nlist).pq_m(m).pq_bits(8);
+      return reidnet::GalleryIndexOptions().type(IndexType::kIvfPq).nlist(nlist).pq_m(m).pq_bits(8);
     };
     const auto ivfsq = [&](int64_t bits) {
-      return reidnet::GalleryIndexOptions().type(IndexType::IVFSQ).nlist(nlist).sq_bits(bits);
+      return reidnet::GalleryIndexOptions().type(IndexType::kIvfSq).nlist(nlist).sq_bits(bits);
     };
     const std::vector<Method> methods{
-        {"flat", reidnet::GalleryIndexOptions().type(IndexType::Flat), "", {0}},
-        {"ivfflat", reidnet::GalleryIndexOptions().type(IndexType::IVFFlat).nlist(nlist), "nprobe", nprobes},
+        {"flat", reidnet::GalleryIndexOptions().type(IndexType::kFlat), "", {0}},
+        {"ivfflat", reidnet::GalleryIndexOptions().type(IndexType::kIvfFlat).nlist(nlist), "nprobe", nprobes},
         {"ivfsq8", ivfsq(8), "nprobe", nprobes},
         {"ivfsq6", ivfsq(6), "nprobe", nprobes},
         {"ivfpq64", ivfpq(64), "nprobe", nprobes},
         {"ivfpq128", ivfpq(128), "nprobe", nprobes},
-        {"hnsw", reidnet::GalleryIndexOptions().type(IndexType::HNSW).hnsw_m(32).ef_construction(40), "ef_search",
+        {"hnsw", reidnet::GalleryIndexOptions().type(IndexType::kHnsw).hnsw_m(32).ef_construction(40), "ef_search",
          {64, 128}},
     };
     for (const auto& name : only) {
@@ -216,14 +216,14 @@ int main(int argc, char** argv) {
       auto index = reidnet::GalleryIndex::create(dim, ivf ? train.size(0) : gallery_size, options);
       const auto info = index.describe();
       const auto head = fmt::format("method={} factory={}", method.name, info.factory);
-      if (options.type() == IndexType::HNSW && gallery_size > hnsw_max) {
+      if (options.type() == IndexType::kHnsw && gallery_size > hnsw_max) {
         const auto skipped = fmt::format("{} skipped=1 hnsw_max={}", head, hnsw_max);
         plan << skipped << "\n" << std::flush;
         row("impl=reidnet " + skipped);
         continue;
       }
       plan << head << " train=" << ivf;
-      if (options.type() == IndexType::HNSW) plan << " ef_construction=" << info.ef_construction;
+      if (options.type() == IndexType::kHnsw) plan << " ef_construction=" << info.ef_construction;
       // FAISS's factory turns on polysemous training for "PQ<m>x<b>" (not for "...np"); what the
       // library leaves it at is what Python's index gets.
       const auto* below_norm = dynamic_cast<faiss::IndexPreTransform&>(index.faiss_index()).index;

@@ -8,9 +8,9 @@
 //   reidnet-index info --index gallery.faiss
 #include "common/cli.hpp"
 #include "common/gallery_search.hpp"
-#include "common/opts_yaml.hpp"
+#include <reidnet/engine/run_config.hpp>
 
-#include <reidnet/core/detail/file_io.hpp>
+#include <reidnet/core/files.hpp>
 #include <reidnet/evaluation/evaluate.hpp>
 #include <reidnet/evaluation/gallery_index.hpp>
 
@@ -138,16 +138,15 @@ int search(const IndexConfig& c) {
   const auto top = index.search(
       queries, k, c.flags.search_options().progress(reidnet::examples::index_progress("index")));
   if (!c.out.empty()) {
-    reidnet::detail::write_file_atomically(c.out, [&](std::ostream& file) {
-      file << "query_index,rank,gallery_index,score\n";
-      const auto* indices = top.indices.data_ptr<int64_t>();
-      const auto* scores = top.scores.data_ptr<float>();
-      for (int64_t q = 0; q < top.indices.size(0); ++q) {
-        for (int64_t r = 0; r < k && indices[q * k + r] >= 0; ++r) {
-          file << fmt::format("{},{},{},{:.6f}\n", q, r + 1, indices[q * k + r], scores[q * k + r]);
-        }
+    std::string csv = "query_index,rank,gallery_index,score\n";
+    const auto* indices = top.indices.data_ptr<int64_t>();
+    const auto* scores = top.scores.data_ptr<float>();
+    for (int64_t q = 0; q < top.indices.size(0); ++q) {
+      for (int64_t r = 0; r < k && indices[q * k + r] >= 0; ++r) {
+        csv += fmt::format("{},{},{},{:.6f}\n", q, r + 1, indices[q * k + r], scores[q * k + r]);
       }
-    });
+    }
+    reidnet::write_text_file(c.out, csv);
     fmt::print("top-{} lists of {} queries written to {}\n", k, queries.size(0), c.out);
   }
   if (c.evaluate) {
@@ -165,7 +164,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   IndexConfig c;
   app.add_option("--threads", c.threads, "CPU threads")
-      ->check(CLI::Range(int64_t{1}, reidnet::examples::kMaxThreads));
+      ->check(CLI::Range(int64_t{1}, reidnet::kMaxThreads));
   const auto features_flag = [&](CLI::App* command, const char* default_split) {
     command->add_option("--features", c.features, "features.pth (reidnet-test) or pytorch_result.mat")
         ->required()

@@ -1,18 +1,20 @@
 // reidnet-model-summary: builds a ReID model and prints its state_dict (keys, shapes) and size.
 //
 //   reidnet-model-summary --list
-//   reidnet-model-summary --model pcb --class-num 751
-//   reidnet-model-summary --model bnneck --pool gem --keys
+//   reidnet-model-summary --model NAME --class-num 751
+//   reidnet-model-summary --model NAME --pool gem --keys
 #include "common/cli.hpp"
 
+#include <reidnet/engine/run_config.hpp>
 #include <reidnet/reidnet.hpp>
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
+#include <fmt/ranges.h>
 
 int main(int argc, char** argv) {
   CLI::App app{"Print the structure, state_dict and parameter count of a reidnet ReID model"};
-  std::string model = "ft_net", pool = "avg";
+  std::string model = reidnet::RunConfig{}.model, pool = "avg";
   int64_t class_num = 751, last_stride = 2, linear_num = 512;
   bool list = false, keys = false;
   app.add_flag("--list", list, "list the model names and stop");
@@ -40,12 +42,12 @@ int main(int argc, char** argv) {
                                               .class_num(class_num)
                                               .last_stride(last_stride)
                                               .linear_num(linear_num)
-                                              .pool(reidnet::pool_type(pool)));
+                                              .pool(reidnet::pool_type_from_name(pool)));
   net->eval();
   const auto state = reidnet::state_dict(*net);
   if (keys) {
     for (const auto& item : state) {
-      fmt::print("{} {}\n", item.key(), reidnet::detail::shape_text(item.value().sizes()));
+      fmt::print("{} {}\n", item.key(), fmt::format("[{}]", fmt::join(item.value().sizes(), ", ")));
     }
   }
   const auto groups = net->parameter_groups();

@@ -13,6 +13,7 @@
 #include <reidnet/io/checkpoint.hpp>
 #include <reidnet/data/data_loader.hpp>
 #include <reidnet/distributed/distributed.hpp>
+#include <reidnet/engine/training_step.hpp>
 #include <reidnet/reidnet.hpp>
 
 #include <fmt/core.h>
@@ -63,15 +64,10 @@ int run_steps(const std::string& mode, torch::Dtype dtype, const reidnet::Proces
   }
   torch::optim::SGD sgd(net->parameters(),
                         torch::optim::SGDOptions(0.001).momentum(0.9).weight_decay(5e-4).nesterov(true));
+  reidnet::TrainingStep train_step(net, sgd, {}, averager ? &*averager : nullptr);
   for (size_t step = 0; step < 3; ++step) {
     const auto batch = torch::tensor(batches.at(step), torch::kInt64);
-    if (averager) averager->before_forward();
-    const auto logits = net->forward(images.index_select(0, batch)).logits.at(0);
-    const auto loss = torch::nn::functional::cross_entropy(logits, labels.index_select(0, batch));
-    sgd.zero_grad();
-    if (averager) averager->before_backward({logits});
-    loss.backward();
-    sgd.step();
+    train_step(images.index_select(0, batch), labels.index_select(0, batch));
   }
   reidnet::save_state_dict(*net, fmt::format("{}/rank{}.pth", out, rank));
   return 0;

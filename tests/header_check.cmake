@@ -1,6 +1,8 @@
 # Checks that one public header compiles on its own: runs the compiler with -fsyntax-only on
 # SOURCE (a file that includes the header twice) with the flags in FLAGS (a response file).
-# ctest calls it with -DCOMPILER= -DFLAGS= -DSOURCE= -DSTAMP=.
+# ctest calls it with -DCOMPILER= -DFLAGS= -DSOURCE= -DSTAMP=, and -DPCH=<header> to put that
+# header's precompiled form (<header>.gch) before SOURCE. With -DPCH_OUTPUT=<file> it instead
+# precompiles SOURCE into that file, with the same flags.
 #
 # A passing check leaves STAMP and the compiler's dependency list STAMP.d behind; while
 # neither the compiler, the flags nor any file the header pulled in (LibTorch's headers
@@ -27,7 +29,11 @@ if(EXISTS "${STAMP}" AND EXISTS "${depfile}")
     string(SUBSTRING "${dependencies}" ${colon} -1 dependencies)
     string(REGEX MATCHALL "[^ \t\r\n]+" dependencies "${dependencies}")
   endif()
-  foreach(dependency IN LISTS dependencies ITEMS "${COMPILER}" "${FLAGS}" "${SOURCE}")
+  set(inputs "${COMPILER}" "${FLAGS}" "${SOURCE}")
+  if(DEFINED PCH)
+    list(APPEND inputs "${PCH}.gch")
+  endif()
+  foreach(dependency IN LISTS dependencies ITEMS ${inputs})
     if(NOT up_to_date)
       break()
     endif()
@@ -47,13 +53,19 @@ if(up_to_date)
 endif()
 
 file(REMOVE "${STAMP}" "${depfile}")
-execute_process(COMMAND "${COMPILER}" "@${FLAGS}" -fsyntax-only -MD -MF "${depfile}"
-                        -MT "${STAMP}" "${SOURCE}"
+if(DEFINED PCH_OUTPUT)
+  set(compile -x c++-header "${SOURCE}" -o "${PCH_OUTPUT}")
+elseif(DEFINED PCH)
+  set(compile -include "${PCH}" -Winvalid-pch -fsyntax-only "${SOURCE}")
+else()
+  set(compile -fsyntax-only "${SOURCE}")
+endif()
+execute_process(COMMAND "${COMPILER}" "@${FLAGS}" -MD -MF "${depfile}" -MT "${STAMP}" ${compile}
                 RESULT_VARIABLE status)
 if(NOT status EQUAL 0)
   file(REMOVE "${depfile}")
   file(READ "${SOURCE}" includes)
-  message(FATAL_ERROR "does not compile on its own (no precompiled header before it):\n"
-                      "${includes}")
+  message(FATAL_ERROR "does not compile on its own (with nothing before it but LibTorch's "
+                      "torch/torch.h, precompiled):\n${includes}")
 endif()
 file(TOUCH "${STAMP}")

@@ -6,9 +6,10 @@ The folders under include/reidnet are layers, lowest first (LAYERS below). A hea
 include headers of its own layer and of the layers below it, never of one above. A folder's
 detail/ is private to it: only headers of the same folder include it, except core/detail,
 which is the plumbing every layer shares. Within models, layers/ sits below backbones/, and
-backbones/ below heads/ and the families in models/ itself. reidnet.hpp and data.hpp, the
-umbrellas, may include anything. Every `#include <reidnet/...>` must name a header that
-exists, and every header must live in one of the layers. Prints each breach and exits 1 if
+backbones/ below heads/ and the families in models/ itself. reidnet.hpp, data.hpp and
+engine.hpp, the umbrellas, may include anything. Every `#include <reidnet/...>` must name a header that
+exists, every header must live in one of the layers, and a header that names LibTorch
+(torch::, at::, c10::, TORCH_*) must include a LibTorch header itself. Prints each breach and exits 1 if
 there was one.
 """
 import pathlib
@@ -28,8 +29,12 @@ LAYERS = [
     ("distributed", "several processes"),
     ("engine", "run folders and training runs"),
 ]
-UMBRELLAS = {"reidnet.hpp", "data.hpp"}
+UMBRELLAS = {"reidnet.hpp", "data.hpp", "engine.hpp"}
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]reidnet/([^>"]+)[>"]', re.MULTILINE)
+# The header checks put LibTorch's torch/torch.h, precompiled, before each header; so a header
+# that names LibTorch must include a LibTorch header itself, which this check asks instead.
+USES_LIBTORCH = re.compile(r'\b(torch|at|c10)::|\bTORCH_[A-Z_]+\(')
+INCLUDES_LIBTORCH = re.compile(r'^\s*#\s*include\s*<(torch|ATen|c10)/', re.MULTILINE)
 
 
 def layer_of(relative: str) -> tuple[int, str]:
@@ -65,6 +70,9 @@ def main(root: pathlib.Path) -> int:
             problems.append(f"{header}: not in a layer folder ({', '.join(n for n, _ in LAYERS)})")
             continue
         text = (root / header).read_text()
+        code = re.sub(r'//[^\n]*', '', text)  # comments may name LibTorch freely
+        if USES_LIBTORCH.search(code) and not INCLUDES_LIBTORCH.search(text):
+            problems.append(f"{header}: names LibTorch but includes none of its headers")
         for included in INCLUDE.findall(text):
             if not (root / included).is_file():
                 problems.append(f"{header}: includes reidnet/{included}, which does not exist")

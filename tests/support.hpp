@@ -201,14 +201,21 @@ inline std::filesystem::path fresh_workspace(const std::string& name) {
   return dir;
 }
 
-/// Writes a small toy data set into `out` (8 training ids x 8 pictures, 8 test ids): what the
-/// program tests train on.
-inline std::filesystem::path write_small_toy_data(const std::filesystem::path& out) {
-  const auto run = run_program("reidnet-toy-data", "--out " + out.string() +
-                               " --ids 8 --test-ids 8 --images-per-id 8 --distractors 24 "
-                               "--junk 12 --seed 11");
-  REQUIRE_MESSAGE(run.status == 0, run.output);
-  return out;
+/// The small toy data set the program, distributed and engine topics train on (8 training ids
+/// x 8 pictures, 8 test ids): the ctest fixture `toy_data` writes it once for them all
+/// (tests/CMakeLists.txt); a topic run outside ctest writes it where it is missing.
+/// Read-only: a test that changes pictures copies it first.
+inline const std::filesystem::path& toy_data() {
+  static const std::filesystem::path dir = [] {
+    const auto out = std::filesystem::path(REIDNET_TEST_FIXTURES_DIR) / "toy_data";
+    if (!std::filesystem::is_directory(out)) {  // written whole or not at all
+      const auto run = run_program("reidnet-toy-data",
+                                   "--out " + out.string() + " " + REIDNET_TEST_TOY_DATA_FLAGS);
+      REQUIRE_MESSAGE(run.status == 0, run.output);
+    }
+    return out;
+  }();
+  return dir;
 }
 
 /// The mAP that reidnet-test printed.

@@ -31,7 +31,7 @@ const std::map<std::string, torch::Tensor>& outputs() {
 torch::Tensor logits_of(reidnet::FtNet& net) {
   torch::NoGradGuard no_grad;
   net->eval();
-  return net(outputs().at("input"));
+  return net->logits(outputs().at("input"));
 }
 
 // The message of the std::runtime_error that `body` throws ("" if it does not throw).

@@ -39,6 +39,7 @@ namespace {
 
 using reidnet::test::run_program;
 using reidnet::test::scratch;
+using reidnet::test::toy_data;
 
 const fs::path& workspace() {
   static const fs::path root = reidnet::test::fresh_workspace("distributed_workspace");
@@ -117,11 +118,6 @@ std::string examples_program(const std::string& name) {
   return std::string(REIDNET_TEST_EXAMPLES_DIR) + "/" + name;
 }
 
-// A small toy data set, made once per test process.
-const fs::path& toy_data() {
-  static const fs::path dir = reidnet::test::write_small_toy_data(workspace() / "toy");
-  return dir;
-}
 
 std::vector<std::string> train_arguments(const fs::path& out) {
   return {"--data", toy_data().string(), "--out", out.string(), "--height", "64", "--width", "32",

@@ -238,7 +238,7 @@ TEST_CASE("every index type round-trips through a file, and Python's FAISS reads
       for (int64_t r = 0; r < 10; ++r) found += (after.indices[q] == exact[q][r]).any().item<bool>();
     }
     const double recall = static_cast<double>(found) / 300.0;
-    if (type == reidnet::IndexType::Flat) CHECK(recall == 1.0);
+    if (type == reidnet::IndexType::kFlat) CHECK(recall == 1.0);
     CHECK(recall >= 0.8);
     const auto python_out = workspace() / (name + ".python.pt");
     REQUIRE(reidnet::test::run_python("index_check.py", path.string() + " " + queries_pt.string() +
@@ -266,7 +266,7 @@ TEST_CASE("indexes that Python's FAISS wrote load here and search alike; others 
   }
   CHECK(reidnet::GalleryIndex::load(fixture("index", "python_ivfpq.faiss")).describe().nprobe == 3);
   const auto sq = reidnet::GalleryIndex::load(fixture("index", "python_ivfsq.faiss")).describe();
-  CHECK(sq.type == reidnet::IndexType::IVFSQ);
+  CHECK(sq.type == reidnet::IndexType::kIvfSq);
   CHECK(sq.sq_bits == 6);
   CHECK(sq.factory == "L2norm,IVF8,SQ6");
   CHECK(sq.code_bytes == 32 * 6 / 8 + 8);
@@ -280,7 +280,7 @@ TEST_CASE("bad index files and mismatched dimensions get errors naming them") {
   auto flat = reidnet::GalleryIndex::build(s.gf);
   const auto flat_path = workspace() / "bad_source_flat.faiss";
   flat.save(flat_path.string());
-  auto ivf = reidnet::GalleryIndex::build(s.gf, reidnet::GalleryIndexOptions().type(reidnet::IndexType::IVFFlat));
+  auto ivf = reidnet::GalleryIndex::build(s.gf, reidnet::GalleryIndexOptions().type(reidnet::IndexType::kIvfFlat));
   const auto ivf_path = workspace() / "bad_source_ivf.faiss";
   ivf.save(ivf_path.string());
   const auto bytes = read_bytes(flat_path);
@@ -329,13 +329,13 @@ TEST_CASE("bad index files and mismatched dimensions get errors naming them") {
   CHECK_THROWS_WITH(flat.add(torch::randn({3, 31})), doctest::Contains("dimension 31"));
   CHECK_THROWS_WITH(flat.search(torch::full({1, 32}, NAN), 5), doctest::Contains("NaN"));
   CHECK_THROWS_WITH(reidnet::GalleryIndex::create(
-                        32, 300, reidnet::GalleryIndexOptions().type(reidnet::IndexType::IVFPQ).pq_m(5)),
+                        32, 300, reidnet::GalleryIndexOptions().type(reidnet::IndexType::kIvfPq).pq_m(5)),
                     doctest::Contains("pq_m 5 must divide the feature dimension 32"));
   CHECK_THROWS_WITH(reidnet::GalleryIndex::create(
-                        32, 10, reidnet::GalleryIndexOptions().type(reidnet::IndexType::IVFFlat).nlist(64)),
+                        32, 10, reidnet::GalleryIndexOptions().type(reidnet::IndexType::kIvfFlat).nlist(64)),
                     doctest::Contains("nlist 64 needs at least 64 training features, got 10"));
   CHECK_THROWS_WITH(reidnet::GalleryIndex::create(
-                        32, 300, reidnet::GalleryIndexOptions().type(reidnet::IndexType::IVFSQ).sq_bits(5)),
+                        32, 300, reidnet::GalleryIndexOptions().type(reidnet::IndexType::kIvfSq).sq_bits(5)),
                     doctest::Contains("sq_bits must be 8, 6 or 4, got 5"));
   CHECK_THROWS_WITH(reidnet::index_type_from_name("lsh"), doctest::Contains("unknown index type 'lsh'"));
 }

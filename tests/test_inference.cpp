@@ -93,7 +93,7 @@ TEST_CASE("fp32 FtNet embed and forward match the module for stride 1/2, linear 
         CHECK(embed.sizes() == expected_embed.sizes());
         CHECK(max_relative_difference(embed, expected_embed) < kFp32Tolerance);
         if (batch > 1) {
-          CHECK(max_relative_difference(fast.forward(images), net->forward(images)) <
+          CHECK(max_relative_difference(fast.forward(images), net->logits(images)) <
                 kFp32Tolerance);
         }
       }
@@ -332,7 +332,7 @@ TEST_CASE("on CUDA the module matches the CPU, and an fp16 autocast step with Gr
   torch::Tensor on_cpu;
   {
     torch::NoGradGuard no_grad;
-    on_cpu = net->forward(images);
+    on_cpu = net->logits(images);
   }
   net->to(torch::kCUDA);
   reidnet::to_channels_last(*net);
@@ -340,7 +340,7 @@ TEST_CASE("on CUDA the module matches the CPU, and an fp16 autocast step with Gr
   {
     const ExactCudnnScope exact;
     torch::NoGradGuard no_grad;
-    CHECK(max_relative_difference(net->forward(cuda_images).cpu(), on_cpu) <= kFp32Tolerance);
+    CHECK(max_relative_difference(net->logits(cuda_images).cpu(), on_cpu) <= kFp32Tolerance);
   }
 
   net->train();
@@ -355,7 +355,7 @@ TEST_CASE("on CUDA the module matches the CPU, and an fp16 autocast step with Gr
     torch::Tensor loss;
     {
       reidnet::AutocastGuard autocast(torch::kCUDA, torch::kHalf);
-      loss = torch::nn::functional::cross_entropy(net->forward(cuda_images), labels);
+      loss = torch::nn::functional::cross_entropy(net->logits(cuda_images), labels);
     }
     CHECK(std::isfinite(loss.item<double>()));
     scaler.scale(loss).backward();

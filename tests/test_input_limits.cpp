@@ -5,9 +5,9 @@
 // (wait4's ru_maxrss) is compared with that of an idle child.
 #include "support.hpp"
 
-#include "../examples/common/csv.hpp"
 
 #include <reidnet/io/checkpoint.hpp>
+#include <reidnet/io/csv.hpp>
 #include <reidnet/data.hpp>
 #include "toy/toy_data.hpp"
 #include <reidnet/models/ft_net.hpp>
@@ -402,7 +402,7 @@ TEST_CASE("a run folder's commit journal is read under 1 MiB and refused with a 
 }
 
 TEST_CASE("csv_field quotes as RFC 4180 does") {
-  using reidnet::examples::csv_field;
+  using reidnet::csv_field;
   CHECK(csv_field("query/0001_c1s1_000151_01.jpg") == "query/0001_c1s1_000151_01.jpg");
   CHECK(csv_field("") == "");
   CHECK(csv_field("a,b") == "\"a,b\"");

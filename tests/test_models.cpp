@@ -139,10 +139,10 @@ TEST_CASE("FtNet eval outputs equal the Python ft_net for stride 1/2 and linear_
       net->eval();
       const std::string tag =
           "ft_net_linear" + std::to_string(linear) + "_stride" + std::to_string(stride) + "/";
-      const double logits = max_relative_difference(net(input), tensors.at(tag + "logits"));
+      const double logits = max_relative_difference(net->logits(input), tensors.at(tag + "logits"));
       const double embed = max_relative_difference(net->embed(input), tensors.at(tag + "embed"));
       const double features =
-          max_relative_difference(net->forward_features(input), tensors.at(tag + "features"));
+          max_relative_difference(net->pooled_features(input), tensors.at(tag + "features"));
       const double single = max_relative_difference(
           net->embed(tensors.at("input_single")), tensors.at(tag + "embed_single"));
       MESSAGE("max relative difference: logits " << logits << ", embed " << embed
@@ -228,9 +228,10 @@ TEST_CASE("shapes: batch 1, 16x8 layer4 with stride 1, return_f, train versus ev
   SUBCASE("batch 1 works for every output") {
     reidnet::FtNet net(751);
     net->eval();
-    CHECK(net(image).sizes() == torch::IntArrayRef({1, 751}));
+    CHECK(net->logits(image).sizes() == torch::IntArrayRef({1, 751}));
     CHECK(net->embed(image).sizes() == torch::IntArrayRef({1, 512}));
-    CHECK(net->forward_features(image).sizes() == torch::IntArrayRef({1, 2048}));
+    CHECK(net->pooled_features(image).sizes() == torch::IntArrayRef({1, 2048}));
+    CHECK(net->forward_features(image).sizes() == torch::IntArrayRef({1, 2048, 8, 4}));
     CHECK(net->feature_dim() == 512);
   }
   SUBCASE("return_f gives the logits and the feature together") {

@@ -32,17 +32,19 @@ namespace {
 using reidnet::test::map_of;
 using reidnet::test::run_program;
 using reidnet::test::scratch;
+using reidnet::test::toy_data;
 
 const fs::path& workspace() {
   static const fs::path root = reidnet::test::fresh_workspace("programs_workspace");
   return root;
 }
 
-// A small toy data set, made once per test process.
-const fs::path& toy_data() {
-  static const fs::path dir = reidnet::test::write_small_toy_data(workspace() / "toy");
-  return dir;
+// The family case's own: ctest runs it as programs.families, beside the rest of programs.
+const fs::path& families_workspace() {
+  static const fs::path root = reidnet::test::fresh_workspace("programs_families_workspace");
+  return root;
 }
+
 
 std::string train_flags(const fs::path& out) {
   return "--data " + toy_data().string() + " --out " + out.string() +
@@ -575,7 +577,7 @@ TEST_CASE("reidnet-train trains every family on the toy data (--use_dense, --PCB
       {"bnneck", "--bnneck --pool gem --triplet --instances-per-id 2 --lr 0.01", "bnneck: true"}};
   for (const auto& [name, flags, opts_line] : families) {
     CAPTURE(name);
-    const auto out = scratch(workspace() / ("family_" + name));
+    const auto out = scratch(families_workspace() / ("family_" + name));
     auto arguments = train_flags(out) + " --total-epoch 1 " + flags;
     if (name == "pcb") {  // PCB at its own size, not the 64x32 of train_flags
       arguments = "--data " + toy_data().string() + " --out " + out.string() +
@@ -595,7 +597,7 @@ TEST_CASE("reidnet-train trains every family on the toy data (--use_dense, --PCB
     check_protocol_in_python(test.output, out / "pytorch_result.mat");
   }
   // Contradicting switches are refused before anything is written.
-  const auto out = scratch(workspace() / "family_conflict");
+  const auto out = scratch(families_workspace() / "family_conflict");
   const auto run = run_program("reidnet-train", train_flags(out) + " --PCB --use_dense");
   CHECK(run.status == 2);
   CHECK(run.output.find("at most one") != std::string::npos);

@@ -105,7 +105,7 @@ TEST_CASE("Parameter groups follow the model's parts, not key prefixes: PCB's si
   const auto usam_groups = usam->parameter_groups();
   CHECK(usam_groups.head.size() == 6);
   CHECK(count(usam_groups.backbone) + count(usam_groups.head) == reidnet::count_parameters(*usam));
-  auto bnneck = reidnet::create_model("bnneck", args.pool(reidnet::PoolType::gem));
+  auto bnneck = reidnet::create_model("bnneck", args.pool(reidnet::PoolType::kGem));
   const auto bnneck_groups = bnneck->parameter_groups();
   CHECK(bnneck_groups.head.size() == 4);  // weight, pool_layer.p, bottleneck.0 weight/bias
 }

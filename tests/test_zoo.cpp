@@ -43,11 +43,14 @@ Config parse(const std::string& name, int64_t class_num, double droprate) {
   if (match[3] == "linear_num") {
     config.args.linear_num(std::stoi(match[4]));
   } else {
-    config.args.pool(reidnet::pool_type(match[4]));
+    config.args.pool(reidnet::pool_type_from_name(match[4]));
   }
-  if (config.model == "bnneck_ibn") {
-    config.model = "bnneck";
-    config.args.backbone("resnet50_ibn_a");
+  // The composed options: --bnneck --ibn, and the baseline's ft_net(ibn=True, usam=True).
+  for (const char* family : {"bnneck", "ft_net_usam"}) {
+    if (config.model == std::string(family) + "_ibn") {
+      config.model = family;
+      config.args.backbone("resnet50_ibn_a");
+    }
   }
   return config;
 }
@@ -265,7 +268,7 @@ TEST_CASE("families refuse what they cannot build, naming it") {
   CHECK_THROWS_WITH_AS(reidnet::create_model("ft_net_swin"), doctest::Contains("known: "), c10::Error);
   CHECK_THROWS_WITH_AS(reidnet::create_model("pcb", reidnet::ModelArgs().class_num(0)),
                        doctest::Contains("class_num"), c10::Error);
-  CHECK_THROWS_WITH_AS(reidnet::pool_type("median"), doctest::Contains("avg, max, gem"), c10::Error);
+  CHECK_THROWS_WITH_AS(reidnet::pool_type_from_name("median"), doctest::Contains("avg, max, gem"), c10::Error);
   auto ibn = reidnet::create_model("ft_net_ibn");
   CHECK(reidnet::optimize_for_inference(ibn).describe().find("path=module") != std::string::npos);
 }

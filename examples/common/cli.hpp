@@ -8,6 +8,7 @@
 #include <fmt/core.h>
 
 #include <cmath>
+#include <initializer_list>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -15,9 +16,7 @@
 namespace reidnet::examples {
 
 /// A bad flag value or bad input data: reported with a usage hint and exit code 2.
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using UsageError = reidnet::ConfigError;
 
 /// Refuses NaN and infinities: CLI11's Range lets NaN through (every comparison with it is
 /// false), and a NaN rate or probability would otherwise reach the trainer silently.
@@ -40,6 +39,14 @@ inline std::optional<int> parse_flags(CLI::App& app, int argc, char** argv) {
     return std::nullopt;
   } catch (const CLI::ParseError& error) {
     return app.exit(error) == 0 ? 0 : 2;
+  }
+}
+
+/// Refuses the first of `flags` the command line gave: UsageError "<flag> <why>".
+inline void refuse_flags(const CLI::App& app, std::initializer_list<const char*> flags,
+                         const std::string& why) {
+  for (const char* flag : flags) {
+    if (app.count(flag) > 0) throw UsageError(std::string(flag) + " " + why);
   }
 }
 

@@ -5,7 +5,9 @@
 #include "common/progress.hpp"
 
 #include <reidnet/io/checkpoint.hpp>
+#include <reidnet/evaluation/evaluate.hpp>
 #include <reidnet/evaluation/gallery_index.hpp>
+#include <reidnet/evaluation/re_ranking.hpp>
 #include <reidnet/io/mat_file.hpp>
 
 #include <CLI/CLI.hpp>
@@ -110,6 +112,36 @@ inline std::function<void(const IndexProgress&)> index_progress(const std::strin
     }
     bar->second.update(progress.done, progress.done, "");
   };
+}
+
+/// Rank@k and mAP from the top `k` of a gallery index built on the gallery features (KNN
+/// re-ranking with `re_rank`); see evaluate_top_k for what a list shorter than the gallery
+/// changes.
+inline EvalResult evaluate_with_index(const RetrievalFeatures& f, const IndexFlags& flags,
+                                      int64_t k, bool re_rank, EvalOptions options) {
+  GalleryIndex index = [&] {
+    try {
+      return GalleryIndex::create(f.gallery_f.size(1), f.gallery_f.size(0),
+                                  flags.build_options().progress(index_progress("index")));
+    } catch (const std::exception& error) {
+      throw UsageError(std::string("--index ") + flags.type + ": " + error.what());
+    }
+  }();
+  index.train(f.gallery_f);
+  index.add(f.gallery_f);
+  k = std::min(k, index.size());
+  const auto search = flags.search_options();
+  fmt::print("evaluating each query's top {} from a gallery index: {} (FAISS \"{}\")\n", k,
+             flags.type, index.describe().factory);
+  if (re_rank) {
+    const auto lists = knn_re_ranking(f.query_f, f.gallery_f, index, k, {}, search);
+    options.score_kind(kDistance);
+    return evaluate_top_k(lists.indices, lists.distances, f.query_label, f.query_cam,
+                          f.gallery_label, f.gallery_cam, options);
+  }
+  const auto top = index.search(f.query_f, k, search);
+  return evaluate_top_k(top.indices, top.scores, f.query_label, f.query_cam, f.gallery_label,
+                        f.gallery_cam, options);
 }
 
 }  // namespace reidnet::examples

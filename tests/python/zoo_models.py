@@ -149,10 +149,15 @@ class USAM(nn.Module):
 
 class FtNetUsam(FtNet):
     """The baseline's ft_net(usam=True): usam_1 after the stem ReLU, usam_2 after layer1,
-    both registered after `model` and `classifier`."""
+    both registered after `model` and `classifier`; ft_net(ibn=True, usam=True) with `ibn`,
+    whose `model` is IBN-Net's resnet50_ibn_a."""
 
-    def __init__(self, class_num, droprate=0.5, stride=2, linear_num=512):
+    def __init__(self, class_num, droprate=0.5, stride=2, linear_num=512, ibn=False):
         super().__init__(class_num, droprate, stride, linear_num)
+        if ibn:
+            model = resnet50_ibn_a(last_stride=stride)
+            model.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+            self.model = model  # keeps its place, before `classifier`
         self.usam_1 = USAM()
         self.usam_2 = USAM()
 

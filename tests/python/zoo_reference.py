@@ -43,6 +43,7 @@ CONFIGS = [
     "ft_net_ibn/stride=1/linear_num=0",
     "ft_net_usam/stride=2/linear_num=512",
     "ft_net_usam/stride=1/linear_num=512",
+    "ft_net_usam_ibn/stride=1/linear_num=512",
     "pcb/stride=1/linear_num=256",
     "bnneck/stride=1/pool=avg",
     "bnneck/stride=1/pool=max",
@@ -101,8 +102,9 @@ def build(name, class_num, droprate=0.5, initialise=True):
         return FtNetDense(class_num, droprate, stride, int(options["linear_num"]))
     if family == "ft_net_ibn":
         return FtNetIbn(class_num, droprate, stride, int(options["linear_num"]))
-    if family == "ft_net_usam":
-        return FtNetUsam(class_num, droprate, stride, int(options["linear_num"]))
+    if family in ("ft_net_usam", "ft_net_usam_ibn"):
+        return FtNetUsam(class_num, droprate, stride, int(options["linear_num"]),
+                         ibn=family == "ft_net_usam_ibn")
     if family == "pcb":
         return PCB(class_num, droprate)
     if family in ("bnneck", "bnneck_ibn"):
@@ -114,7 +116,7 @@ def backbone_kind(name):
     family = parse(name)[0]
     if family == "ft_net_dense":
         return "densenet121"
-    if family in ("ft_net_ibn", "bnneck_ibn"):
+    if family in ("ft_net_ibn", "ft_net_usam_ibn", "bnneck_ibn"):
         return "resnet50_ibn_a"
     return "resnet50"
 

@@ -6,12 +6,25 @@
 ///       auto loss = criterion(net(images), labels);  // convs and matmuls run in bf16
 ///     }
 
+#include <reidnet/core/errors.hpp>
+
 #include <ATen/autocast_mode.h>
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 #include <torch/version.h>
 
+#include <string>
+
 namespace reidnet {
+
+/// The compute precision the programs' --dtype names: fp32, bf16 or fp16; ConfigError
+/// otherwise.
+inline c10::ScalarType compute_dtype_from_name(const std::string& name) {
+  if (name == "fp32") return c10::kFloat;
+  if (name == "bf16") return c10::kBFloat16;
+  if (name == "fp16") return c10::kHalf;
+  throw ConfigError("unknown precision '" + name + "': expected fp32, bf16 or fp16");
+}
 
 namespace detail {
 // LibTorch 2.4 replaced the per-device autocast setters by device-generic ones.

@@ -87,7 +87,7 @@ inline std::optional<ParsedName> parse_msmt17_name(const std::string& filename) 
 ///
 ///     reidnet::read_dataset(root, reidnet::DatasetOptions().skip_unparseable(true));
 struct DatasetOptions {
-  /// false: throw std::runtime_error naming the file; true: skip it with a warning on stderr.
+  /// false: throw InputError naming the file; true: skip it with a warning on stderr.
   TORCH_ARG(bool, skip_unparseable) = false;
 };
 
@@ -119,7 +119,7 @@ inline bool is_image_file(const std::filesystem::path& path) {
 inline void reject_name(const std::string& path, const std::string& why,
                         const DatasetOptions& options, Dataset& dataset) {
   if (!options.skip_unparseable()) {
-    throw std::runtime_error("cannot parse the person id and camera of " + path + ": " + why +
+    throw InputError("cannot parse the person id and camera of " + path + ": " + why +
                              " (rename it, or skip such files with skip_unparseable)");
   }
   std::cerr << "warning: skipping " << path << ": " << why << "\n";
@@ -137,7 +137,7 @@ inline std::vector<std::filesystem::path> sorted_entries(const std::filesystem::
 
 inline void require_directory(const std::filesystem::path& directory, const std::string& what) {
   if (!std::filesystem::is_directory(directory)) {
-    throw std::runtime_error("missing " + what + " folder " + directory.string());
+    throw InputError("missing " + what + " folder " + directory.string());
   }
 }
 
@@ -247,12 +247,12 @@ inline std::vector<Sample> read_msmt17_list(const std::filesystem::path& list,
                                             const DatasetOptions& options, Dataset& dataset) {
   std::error_code error;
   if (!std::filesystem::is_regular_file(list, error)) {
-    throw std::runtime_error("cannot open MSMT17 list file " + list.string() +
+    throw InputError("cannot open MSMT17 list file " + list.string() +
                              (std::filesystem::exists(list, error) ? ": not a regular file"
                                                                    : ": it does not exist"));
   }
   std::ifstream file(list);
-  if (!file) throw std::runtime_error("cannot open MSMT17 list file " + list.string());
+  if (!file) throw InputError("cannot open MSMT17 list file " + list.string());
   std::vector<Sample> samples;
   std::string line;
   for (int number = 1; std::getline(file, line); ++number) {
@@ -262,7 +262,7 @@ inline std::vector<Sample> read_msmt17_list(const std::filesystem::path& list,
     std::string relative;
     int64_t person_id = 0;
     if (!(fields >> relative >> person_id)) {
-      throw std::runtime_error("malformed line " + std::to_string(number) + " of " +
+      throw InputError("malformed line " + std::to_string(number) + " of " +
                                list.string() + ": expected '<path> <person id>', got '" + line +
                                "'");
     }
@@ -282,7 +282,7 @@ inline std::vector<Sample> read_msmt17_list(const std::filesystem::path& list,
                               : kind == std::filesystem::file_type::none
                                   ? "cannot be examined: " + error.message()
                                   : "is not a regular file (a FIFO, socket, device or folder)";
-      throw std::runtime_error("line " + std::to_string(number) + " of " + list.string() +
+      throw InputError("line " + std::to_string(number) + " of " + list.string() +
                                " names " + path.string() + ", which " + why);
     }
     samples.push_back({path.string(), person_id, parsed->camera, -1});
@@ -295,7 +295,7 @@ inline std::filesystem::path first_existing(const std::filesystem::path& base,
   for (const char* name : names) {
     if (std::filesystem::is_directory(base / name)) return base / name;
   }
-  throw std::runtime_error("missing folder " + (base / *names.begin()).string());
+  throw InputError("missing folder " + (base / *names.begin()).string());
 }
 
 }  // namespace detail
@@ -361,7 +361,7 @@ inline Dataset read_folder_per_id(const std::string& root, const DatasetOptions&
   dataset.gallery = detail::read_id_folders(base / "gallery", options, dataset);
   if (dataset.train.empty() && dataset.train_all.empty() && dataset.query.empty() &&
       dataset.gallery.empty()) {
-    throw std::runtime_error("no pictures under " + root +
+    throw InputError("no pictures under " + root +
                              ": expected train/, train_all/, query/ or gallery/ with one folder "
                              "per person id");
   }
@@ -375,7 +375,7 @@ inline Dataset read_folder_per_id(const std::string& root, const DatasetOptions&
 inline Dataset read_dataset(const std::string& root, const DatasetOptions& options = {}) {
   const std::filesystem::path base(root);
   if (!std::filesystem::is_directory(base)) {
-    throw std::runtime_error("data set folder " + root + " does not exist");
+    throw InputError("data set folder " + root + " does not exist");
   }
   if (std::filesystem::is_directory(base / "bounding_box_train")) return read_market1501(root, options);
   if (std::filesystem::exists(base / "list_train.txt")) return read_msmt17(root, options);
@@ -386,7 +386,7 @@ inline Dataset read_dataset(const std::string& root, const DatasetOptions& optio
       }
     }
   }
-  throw std::runtime_error("cannot tell the layout of " + root +
+  throw InputError("cannot tell the layout of " + root +
                            ": expected bounding_box_train/ (Market-1501, DukeMTMC-reID), "
                            "list_train.txt (MSMT17) or train/ and query/ folders per person id");
 }

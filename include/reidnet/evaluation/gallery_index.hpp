@@ -3,7 +3,7 @@
 /// the dense query x gallery matrix (a million crops and more).
 ///
 ///     auto index = reidnet::GalleryIndex::build(gallery_features,
-///         reidnet::GalleryIndexOptions().type(reidnet::IndexType::IVFPQ));
+///         reidnet::GalleryIndexOptions().type(reidnet::IndexType::kIvfPq));
 ///     index.save("gallery.faiss");
 ///     auto top = index.search(query_features, 100);       // top.scores, top.indices [Nq, 100]
 ///     auto result = reidnet::evaluate_top_k(top.indices, top.scores, ql, qc, gl, gc);
@@ -66,24 +66,24 @@ namespace reidnet {
 /// The kinds of gallery index. Exact search compares every gallery feature; the others
 /// trade recall for speed (IVF-Flat, HNSW) or for speed and memory (IVF-SQ, IVF-PQ).
 enum class IndexType {
-  Flat,     ///< exact: every gallery feature, float32 (4 D bytes a picture)
-  IVFFlat,  ///< `nlist` k-means cells, `nprobe` of them searched; float32 features
-  IVFSQ,    ///< IVF with each feature component quantised to `sq_bits` bits (D sq_bits / 8 bytes)
-  IVFPQ,    ///< IVF with product-quantised codes of `pq_m` x `pq_bits` bits a picture
-  HNSW,     ///< a graph of `hnsw_m` links a picture, searched with `ef_search` candidates
+  kFlat,     ///< exact: every gallery feature, float32 (4 D bytes a picture)
+  kIvfFlat,  ///< `nlist` k-means cells, `nprobe` of them searched; float32 features
+  kIvfSq,    ///< IVF with each feature component quantised to `sq_bits` bits (D sq_bits / 8 bytes)
+  kIvfPq,    ///< IVF with product-quantised codes of `pq_m` x `pq_bits` bits a picture
+  kHnsw,     ///< a graph of `hnsw_m` links a picture, searched with `ef_search` candidates
 };
 
-inline constexpr IndexType kIndexTypes[] = {IndexType::Flat, IndexType::IVFFlat, IndexType::IVFSQ,
-                                            IndexType::IVFPQ, IndexType::HNSW};
+inline constexpr IndexType kIndexTypes[] = {IndexType::kFlat, IndexType::kIvfFlat, IndexType::kIvfSq,
+                                            IndexType::kIvfPq, IndexType::kHnsw};
 
 /// The names the programs take: flat, ivfflat, ivfsq, ivfpq, hnsw.
 inline const char* index_type_name(IndexType type) {
   switch (type) {
-    case IndexType::Flat: return "flat";
-    case IndexType::IVFFlat: return "ivfflat";
-    case IndexType::IVFSQ: return "ivfsq";
-    case IndexType::IVFPQ: return "ivfpq";
-    case IndexType::HNSW: return "hnsw";
+    case IndexType::kFlat: return "flat";
+    case IndexType::kIvfFlat: return "ivfflat";
+    case IndexType::kIvfSq: return "ivfsq";
+    case IndexType::kIvfPq: return "ivfpq";
+    case IndexType::kHnsw: return "hnsw";
   }
   return "unknown";
 }
@@ -107,7 +107,7 @@ inline constexpr int64_t kMaxEfSearch = detail::kMaxEfSearch;
 
 /// Whether the type searches k-means cells (and so needs training, nlist and nprobe).
 inline bool is_ivf(IndexType type) {
-  return type == IndexType::IVFFlat || type == IndexType::IVFSQ || type == IndexType::IVFPQ;
+  return type == IndexType::kIvfFlat || type == IndexType::kIvfSq || type == IndexType::kIvfPq;
 }
 
 /// Where a long index operation stands: `stage` is "train", "add" or "search".
@@ -119,7 +119,7 @@ struct IndexProgress {
 
 /// How an index is built. Zero means "chosen from the training set" where a field says so.
 struct GalleryIndexOptions {
-  TORCH_ARG(IndexType, type) = IndexType::Flat;
+  TORCH_ARG(IndexType, type) = IndexType::kFlat;
   /// IVF cells; 0: 4 sqrt(N) for N training features, at most N / 39 (FAISS's k-means wants
   /// 39 points a cell) and at least 1.
   TORCH_ARG(int64_t, nlist) = 0;
@@ -165,7 +165,7 @@ struct IndexSearchResult {
 
 /// What an index file or a built index holds (what `reidnet-index info` prints).
 struct GalleryIndexInfo {
-  IndexType type = IndexType::Flat;
+  IndexType type = IndexType::kFlat;
   int64_t dim = 0;
   int64_t size = 0;       ///< pictures added
   bool trained = false;
@@ -191,13 +191,13 @@ inline std::runtime_error index_error(const std::string& caller, const std::stri
 inline std::string index_factory_string(IndexType type, int64_t nlist, int64_t pq_m,
                                         int64_t pq_bits, int64_t sq_bits, int64_t hnsw_m) {
   switch (type) {
-    case IndexType::Flat: return "L2norm,Flat";
-    case IndexType::IVFFlat: return fmt::format("L2norm,IVF{},Flat", nlist);
-    case IndexType::IVFSQ: return fmt::format("L2norm,IVF{},SQ{}", nlist, sq_bits);
+    case IndexType::kFlat: return "L2norm,Flat";
+    case IndexType::kIvfFlat: return fmt::format("L2norm,IVF{},Flat", nlist);
+    case IndexType::kIvfSq: return fmt::format("L2norm,IVF{},SQ{}", nlist, sq_bits);
     // "np": no polysemous training, which only reorders codes for Hamming filtering (unused
     // here) and makes training ~15x slower.
-    case IndexType::IVFPQ: return fmt::format("L2norm,IVF{},PQ{}x{}np", nlist, pq_m, pq_bits);
-    case IndexType::HNSW: return fmt::format("L2norm,HNSW{}", hnsw_m);
+    case IndexType::kIvfPq: return fmt::format("L2norm,IVF{},PQ{}x{}np", nlist, pq_m, pq_bits);
+    case IndexType::kHnsw: return fmt::format("L2norm,HNSW{}", hnsw_m);
   }
   throw std::logic_error("reidnet: unknown IndexType");
 }
@@ -304,7 +304,7 @@ class GalleryIndex {
                                                       nlist, nlist, train_size));
       }
     }
-    if (type == IndexType::IVFPQ) {
+    if (type == IndexType::kIvfPq) {
       if (pq_m == 0) pq_m = std::max<int64_t>(1, dim / 4);
       if (pq_m < 1 || dim % pq_m != 0) {
         throw detail::index_error(caller, fmt::format("pq_m {} must divide the feature dimension {}",
@@ -323,11 +323,11 @@ class GalleryIndex {
                                                       pq_bits, int64_t{1} << pq_bits, train_size));
       }
     }
-    if (type == IndexType::IVFSQ && options.sq_bits() != 8 && options.sq_bits() != 6 &&
+    if (type == IndexType::kIvfSq && options.sq_bits() != 8 && options.sq_bits() != 6 &&
         options.sq_bits() != 4) {
       throw detail::index_error(caller, fmt::format("sq_bits must be 8, 6 or 4, got {}", options.sq_bits()));
     }
-    if (type == IndexType::HNSW && (options.hnsw_m() < 2 || options.ef_construction() < 1)) {
+    if (type == IndexType::kHnsw && (options.hnsw_m() < 2 || options.ef_construction() < 1)) {
       throw detail::index_error(caller, fmt::format("hnsw_m must be >= 2 and ef_construction >= 1, "
                                                     "got {} and {}",
                                                     options.hnsw_m(), options.ef_construction()));
@@ -422,7 +422,7 @@ class GalleryIndex {
       parameters.set_index_parameter(index_.get(), "nprobe",
                                      static_cast<double>(std::min(options.nprobe(), info.nlist)));
     }
-    if (info.type == IndexType::HNSW) {
+    if (info.type == IndexType::kHnsw) {
       const auto ef = std::max(options.ef_search() > 0 ? options.ef_search() : info.ef_search, k);
       parameters.set_index_parameter(index_.get(), "efSearch", static_cast<double>(ef));
     }
@@ -506,7 +506,7 @@ class GalleryIndex {
     info.size = size();
     info.trained = is_trained();
     if (auto* flat = dynamic_cast<faiss::IndexFlat*>(inner)) {
-      info.type = IndexType::Flat;
+      info.type = IndexType::kFlat;
       info.code_bytes = static_cast<int64_t>(flat->code_size);
       info.factory = "L2norm,Flat";
     } else if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(inner)) {
@@ -514,17 +514,17 @@ class GalleryIndex {
       info.nprobe = static_cast<int64_t>(ivf->nprobe);
       info.code_bytes = static_cast<int64_t>(ivf->code_size) + 8;  // the code and its id
       if (auto* pq = dynamic_cast<faiss::IndexIVFPQ*>(inner)) {
-        info.type = IndexType::IVFPQ;
+        info.type = IndexType::kIvfPq;
         info.pq_m = static_cast<int64_t>(pq->pq.M);
         info.pq_bits = static_cast<int64_t>(pq->pq.nbits);
       } else if (auto* sq = dynamic_cast<faiss::IndexIVFScalarQuantizer*>(inner)) {
-        info.type = IndexType::IVFSQ;
+        info.type = IndexType::kIvfSq;
         info.sq_bits = detail::scalar_quantizer_bits(sq->sq.qtype);
       } else {
-        info.type = IndexType::IVFFlat;
+        info.type = IndexType::kIvfFlat;
       }
     } else if (auto* graph = dynamic_cast<faiss::IndexHNSW*>(inner)) {
-      info.type = IndexType::HNSW;
+      info.type = IndexType::kHnsw;
       info.hnsw_m = static_cast<int64_t>(graph->hnsw.nb_neighbors(1));
       info.ef_search = graph->hnsw.efSearch;
       info.ef_construction = graph->hnsw.efConstruction;

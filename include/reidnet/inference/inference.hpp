@@ -136,17 +136,17 @@ inline KernelConfig make_kernel_config(const InferenceOptions& options) {
                    (options.dtype() != torch::kBFloat16 || onednn_runs_bf16());
   if (config.prepack) {
     if (options.fuse() && direct_onednn_built() && options.call_onednn_directly()) {
-      config.backend = ConvBackend::onednn_direct;
+      config.backend = ConvBackend::kOnednnDirect;
     } else if (options.fuse() && PrepackedConvOps::get().available()) {
-      config.backend = ConvBackend::onednn_fused;
+      config.backend = ConvBackend::kOnednnFused;
     } else {
-      config.backend = ConvBackend::onednn_blocked;
+      config.backend = ConvBackend::kOnednnBlocked;
     }
-    if (config.backend != ConvBackend::onednn_blocked) config.channels_last = true;
+    if (config.backend != ConvBackend::kOnednnBlocked) config.channels_last = true;
   }
   if (options.device().is_cuda() && options.fold_bn() && options.fuse() &&
       cudnn_fusion_available(config)) {
-    config.backend = ConvBackend::cudnn_fused;
+    config.backend = ConvBackend::kCudnnFused;
   }
 #if TORCH_VERSION_MAJOR < 2
   TORCH_CHECK(!(options.device().is_cpu() && options.dtype() == torch::kFloat16),
@@ -203,7 +203,7 @@ void build_backbone(ResNetImpl<Block, Init>& net, InferencePlan& plan) {
     }
   }
 #if defined(REIDNET_WITH_ONEDNN)
-  if (config.backend == ConvBackend::onednn_direct) {
+  if (config.backend == ConvBackend::kOnednnDirect) {
     // The convs move into oneDNN's backbone: one copy of the weights.
     plan.onednn = std::make_shared<const OnednnBackbone>(
         std::move(plan.stem), std::move(plan.blocks), config.dtype);
@@ -286,9 +286,9 @@ class InferenceModel {
   torch::Tensor operator()(const torch::Tensor& images) const { return forward(images); }
 
   /// Pooled backbone output (B, num_features), float (the fused path only).
-  torch::Tensor forward_features(const torch::Tensor& images) const {
+  torch::Tensor pooled_features(const torch::Tensor& images) const {
     c10::InferenceMode guard;
-    TORCH_CHECK(!plan_->module, "InferenceModel::forward_features: the module path has no pooled "
+    TORCH_CHECK(!plan_->module, "InferenceModel::pooled_features: the module path has no pooled "
                                 "backbone output; use embed");
     return backbone(images);
   }
@@ -311,13 +311,13 @@ class InferenceModel {
     out << plan_->name << " dtype=" << c10::toString(config.dtype) << " device=" << config.device
         << " fold_bn=" << config.fold_bn << " fuse=" << config.fuse
         << " prepack=" << config.prepack << " backend="
-        << (config.backend == detail::ConvBackend::onednn_fused     ? "onednn_fused"
-            : config.backend == detail::ConvBackend::onednn_blocked ? "onednn_blocked"
-            : config.backend == detail::ConvBackend::cudnn_fused    ? "cudnn_fused"
-            : config.backend == detail::ConvBackend::onednn_direct  ? "onednn_direct"
+        << (config.backend == detail::ConvBackend::kOnednnFused     ? "onednn_fused"
+            : config.backend == detail::ConvBackend::kOnednnBlocked ? "onednn_blocked"
+            : config.backend == detail::ConvBackend::kCudnnFused    ? "cudnn_fused"
+            : config.backend == detail::ConvBackend::kOnednnDirect  ? "onednn_direct"
                                                                     : "dense")
         << " channels_last="
-        << (config.backend == detail::ConvBackend::onednn_blocked ? false : config.channels_last);
+        << (config.backend == detail::ConvBackend::kOnednnBlocked ? false : config.channels_last);
     return out.str();
   }
 
@@ -351,7 +351,7 @@ class InferenceModel {
       return at::empty({0, plan.num_features}, at::TensorOptions().dtype(at::kFloat).device(config.device));
     }
     at::Tensor x;
-    if (config.backend == detail::ConvBackend::onednn_blocked) {
+    if (config.backend == detail::ConvBackend::kOnednnBlocked) {
       x = images.to(at::TensorOptions().dtype(at::kFloat).device(config.device))
               .contiguous()
               .to_mkldnn(config.dtype);
@@ -368,7 +368,7 @@ class InferenceModel {
       x = block.convs.back().run_add_relu(out, identity, config);
     }
     x = at::adaptive_avg_pool2d(x, {1, 1});
-    if (config.backend == detail::ConvBackend::onednn_blocked) x = x.to_dense();
+    if (config.backend == detail::ConvBackend::kOnednnBlocked) x = x.to_dense();
     return x.flatten(1).to(at::kFloat);
   }
 
@@ -408,7 +408,7 @@ inline InferenceModel optimize_for_inference(ReidModelImpl& model, const Inferen
   auto plan = std::make_shared<inference_detail::InferencePlan>();
   plan->config = inference_detail::make_kernel_config(options);
   auto* ft_net = dynamic_cast<FtNetImpl*>(&model);
-  if (ft_net && !ft_net->options.ibn() && ft_net->options.pool().type() == PoolType::avg) {
+  if (ft_net && !ft_net->options.ibn() && ft_net->options.pool().type() == PoolType::kAvg) {
     plan->name = "FtNet";
     inference_detail::build_backbone(*ft_net->model, *plan);
     inference_detail::build_head(*ft_net->classifier, *plan);

@@ -2,7 +2,7 @@
 /// `ft_net` of the Python Market-1501 baseline: torchvision's ResNet-50 followed by a
 /// ClassBlock. Its state_dict is the Python model's, key for key. FtNet is the ReidModel of a
 /// ResNet-50 backbone registered as `model` and a ClassBlock head registered as `classifier`;
-/// it adds the Python module's own interface (logits from `forward`).
+/// it adds the Python module's own interface (`logits`, `forward_outputs`).
 ///
 ///     reidnet::FtNet net(reidnet::FtNetOptions(751).last_stride(1));
 ///     net->eval();
@@ -60,22 +60,24 @@ class FtNetImpl : public ReidModelImpl {
     set_factory([options = options_] { return std::make_shared<FtNetImpl>(options); });
   }
 
+  // forward (ReidOutput) and forward_features (the unpooled map) are ReidModel's.
+
   /// Pooled backbone output (B, 2048); works for B = 1.
-  torch::Tensor forward_features(const torch::Tensor& x) {
+  torch::Tensor pooled_features(const torch::Tensor& x) {
     return classifier->pool(model->forward_features(x));
   }
 
   /// Identity logits (B, class_num): what the Python module's forward returns.
-  torch::Tensor forward(const torch::Tensor& x) { return classifier->forward(forward_features(x)); }
+  torch::Tensor logits(const torch::Tensor& x) { return classifier->forward(pooled_features(x)); }
 
   /// Logits and feature from one pass, for metric losses.
   LogitsAndFeature forward_with_feature(const torch::Tensor& x) {
-    return classifier->forward_with_feature(forward_features(x));
+    return classifier->forward_with_feature(pooled_features(x));
   }
 
   /// What the Python module's forward returns: {logits}, or {logits, feature} with return_f.
   std::vector<torch::Tensor> forward_outputs(const torch::Tensor& x) {
-    return classifier->forward_outputs(forward_features(x));
+    return classifier->forward_outputs(pooled_features(x));
   }
 
   void pretty_print(std::ostream& stream) const override {

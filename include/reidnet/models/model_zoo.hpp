@@ -10,6 +10,9 @@
 ///   bnneck          resnet50 without fc (backbone.)    BNNeck (heads.)           fast-reid BoT
 ///   <backbone>      any registered backbone (model.)   ClassBlock (classifier.)
 ///
+/// ft_net, ft_net_usam and bnneck take resnet50_ibn_a as ModelArgs::backbone (ft_net_usam on
+/// it is the baseline's ft_net(ibn=True, usam=True)); register_model adds a family.
+///
 ///     auto model = reidnet::create_model("pcb", reidnet::ModelArgs().class_num(751));
 ///     for (const auto& name : reidnet::model_names()) std::cout << name << '\n';
 
@@ -52,8 +55,9 @@ struct ModelArgs {
   /// ClassBlock bottleneck width; 0 = no Linear (PCB's stripes use 256 whatever this says).
   TORCH_ARG(int64_t, linear_num) = 512;
   /// Global pooling: avg, max, gem (learnable p) or gem_fixed.
-  TORCH_ARG(PoolType, pool) = PoolType::avg;
-  /// The backbone of the bnneck family (e.g. resnet50_ibn_a): empty = resnet50.
+  TORCH_ARG(PoolType, pool) = PoolType::kAvg;
+  /// The backbone of the families that take one (ft_net, ft_net_usam, bnneck: e.g.
+  /// resnet50_ibn_a): empty = resnet50.
   TORCH_ARG(std::string, backbone) = "";
   /// Std of the classifier's normal init; unset = the family's own (0.001, fast-reid 0.01).
   TORCH_ARG(std::optional<double>, classifier_std) = std::nullopt;
@@ -63,6 +67,15 @@ struct ModelArgs {
 struct ModelEntry {
   std::function<ReidModel(const ModelArgs&)> create;
   std::string description;
+  /// The Python baseline's switch that picks this family (e.g. "use_dense"), as its opts.yaml
+  /// key and flag spellings; empty = none (the family is picked by name).
+  std::string switch_key = {};
+  std::string switch_flags = {};
+  /// Whether ModelArgs::backbone picks its backbone, so that a backbone's switch (--ibn)
+  /// composes with this family.
+  bool takes_backbone = false;
+  /// The backbone the family is fixed to, where a backbone's switch names it.
+  std::string fixed_backbone = {};
 };
 
 namespace detail {
@@ -96,6 +109,14 @@ inline ReidModel class_block_model(const std::string& backbone, const ModelArgs&
                    config_for(backbone, "model."));
 }
 
+/// Whether `family`'s ModelArgs::backbone asks for IBN-Net's resnet50_ibn_a (else resnet50).
+inline bool on_resnet50_ibn_a(const ModelArgs& args, const char* family) {
+  const auto& backbone = args.backbone();
+  TORCH_CHECK(backbone.empty() || backbone == "resnet50" || backbone == "resnet50_ibn_a", family,
+              " is built on resnet50 or resnet50_ibn_a, not ", backbone);
+  return backbone == "resnet50_ibn_a";
+}
+
 inline ReidModel ft_net_model(const ModelArgs& args, bool ibn) {
   return ReidModel(std::shared_ptr<ReidModelImpl>(FtNet(FtNetOptions(args.class_num())
                    .droprate(args.droprate())
@@ -107,13 +128,18 @@ inline ReidModel ft_net_model(const ModelArgs& args, bool ibn) {
       .ptr()));
 }
 
+/// ft_net with USAM; on resnet50_ibn_a (args.backbone) it is the baseline's
+/// ft_net(ibn=True, usam=True).
 inline ReidModel usam_model(const ModelArgs& args) {
-  auto trunk = UsamResNet(ResNetOptions().layers({3, 4, 6, 3}).last_stride(args.last_stride()));
+  const bool ibn = on_resnet50_ibn_a(args, "ft_net_usam");
+  const std::string backbone = ibn ? "resnet50_ibn_a" : "resnet50";
+  auto trunk = UsamResNet(
+      ResNetOptions().layers({3, 4, 6, 3}).last_stride(args.last_stride()).ibn_a(ibn));
   auto head = baseline_head(trunk->num_features(), args);
   // The baseline registers usam_1/usam_2 after its classifier.
   return ReidModel(trunk.ptr(), head.ptr(),
                    ReidModelLayout("", "classifier", {"model", "classifier", "usam_1", "usam_2"}),
-                   config_for("resnet50", "model."));
+                   config_for(backbone, "model."));
 }
 
 inline ReidModel pcb_model(const ModelArgs& args) {
@@ -133,25 +159,53 @@ inline ReidModel bnneck_model(const ModelArgs& args) {
                              .pool(args.pool())
                              .classifier_std(args.classifier_std().value_or(0.01)));
   return ReidModel(std::move(trunk), head.ptr(), ReidModelLayout("backbone", "heads"),
-                   config_for(name, "backbone."));
+                   config_for(name, "backbone.").checkpoint_format(CheckpointFormat::kFastReid));
 }
 
 inline std::map<std::string, ModelEntry>& model_registry() {
+  // The switches are the Python baseline's (and --bnneck, the strong baseline's).
   static std::map<std::string, ModelEntry> registry{
-      {"ft_net", {[](const ModelArgs& a) { return ft_net_model(a, false); },
-                  "the baseline's ft_net: ResNet-50 + ClassBlock"}},
+      {"ft_net", {[](const ModelArgs& a) { return ft_net_model(a, on_resnet50_ibn_a(a, "ft_net")); },
+                  "the baseline's ft_net: ResNet-50 + ClassBlock", "", "", /*takes_backbone=*/true}},
       {"ft_net_ibn", {[](const ModelArgs& a) { return ft_net_model(a, true); },
-                      "ft_net on IBN-Net's resnet50_ibn_a (the baseline's --ibn)"}},
-      {"ft_net_usam", {usam_model, "ft_net with USAM attention after the stem and layer1 (--usam)"}},
+                      "ft_net on IBN-Net's resnet50_ibn_a (the baseline's --ibn)", "", "", false,
+                      "resnet50_ibn_a"}},
+      {"ft_net_usam", {usam_model, "ft_net with USAM attention after the stem and layer1 (--usam)",
+                       "usam", "--usam", /*takes_backbone=*/true}},
       {"ft_net_dense", {[](const ModelArgs& a) { return class_block_model("densenet121", a); },
-                        "the baseline's ft_net_dense: DenseNet-121 + ClassBlock (--use_dense)"}},
-      {"pcb", {pcb_model, "PCB: six horizontal stripes, one ClassBlock each (--PCB)"}},
-      {"bnneck", {bnneck_model, "the strong baseline: BNNeck head in fast-reid's layout (--bnneck)"}},
+                        "the baseline's ft_net_dense: DenseNet-121 + ClassBlock (--use_dense)",
+                        "use_dense", "--use-dense,--use_dense"}},
+      {"pcb", {pcb_model, "PCB: six horizontal stripes, one ClassBlock each; 384x192 (--PCB)", "PCB",
+               "--PCB,--pcb"}},
+      {"bnneck", {bnneck_model, "the strong baseline: BNNeck head in fast-reid's layout (--bnneck)",
+                  "bnneck", "--bnneck", /*takes_backbone=*/true}},
   };
   return registry;
 }
 
 }  // namespace detail
+
+/// Adds a model family (or replaces the one of that name): create_model, the programs and a
+/// run's opts.yaml (`model: <name>`) then know it. Its ModelConfig says its input size,
+/// normalisation and checkpoint layout; its head, its test-time rule. Returns true, so that a
+/// header can register at namespace scope:
+///
+///     inline const bool kRegistered = reidnet::register_model("my_family", {create, "..."});
+inline bool register_model(const std::string& name, ModelEntry entry) {
+  TORCH_CHECK(entry.create, "register_model(\"", name, "\"): the entry has no factory");
+  detail::model_registry()[name] = std::move(entry);
+  return true;
+}
+
+/// The registered families by name (the backbones that create_model wraps in a ClassBlock
+/// are not among them).
+inline const std::map<std::string, ModelEntry>& model_entries() { return detail::model_registry(); }
+
+/// The registered family `name`, or nullptr.
+inline const ModelEntry* find_model_entry(const std::string& name) {
+  const auto found = detail::model_registry().find(name);
+  return found == detail::model_registry().end() ? nullptr : &found->second;
+}
 
 /// Every model name create_model knows: the families above and each registered backbone.
 inline std::vector<std::string> model_names() {
@@ -244,6 +298,15 @@ inline LoadReport load_fastreid_checkpoint(ReidModelImpl& model, const std::stri
   }
   return detail::with_file_context("cannot load fast-reid checkpoint", path,
                                    [&] { return load_state_dict(model, weights); });
+}
+
+/// Loads a trained model's file, strictly, in the layout its config names (a state_dict, or
+/// fast-reid's checkpoint, whose input normalisation must match the config's).
+inline LoadReport load_trained_weights(ReidModelImpl& model, const std::string& path) {
+  if (model.config().checkpoint_format() == CheckpointFormat::kFastReid) {
+    return load_fastreid_checkpoint(model, path);
+  }
+  return load_state_dict(model, path);
 }
 
 }  // namespace reidnet

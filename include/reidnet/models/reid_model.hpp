@@ -84,6 +84,11 @@ struct ReidModelLayout {
 
 /// How a model sees its input and its test-time features: kept apart from the architecture,
 /// so that data pipelines and evaluation read it without knowing the family.
+/// How a family's trained files are laid out: a plain state_dict (reidnet's and the Python
+/// baseline's net_last.pth), or fast-reid's {'model': state_dict, ...} with its pixel_mean and
+/// pixel_std (load_trained_weights reads either).
+enum class CheckpointFormat { kStateDict, kFastReid };
+
 struct ModelConfig {
   TORCH_ARG(int64_t, height) = 256;
   TORCH_ARG(int64_t, width) = 128;
@@ -99,6 +104,8 @@ struct ModelConfig {
   TORCH_ARG(std::string, imagenet_prefix) = "model.";
   /// How the ImageNet file's keys map onto the backbone's (identity when unset).
   TORCH_ARG(ImagenetKeyMap, imagenet_key) = {};
+  /// The layout of the family's trained files.
+  TORCH_ARG(CheckpointFormat, checkpoint_format) = CheckpointFormat::kStateDict;
 };
 
 /// Parameters split the way the recipes train them: the pretrained backbone (at a fraction of
@@ -120,6 +127,11 @@ class ReidModelImpl : public torch::nn::Module {
   /// Logits, embedding and metric feature (training and evaluation alike).
   ReidOutput forward(const torch::Tensor& images) {
     return head_->forward_head(backbone_->forward_features(images));
+  }
+
+  /// The backbone's unpooled feature map (B, C, h, w), what the head pools.
+  torch::Tensor forward_features(const torch::Tensor& images) {
+    return backbone_->forward_features(images);
   }
 
   /// The test-time embedding (B, feature_dim()); call in eval mode.

@@ -70,11 +70,11 @@ struct PrepackedConvOps {
 
 /// The kernels a model runs with, chosen once from the options and this LibTorch build.
 enum class ConvBackend {
-  dense,          // at::conv2d on dense (channels_last) tensors: CUDA, or any CPU build
-  onednn_blocked, // activations and weights in oneDNN's blocked layout, eltwise ops in place
-  onednn_fused,   // channels_last activations, prepacked weights, conv+ReLU fused by oneDNN
-  cudnn_fused,    // CUDA: conv+bias+ReLU and conv+bias+residual add+ReLU fused by cuDNN
-  onednn_direct,  // CPU: the whole backbone on oneDNN's own API (detail/onednn_backbone.hpp)
+  kDense,          // at::conv2d on dense (channels_last) tensors: CUDA, or any CPU build
+  kOnednnBlocked,  // activations and weights in oneDNN's blocked layout, eltwise ops in place
+  kOnednnFused,    // channels_last activations, prepacked weights, conv+ReLU fused by oneDNN
+  kCudnnFused,     // CUDA: conv+bias+ReLU and conv+bias+residual add+ReLU fused by cuDNN
+  kOnednnDirect,   // CPU: the whole backbone on oneDNN's own API (detail/onednn_backbone.hpp)
 };
 
 /// What every kernel needs to know about how tensors are stored.
@@ -87,7 +87,7 @@ struct KernelConfig {
   bool prepack = true;
   /// ReLU fused into the conv where oneDNN can; in-place ReLU and residual add elsewhere.
   bool fuse = true;
-  ConvBackend backend = ConvBackend::dense;
+  ConvBackend backend = ConvBackend::kDense;
 
   at::MemoryFormat memory_format() const {
     return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
@@ -140,7 +140,7 @@ struct ConvBn {
 
   at::Tensor run(const at::Tensor& x, const KernelConfig& config) const {
     switch (config.backend) {
-      case ConvBackend::onednn_fused: {
+      case ConvBackend::kOnednnFused: {
         // Reused per thread: at batch 1, per-call allocations are a visible share of a conv.
         thread_local torch::jit::Stack stack;
         stack.clear();
@@ -151,15 +151,15 @@ struct ConvBn {
         stack.clear();
         return y;
       }
-      case ConvBackend::onednn_blocked:
+      case ConvBackend::kOnednnBlocked:
         return apply_relu(at::mkldnn_convolution(x, packed_weight, packed_bias, padding, stride,
                                                  dilation, groups),
                           config);
-      case ConvBackend::cudnn_fused:
+      case ConvBackend::kCudnnFused:
         if (relu) return at::cudnn_convolution_relu(x, weight, bias, stride, padding, dilation, groups);
         break;
-      case ConvBackend::dense:
-      case ConvBackend::onednn_direct:  // runs in OnednnBackbone, never here
+      case ConvBackend::kDense:
+      case ConvBackend::kOnednnDirect:  // runs in OnednnBackbone, never here
         break;
     }
     auto y = at::conv2d(x, weight, bias, stride, padding, dilation, groups);
@@ -170,7 +170,7 @@ struct ConvBn {
   /// relu(conv(x) + identity): the last conv of a residual block (built with relu = false).
   at::Tensor run_add_relu(const at::Tensor& x, const at::Tensor& identity,
                           const KernelConfig& config) const {
-    if (config.backend == ConvBackend::cudnn_fused) {
+    if (config.backend == ConvBackend::kCudnnFused) {
       return at::cudnn_convolution_add_relu(x, weight, identity, at::Scalar(1.0), bias, stride,
                                             padding, dilation, groups);
     }
@@ -220,10 +220,10 @@ inline ConvBn make_conv_bn(const torch::nn::Conv2dImpl& conv,
   if (config.fold_bn) {
     weight = weight * affine.scale.view({-1, 1, 1, 1});
     bias = bias * affine.scale + affine.shift;
-    if (config.backend != ConvBackend::onednn_blocked) {  // that one keeps only its copy
+    if (config.backend != ConvBackend::kOnednnBlocked) {  // that one keeps only its copy
       out.weight = weight.to(target).contiguous(config.memory_format());
       // oneDNN adds a float bias to bf16 convs: no need to round it.
-      out.bias = bias.to(config.backend == ConvBackend::onednn_direct ? target.dtype(at::kFloat)
+      out.bias = bias.to(config.backend == ConvBackend::kOnednnDirect ? target.dtype(at::kFloat)
                                                                        : target);
     }
   } else {
@@ -233,12 +233,12 @@ inline ConvBn make_conv_bn(const torch::nn::Conv2dImpl& conv,
     out.bn_scale = affine.scale.to(target).view({1, -1, 1, 1});
     out.bn_shift = affine.shift.to(target).view({1, -1, 1, 1});
   }
-  if (config.backend == ConvBackend::onednn_fused) {
+  if (config.backend == ConvBackend::kOnednnFused) {
     out.prepacked = std::make_shared<PrepackedConvCache>(std::vector<c10::IValue>{
         out.weight, out.bias, out.stride, out.padding, out.dilation, out.groups,
         std::string(relu ? "relu" : "none")});
   }
-  if (config.backend == ConvBackend::onednn_blocked) {
+  if (config.backend == ConvBackend::kOnednnBlocked) {
     out.packed_weight = at::mkldnn_reorder_conv2d_weight(
         weight.to(at::kFloat).contiguous().to_mkldnn(config.dtype), out.padding, out.stride,
         out.dilation, out.groups);

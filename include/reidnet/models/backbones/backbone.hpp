@@ -101,6 +101,10 @@ struct BackboneEntry {
   ImagenetKeyMap imagenet_key = {};
   /// One line for `reidnet-model-summary --list`.
   std::string description = {};
+  /// The Python baseline's switch that puts a family on this backbone (resnet50_ibn_a:
+  /// "ibn"), as its opts.yaml key and flag spellings; empty = none.
+  std::string switch_key = {};
+  std::string switch_flags = {};
 };
 
 namespace detail {

@@ -219,8 +219,10 @@ inline bool register_resnets() {
   register_backbone("resnet50", resnet_entry(resnet50, "torchvision resnet50 (2048-d)"));
   register_backbone("resnet101", resnet_entry(resnet101, "torchvision resnet101 (2048-d)"));
   register_backbone("resnet152", resnet_entry(resnet152, "torchvision resnet152 (2048-d)"));
-  register_backbone("resnet50_ibn_a",
-                    resnet_entry(resnet50_ibn_a, "IBN-Net resnet50_ibn_a (2048-d, IBN-a)"));
+  auto ibn = resnet_entry(resnet50_ibn_a, "IBN-Net resnet50_ibn_a (2048-d, IBN-a)");
+  ibn.switch_key = "ibn";  // the baseline's --ibn
+  ibn.switch_flags = "--ibn";
+  register_backbone("resnet50_ibn_a", std::move(ibn));
   return true;
 }
 }  // namespace detail

@@ -4,7 +4,7 @@
 /// whose bias stays 0 gives the embedding, which a bias-free linear classifier scores and the
 /// test compares by cosine.
 ///
-///     reidnet::BNNeckHead head(reidnet::BNNeckHeadOptions(2048, 751).pool(reidnet::PoolType::gem));
+///     reidnet::BNNeckHead head(reidnet::BNNeckHeadOptions(2048, 751).pool(reidnet::PoolType::kGem));
 ///     reidnet::ReidOutput out = head->forward_head(map);
 ///     // out.metric_feature: pooled (B, 2048); out.embedding: after the BatchNorm
 ///

@@ -92,7 +92,7 @@ class ClassBlockImpl : public torch::nn::Cloneable<ClassBlockImpl<AddBlockInit, 
     this->register_module("classifier", classifier);
     pool = GlobalPool(options.pool());
     // Only a learnable pool has keys; the baseline's layout has none for pooling.
-    if (options.pool().type() == PoolType::gem) this->register_module("pool", pool);
+    if (options.pool().type() == PoolType::kGem) this->register_module("pool", pool);
     add_block_init_(*add_block);
     classifier_init_(*classifier);
   }

@@ -2,7 +2,7 @@
 /// Global pooling of a backbone's feature map: average, max, or generalized mean (GeM,
 /// Radenović et al.) with a fixed or learnable exponent.
 ///
-///     reidnet::GlobalPool gem(reidnet::GlobalPoolOptions(reidnet::PoolType::gem));
+///     reidnet::GlobalPool gem(reidnet::GlobalPoolOptions(reidnet::PoolType::kGem));
 ///     torch::Tensor pooled = gem(feature_map);   // (B, C, H, W) -> (B, C)
 ///
 /// A learnable GeM has one parameter, `p` (fast-reid's `heads.pool_layer.p`); the other kinds
@@ -20,33 +20,33 @@
 namespace reidnet {
 
 enum class PoolType {
-  avg,        ///< adaptive average pooling (torchvision, the baseline)
-  max,        ///< adaptive max pooling
-  gem,        ///< generalized mean with a learnable p (fast-reid's GeneralizedMeanPoolingP)
-  gem_fixed,  ///< generalized mean with p fixed (fast-reid's GeneralizedMeanPooling)
+  kAvg,       ///< adaptive average pooling (torchvision, the baseline)
+  kMax,       ///< adaptive max pooling
+  kGem,       ///< generalized mean with a learnable p (fast-reid's GeneralizedMeanPoolingP)
+  kGemFixed,  ///< generalized mean with p fixed (fast-reid's GeneralizedMeanPooling)
 };
 
 /// The command-line and opts.yaml spelling of each kind.
 inline const char* pool_name(PoolType type) {
   switch (type) {
-    case PoolType::avg: return "avg";
-    case PoolType::max: return "max";
-    case PoolType::gem: return "gem";
-    case PoolType::gem_fixed: return "gem_fixed";
+    case PoolType::kAvg: return "avg";
+    case PoolType::kMax: return "max";
+    case PoolType::kGem: return "gem";
+    case PoolType::kGemFixed: return "gem_fixed";
   }
   return "?";
 }
 
 /// The kind spelt `name` ("avg", "max", "gem", "gem_fixed"); throws naming the spellings.
-inline PoolType pool_type(const std::string& name) {
-  for (const auto type : {PoolType::avg, PoolType::max, PoolType::gem, PoolType::gem_fixed}) {
+inline PoolType pool_type_from_name(const std::string& name) {
+  for (const auto type : {PoolType::kAvg, PoolType::kMax, PoolType::kGem, PoolType::kGemFixed}) {
     if (name == pool_name(type)) return type;
   }
   TORCH_CHECK(false, "unknown pooling \"", name, "\"; expected avg, max, gem or gem_fixed");
 }
 
 struct GlobalPoolOptions {
-  /* implicit */ GlobalPoolOptions(PoolType type = PoolType::avg) : type_(type) {}
+  /* implicit */ GlobalPoolOptions(PoolType type = PoolType::kAvg) : type_(type) {}
 
   TORCH_ARG(PoolType, type);
   /// GeM's exponent (its initial value when learnable); 1 is average pooling, large p tends
@@ -64,7 +64,7 @@ class GlobalPoolImpl : public torch::nn::Cloneable<GlobalPoolImpl> {
     TORCH_CHECK(options.p() > 0 && options.eps() > 0,
                 "GlobalPoolOptions: p and eps must be positive, got p=", options.p(),
                 " eps=", options.eps());
-    p = options.type() == PoolType::gem
+    p = options.type() == PoolType::kGem
             ? register_parameter("p", torch::full({1}, options.p()))
             : torch::Tensor();
   }
@@ -73,17 +73,17 @@ class GlobalPoolImpl : public torch::nn::Cloneable<GlobalPoolImpl> {
   torch::Tensor forward(const torch::Tensor& map) {
     TORCH_CHECK(map.dim() == 4, "GlobalPool expects a feature map (B, C, H, W), got ", map.sizes());
     switch (options.type()) {
-      case PoolType::avg: return torch::adaptive_avg_pool2d(map, {1, 1}).flatten(1);
-      case PoolType::max: return std::get<0>(torch::adaptive_max_pool2d(map, {1, 1})).flatten(1);
-      case PoolType::gem: return generalized_mean(map, p);
-      case PoolType::gem_fixed: return generalized_mean(map, options.p());
+      case PoolType::kAvg: return torch::adaptive_avg_pool2d(map, {1, 1}).flatten(1);
+      case PoolType::kMax: return std::get<0>(torch::adaptive_max_pool2d(map, {1, 1})).flatten(1);
+      case PoolType::kGem: return generalized_mean(map, p);
+      case PoolType::kGemFixed: return generalized_mean(map, options.p());
     }
     return {};
   }
 
   void pretty_print(std::ostream& stream) const override {
     stream << "reidnet::GlobalPool(" << pool_name(options.type());
-    if (options.type() == PoolType::gem || options.type() == PoolType::gem_fixed) {
+    if (options.type() == PoolType::kGem || options.type() == PoolType::kGemFixed) {
       stream << ", p=" << options.p();
     }
     stream << ")";

@@ -1,9 +1,9 @@
 #pragma once
-// CSV fields as RFC 4180 writes them, so that a file name holding a comma or a quote stays one
-// field for Python's csv module, pandas and spreadsheets.
+/// CSV fields as RFC 4180 writes them, so that a file name holding a comma or a quote stays one
+/// field for Python's csv module, pandas and spreadsheets.
 #include <string>
 
-namespace reidnet::examples {
+namespace reidnet {
 
 /// `text` as one CSV field: unchanged unless it holds a comma, a double quote, CR or LF; then
 /// enclosed in double quotes, with each double quote inside doubled.
@@ -17,4 +17,4 @@ inline std::string csv_field(const std::string& text) {
   return quoted + "\"";
 }
 
-}  // namespace reidnet::examples
+}  // namespace reidnet
