@@ -45,19 +45,26 @@ class MaxAvgHeadImpl : public torch::nn::Cloneable<MaxAvgHeadImpl>, public reidn
 };
 TORCH_MODULE(MaxAvgHead);
 
+inline reidnet::ModelConfig max_avg_config(const reidnet::ModelArgs& /*args*/) {
+  return reidnet::ModelConfig()
+      .height(96)
+      .width(48)
+      .mean({0.5, 0.5, 0.5})
+      .std({0.5, 0.5, 0.5})
+      .imagenet_prefix("trunk.");
+}
+
 inline reidnet::ReidModel max_avg_model(const reidnet::ModelArgs& args) {
   auto trunk = reidnet::create_backbone("tiny_net", reidnet::BackboneArgs().last_stride(args.last_stride()));
   auto head = MaxAvgHead(trunk->num_features(), args.class_num());
   return reidnet::ReidModel(std::move(trunk), head.ptr(), reidnet::ReidModelLayout("trunk", "head"),
-                            reidnet::ModelConfig()
-                                .height(96)
-                                .width(48)
-                                .mean({0.5, 0.5, 0.5})
-                                .std({0.5, 0.5, 0.5})
-                                .imagenet_prefix("trunk."));
+                            max_avg_config(args));
 }
 
-inline const bool kMaxAvgRegistered = reidnet::register_model(
-    "example_max_avg", {max_avg_model, "two convs + max-and-average head (a family from outside)"});
+inline const bool kMaxAvgRegistered = [] {
+  reidnet::ModelEntry entry{max_avg_model, "two convs + max-and-average head (a family from outside)"};
+  entry.config = max_avg_config;  // the programs read its input size without building one
+  return reidnet::register_model("example_max_avg", entry);
+}();
 
 }  // namespace example

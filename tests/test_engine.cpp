@@ -143,6 +143,35 @@ TEST_CASE("--ibn --usam --stride 1 composes as the baseline's ft_net(ibn=True, u
                        reidnet::ConfigError);
 }
 
+TEST_CASE("--head puts a registered head on a backbone named by --model, and only there") {
+  reidnet::RunConfig config;
+  config.model = "densenet121";
+  config.head = "bnneck";
+  reidnet::check_run_config(config);
+  const auto [family, args] = reidnet::resolve_model(config);
+  CHECK(family == "densenet121");
+  CHECK(args.head() == "bnneck");
+  CHECK(reidnet::model_config(family, args).checkpoint_format() == reidnet::CheckpointFormat::kFastReid);
+  config.model = "ft_net";
+  CHECK_THROWS_WITH_AS(reidnet::resolve_model(config),
+                       doctest::Contains("--head puts a head on a backbone named by --model; ft_net has its own"),
+                       reidnet::ConfigError);
+  config.head = "median";
+  CHECK_THROWS_WITH_AS(reidnet::check_run_config(config),
+                       doctest::Contains("--head is median; expected one of bnneck, class_block"),
+                       reidnet::ConfigError);
+}
+
+TEST_CASE("a model switch no family or backbone registered is refused, naming it") {
+  reidnet::RunConfig config;
+  config.switches["use_swin"] = false;  // the baseline writes its unbuilt families as false
+  reidnet::check_run_config(config);
+  config.switches["bneck"] = true;
+  CHECK_THROWS_WITH_AS(reidnet::check_run_config(config),
+                       doctest::Contains("the model switch 'bneck' is not one that a family or backbone registered"),
+                       reidnet::ConfigError);
+}
+
 TEST_CASE("a resume takes the run settings from the command line and refuses recipe fields") {
   const auto folder = workspace() / "resume_rule";
   fs::create_directories(folder);

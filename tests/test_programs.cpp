@@ -9,16 +9,20 @@
 #include <reidnet/io/checkpoint.hpp>
 #include <reidnet/solver/optimizer_state.hpp>
 #include <reidnet/reidnet.hpp>
+#include <reidnet/engine.hpp>
 #include <reidnet/engine/run_folder.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <sstream>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 // A namespace per topic: the topics build as one unit (CMake unity build) without their
@@ -51,18 +55,6 @@ std::string train_flags(const fs::path& out) {
          " --height 64 --width 32 --batch-size 8 --workers 2 --seed 3 --threads 2";
 }
 
-// Every file of a folder, by name, with its bytes.
-std::map<std::string, std::string> snapshot(const fs::path& folder) {
-  std::map<std::string, std::string> files;
-  for (const auto& entry : fs::directory_iterator(folder)) {
-    std::ifstream file(entry.path(), std::ios::binary);
-    std::stringstream bytes;
-    bytes << file.rdbuf();
-    files[entry.path().filename().string()] = bytes.str();
-  }
-  return files;
-}
-
 // The baseline's protocol in Python, on the pytorch_result.mat that reidnet-test wrote beside
 // the features (read with scipy.io.loadmat, as evaluate_gpu.py reads it), prints the line that
 // reidnet-test printed: Rank@1, Rank@5, Rank@10 and mAP to six digits.
@@ -76,9 +68,33 @@ void check_protocol_in_python(const std::string& test_output, const fs::path& ma
   CHECK(python.output == line + "\n");
 }
 
+// A copy of a run folder whose files are hard links to `from`'s (a run holds 200 MB, which a
+// real copy writes and reads back from disk): change a file of it only by replacing it, as
+// rewrite_file does, never in place.
 void copy_run(const fs::path& from, const fs::path& to) {
   fs::remove_all(to);
-  fs::copy(from, to);
+  fs::copy(from, to, fs::copy_options::recursive | fs::copy_options::create_hard_links);
+}
+
+// Replaces `file` (a new file, so that a hard link elsewhere keeps the old bytes).
+void rewrite_file(const fs::path& file, const std::string& text) {
+  fs::remove(file);
+  std::ofstream(file, std::ios::binary) << text;
+}
+
+std::string read_file(const fs::path& file) {
+  std::string bytes(static_cast<size_t>(fs::file_size(file)), '\0');
+  std::ifstream(file, std::ios::binary).read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  return bytes;
+}
+
+// Every file of a folder, by name, with its bytes.
+std::map<std::string, std::string> snapshot(const fs::path& folder) {
+  std::map<std::string, std::string> files;
+  for (const auto& entry : fs::directory_iterator(folder)) {
+    files[entry.path().filename().string()] = read_file(entry.path());
+  }
+  return files;
 }
 
 void replace_line(const fs::path& file, const std::string& key, const std::string& line) {
@@ -86,7 +102,41 @@ void replace_line(const fs::path& file, const std::string& key, const std::strin
   std::string text, current;
   while (std::getline(in, current)) text += (current.rfind(key + ":", 0) == 0 ? line : current) + "\n";
   in.close();
-  std::ofstream(file) << text;
+  rewrite_file(file, text);
+}
+
+void append_line(const fs::path& file, const std::string& line) { rewrite_file(file, read_file(file) + line + "\n"); }
+
+// A finished one-epoch run, trained once: the cases that damage or refuse a run copy it first.
+// (Not a scratch folder: it outlives the case that trains it.)
+const fs::path& one_epoch_run() {
+  static const fs::path folder = [] {
+    const auto out = workspace() / "one_epoch";
+    const auto trained = run_program("reidnet-train", train_flags(out) + " --total-epoch 1");
+    INFO(trained.output);
+    REQUIRE(trained.status == 0);
+    return out;
+  }();
+  return folder;
+}
+
+// The message of the InputError a library call refuses with: the programs print it and exit
+// with code 2 (run_reporting_errors), so in-process calls check a refusal without starting one.
+std::string refusal_of(const std::function<void()>& call) {
+  try {
+    call();
+  } catch (const reidnet::InputError& error) {
+    return error.what();
+  }
+  FAIL("the call was not refused");
+  return {};
+}
+
+// reidnet-train --resume FOLDER, in-process.
+void resume_in_process(const fs::path& folder) {
+  reidnet::TrainJob job;
+  job.resume = folder.string();
+  reidnet::train_run(std::move(job));
 }
 
 
@@ -313,7 +363,7 @@ TEST_CASE("optimizer.pt is Python's optimizer.state_dict(): Python loads it and 
 
 TEST_CASE("a rejected command leaves an existing run byte-identical") {
   const auto run = scratch(workspace() / "kept");
-  REQUIRE(run_program("reidnet-train", train_flags(run) + " --total-epoch 1").status == 0);
+  copy_run(one_epoch_run(), run);
   const auto before = snapshot(run);
   const auto other_ids = scratch(workspace() / "toy_other_ids");
   REQUIRE(run_program("reidnet-toy-data", "--out " + other_ids.string() + " --ids 6 --seed 12").status == 0);
@@ -418,24 +468,40 @@ TEST_CASE("killed in the middle of an epoch's commit, --resume ends exactly as a
 
 TEST_CASE("NaN and infinite flag values are refused with exit code 2, naming the flag") {
   const auto out = scratch(workspace() / "nan_flags");
-  for (const std::string flag : {"--lr", "--droprate", "--weight-decay", "--erasing-p",
-                                 "--label-smoothing", "--backbone-lr-ratio"}) {
-    for (const char* value : {"nan", "inf", "-inf"}) {
+  const std::vector<std::string> flags = {"--lr", "--droprate", "--weight-decay", "--erasing-p",
+                                          "--label-smoothing", "--backbone-lr-ratio"};
+  const std::vector<std::string> values = {"nan", "inf", "-inf"};
+  // Every flag and value in-process, on the check reidnet-train makes of what it parsed,
+  for (const auto& flag : flags) {
+    for (const auto& value : values) {
       CAPTURE(flag);
       CAPTURE(value);
-      const auto run = run_program("reidnet-train", train_flags(out) + " " + flag + " " + value);
-      CHECK(run.status == 2);
-      CHECK(run.output.find(flag) != std::string::npos);
-      CHECK(run.output.find("terminate") == std::string::npos);
+      reidnet::RunConfig config;
+      const auto& fields = reidnet::run_fields();
+      const auto field = std::find_if(fields.begin(), fields.end(),
+                                      [&](const reidnet::RunField& f) { return f.flag() == flag; });
+      REQUIRE(field != fields.end());
+      reidnet::visit_field_value(config, *field, [&](auto& member) {
+        using Member = std::decay_t<decltype(member)>;
+        if constexpr (std::is_floating_point_v<Member>) member = static_cast<Member>(std::stod(value));
+      });
+      CHECK(refusal_of([&] { reidnet::check_run_config(config); }).find(flag) != std::string::npos);
     }
+  }
+  // and each flag once through the program, the three values in turn.
+  for (size_t i = 0; i < flags.size(); ++i) {
+    CAPTURE(flags[i]);
+    const auto run = run_program("reidnet-train", train_flags(out) + " " + flags[i] + " " +
+                                                      values[i % values.size()]);
+    CHECK(run.status == 2);
+    CHECK(run.output.find(flags[i]) != std::string::npos);
+    CHECK(run.output.find("terminate") == std::string::npos);
   }
   CHECK(!fs::exists(out));
 }
 
 TEST_CASE("bad values in opts.yaml and trainer_state.yaml are refused naming the file, key and "
           "value") {
-  const auto source = scratch(workspace() / "bad_yaml_source");
-  REQUIRE(run_program("reidnet-train", train_flags(source) + " --total-epoch 1").status == 0);
   const auto folder = scratch(workspace() / "bad_yaml");
   const std::vector<std::tuple<std::string, std::string, std::string>> cases = {
       {"opts.yaml", "nclasses", "nclasses: 0"},     {"opts.yaml", "stride", "stride: 7"},
@@ -445,9 +511,25 @@ TEST_CASE("bad values in opts.yaml and trainer_state.yaml are refused naming the
       {"trainer_state.yaml", "next_epoch", "next_epoch: 99"},
       {"trainer_state.yaml", "train_loss", "train_loss: [.nan]"},
       {"trainer_state.yaml", "loss_scale", "loss_scale: 0"}};
+  // In-process, through the calls reidnet-train --resume and reidnet-test make.
   for (const auto& [file, key, line] : cases) {
     CAPTURE(line);
-    copy_run(source, folder);
+    copy_run(one_epoch_run(), folder);
+    replace_line(folder / file, key, line);
+    const auto before = snapshot(folder);
+    const auto resumed = refusal_of([&] { resume_in_process(folder); });
+    CHECK(resumed.find((folder / file).string()) != std::string::npos);
+    CHECK(resumed.find("'" + key + "'") != std::string::npos);
+    CHECK(snapshot(folder) == before);
+    if (file == "opts.yaml") {
+      const auto tested = refusal_of([&] { reidnet::describe_trained_run(folder.string()); });
+      CHECK(tested.find("'" + key + "'") != std::string::npos);
+    }
+  }
+  // And through the programs, one case per file: exit code 2 with the same message.
+  for (const auto& [file, key, line] : {cases[1], cases[7]}) {
+    CAPTURE(line);
+    copy_run(one_epoch_run(), folder);
     replace_line(folder / file, key, line);
     const auto before = snapshot(folder);
     const auto resumed = run_program("reidnet-train", "--resume " + folder.string());
@@ -468,27 +550,23 @@ TEST_CASE("bad values in opts.yaml and trainer_state.yaml are refused naming the
 TEST_CASE("a key written twice in opts.yaml or trainer_state.yaml is refused, naming the file and "
           "key") {
   // yaml-cpp would read the first value and PyYAML (the Python baseline) the last.
-  const auto source = scratch(workspace() / "duplicate_yaml_source");
-  REQUIRE(run_program("reidnet-train", train_flags(source) + " --total-epoch 1").status == 0);
   const auto folder = scratch(workspace() / "duplicate_yaml");
   for (const auto& [file, line] : {std::pair<std::string, std::string>{"opts.yaml", "lr: 0.5"},
                                    {"trainer_state.yaml", "next_epoch: 0"}}) {
     CAPTURE(file);
-    copy_run(source, folder);
-    std::ofstream(folder / file, std::ios::app) << line << "\n";
+    copy_run(one_epoch_run(), folder);
+    append_line(folder / file, line);
     const auto before = snapshot(folder);
-    const auto resumed = run_program("reidnet-train", "--resume " + folder.string());
-    INFO(resumed.output);
-    CHECK(resumed.status == 2);
     const auto key = line.substr(0, line.find(':'));
-    CHECK(resumed.output.find((folder / file).string() + ": the key '" + key + "' appears twice") !=
+    CHECK(refusal_of([&] { resume_in_process(folder); })
+              .find((folder / file).string() + ": the key '" + key + "' appears twice") !=
           std::string::npos);
     CHECK(snapshot(folder) == before);
   }
   const auto test = run_program("reidnet-test", "--data " + toy_data().string() + " --model-dir " +
                                                     folder.string());
   CHECK(test.status == 0);  // the last case broke trainer_state.yaml, which testing does not read
-  std::ofstream(folder / "opts.yaml", std::ios::app) << "stride: 1\n";
+  append_line(folder / "opts.yaml", "stride: 1");
   const auto refused = run_program("reidnet-test", "--data " + toy_data().string() + " --model-dir " +
                                                        folder.string());
   CHECK(refused.status == 2);
@@ -523,14 +601,11 @@ TEST_CASE("a corrupt picture in the data stops reidnet-test and reidnet-train wi
 }
 
 TEST_CASE("a TorchScript optimizer.pt in a run folder is refused without running any of it") {
-  const auto source = scratch(workspace() / "torchscript_source");
-  REQUIRE(run_program("reidnet-train", train_flags(source) + " --total-epoch 1").status == 0);
   for (const char* payload : {"torchscript_prints.pt", "torchscript_loops.pt"}) {
     CAPTURE(payload);
     const auto folder = scratch(workspace() / "torchscript_run");
-    copy_run(source, folder);
-    fs::copy_file(reidnet::test::fixture("checkpoint", payload), folder / "optimizer.pt",
-                  fs::copy_options::overwrite_existing);
+    copy_run(one_epoch_run(), folder);
+    rewrite_file(folder / "optimizer.pt", read_file(reidnet::test::fixture("checkpoint", payload)));
     const auto started = std::chrono::steady_clock::now();
     const auto resumed = run_program("reidnet-train", "--resume " + folder.string());
     const auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

@@ -4,6 +4,7 @@
 // inference path; three SGD steps; checkpoints both ways; fast-reid files. And a backbone added
 // from outside the library (tests/example_backbone.hpp).
 #include "example_backbone.hpp"
+#include "example_family.hpp"
 #include "support.hpp"
 
 #include <reidnet/reidnet.hpp>
@@ -262,6 +263,67 @@ TEST_CASE("a backbone from outside the library: one header, one registry line") 
   auto copy = std::dynamic_pointer_cast<reidnet::ReidModelImpl>(model->clone());
   REQUIRE(copy);
   CHECK(torch::equal(copy->embed(images), model->embed(images)));
+}
+
+TEST_CASE("model_config gives every model's config without building it, as its models carry it") {
+  for (const auto& name : reidnet::model_names()) {
+    for (const auto& backbone : {std::string(), std::string("resnet50_ibn_a")}) {
+      const auto* entry = reidnet::find_model_entry(name);
+      if (!backbone.empty() && (entry == nullptr || !entry->takes_backbone)) continue;
+      CAPTURE(name);
+      CAPTURE(backbone);
+      const auto args = reidnet::ModelArgs().class_num(4).backbone(backbone);
+      // Every family of the library registers its config: nothing is built to read it.
+      CHECK((entry == nullptr || entry->config));
+      const auto expected = reidnet::create_model(name, args)->config();
+      const auto config = reidnet::model_config(name, args);
+      CHECK(config.height() == expected.height());
+      CHECK(config.width() == expected.width());
+      CHECK(config.mean() == expected.mean());
+      CHECK(config.std() == expected.std());
+      CHECK(config.max_pixel_value() == expected.max_pixel_value());
+      CHECK(config.interpolation() == expected.interpolation());
+      CHECK(config.imagenet_prefix() == expected.imagenet_prefix());
+      REQUIRE(static_cast<bool>(config.imagenet_key()) == static_cast<bool>(expected.imagenet_key()));
+      if (expected.imagenet_key()) {
+        CHECK(config.imagenet_key()("layer1.0.bn1.weight") == expected.imagenet_key()("layer1.0.bn1.weight"));
+      }
+      CHECK(config.checkpoint_format() == expected.checkpoint_format());
+    }
+  }
+  CHECK(reidnet::model_config("pcb").height() == 384);
+}
+
+TEST_CASE("a registered head goes on any backbone named as the model, in its project's layout") {
+  const auto args = reidnet::ModelArgs().class_num(4).head("bnneck");
+  auto model = reidnet::create_model("densenet121", args);
+  const auto state = reidnet::state_dict(*model);
+  CHECK(state[0].key().rfind("backbone.", 0) == 0);
+  CHECK(state.find("heads.bottleneck.0.weight") != nullptr);
+  CHECK(state.find("backbone.classifier.weight") == nullptr);  // fast-reid drops it
+  CHECK(model->config().checkpoint_format() == reidnet::CheckpointFormat::kFastReid);
+  // The bnneck family is this head on resnet50: the same keys and shapes.
+  const auto family = reidnet::state_dict(*reidnet::create_model("bnneck", reidnet::ModelArgs().class_num(4)));
+  const auto composed = reidnet::state_dict(*reidnet::create_model("resnet50", args));
+  REQUIRE(family.size() == composed.size());
+  for (size_t i = 0; i < family.size(); ++i) {
+    CHECK(family[i].key() == composed[i].key());
+    CHECK(family[i].value().sizes() == composed[i].value().sizes());
+  }
+  // A head from outside: registered once, on any backbone.
+  reidnet::register_head("example_max_avg", {[](int64_t input_dim, const reidnet::ModelArgs& a) {
+                                               return reidnet::AnyHead(example::MaxAvgHead(input_dim, a.class_num()).ptr());
+                                             },
+                                             "max-and-average pooling, BatchNorm neck, classifier",
+                                             reidnet::ReidModelLayout("trunk", "head")});
+  auto outside = reidnet::create_model("resnet50", reidnet::ModelArgs().class_num(4).head("example_max_avg"));
+  CHECK(outside->feature_dim() == 4096);
+  CHECK(reidnet::state_dict(*outside).find("head.neck.weight") != nullptr);
+  CHECK_THROWS_WITH_AS(reidnet::create_model("resnet50", reidnet::ModelArgs().head("median")),
+                       doctest::Contains("no head named \"median\"; known: bnneck, class_block, example_max_avg"),
+                       c10::Error);
+  CHECK_THROWS_WITH_AS(reidnet::create_model("ft_net", reidnet::ModelArgs().head("bnneck")),
+                       doctest::Contains("ft_net has its own head"), c10::Error);
 }
 
 TEST_CASE("families refuse what they cannot build, naming it") {

@@ -1,5 +1,7 @@
-// A program outside reidnet that uses it as a dependency: what a user's project does.
-#include <reidnet/reidnet.hpp>
+// A program outside reidnet that uses it as a dependency: what a user's project does. It
+// includes what it uses (every header on its own is the header checks' job, not this one's).
+#include <reidnet/core/version.hpp>
+#include <reidnet/models/ft_net.hpp>
 
 #include <iostream>
 

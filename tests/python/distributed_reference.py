@@ -1,7 +1,8 @@
 """Reference for tests/test_distributed.cpp, written into argv[1]:
 
 - init.pth: ft_net's initial weights (ResNet-50 + ClassBlock, 8 classes, dropout 0);
-- data.pt: 45 pictures [45, 3, 64, 32] and their labels;
+- data.pt: 45 pictures [45, 3, 32, 16] (small: ResNet-50 ends at 1x1, and float64 is slow) and
+  their labels;
 - sampler.pt: torch.utils.data.DistributedSampler's indices (45 samples, 2 replicas,
   shuffle, seed 7) per rank and epoch, as rank{r}_epoch{e};
 - ddp_rank{r}.pth: each rank's state_dict after 3 steps of torch.nn.parallel.
@@ -70,7 +71,7 @@ def main():
     torch.manual_seed(0)
     torch.save(FtNet(class_num=8, droprate=0.0).state_dict(), os.path.join(out, "init.pth"))
     g = torch.Generator().manual_seed(1)
-    torch.save({"images": torch.randn(SAMPLES, 3, 64, 32, generator=g),
+    torch.save({"images": torch.randn(SAMPLES, 3, 32, 16, generator=g),
                 "labels": torch.randint(0, 8, (SAMPLES,), generator=g)},
                os.path.join(out, "data.pt"))
     torch.save({f"rank{r}_epoch{e}": torch.tensor(sampler_indices(r, e))

@@ -34,6 +34,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace reidnet {
@@ -55,6 +56,8 @@ struct TrainedRun {
   RunConfig config;  // height and width: the input size to evaluate at
   ReidModel model;   // in eval mode, on the CPU
   std::string weights;
+  std::string family;  // what config describes (resolve_model's answer)
+  ModelArgs args;
 };
 
 /// What `folder/opts.yaml` (reidnet's or the Python baseline's) describes, with `options`'
@@ -64,7 +67,7 @@ struct TrainedRun {
 inline TrainedRun describe_trained_run(const std::string& folder,
                                        const TrainedRunOptions& options = {}) {
   namespace fs = std::filesystem;
-  TrainedRun run{RunConfig{}, nullptr, options.weights()};
+  TrainedRun run{RunConfig{}, nullptr, options.weights(), "", ModelArgs()};
   std::string source = "the built-in defaults";
   if (!folder.empty()) {
     const auto yaml = fs::path(folder) / "opts.yaml";
@@ -94,8 +97,8 @@ inline TrainedRun describe_trained_run(const std::string& folder,
   };
   check_run_config(c, namer);
   if (c.class_num < 1) throw ConfigError(namer("nclasses", "") + " is 0; expected 1 to 1000000");
-  const auto [family, args] = resolve_model(c, namer);
-  record_resolved_model(c, family, args);
+  std::tie(run.family, run.args) = resolve_model(c, namer);
+  record_resolved_model(c, run.family, run.args);
   return run;
 }
 
@@ -103,8 +106,7 @@ inline TrainedRun describe_trained_run(const std::string& folder,
 /// family's checkpoint layout; leaves it in eval mode. A file that does not fit throws, naming
 /// the file and the keys.
 inline void load_trained_model(TrainedRun& run) {
-  const auto [family, args] = resolve_model(run.config);
-  run.model = create_model(family, args);
+  run.model = create_model(run.family, run.args);
   load_trained_weights(*run.model, run.weights);
   run.model->eval();
 }

@@ -51,6 +51,7 @@ struct RunConfig {
   // families and backbones register: use_dense, PCB, usam, bnneck pick a family, ibn its
   // backbone (absent = off).
   std::string model = "ft_net";
+  std::string head;  // the head of a backbone named as the model (head_names()); "" = class_block
   std::map<std::string, bool> switches;
   std::string pool = "avg";
   int64_t last_stride = 2;
@@ -294,6 +295,15 @@ inline std::vector<RunField> make_run_fields() {
          "1 to 4096", "images per batch (per process)");
   text("model", yaml, "--model", &C::model, recipe, model_names,
        "a name reidnet-model-summary --list prints", "model family (reidnet-model-summary --list)");
+  const auto heads_or_none = [] {
+    auto names = head_names();
+    names.insert(names.begin(), "");
+    return names;
+  };
+  text("head", yaml, "--head", &C::head, recipe, heads_or_none,
+       fmt::format("one of {}, or empty for the model's own", fmt::join(head_names(), ", ")),
+       "the head on a backbone named by --model (e.g. --model densenet121 --head bnneck); the "
+       "families have their own");
   // The switches the families and backbones registered.
   const auto model_switch = [&](const std::string& key, const std::string& flags, std::string help) {
     RunField field{key, yaml, "", flags, SwitchKey{key}, recipe};
@@ -486,6 +496,26 @@ inline void check_run_config(const RunConfig& c, const FieldNamer& namer = name_
                                     detail::field_text(c, field), field.expected));
     }
   }
+  // RunConfig::switches is keyed by text: a key no family or backbone registered (a typo in
+  // a program's own code) would otherwise be ignored.
+  for (const auto& item : c.switches) {
+    const auto& key = item.first;  // (a lambda below captures it: no structured binding)
+    const bool on = item.second;
+    const auto& fields = run_fields();
+    const bool registered = std::any_of(fields.begin(), fields.end(), [&](const RunField& field) {
+      const auto* switch_key = std::get_if<SwitchKey>(&field.member);
+      return switch_key != nullptr && switch_key->key == key;
+    });
+    const auto& unbuilt = unbuilt_model_switches();
+    if (!registered && (on || std::find(unbuilt.begin(), unbuilt.end(), key) == unbuilt.end())) {
+      std::vector<std::string> known;
+      for (const auto& field : fields) {
+        if (std::holds_alternative<SwitchKey>(field.member)) known.push_back(field.name);
+      }
+      throw ConfigError(fmt::format("the model switch '{}' is not one that a family or backbone "
+                                    "registered (known: {})", key, fmt::join(known, ", ")));
+    }
+  }
   const auto& cosine = run_field("cosine");
   if (c.cosine && !c.milestones.empty()) {
     throw ConfigError(fmt::format("{} is true together with milestones; expected one schedule",
@@ -532,7 +562,12 @@ inline std::pair<std::string, ModelArgs> resolve_model(const RunConfig& c,
     family_switch = entry.switch_key;
     model = family;
   }
+  if (!c.head.empty() && find_model_entry(model) != nullptr) {
+    throw ConfigError(fmt::format("{} puts a head on a backbone named by {}; {} has its own",
+                                  name("head"), name("model"), model));
+  }
   auto args = ModelArgs()
+                  .head(c.head)
                   .class_num(std::max<int64_t>(c.class_num, 1))
                   .droprate(c.droprate)
                   .last_stride(c.last_stride)

@@ -139,18 +139,6 @@ decltype(auto) as_input_error(Body&& body) {
   }
 }
 
-/// Cross-entropy summed over the model's classifiers (one; PCB's six stripes, as the baseline).
-inline torch::Tensor identity_loss(torch::nn::CrossEntropyLoss& cross_entropy,
-                                   const std::vector<torch::Tensor>& logits,
-                                   const torch::Tensor& labels) {
-  torch::Tensor loss;
-  for (const auto& part : logits) {
-    const auto term = cross_entropy(part.to(torch::kFloat), labels);
-    loss = loss.defined() ? loss + term : term;
-  }
-  return loss;
-}
-
 inline std::string trainer_state_yaml(const TrainerState& state) {
   YAML::Emitter yaml;
   yaml << YAML::BeginMap << YAML::Key << "next_epoch" << YAML::Value << state.next_epoch;
@@ -530,7 +518,7 @@ class Trainer {
       {
         AutocastGuard autocast(device_, dtype_);
         const auto output = net.forward(to_device(batch->images));
-        loss = detail::identity_loss(cross_entropy, output.logits, labels);
+        loss = TrainingStep::identity_loss(cross_entropy, output.logits, labels);
         logits = TrainingStep::identity_scores(output.logits);
       }
       loss_sum += loss.item<double>() * static_cast<double>(labels.size(0));
@@ -705,9 +693,9 @@ inline TrainResult train_run(TrainJob job) {
                           config.height != RunConfig{}.height || config.width != RunConfig{}.width;
   if (job.resume.empty() && !size_given) {
     const auto [family, args] = resolve_model(config);
-    const auto& model_config = create_model(family, args)->config();
-    config.height = model_config.height();
-    config.width = model_config.width();
+    const auto family_config = model_config(family, args);
+    config.height = family_config.height();
+    config.width = family_config.width();
   }
   reuse_freed_host_memory();  // ~10% per step: no fresh pages for every activation
   auto dataset = detail::as_input_error([&] { return read_dataset(config.data); });

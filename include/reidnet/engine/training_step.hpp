@@ -65,10 +65,7 @@ class TrainingStep {
     AutocastGuard autocast(images.device(), options_.dtype());
     const auto output = model_->forward(images);
     StepLoss step;
-    for (const auto& logits : output.logits) {
-      const auto term = cross_entropy_(at_least_float(logits), labels);
-      step.loss = step.loss.defined() ? step.loss + term : term;
-    }
+    step.loss = identity_loss(cross_entropy_, output.logits, labels);
     step.scores = identity_scores(output.logits);
     if (options_.triplet() || options_.circle()) {
       const auto features = torch::nn::functional::normalize(
@@ -97,6 +94,19 @@ class TrainingStep {
 
   /// The loss scale and its growth tracker, saved and restored with a run.
   GradScaler& scaler() { return scaler_; }
+
+  /// Cross-entropy summed over the model's classifiers (one; PCB's six stripes, as the
+  /// baseline), in float32 or wider.
+  static torch::Tensor identity_loss(torch::nn::CrossEntropyLoss& cross_entropy,
+                                     const std::vector<torch::Tensor>& logits,
+                                     const torch::Tensor& labels) {
+    torch::Tensor loss;
+    for (const auto& part : logits) {
+      const auto term = cross_entropy(at_least_float(part), labels);
+      loss = loss.defined() ? loss + term : term;
+    }
+    return loss;
+  }
 
   /// What the prediction is the argmax of: the logits, or for several classifiers the sum of
   /// their softmaxes (the baseline's PCB).

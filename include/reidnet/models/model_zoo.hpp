@@ -61,6 +61,23 @@ struct ModelArgs {
   TORCH_ARG(std::string, backbone) = "";
   /// Std of the classifier's normal init; unset = the family's own (0.001, fast-reid 0.01).
   TORCH_ARG(std::optional<double>, classifier_std) = std::nullopt;
+  /// The registered head (head_names()) that create_model puts on a backbone named as the
+  /// model: empty = class_block, the baseline's. Families have their own heads.
+  TORCH_ARG(std::string, head) = "";
+};
+
+/// One registered head: what create_model puts on a backbone named as the model, with
+/// ModelArgs::head (create_model("densenet121", ModelArgs().head("bnneck"))).
+struct HeadEntry {
+  /// The head for a backbone map of `input_dim` channels.
+  std::function<AnyHead(int64_t input_dim, const ModelArgs&)> create;
+  std::string description;
+  /// The checkpoint layout the head's project uses: its state_dict prefixes, its file format,
+  /// and whether the backbone keeps its unused ImageNet classifier (the baseline keeps it,
+  /// fast-reid drops it).
+  ReidModelLayout layout = {};
+  CheckpointFormat checkpoint_format = CheckpointFormat::kStateDict;
+  bool keep_backbone_classifier = true;
 };
 
 /// One registered model family.
@@ -76,6 +93,9 @@ struct ModelEntry {
   bool takes_backbone = false;
   /// The backbone the family is fixed to, where a backbone's switch names it.
   std::string fixed_backbone = {};
+  /// The family's ModelConfig for these arguments (input size, normalisation, checkpoint
+  /// layout), the one its models carry, without building one; empty = read from a built model.
+  std::function<ModelConfig(const ModelArgs&)> config = {};
 };
 
 namespace detail {
@@ -101,12 +121,50 @@ inline ClassBlock baseline_head(int64_t input_dim, const ModelArgs& args) {
                     KaimingHeadInit{}, ClassifierNormalInit{args.classifier_std().value_or(0.001)});
 }
 
-/// `backbone` + the baseline's ClassBlock, as model / classifier (its timm families' layout).
-inline ReidModel class_block_model(const std::string& backbone, const ModelArgs& args) {
-  auto trunk = create_backbone(backbone, BackboneArgs().last_stride(args.last_stride()));
-  auto head = baseline_head(trunk->num_features(), args);
-  return ReidModel(std::move(trunk), head.ptr(), ReidModelLayout("model", "classifier"),
-                   config_for(backbone, "model."));
+inline std::map<std::string, HeadEntry>& head_registry() {
+  static std::map<std::string, HeadEntry> registry{
+      {"class_block",
+       {[](int64_t input_dim, const ModelArgs& args) { return AnyHead(baseline_head(input_dim, args).ptr()); },
+        "the baseline's ClassBlock (Linear, BatchNorm, dropout, classifier), as model / classifier",
+        ReidModelLayout("model", "classifier")}},
+      {"bnneck",
+       {[](int64_t input_dim, const ModelArgs& args) {
+          return AnyHead(BNNeckHead(BNNeckHeadOptions(input_dim, args.class_num())
+                                        .pool(args.pool())
+                                        .classifier_std(args.classifier_std().value_or(0.01)))
+                             .ptr());
+        },
+        "the strong baseline's BNNeck, in fast-reid's layout (backbone / heads)",
+        ReidModelLayout("backbone", "heads"), CheckpointFormat::kFastReid, false}},
+  };
+  return registry;
+}
+
+inline const HeadEntry& head_entry(const std::string& name) {
+  const auto& registry = head_registry();
+  const auto found = registry.find(name.empty() ? std::string("class_block") : name);
+  if (found == registry.end()) {
+    std::string known;
+    for (const auto& item : registry) known += (known.empty() ? "" : ", ") + item.first;
+    TORCH_CHECK(false, "no head named \"", name, "\"; known: ", known);
+  }
+  return found->second;
+}
+
+/// The config of `backbone` under head `head`: the head's layout names the ImageNet prefix.
+inline ModelConfig head_model_config(const std::string& backbone, const std::string& head) {
+  const auto& entry = head_entry(head);
+  return config_for(backbone, entry.layout.backbone() + ".").checkpoint_format(entry.checkpoint_format);
+}
+
+/// `backbone` with the registered head `head`, in that head's layout.
+inline ReidModel head_model(const std::string& backbone, const std::string& head, const ModelArgs& args) {
+  const auto& entry = head_entry(head);
+  auto trunk = create_backbone(backbone, BackboneArgs()
+                                             .last_stride(args.last_stride())
+                                             .keep_classifier(entry.keep_backbone_classifier));
+  auto made = entry.create(trunk->num_features(), args);
+  return ReidModel(std::move(trunk), std::move(made), entry.layout, head_model_config(backbone, head));
 }
 
 /// Whether `family`'s ModelArgs::backbone asks for IBN-Net's resnet50_ibn_a (else resnet50).
@@ -128,18 +186,28 @@ inline ReidModel ft_net_model(const ModelArgs& args, bool ibn) {
       .ptr()));
 }
 
+/// FtNet's own config: ReidModelImpl's defaults.
+inline ModelConfig ft_net_config(const ModelArgs& /*args*/) { return ModelConfig(); }
+
+inline ModelConfig usam_config(const ModelArgs& args) {
+  return config_for(on_resnet50_ibn_a(args, "ft_net_usam") ? "resnet50_ibn_a" : "resnet50", "model.");
+}
+
 /// ft_net with USAM; on resnet50_ibn_a (args.backbone) it is the baseline's
 /// ft_net(ibn=True, usam=True).
 inline ReidModel usam_model(const ModelArgs& args) {
   const bool ibn = on_resnet50_ibn_a(args, "ft_net_usam");
-  const std::string backbone = ibn ? "resnet50_ibn_a" : "resnet50";
   auto trunk = UsamResNet(
       ResNetOptions().layers({3, 4, 6, 3}).last_stride(args.last_stride()).ibn_a(ibn));
   auto head = baseline_head(trunk->num_features(), args);
   // The baseline registers usam_1/usam_2 after its classifier.
   return ReidModel(trunk.ptr(), head.ptr(),
                    ReidModelLayout("", "classifier", {"model", "classifier", "usam_1", "usam_2"}),
-                   config_for(backbone, "model."));
+                   usam_config(args));
+}
+
+inline ModelConfig pcb_config(const ModelArgs& /*args*/) {
+  return config_for("resnet50", "model.").height(384).width(192);
 }
 
 inline ReidModel pcb_model(const ModelArgs& args) {
@@ -147,38 +215,34 @@ inline ReidModel pcb_model(const ModelArgs& args) {
   auto head = PartHead(PartHeadOptions(trunk->num_features(), args.class_num())
                            .droprate(args.droprate())
                            .classifier_std(args.classifier_std().value_or(0.001)));
-  return ReidModel(trunk.ptr(), head.ptr(), ReidModelLayout("model", ""),
-                   config_for("resnet50", "model.").height(384).width(192));
+  return ReidModel(trunk.ptr(), head.ptr(), ReidModelLayout("model", ""), pcb_config(args));
 }
 
-inline ReidModel bnneck_model(const ModelArgs& args) {
-  const auto name = args.backbone().empty() ? std::string("resnet50") : args.backbone();
-  auto trunk = create_backbone(
-      name, BackboneArgs().last_stride(args.last_stride()).keep_classifier(false));
-  auto head = BNNeckHead(BNNeckHeadOptions(trunk->num_features(), args.class_num())
-                             .pool(args.pool())
-                             .classifier_std(args.classifier_std().value_or(0.01)));
-  return ReidModel(std::move(trunk), head.ptr(), ReidModelLayout("backbone", "heads"),
-                   config_for(name, "backbone.").checkpoint_format(CheckpointFormat::kFastReid));
+inline std::string bnneck_backbone(const ModelArgs& args) {
+  return args.backbone().empty() ? std::string("resnet50") : args.backbone();
 }
 
 inline std::map<std::string, ModelEntry>& model_registry() {
   // The switches are the Python baseline's (and --bnneck, the strong baseline's).
   static std::map<std::string, ModelEntry> registry{
       {"ft_net", {[](const ModelArgs& a) { return ft_net_model(a, on_resnet50_ibn_a(a, "ft_net")); },
-                  "the baseline's ft_net: ResNet-50 + ClassBlock", "", "", /*takes_backbone=*/true}},
+                  "the baseline's ft_net: ResNet-50 + ClassBlock", "", "", /*takes_backbone=*/true,
+                  "", ft_net_config}},
       {"ft_net_ibn", {[](const ModelArgs& a) { return ft_net_model(a, true); },
                       "ft_net on IBN-Net's resnet50_ibn_a (the baseline's --ibn)", "", "", false,
-                      "resnet50_ibn_a"}},
+                      "resnet50_ibn_a", ft_net_config}},
       {"ft_net_usam", {usam_model, "ft_net with USAM attention after the stem and layer1 (--usam)",
-                       "usam", "--usam", /*takes_backbone=*/true}},
-      {"ft_net_dense", {[](const ModelArgs& a) { return class_block_model("densenet121", a); },
+                       "usam", "--usam", /*takes_backbone=*/true, "", usam_config}},
+      {"ft_net_dense", {[](const ModelArgs& a) { return head_model("densenet121", "class_block", a); },
                         "the baseline's ft_net_dense: DenseNet-121 + ClassBlock (--use_dense)",
-                        "use_dense", "--use-dense,--use_dense"}},
+                        "use_dense", "--use-dense,--use_dense", false, "",
+                        [](const ModelArgs&) { return head_model_config("densenet121", "class_block"); }}},
       {"pcb", {pcb_model, "PCB: six horizontal stripes, one ClassBlock each; 384x192 (--PCB)", "PCB",
-               "--PCB,--pcb"}},
-      {"bnneck", {bnneck_model, "the strong baseline: BNNeck head in fast-reid's layout (--bnneck)",
-                  "bnneck", "--bnneck", /*takes_backbone=*/true}},
+               "--PCB,--pcb", false, "", pcb_config}},
+      {"bnneck", {[](const ModelArgs& a) { return head_model(bnneck_backbone(a), "bnneck", a); },
+                  "the strong baseline: BNNeck head in fast-reid's layout (--bnneck)",
+                  "bnneck", "--bnneck", /*takes_backbone=*/true, "",
+                  [](const ModelArgs& a) { return head_model_config(bnneck_backbone(a), "bnneck"); }}},
   };
   return registry;
 }
@@ -197,7 +261,25 @@ inline bool register_model(const std::string& name, ModelEntry entry) {
   return true;
 }
 
-/// The registered families by name (the backbones that create_model wraps in a ClassBlock
+/// Adds a head (or replaces the one of that name): create_model then puts it on any backbone
+/// named as the model, with ModelArgs::head. Returns true, as register_model does.
+inline bool register_head(const std::string& name, HeadEntry entry) {
+  TORCH_CHECK(entry.create, "register_head(\"", name, "\"): the entry has no factory");
+  detail::head_registry()[name] = std::move(entry);
+  return true;
+}
+
+/// The registered heads by name.
+inline const std::map<std::string, HeadEntry>& head_entries() { return detail::head_registry(); }
+
+/// The names of head_entries().
+inline std::vector<std::string> head_names() {
+  std::vector<std::string> names;
+  for (const auto& item : detail::head_registry()) names.push_back(item.first);
+  return names;
+}
+
+/// The registered families by name (the backbones that create_model puts a registered head on
 /// are not among them).
 inline const std::map<std::string, ModelEntry>& model_entries() { return detail::model_registry(); }
 
@@ -221,8 +303,12 @@ inline std::vector<std::string> model_names() {
 inline std::string model_description(const std::string& name) {
   const auto found = detail::model_registry().find(name);
   if (found != detail::model_registry().end()) return found->second.description;
-  return backbone_entry(name).description + " + ClassBlock";
+  return backbone_entry(name).description + " + a registered head (ModelArgs::head; class_block)";
 }
+
+/// The ModelConfig that create_model(name, args) gives its model: the family's registered
+/// config where it has one (nothing is built), else a built model's.
+inline ModelConfig model_config(const std::string& name, const ModelArgs& args = {});
 
 /// Whether `name` is one of model_names().
 inline bool is_model_name(const std::string& name) {
@@ -236,9 +322,12 @@ inline ReidModel create_model(const std::string& name, const ModelArgs& args = {
   std::function<ReidModel(const ModelArgs&)> create;
   const auto found = detail::model_registry().find(name);
   if (found != detail::model_registry().end()) {
+    TORCH_CHECK(args.head().empty(), "ModelArgs::head (", args.head(), ") puts a head on a backbone "
+                "named as the model; the family ", name, " has its own head");
     create = found->second.create;
   } else if (is_model_name(name)) {
-    create = [name](const ModelArgs& a) { return detail::class_block_model(name, a); };
+    detail::head_entry(args.head());  // refuses an unknown head before anything is built
+    create = [name](const ModelArgs& a) { return detail::head_model(name, a.head(), a); };
   } else {
     std::string known;
     for (const auto& item : model_names()) known += (known.empty() ? "" : ", ") + item;
@@ -247,6 +336,15 @@ inline ReidModel create_model(const std::string& name, const ModelArgs& args = {
   auto model = create(args);
   model->set_factory([create, args] { return create(args).ptr(); });
   return model;
+}
+
+inline ModelConfig model_config(const std::string& name, const ModelArgs& args) {
+  const auto found = detail::model_registry().find(name);
+  if (found != detail::model_registry().end() && found->second.config) return found->second.config(args);
+  if (found == detail::model_registry().end() && is_model_name(name)) {
+    return detail::head_model_config(name, args.head());
+  }
+  return create_model(name, args)->config();
 }
 
 /// Loads published ImageNet weights of the model's backbone (torchvision's, IBN-Net's) into
