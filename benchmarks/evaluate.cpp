@@ -9,6 +9,7 @@
 //
 // Each run prints one `key=value` line that benchmarks/evaluate_compare.py parses.
 #include "../examples/common/cli.hpp"
+#include "common/timing.hpp"
 
 #include <reidnet/evaluation/gallery_index.hpp>
 #include <reidnet/reidnet.hpp>
@@ -73,9 +74,7 @@ Data load(const std::string& path) {
   return {get("qf"), get("ql"), get("qc"), get("gf"), get("gl"), get("gc")};
 }
 
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
+using reidnet::benchmarks::seconds_since;
 
 double peak_rss_mb() {
   rusage usage{};

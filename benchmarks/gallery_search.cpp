@@ -11,6 +11,7 @@
 //
 // Prints one `row key=value ...` line a measurement on stdout and progress on stderr.
 #include "../examples/common/cli.hpp"
+#include "common/timing.hpp"
 
 #include <reidnet/evaluation/gallery_index.hpp>
 
@@ -35,9 +36,7 @@ constexpr int64_t kTrainSize = 65536;  // IVF k-means and PQ codebooks train on 
 
 const auto kStart = std::chrono::steady_clock::now();
 
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
+using reidnet::benchmarks::seconds_since;
 
 void progress(const std::string& line) {
   fmt::print(stderr, "[{:8.1f} s] {}\n", seconds_since(kStart), line);
@@ -58,7 +57,7 @@ double rss_mb() {
 
 torch::Tensor normalised(const torch::Tensor& x) { return x / x.norm(2, {1}, true); }
 
-struct Data {
+struct SearchData {
   torch::Tensor gallery, queries;  // float32 [N, D], [Nq, D], unit rows
 };
 
@@ -66,7 +65,7 @@ struct Data {
 // identity's centre is normalise(group + u) and a picture normalise(identity + 0.8 v), with u
 // and v random unit directions. Each identity has 5..15 gallery pictures (the last one fewer
 // when N runs out); the queries are new pictures of random gallery identities.
-Data generate(int64_t gallery_size, int64_t query_count, int64_t dim, uint64_t seed) {
+SearchData generate(int64_t gallery_size, int64_t query_count, int64_t dim, uint64_t seed) {
   torch::manual_seed(seed);
   const auto groups = normalised(torch::randn({kGroups, dim}));
   auto counts = torch::randint(5, 16, {gallery_size / 5 + 1}, torch::kLong);

@@ -63,7 +63,7 @@ int run(const CLI::App& app, TestConfig& c) {
                  "with --index");
   }
   if (!c.from_mat.empty()) {  // the features of a pytorch_result.mat, no model and no pictures
-    refuse_flags(app, {"--data", "--model-dir", "--weights", "--show", "--save-ranks",
+    refuse_flags(app, {"--data", "--model-dir", "--weights", "--model", "--show", "--save-ranks",
                        "--features-out", "--mat-out"},
                  "cannot be combined with --from-mat, which evaluates the file's features alone");
     const auto features = reidnet::examples::read_retrieval_features(c.from_mat);
@@ -153,6 +153,9 @@ int main(int argc, char** argv) {
   app.add_option("--model-dir", c.model_dir, "folder with opts.yaml and net_last.pth");
   app.add_option("--weights", c.model.weights(), "weights (default: <model-dir>/net_last.pth)")
       ->check(CLI::ExistingFile);
+  app.add_option("--model", c.model.model(), "the model of --weights given without --model-dir "
+                 "(reidnet-model-summary --list): torchreid's, fast-reid's or a bare state_dict "
+                 "file; the class count is read from it");
   app.add_option("--class-num,--nclasses", c.model.class_num(), "override opts.yaml: training ids")
       ->check(range(1, reidnet::kMaxClasses));
   app.add_option("--stride", c.model.last_stride(), "override opts.yaml: last stride")

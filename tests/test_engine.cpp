@@ -264,4 +264,40 @@ TEST_CASE("a model family from outside the library trains and evaluates through 
   CHECK(reidnet::train_run(again).outcome == reidnet::TrainOutcome::kAlreadyDone);
 }
 
+TEST_CASE("reidnet-test --model NAME --weights FILE evaluates a torchreid checkpoint without a run "
+          "folder; its features equal Python's (torchreid's bilinear input, flip-sum, L2)") {
+  const auto folder = workspace() / "torchreid_file";
+  fs::create_directories(folder);
+  const auto file = (folder / "osnet_x0_25.pth.tar").string();
+  REQUIRE(reidnet::test::run_python("torchreid_file.py", "write " + file) == 0);
+  // The library call behind it: the model named, the class count read from the file.
+  auto run = reidnet::describe_trained_run("", reidnet::TrainedRunOptions().model("osnet_x0_25").weights(file));
+  CHECK(run.family == "osnet_x0_25");
+  CHECK(run.args.class_num() == 12);
+  CHECK(run.config.height == 256);
+  reidnet::load_trained_model(run);
+  CHECK(run.model->config().interpolation() == "bilinear");
+
+  const auto features = (folder / "features.pth").string();
+  const auto test = reidnet::test::run_program(
+      "reidnet-test", "--data " + toy_data().string() + " --model osnet_x0_25 --weights " + file +
+                          " --features-out " + features + " --threads 2 --workers 2 --batch-size 32");
+  INFO(test.output);
+  REQUIRE(test.status == 0);
+  const auto python = reidnet::test::run_python_capturing(
+      "torchreid_file.py", "check " + toy_data().string() + " " + file + " " + features);
+  INFO(python.output);
+  CHECK(python.status == 0);
+
+  // A file of another model, a model named beside a run folder, and an unknown model.
+  auto other = reidnet::describe_trained_run("", reidnet::TrainedRunOptions().model("osnet_ain_x0_25").weights(file));
+  CHECK_THROWS_WITH_AS(reidnet::load_trained_model(other), doctest::Contains("strict state_dict load refused"),
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(reidnet::describe_trained_run(folder.string(), reidnet::TrainedRunOptions().model("osnet_x0_25")),
+                       doctest::Contains("--model names the model of --weights given without a run folder"),
+                       reidnet::ConfigError);
+  CHECK_THROWS_WITH_AS(reidnet::describe_trained_run("", reidnet::TrainedRunOptions().model("osnet_x9").weights(file)),
+                       doctest::Contains("--model osnet_x9: no such model; known: "), reidnet::ConfigError);
+}
+
 }  // namespace reidnet_test_engine

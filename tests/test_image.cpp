@@ -62,27 +62,35 @@ TEST_CASE("read_image decodes JPEG and PNG (RGB, grey, alpha, palette, 16-bit) e
   }
 }
 
-TEST_CASE("resize equals torchvision's bicubic Resize on PIL, up and down") {
+TEST_CASE("resize equals torchvision's bicubic and bilinear Resize on PIL, up and down") {
   const auto& m = manifest();
-  int64_t worst = 0, differing = 0;
-  for (const auto& file : m["resize_files"]) {
-    const auto image = reidnet::read_image(picture(file));
-    for (const auto& size : m["resize_sizes"]) {
-      const int64_t h = size[0], w = size[1];
-      CAPTURE(file.get<std::string>());
-      CAPTURE(h);
-      CAPTURE(w);
-      const auto& expected = reference("resized/" + file.get<std::string>() + "/" +
-                                       std::to_string(h) + "x" + std::to_string(w));
-      const auto resized = reidnet::resize(image, h, w);
-      const auto difference = max_level_difference(resized, expected);
-      CHECK(difference <= 1);  // at most one level; PIL's integer arithmetic gives 0
-      worst = std::max(worst, difference);
-      if (difference != 0) differing += (resized != expected).sum().item<int64_t>();
+  for (const auto* name : {"bicubic", "bilinear"}) {
+    CAPTURE(name);
+    const auto interpolation = reidnet::interpolation_from_name(name);
+    int64_t worst = 0, differing = 0;
+    for (const auto& file : m["resize_files"]) {
+      const auto image = reidnet::read_image(picture(file));
+      for (const auto& size : m["resize_sizes"]) {
+        const int64_t h = size[0], w = size[1];
+        CAPTURE(file.get<std::string>());
+        CAPTURE(h);
+        CAPTURE(w);
+        const auto& expected = reference(std::string("resized/") + name + "/" + file.get<std::string>() +
+                                         "/" + std::to_string(h) + "x" + std::to_string(w));
+        const auto resized = reidnet::resize(image, h, w, interpolation);
+        const auto difference = max_level_difference(resized, expected);
+        CHECK(difference <= 1);  // at most one level; PIL's integer arithmetic gives 0
+        worst = std::max(worst, difference);
+        if (difference != 0) differing += (resized != expected).sum().item<int64_t>();
+      }
     }
+    MESSAGE(name << ": worst difference from PIL: " << worst << " grey levels, " << differing
+                 << " values differ");
+    CHECK(worst == 0);
   }
-  MESSAGE("worst difference from PIL: " << worst << " grey levels, " << differing << " values differ");
-  CHECK(worst == 0);
+  CHECK_THROWS_WITH_AS(reidnet::interpolation_from_name("nearest"),
+                       "unknown interpolation 'nearest'; the data pipeline resizes as PIL's bicubic or "
+                       "bilinear", std::invalid_argument);
 }
 
 TEST_CASE("eval_transform equals torchvision's Resize+ToTensor+Normalize within 1/255") {
@@ -128,8 +136,16 @@ TEST_CASE("a model config's normalisation drives eval_transform: 0.5/0.5 as torc
   CHECK(torch::equal(reidnet::make_eval_transform(256, 128, half)(reidnet::read_image(first), rng),
                      reidnet::eval_transform(reidnet::read_image(first), 256, 128, half)));
   // What the pipeline cannot give is refused, naming it.
-  CHECK_THROWS_WITH_AS(reidnet::normalization_of(reidnet::ModelConfig().interpolation("bilinear")),
-                       doctest::Contains("'bilinear' resizing"), std::invalid_argument);
+  CHECK(reidnet::interpolation_of(reidnet::ModelConfig().interpolation("bilinear")) ==
+        reidnet::Interpolation::kBilinear);
+  CHECK_THROWS_WITH_AS(reidnet::interpolation_of(reidnet::ModelConfig().interpolation("area")),
+                       doctest::Contains("the model's config asks for unknown interpolation 'area'"),
+                       std::invalid_argument);
+  // The loader's transform resizes with the filter it is given.
+  CHECK(torch::equal(
+      reidnet::make_eval_transform(256, 128, half, reidnet::Interpolation::kBilinear)(reidnet::read_image(first), rng),
+      reidnet::to_normalized_tensor(reidnet::resize(reidnet::read_image(first), 256, 128,
+                                                    reidnet::Interpolation::kBilinear), half)));
   CHECK_THROWS_WITH_AS(reidnet::normalization_of(reidnet::ModelConfig().mean({0.5})),
                        doctest::Contains("1 mean values"), std::invalid_argument);
   CHECK_THROWS_AS(reidnet::make_eval_transform(8, 8, reidnet::Normalization().std({1, 0, 1})),

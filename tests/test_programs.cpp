@@ -640,7 +640,8 @@ TEST_CASE("no code path hands a file to LibTorch's TorchScript loaders") {
 }
 
 TEST_CASE("reidnet-train trains every family on the toy data (--use_dense, --PCB, --ibn, "
-          "--usam, --bnneck --pool gem) and reidnet-test evaluates each from its opts.yaml") {
+          "--usam, --bnneck --pool gem, --model osnet_x0_25) and reidnet-test evaluates each from "
+          "its opts.yaml") {
   const std::vector<std::tuple<std::string, std::string, std::string>> families{
       {"dense", "--use_dense", "use_dense: true"},
       {"pcb", "--PCB --height 96 --width 48", "PCB: true"},
@@ -649,7 +650,9 @@ TEST_CASE("reidnet-train trains every family on the toy data (--use_dense, --PCB
       // From scratch at the baseline's lr 0.05, a BNNeck's eval-mode outputs (running statistics
       // of five steps) overflow and the run stops as a NaN run should; fast-reid trains it at
       // a far lower rate.
-      {"bnneck", "--bnneck --pool gem --triplet --instances-per-id 2 --lr 0.01", "bnneck: true"}};
+      {"bnneck", "--bnneck --pool gem --triplet --instances-per-id 2 --lr 0.01", "bnneck: true"},
+      // torchreid's OSNet, picked by name; reidnet-test feeds it bilinear-resized pictures.
+      {"osnet", "--model osnet_x0_25", "model: osnet_x0_25"}};
   for (const auto& [name, flags, opts_line] : families) {
     CAPTURE(name);
     const auto out = scratch(families_workspace() / ("family_" + name));

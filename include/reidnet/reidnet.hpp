@@ -18,21 +18,25 @@
 #include <reidnet/models/layers/batch_norm.hpp>
 #include <reidnet/models/layers/ibn.hpp>
 #include <reidnet/models/layers/init.hpp>
+#include <reidnet/models/layers/omni_scale.hpp>
 #include <reidnet/models/layers/pooling.hpp>
 #include <reidnet/models/layers/residual_blocks.hpp>
 #include <reidnet/models/layers/usam.hpp>
 
 #include <reidnet/models/backbones/backbone.hpp>
 #include <reidnet/models/backbones/densenet.hpp>
+#include <reidnet/models/backbones/osnet.hpp>
 #include <reidnet/models/backbones/resnet.hpp>
 #include <reidnet/models/backbones/usam_resnet.hpp>
 
 #include <reidnet/models/heads/bnneck.hpp>
 #include <reidnet/models/heads/class_block.hpp>
+#include <reidnet/models/heads/osnet_head.hpp>
 #include <reidnet/models/heads/part_head.hpp>
 
 #include <reidnet/models/ft_net.hpp>
 #include <reidnet/models/model_zoo.hpp>
+#include <reidnet/models/osnet.hpp>
 #include <reidnet/models/reid_model.hpp>
 
 #include <reidnet/solver/grad_scaler.hpp>

@@ -7,7 +7,7 @@ palette, 16-bit), then decoded and transformed by PIL and torchvision:
 - pictures/<name>: the files;
 - manifest.json: the file names, the resize sizes, the colour factors, the broken files;
 - reference.pt: a plain dict of tensors: decoded/<file> (PIL convert('RGB'), uint8 HWC),
-  resized/<file>/<h>x<w> (torchvision Resize bicubic, uint8 HWC), eval/<file> (Resize,
+  resized/<bicubic|bilinear>/<file>/<h>x<w> (torchvision Resize, uint8 HWC), eval/<file> (Resize,
   ToTensor, Normalize; float CHW), eval_half/<file> (Normalize(0.5, 0.5)), eval_fastreid/<file>
   (fast-reid's pixel_mean and pixel_std on 0..255), pad_crop_flip/<file> (Resize, Pad(10), crop at (3, 17),
   hflip; uint8 HWC), brightness|contrast|saturation/<file>/<factor> (uint8 HWC).
@@ -156,8 +156,9 @@ def main():
         tensors[f"decoded/{file}"] = torch.from_numpy(np.array(image))
         if file in resize_files:
             for h, w in RESIZE_SIZES:
-                resized = transforms.Resize((h, w), interpolation=InterpolationMode.BICUBIC)(image)
-                tensors[f"resized/{file}/{h}x{w}"] = torch.from_numpy(np.array(resized))
+                for mode in (InterpolationMode.BICUBIC, InterpolationMode.BILINEAR):
+                    resized = transforms.Resize((h, w), interpolation=mode)(image)
+                    tensors[f"resized/{mode.value}/{file}/{h}x{w}"] = torch.from_numpy(np.array(resized))
             evaluated = normalize(
                 transforms.Resize((256, 128), interpolation=InterpolationMode.BICUBIC)(image))
             tensors[f"eval/{file}"] = evaluated

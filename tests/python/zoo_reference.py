@@ -10,8 +10,8 @@
 - fastreid_new.pth / fastreid_old.pth / fastreid.pt: fast-reid checkpoints of the BoT model
   (current layout, and the older one with pixel_mean / pixel_std in the model dict), with the
   embedding fast-reid's inference returns for 0-255 images;
-- python_<family>.pth: plain torch.save(model.state_dict()) files, with python_outputs.pt
-  holding the matching embeddings.
+- python_<family>.pth: plain torch.save(model.state_dict()) files (OSNet's: torchreid's
+  checkpoint layout), with python_outputs.pt holding the matching embeddings.
 """
 import collections
 import contextlib
@@ -31,6 +31,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
 
+import osnet_models  # noqa: E402
 from zoo_models import (PCB, BnneckNet, FtNetDense, FtNetIbn, FtNetUsam,  # noqa: E402
                         randomize_batchnorm_statistics, randomize_instancenorm_affine,
                         resnet50_ibn_a)
@@ -51,6 +52,17 @@ CONFIGS = [
     "bnneck/stride=1/pool=gem_fixed",
     "bnneck/stride=2/pool=gem",
     "bnneck_ibn/stride=1/pool=gem",
+    # torchreid's OSNets: every name; its fc width is linear_num (0: no fc block).
+    "osnet_x1_0/stride=2/linear_num=512",
+    "osnet_x0_75/stride=2/linear_num=512",
+    "osnet_x0_5/stride=2/linear_num=512",
+    "osnet_x0_25/stride=2/linear_num=512",
+    "osnet_x0_25/stride=2/linear_num=0",
+    "osnet_ibn_x1_0/stride=2/linear_num=512",
+    "osnet_ain_x1_0/stride=2/linear_num=512",
+    "osnet_ain_x0_75/stride=2/linear_num=512",
+    "osnet_ain_x0_5/stride=2/linear_num=512",
+    "osnet_ain_x0_25/stride=2/linear_num=512",
 ]
 
 # The python_<family>.pth files and the configuration each one holds.
@@ -60,7 +72,10 @@ PYTHON_FILES = {
     "usam": "ft_net_usam/stride=2/linear_num=512",
     "pcb": "pcb/stride=1/linear_num=256",
     "bnneck": "bnneck/stride=1/pool=gem",
+    "osnet_ain": "osnet_ain_x0_25/stride=2/linear_num=512",
 }
+# The file written in torchreid's save_checkpoint layout rather than as a plain state_dict.
+TORCHREID_FILES = {"osnet_ain"}
 FASTREID_CONFIG = "bnneck/stride=1/pool=gem"
 PIXEL_MEAN = [123.675, 116.28, 103.53]
 PIXEL_STD = [58.395, 57.12, 57.375]
@@ -109,10 +124,20 @@ def build(name, class_num, droprate=0.5, initialise=True):
         return PCB(class_num, droprate)
     if family in ("bnneck", "bnneck_ibn"):
         return BnneckNet(class_num, options["pool"], stride, ibn=family == "bnneck_ibn")
+    if is_osnet(name):
+        width = int(options["linear_num"])
+        return osnet_models.build(family, class_num, feature_dim=width or None)
     raise ValueError(name)
 
 
+def is_osnet(name):
+    return parse(name)[0] in osnet_models.VARIANTS
+
+
 def backbone_kind(name):
+    """The shared backbone weights of forward.pt (None: the model's own)."""
+    if is_osnet(name):
+        return None
     family = parse(name)[0]
     if family == "ft_net_dense":
         return "densenet121"
@@ -122,11 +147,19 @@ def backbone_kind(name):
 
 
 def backbone_prefix(name):
+    if is_osnet(name):
+        return ""  # torchreid's keys are flat
     return "backbone." if parse(name)[0].startswith("bnneck") else "model."
 
 
 def backbone_parameters(name, model):
-    """The backbone group of the optimizer: `model` (with USAM's modules) or `backbone`."""
+    """The backbone group of the optimizer: `model` (with USAM's modules), `backbone`, or
+    OSNet's conv1..conv5."""
+    if is_osnet(name):
+        head = {id(p) for p in model.classifier.parameters()}
+        if model.fc is not None:
+            head |= {id(p) for p in model.fc.parameters()}
+        return [p for p in model.parameters() if id(p) not in head]
     if isinstance(model, BnneckNet):
         return list(model.backbone.parameters())
     params = list(model.model.parameters())
@@ -136,6 +169,8 @@ def backbone_parameters(name, model):
 
 
 def first_conv_key(name):
+    if is_osnet(name):
+        return "conv1.conv.weight"
     return backbone_prefix(name) + (
         "features.conv0.weight" if backbone_kind(name) == "densenet121" else "conv1.weight")
 
@@ -153,6 +188,9 @@ def describe(module):
 def evaluate(name, model, x):
     """(logits list, embedding, metric feature) of an eval-mode model."""
     family = parse(name)[0]
+    if is_osnet(name):
+        v = model(x)  # torchreid's eval output
+        return [model.classifier(v)], v, v
     if family == "pcb":
         logits = model(x)
         parts = model.pcb_parts(x)
@@ -255,10 +293,11 @@ def forward_references():
             randomize_instancenorm_affine(model, generator)
             if parse(name)[1].get("pool") == "gem":
                 model.heads.pool_layer.p.fill_(GEM_P)
-            base, prefix = bases[backbone_kind(name)], backbone_prefix(name)
-            backbone = model.backbone if isinstance(model, BnneckNet) else model.model
-            own = backbone.state_dict()
-            backbone.load_state_dict({k: base[k] for k in own}, strict=True)
+            base, prefix = bases.get(backbone_kind(name), {}), backbone_prefix(name)
+            if base:
+                backbone = model.backbone if isinstance(model, BnneckNet) else model.model
+                own = backbone.state_dict()
+                backbone.load_state_dict({k: base[k] for k in own}, strict=True)
             if isinstance(model, FtNetUsam):
                 calibrate_usam(model, image, generator)
 
@@ -288,13 +327,20 @@ def training_batch():
     return torch.randn(4, 3, 128, 64, generator=generator), torch.tensor([0, 0, 1, 1])
 
 
+def training_dtype(name):
+    """float64 for the OSNets: in float32 their second and third losses move by percents with
+    the rounding of a single sum (PyTorch's own, from one thread to two), so no
+    implementation could be held to them; in float64 they agree to 1e-11."""
+    return torch.float64 if is_osnet(name) else torch.float32
+
+
 def training_references(states):
     x, labels = training_batch()
     tensors = {"train_input": x, "train_labels": labels}
     for name in CONFIGS:
         model = build(name, 10, 0.0, initialise=False)
         model.load_state_dict(states[name], strict=True)
-        model.train()
+        model.train().to(training_dtype(name))
         backbone = backbone_parameters(name, model)
         in_backbone = {id(p) for p in backbone}
         head = [p for p in model.parameters() if id(p) not in in_backbone]
@@ -303,7 +349,7 @@ def training_references(states):
         losses = []
         for _ in range(3):
             sgd.zero_grad()
-            loss = training_loss(name, model, x, labels)
+            loss = training_loss(name, model, x.to(training_dtype(name)), labels)
             loss.backward()
             sgd.step()
             losses.append(loss.item())
@@ -313,8 +359,9 @@ def training_references(states):
             [[v.double().sum().item(), v.double().pow(2).sum().item()] for v in state.values()],
             dtype=torch.float64)
         prefix, first = backbone_prefix(name), first_conv_key(name)
+        head_keys = ("fc.", "classifier.") if is_osnet(name) else ()
         for key, value in state.items():
-            if not key.startswith(prefix) or key == first:
+            if not key.startswith(prefix) or key == first or key.startswith(head_keys):
                 tensors[f"{name}/trained/{key}"] = value.clone()
     return tensors
 
@@ -348,6 +395,20 @@ def fastreid_files(model, out_dir):
                os.path.join(out_dir, "fastreid.pt"))
 
 
+def torchreid_checkpoint(model, path):
+    """torchreid's save_checkpoint layout, as written by a DataParallel-wrapped model trained
+    with Adam: {'state_dict' ('module.' on every key), 'epoch', 'rank1', 'optimizer'}."""
+    trained = copy.deepcopy(model).train()
+    adam = torch.optim.Adam(trained.parameters(), lr=0.0003, weight_decay=5e-4)
+    x, labels = training_batch()
+    adam.zero_grad()
+    F.cross_entropy(trained(x), labels).backward()
+    adam.step()
+    state = collections.OrderedDict(("module." + k, v) for k, v in model.state_dict().items())
+    torch.save({"state_dict": state, "epoch": 60, "rank1": 0.875, "optimizer": adam.state_dict()},
+               path)
+
+
 def main():
     out_dir = sys.argv[1]
     os.makedirs(out_dir, exist_ok=True)
@@ -360,7 +421,11 @@ def main():
 
     outputs = {}
     for family, name in PYTHON_FILES.items():
-        torch.save(kept[name].state_dict(), os.path.join(out_dir, f"python_{family}.pth"))
+        path = os.path.join(out_dir, f"python_{family}.pth")
+        if family in TORCHREID_FILES:
+            torchreid_checkpoint(kept[name], path)
+        else:
+            torch.save(kept[name].state_dict(), path)
         outputs[f"{family}/embedding"] = forward[f"{name}/embedding"]
     torch.save(outputs, os.path.join(out_dir, "python_outputs.pt"))
     fastreid_files(kept[FASTREID_CONFIG], out_dir)

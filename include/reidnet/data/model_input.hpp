@@ -1,11 +1,13 @@
 #pragma once
 /// What a model's config asks of the data pipeline, as timm's resolve_data_config reads a
-/// model's: its normalisation (and the resize filter, which must be the pipeline's bicubic).
+/// model's: its normalisation and its resize filter.
 ///
-///     const auto normalization = reidnet::normalization_of(net->config());
-///     auto eval = reidnet::make_eval_transform(256, 128, normalization);
-///     auto train = reidnet::make_train_transform(
-///         reidnet::TrainTransformOptions().normalization(normalization));
+///     const auto& config = net->config();
+///     auto eval = reidnet::make_eval_transform(256, 128, reidnet::normalization_of(config),
+///                                              reidnet::interpolation_of(config));
+///     auto train = reidnet::make_train_transform(reidnet::TrainTransformOptions()
+///                                                    .normalization(reidnet::normalization_of(config))
+///                                                    .interpolation(reidnet::interpolation_of(config)));
 
 #include <reidnet/data/transforms.hpp>
 #include <reidnet/models/reid_model.hpp>
@@ -13,20 +15,25 @@
 #include <fmt/format.h>
 
 #include <array>
+#include <string>
 #include <stdexcept>
 #include <vector>
 
 namespace reidnet {
 
-/// The normalisation a model was trained with. Throws std::invalid_argument, naming the field,
-/// when the config asks for what the pipeline cannot give: not three means and stds, or a
-/// resize filter other than bicubic.
-inline Normalization normalization_of(const ModelConfig& config) {
-  if (config.interpolation() != "bicubic") {
-    throw std::invalid_argument(fmt::format(
-        "the model's config asks for '{}' resizing; the data pipeline resizes as PIL's bicubic",
-        config.interpolation()));
+/// The resize filter a model was trained with; throws std::invalid_argument for one the
+/// pipeline does not have.
+inline Interpolation interpolation_of(const ModelConfig& config) {
+  try {
+    return interpolation_from_name(config.interpolation());
+  } catch (const std::invalid_argument& error) {
+    throw std::invalid_argument(std::string("the model's config asks for ") + error.what());
   }
+}
+
+/// The normalisation a model was trained with. Throws std::invalid_argument, naming the field,
+/// when the config asks for what the pipeline cannot give: not three means and stds.
+inline Normalization normalization_of(const ModelConfig& config) {
   const auto three = [](const std::vector<double>& values, const char* name) {
     if (values.size() != 3) {
       throw std::invalid_argument(fmt::format("the model's config has {} {} values; expected "

@@ -39,6 +39,20 @@ struct Normalization {
   TORCH_ARG(float, max_pixel_value) = 255.0f;
 };
 
+/// The resize filter: torchvision's Resize on PIL images, antialiased as PIL's. The baseline
+/// resizes bicubically; torchreid (and so the OSNet files trackers ship) with Resize's default,
+/// bilinear.
+enum class Interpolation { kBicubic, kBilinear };
+
+/// "bicubic" or "bilinear" (ModelConfig::interpolation's spellings); throws
+/// std::invalid_argument naming the others.
+inline Interpolation interpolation_from_name(const std::string& name) {
+  if (name == "bicubic") return Interpolation::kBicubic;
+  if (name == "bilinear") return Interpolation::kBilinear;
+  throw std::invalid_argument("unknown interpolation '" + name + "'; the data pipeline resizes "
+                              "as PIL's bicubic or bilinear");
+}
+
 namespace detail {
 
 inline torch::Tensor checked_hwc_u8(const torch::Tensor& image, const char* what) {
@@ -142,12 +156,16 @@ inline torch::Tensor window_to_normalized_tensor(const torch::Tensor& rgb, int64
 
 }  // namespace detail
 
-/// torchvision's Resize((height, width), BICUBIC) on a PIL image: PIL's antialiased bicubic.
-inline torch::Tensor resize(const torch::Tensor& image, int64_t height, int64_t width) {
+/// torchvision's Resize((height, width), interpolation) on a PIL image: PIL's antialiased
+/// bicubic or bilinear.
+inline torch::Tensor resize(const torch::Tensor& image, int64_t height, int64_t width,
+                            Interpolation interpolation = Interpolation::kBicubic) {
   const auto input = detail::checked_hwc_u8(image, "resize");
   detail::check_size(height, width, "resize");
   auto output = torch::empty({height, width, input.size(2)}, torch::kUInt8);
-  detail::pil_resize_bicubic(input.data_ptr<uint8_t>(), static_cast<int>(input.size(0)),
+  const auto filter = interpolation == Interpolation::kBilinear ? detail::PilFilter::kBilinear
+                                                                : detail::PilFilter::kBicubic;
+  detail::pil_resize(filter, input.data_ptr<uint8_t>(), static_cast<int>(input.size(0)),
                              static_cast<int>(input.size(1)), static_cast<int>(input.size(2)),
                              output.data_ptr<uint8_t>(), static_cast<int>(height),
                              static_cast<int>(width));
@@ -300,10 +318,12 @@ inline ErasedBox random_erasing_(torch::Tensor& tensor, double probability, Rng&
   return box;
 }
 
-/// The test-time pipeline: Resize(bicubic) -> ToTensor -> Normalize (ImageNet's by default).
+/// The test-time pipeline: Resize (bicubic by default) -> ToTensor -> Normalize (ImageNet's by
+/// default).
 inline torch::Tensor eval_transform(const torch::Tensor& image, int64_t height, int64_t width,
-                                    const Normalization& normalization = {}) {
-  return to_normalized_tensor(resize(image, height, width), normalization);
+                                    const Normalization& normalization = {},
+                                    Interpolation interpolation = Interpolation::kBicubic) {
+  return to_normalized_tensor(resize(image, height, width, interpolation), normalization);
 }
 
 /// The baseline's training recipe.
@@ -320,6 +340,7 @@ struct TrainTransformOptions {
   /// RandomErasing probability, after Normalize; 0 = off.
   TORCH_ARG(double, erasing_probability) = 0.0;
   TORCH_ARG(Normalization, normalization) = {};
+  TORCH_ARG(Interpolation, interpolation) = Interpolation::kBicubic;
 };
 
 /// [ColorJitter] -> Resize -> Pad -> RandomCrop -> RandomHorizontalFlip -> ToTensor ->
@@ -332,7 +353,7 @@ inline torch::Tensor train_transform(const torch::Tensor& image,
     const double x = options.color_jitter();
     picture = color_jitter(picture, x, x, x, rng);
   }
-  picture = resize(picture, options.height(), options.width());
+  picture = resize(picture, options.height(), options.width(), options.interpolation());
   // Pad then RandomCrop back to the same size == a window shifted by -padding..padding.
   int64_t top = 0, left = 0;
   if (options.padding() > 0) {
@@ -353,11 +374,12 @@ using Transform = std::function<torch::Tensor(const torch::Tensor& image, Rng& r
 
 /// The eval pipeline as a loader transform.
 inline Transform make_eval_transform(int64_t height, int64_t width,
-                                     const Normalization& normalization = {}) {
+                                     const Normalization& normalization = {},
+                                     Interpolation interpolation = Interpolation::kBicubic) {
   detail::check_size(height, width, "make_eval_transform");
   detail::normalize_table(normalization);  // bad values throw here, not in a loader thread
-  return [height, width, normalization](const torch::Tensor& image, Rng&) {
-    return eval_transform(image, height, width, normalization);
+  return [height, width, normalization, interpolation](const torch::Tensor& image, Rng&) {
+    return eval_transform(image, height, width, normalization, interpolation);
   };
 }
 

@@ -26,6 +26,7 @@
 #include <reidnet/models/model_zoo.hpp>
 
 #include <fmt/core.h>
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include <cmath>
@@ -43,6 +44,9 @@ namespace reidnet {
 struct TrainedRunOptions {
   /// The weights file; empty = <folder>/net_last.pth.
   TORCH_ARG(std::string, weights) = "";
+  /// For weights without a run folder (torchreid's, fast-reid's, a bare state_dict): the model
+  /// they are for (model_names()); class_num, unless given, is read from the file.
+  TORCH_ARG(std::string, model) = "";
   /// Overrides of opts.yaml's values; 0 (linear_num: -1) keeps opts.yaml's.
   TORCH_ARG(int64_t, class_num) = 0;
   TORCH_ARG(int64_t, last_stride) = 0;
@@ -62,13 +66,25 @@ struct TrainedRun {
 
 /// What `folder/opts.yaml` (reidnet's or the Python baseline's) describes, with `options`'
 /// overrides, checked, and where the weights are; the model is not built yet (see
-/// load_trained_model). An empty `folder` takes RunConfig's defaults (751 ids), and then needs
-/// options.weights. ConfigError names the flag, or the file and key, at fault.
+/// load_trained_model). An empty `folder` takes RunConfig's defaults (751 ids), or the model
+/// options.model names with the class count of its file, and then needs options.weights.
+/// ConfigError names the flag, or the file and key, at fault.
 inline TrainedRun describe_trained_run(const std::string& folder,
                                        const TrainedRunOptions& options = {}) {
   namespace fs = std::filesystem;
   TrainedRun run{RunConfig{}, nullptr, options.weights(), "", ModelArgs()};
   std::string source = "the built-in defaults";
+  if (!options.model().empty()) {
+    if (!folder.empty()) {
+      throw ConfigError("--model names the model of --weights given without a run folder; --model-dir " +
+                        folder + " has its opts.yaml");
+    }
+    if (!is_model_name(options.model())) {
+      throw ConfigError(fmt::format("--model {}: no such model; known: {}", options.model(),
+                                    fmt::join(model_names(), ", ")));
+    }
+    run.config.model = options.model();
+  }
   if (!folder.empty()) {
     const auto yaml = fs::path(folder) / "opts.yaml";
     if (!fs::exists(yaml)) throw ConfigError("--model-dir " + folder + ": no opts.yaml there");
@@ -98,6 +114,10 @@ inline TrainedRun describe_trained_run(const std::string& folder,
   check_run_config(c, namer);
   if (c.class_num < 1) throw ConfigError(namer("nclasses", "") + " is 0; expected 1 to 1000000");
   std::tie(run.family, run.args) = resolve_model(c, namer);
+  if (!options.model().empty() && overridden.count("nclasses") == 0) {
+    c.class_num = class_num_of_weights(run.family, run.args, run.weights);
+    run.args.class_num(c.class_num);
+  }
   record_resolved_model(c, run.family, run.args);
   return run;
 }
@@ -150,13 +170,14 @@ inline void check_retrieval_splits(const Dataset& dataset, const std::string& so
 }
 
 /// The query and gallery features of `dataset` with the run's input size and its family's
-/// normalisation and test-time rule, with their identities and cameras.
+/// normalisation, resize filter and test-time rule, with their identities and cameras.
 inline RetrievalFeatures extract_retrieval_features(TrainedRun& run, const Dataset& dataset,
                                                     const RetrievalExtractionOptions& options = {}) {
   const auto normalization = normalization_of(run.model->config());
+  const auto interpolation = interpolation_of(run.model->config());
   check_retrieval_splits(dataset, "the data set");
   const auto features_of = [&](const std::vector<Sample>& samples, const char* split) {
-    DataLoader loader(samples, make_eval_transform(run.config.height, run.config.width, normalization),
+    DataLoader loader(samples, make_eval_transform(run.config.height, run.config.width, normalization, interpolation),
                       LoaderOptions().batch_size(options.batch_size()).workers(options.workers()));
     if (options.on_split()) options.on_split()(split, samples.size());
     return extract_features(run.model, loader.epoch(0), options.features());

@@ -372,7 +372,7 @@ inline std::vector<RunField> make_run_fields() {
   number("seed", yaml, "--seed", &C::seed, recipe, 0, HUGE_VAL, "a count", "random seed");
   text("weights", yaml, "--weights", &C::weights, recipe, nullptr, "",
        "ImageNet weights of the backbone (torchvision's resnet50/densenet121, IBN-Net's "
-       "resnet50_ibn_a)");
+       "resnet50_ibn_a, torchreid's osnet_*_imagenet.pth)");
   number("instances_per_id", yaml, "--instances-per-id", &C::instances_per_id, recipe, 1, 1024,
          "1 to 1024", "K of the P x K sampler (with --triplet)");
   toggle("channels_last", yaml, "--channels-last,!--no-channels-last", &C::channels_last, setting,
@@ -562,7 +562,7 @@ inline std::pair<std::string, ModelArgs> resolve_model(const RunConfig& c,
     family_switch = entry.switch_key;
     model = family;
   }
-  if (!c.head.empty() && find_model_entry(model) != nullptr) {
+  if (!c.head.empty() && find_model_entry(model) != nullptr && !is_backbone_name(model)) {
     throw ConfigError(fmt::format("{} puts a head on a backbone named by {}; {} has its own",
                                   name("head"), name("model"), model));
   }

@@ -393,17 +393,20 @@ class Trainer {
             .pin_memory(device_.is_cuda())
             .instances_per_identity(c_.triplet ? c_.instances_per_id : 0)
             .shard(group_ ? std::optional<Shard>({group_->rank(), group_->size()}) : std::nullopt);
-    // The family's own normalisation (mean, std, pixel range) feeds both pipelines.
+    // The family's own normalisation (mean, std, pixel range) and resize filter feed both
+    // pipelines.
     const auto normalization = normalization_of(net_->config());
+    const auto interpolation = interpolation_of(net_->config());
     train_loader_.emplace(train_samples_,
                           make_train_transform(TrainTransformOptions()
                                                    .height(c_.height)
                                                    .width(c_.width)
                                                    .color_jitter(c_.color_jitter ? 0.1 : 0.0)
                                                    .erasing_probability(c_.erasing_p)
-                                                   .normalization(normalization)),
+                                                   .normalization(normalization)
+                                                   .interpolation(interpolation)),
                           loader_options);
-    val_loader_.emplace(data_.val, make_eval_transform(c_.height, c_.width, normalization),
+    val_loader_.emplace(data_.val, make_eval_transform(c_.height, c_.width, normalization, interpolation),
                         LoaderOptions().batch_size(c_.batch_size).workers(c_.workers));
     batches_per_epoch_ = static_cast<int64_t>(train_loader_->plan(0).size());
     if (batches_per_epoch_ == 0) {

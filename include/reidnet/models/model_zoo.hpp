@@ -62,7 +62,8 @@ struct ModelArgs {
   /// Std of the classifier's normal init; unset = the family's own (0.001, fast-reid 0.01).
   TORCH_ARG(std::optional<double>, classifier_std) = std::nullopt;
   /// The registered head (head_names()) that create_model puts on a backbone named as the
-  /// model: empty = class_block, the baseline's. Families have their own heads.
+  /// model: empty = class_block, the baseline's. Families have their own heads (a family whose
+  /// trunk is registered as a backbone of its name, as OSNet's, takes one there).
   TORCH_ARG(std::string, head) = "";
 };
 
@@ -321,10 +322,13 @@ inline ReidModel create_model(const std::string& name, const ModelArgs& args = {
   detail::check_model_args(args);
   std::function<ReidModel(const ModelArgs&)> create;
   const auto found = detail::model_registry().find(name);
-  if (found != detail::model_registry().end()) {
-    TORCH_CHECK(args.head().empty(), "ModelArgs::head (", args.head(), ") puts a head on a backbone "
-                "named as the model; the family ", name, " has its own head");
+  // A family whose trunk is also a registered backbone of its name (OSNet) takes a head too.
+  const bool on_backbone = found == detail::model_registry().end() || !args.head().empty();
+  if (found != detail::model_registry().end() && !on_backbone) {
     create = found->second.create;
+  } else if (found != detail::model_registry().end() && !is_backbone_name(name)) {
+    TORCH_CHECK(false, "ModelArgs::head (", args.head(), ") puts a head on a backbone named as the "
+                "model; the family ", name, " has its own head");
   } else if (is_model_name(name)) {
     detail::head_entry(args.head());  // refuses an unknown head before anything is built
     create = [name](const ModelArgs& a) { return detail::head_model(name, a.head(), a); };
@@ -340,16 +344,16 @@ inline ReidModel create_model(const std::string& name, const ModelArgs& args = {
 
 inline ModelConfig model_config(const std::string& name, const ModelArgs& args) {
   const auto found = detail::model_registry().find(name);
-  if (found != detail::model_registry().end() && found->second.config) return found->second.config(args);
-  if (found == detail::model_registry().end() && is_model_name(name)) {
-    return detail::head_model_config(name, args.head());
-  }
+  const bool on_backbone = found == detail::model_registry().end() || !args.head().empty();
+  if (!on_backbone && found->second.config) return found->second.config(args);
+  if (on_backbone && is_backbone_name(name)) return detail::head_model_config(name, args.head());
   return create_model(name, args)->config();
 }
 
-/// Loads published ImageNet weights of the model's backbone (torchvision's, IBN-Net's) into
-/// it, through the family's key mapping. Every backbone tensor must come from the file; the
-/// file's entries the backbone lacks (an ImageNet classifier it dropped) are ignored.
+/// Loads published ImageNet weights of the model's backbone (torchvision's, IBN-Net's,
+/// torchreid's) into it, through the family's key mapping. Every backbone tensor must come
+/// from the file; head tensors under the prefix load where the file has them (OSNet's fc);
+/// the file's entries the model lacks (an ImageNet classifier it dropped) are ignored.
 inline LoadReport load_imagenet_weights(ReidModelImpl& model, const std::string& path) {
   const auto& config = model.config();
   const auto tensors = read_state_dict(path);
@@ -361,7 +365,22 @@ inline LoadReport load_imagenet_weights(ReidModelImpl& model, const std::string&
   return detail::with_file_context("cannot load ImageNet weights", path, [&] {
     auto report = load_state_dict(model, mapped,
                                   LoadOptions().into(config.imagenet_prefix()).strict(false));
-    if (!report.missing.empty() || !report.mismatched.empty()) {
+    // A missing entry matters where it is the backbone's: a flat layout (prefix "") also
+    // reaches the head, whose classifier the file cannot fill.
+    const auto& backbone = *model.backbone().module();
+    auto backbone_tensors = backbone.parameters();
+    for (const auto& buffer : backbone.buffers()) backbone_tensors.push_back(buffer);
+    const auto model_state = state_dict(model);
+    std::vector<std::string> uncovered;
+    for (const auto& key : report.missing) {
+      const auto* tensor = model_state.find(key);
+      if (tensor && std::any_of(backbone_tensors.begin(), backbone_tensors.end(),
+                                [&](const torch::Tensor& t) { return t.is_same(*tensor); })) {
+        uncovered.push_back(key);
+      }
+    }
+    if (!uncovered.empty() || !report.mismatched.empty()) {
+      report.missing = uncovered;
       throw std::runtime_error("the backbone is not covered by the file (" + report.summary() + ")");
     }
     return report;
@@ -396,6 +415,32 @@ inline LoadReport load_fastreid_checkpoint(ReidModelImpl& model, const std::stri
   }
   return detail::with_file_context("cannot load fast-reid checkpoint", path,
                                    [&] { return load_state_dict(model, weights); });
+}
+
+/// The identity count the weights file `path` of model `name` was trained with: the width of
+/// its classifier, read from the first entry whose shape follows ModelArgs::class_num.
+inline int64_t class_num_of_weights(const std::string& name, ModelArgs args, const std::string& path) {
+  const auto one = state_dict(*create_model(name, args.class_num(1)));
+  const auto two = state_dict(*create_model(name, args.class_num(2)));
+  const auto file = read_state_dict(path);
+  for (size_t i = 0; i < one.size(); ++i) {
+    const auto& narrow = one[i].value();
+    const auto& wide = two[i].value();
+    if (narrow.sizes() == wide.sizes()) continue;
+    const auto* entry = file.find(one[i].key());
+    if (entry == nullptr || entry->dim() != narrow.dim()) {
+      throw std::runtime_error(fmt::format("cannot read the class count of {}: a {} file needs {} {}, "
+                                           "and {}", path, name, one[i].key(),
+                                           detail::shape_text(narrow.sizes()),
+                                           entry ? "it has " + detail::shape_text(entry->sizes())
+                                                 : std::string("it has no such entry")));
+    }
+    for (int64_t d = 0; d < narrow.dim(); ++d) {
+      if (narrow.size(d) != wide.size(d)) return entry->size(d);
+    }
+  }
+  throw std::runtime_error(fmt::format("cannot read the class count of {}: no entry of {} depends on it",
+                                       path, name));
 }
 
 /// Loads a trained model's file, strictly, in the layout its config names (a state_dict, or

@@ -1,7 +1,8 @@
 #pragma once
-// PIL's bicubic resampling of 8-bit images (Pillow's libImaging/Resample.c), reproduced so that
-// reidnet sees the pixels torchvision's Resize gives on PIL images: separable, horizontal pass
-// then vertical pass, kernel a = -0.5 widened by the downscale factor (antialiasing), weights
+// PIL's bicubic and bilinear resampling of 8-bit images (Pillow's libImaging/Resample.c),
+// reproduced so that reidnet sees the pixels torchvision's Resize gives on PIL images:
+// separable, horizontal pass then vertical pass, the filter (bicubic a = -0.5 with support 2, or
+// the triangle with support 1) widened by the downscale factor (antialiasing), weights
 // normalised in double then rounded to fixed point with 22 fraction bits, each pass rounded
 // and clipped to uint8.
 
@@ -22,12 +23,20 @@ constexpr int kPilPrecisionBits = 32 - 8 - 2;
 #define REIDNET_DETAIL_AVX2_CLONE
 #endif
 
+/// PIL's resampling filters that reidnet's pipelines use.
+enum class PilFilter { kBicubic, kBilinear };
+
 inline double pil_bicubic_kernel(double x) {
   constexpr double a = -0.5;
   if (x < 0.0) x = -x;
   if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
   if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
   return 0.0;
+}
+
+inline double pil_bilinear_kernel(double x) {
+  if (x < 0.0) x = -x;
+  return x < 1.0 ? 1.0 - x : 0.0;
 }
 
 /// For every output position: the first input index, the number of taps and the fixed-point
@@ -39,8 +48,9 @@ struct ResampleCoefficients {
   std::vector<int32_t> weights;
 };
 
-inline ResampleCoefficients pil_bicubic_coefficients(int in_size, int out_size) {
-  constexpr double kernel_support = 2.0;
+inline ResampleCoefficients pil_coefficients(PilFilter filter, int in_size, int out_size) {
+  const bool bicubic = filter == PilFilter::kBicubic;
+  const double kernel_support = bicubic ? 2.0 : 1.0;
   const double scale = static_cast<double>(in_size) / out_size;
   const double filter_scale = std::max(scale, 1.0);
   const double support = kernel_support * filter_scale;
@@ -57,7 +67,8 @@ inline ResampleCoefficients pil_bicubic_coefficients(int in_size, int out_size) 
     const int xmax = std::min(static_cast<int>(center + support + 0.5), in_size) - xmin;
     double total = 0.0;
     for (int x = 0; x < xmax; ++x) {
-      k[x] = pil_bicubic_kernel((x + xmin - center + 0.5) * inverse_scale);
+      const double at = (x + xmin - center + 0.5) * inverse_scale;
+      k[x] = bicubic ? pil_bicubic_kernel(at) : pil_bilinear_kernel(at);
       total += k[x];
     }
     for (int x = 0; x < xmax; ++x) {
@@ -130,19 +141,20 @@ REIDNET_DETAIL_AVX2_CLONE inline void pil_resample_vertical(const uint8_t* in, i
   }
 }
 
-/// PIL's Image.resize(..., BICUBIC) of an interleaved 8-bit image with 1 to 4 channels.
-inline void pil_resize_bicubic(const uint8_t* in, int in_height, int in_width, int channels,
-                               uint8_t* out, int out_height, int out_width) {
+/// PIL's Image.resize(..., BICUBIC or BILINEAR) of an interleaved 8-bit image with 1 to 4
+/// channels.
+inline void pil_resize(PilFilter filter, const uint8_t* in, int in_height, int in_width, int channels,
+                       uint8_t* out, int out_height, int out_width) {
   if (in_height == out_height && in_width == out_width) {
     std::copy(in, in + static_cast<size_t>(in_height) * in_width * channels, out);
     return;
   }
-  const auto vertical = pil_bicubic_coefficients(in_height, out_height);
+  const auto vertical = pil_coefficients(filter, in_height, out_height);
   if (in_width == out_width) {
     pil_resample_vertical(in, in_width * channels, 0, vertical, out_height, out);
     return;
   }
-  const auto horizontal = pil_bicubic_coefficients(in_width, out_width);
+  const auto horizontal = pil_coefficients(filter, in_width, out_width);
   if (in_height == out_height) {
     pil_resample_horizontal(in, in_width, channels, 0, in_height, horizontal, out_width, out);
     return;

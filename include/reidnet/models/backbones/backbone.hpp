@@ -136,6 +136,12 @@ inline std::vector<std::string> backbone_names() {
   return names;
 }
 
+/// Whether a backbone is registered under `name`.
+inline bool is_backbone_name(const std::string& name) {
+  std::lock_guard<std::mutex> lock(detail::backbone_registry_mutex());
+  return detail::backbone_registry().count(name) > 0;
+}
+
 /// The entry registered under `name`; throws naming the known names otherwise.
 inline BackboneEntry backbone_entry(const std::string& name) {
   std::lock_guard<std::mutex> lock(detail::backbone_registry_mutex());
