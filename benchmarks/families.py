@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """The Python side of reidnet's per-family speed table: each model family's test-time
-embedding in eager PyTorch (the Python models of tests/python/zoo_models.py), timed as
+embedding in eager PyTorch (the Python models of tests/python/zoo_models.py and
+osnet_models.py), timed as
 reidnet-bench times reidnet's.
 
     /usr/bin/python3 benchmarks/families.py --model pcb --dtype bf16 --batch-size 16
@@ -17,6 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "python"))
 from reference_models import FtNet  # noqa: E402
+import osnet_models  # noqa: E402
 from zoo_models import PCB, BnneckNet, FtNetDense, FtNetIbn, FtNetUsam  # noqa: E402
 
 
@@ -33,6 +35,8 @@ def build(name, classes):
         return PCB(classes), lambda m, x: m.pcb_parts(x).reshape(x.size(0), -1)
     if name == "bnneck":
         return BnneckNet(classes, "gem", 1), lambda m, x: m.embed(x)
+    if name in osnet_models.VARIANTS:  # torchreid's eval output is the embedding
+        return osnet_models.build(name, classes), lambda m, x: m(x)
     raise SystemExit(f"families.py: unknown model {name}")
 
 
