@@ -156,7 +156,7 @@ class RunFolder {
       const auto text = journal.dump(1);
       // On the disk before its rename, and the rename too: a journal is whole or absent.
       detail::write_file_atomically(journal_path, std::vector<unsigned char>(text.begin(), text.end()),
-                                    detail::FlushToDisk::Yes);
+                                    detail::FlushToDisk::kYes);
       step("journal");
       for (const auto& file : files_) {
         std::filesystem::rename(file.staged, folder_.path() / file.name);

@@ -32,16 +32,16 @@ namespace detail {
 
 inline c10::ScalarType torch_dtype(DType dtype) {
   switch (dtype) {
-    case DType::Float64: return torch::kFloat64;
-    case DType::Float32: return torch::kFloat32;
-    case DType::Float16: return torch::kFloat16;
-    case DType::BFloat16: return torch::kBFloat16;
-    case DType::Int64: return torch::kInt64;
-    case DType::Int32: return torch::kInt32;
-    case DType::Int16: return torch::kInt16;
-    case DType::Int8: return torch::kInt8;
-    case DType::UInt8: return torch::kUInt8;
-    case DType::Bool: return torch::kBool;
+    case DType::kFloat64: return torch::kFloat64;
+    case DType::kFloat32: return torch::kFloat32;
+    case DType::kFloat16: return torch::kFloat16;
+    case DType::kBFloat16: return torch::kBFloat16;
+    case DType::kInt64: return torch::kInt64;
+    case DType::kInt32: return torch::kInt32;
+    case DType::kInt16: return torch::kInt16;
+    case DType::kInt8: return torch::kInt8;
+    case DType::kUInt8: return torch::kUInt8;
+    case DType::kBool: return torch::kBool;
   }
   throw CheckpointError("unknown dtype");
 }
@@ -124,7 +124,7 @@ class LoadedArchive {
 
   /// The tensor a Tensor value describes (a view of its storage, on the CPU).
   torch::Tensor tensor(const Value& value) const {
-    if (value.kind != Value::Kind::Tensor) {
+    if (value.kind != Value::Kind::kTensor) {
       throw CheckpointError(std::string("expected a tensor, found a ") + kind_name(value.kind));
     }
     const auto& view = *value.tensor;

@@ -61,16 +61,16 @@ inline torch::Tensor momentum_buffer(const torch::optim::SGD& optimizer, const t
 }
 
 inline const Value& dict_entry(const Value& dict, const std::string& key, const std::string& where) {
-  const auto* found = dict.kind == Value::Kind::Dict ? dict.find(key) : nullptr;
+  const auto* found = dict.kind == Value::Kind::kDict ? dict.find(key) : nullptr;
   if (!found) throw CheckpointError(where + " has no '" + key + "'");
   return **found;
 }
 
 inline double finite_number(const Value& value, const std::string& where) {
   double number = 0;
-  if (value.kind == Value::Kind::Int) {
+  if (value.kind == Value::Kind::kInt) {
     number = static_cast<double>(value.integer);
-  } else if (value.kind == Value::Kind::Float) {
+  } else if (value.kind == Value::Kind::kFloat) {
     number = value.real;
   } else {
     throw CheckpointError(where + " is a " + kind_name(value.kind) + ", not a number");
@@ -80,7 +80,7 @@ inline double finite_number(const Value& value, const std::string& where) {
 }
 
 inline bool flag(const Value& value, const std::string& where) {
-  if (value.kind != Value::Kind::Bool) {
+  if (value.kind != Value::Kind::kBool) {
     throw CheckpointError(where + " is a " + kind_name(value.kind) + ", not True or False");
   }
   return value.integer != 0;
@@ -114,7 +114,7 @@ inline torch::optim::SGDOptions saved_sgd_options(const Value& group, const std:
 inline torch::optim::AdamOptions saved_adam_options(const Value& group, const std::string& where) {
   refuse_maximize(group, where);
   const auto& betas = dict_entry(group, "betas", where);
-  if ((betas.kind != Value::Kind::Tuple && betas.kind != Value::Kind::List) || betas.items.size() != 2) {
+  if ((betas.kind != Value::Kind::kTuple && betas.kind != Value::Kind::kList) || betas.items.size() != 2) {
     throw CheckpointError(where + "['betas'] is not a pair of numbers");
   }
   const double beta1 = finite_number(*betas.items[0], where + "['betas'][0]");
@@ -209,7 +209,7 @@ void read_optimizer_state(
     const LoadedArchive archive(path);
     const auto& root = archive.root();
     const auto& groups = dict_entry(root, "param_groups", "the file");
-    if (groups.kind != Value::Kind::List) throw CheckpointError("'param_groups' is not a list");
+    if (groups.kind != Value::Kind::kList) throw CheckpointError("'param_groups' is not a list");
     auto& target_groups = optimizer.param_groups();
     if (groups.items.size() != target_groups.size()) {
       throw CheckpointError("it has " + std::to_string(groups.items.size()) +
@@ -220,17 +220,17 @@ void read_optimizer_state(
     for (size_t g = 0; g < groups.items.size(); ++g) {
       const auto where = "param_groups[" + std::to_string(g) + "]";
       const auto& group = *groups.items[g];
-      if (group.kind != Value::Kind::Dict) throw CheckpointError(where + " is not a dict");
+      if (group.kind != Value::Kind::kDict) throw CheckpointError(where + " is not a dict");
       saved_options.push_back(read_options(group, where));
       const auto& ids = dict_entry(group, "params", where);
-      if (ids.kind != Value::Kind::List) throw CheckpointError(where + "['params'] is not a list");
+      if (ids.kind != Value::Kind::kList) throw CheckpointError(where + "['params'] is not a list");
       const auto& params = target_groups[g].params();
       if (ids.items.size() != params.size()) {
         throw CheckpointError(where + " has " + std::to_string(ids.items.size()) +
                               " parameters, the optimizer's " + std::to_string(params.size()));
       }
       for (size_t i = 0; i < params.size(); ++i) {
-        if (ids.items[i]->kind != Value::Kind::Int) {
+        if (ids.items[i]->kind != Value::Kind::kInt) {
           throw CheckpointError(where + "['params'] holds a non-integer");
         }
         if (!parameter_of.emplace(ids.items[i]->integer, std::make_pair(params[i], g)).second) {
@@ -239,10 +239,10 @@ void read_optimizer_state(
       }
     }
     const auto& state = dict_entry(root, "state", "the file");
-    if (state.kind != Value::Kind::Dict) throw CheckpointError("'state' is not a dict");
+    if (state.kind != Value::Kind::kDict) throw CheckpointError("'state' is not a dict");
     std::vector<std::pair<torch::Tensor, std::unique_ptr<State>>> states;  // parameter, new state
     for (const auto& [key, value] : state.entries) {
-      if (key->kind != Value::Kind::Int || !parameter_of.count(key->integer)) {
+      if (key->kind != Value::Kind::kInt || !parameter_of.count(key->integer)) {
         throw CheckpointError("'state' has an entry for no parameter of the param groups");
       }
       const auto& [parameter, group] = parameter_of.at(key->integer);
@@ -312,7 +312,7 @@ inline void load_optimizer_state(torch::optim::SGD& optimizer, const std::string
       optimizer, path, detail::saved_sgd_options,
       [](const detail::LoadedArchive& archive, const Value& entry, const torch::Tensor& parameter,
          const torch::optim::SGDOptions&, const std::string& where) -> std::unique_ptr<torch::optim::SGDParamState> {
-        if (detail::dict_entry(entry, "momentum_buffer", where).kind == Value::Kind::None) {
+        if (detail::dict_entry(entry, "momentum_buffer", where).kind == Value::Kind::kNone) {
           return nullptr;  // before its first step
         }
         auto state = std::make_unique<torch::optim::SGDParamState>();
@@ -386,7 +386,7 @@ inline void load_optimizer_state(torch::optim::Adam& optimizer, const std::strin
           -> std::unique_ptr<torch::optim::AdamParamState> {
         const auto& saved_step = detail::dict_entry(entry, "step", where);
         double step = 0;
-        if (saved_step.kind == Value::Kind::Tensor) {
+        if (saved_step.kind == Value::Kind::kTensor) {
           const auto tensor = archive.tensor(saved_step);
           if (tensor.numel() != 1 || !(tensor.is_floating_point() || tensor.scalar_type() == torch::kLong)) {
             throw CheckpointError(where + "['step'] is not a number or a one-element tensor");

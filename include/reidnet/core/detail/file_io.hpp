@@ -155,22 +155,22 @@ inline void sync_path(const std::string& path, bool directory) {
 }
 
 /// Whether an atomic write also makes its result durable.
-enum class FlushToDisk : bool { No = false, Yes = true };
+enum class FlushToDisk : bool { kNo = false, kYes = true };
 
 /// The one writer of whole files: `fill(const std::string& temporary)` writes a temporary
 /// sibling of `path` (see temporary_sibling), which is then renamed over `path`. Readers never
 /// see a half-written file, and a failure, an exception thrown by `fill` included, leaves
-/// `path` as it was and no temporary behind. With FlushToDisk::Yes the bytes reach the disk
+/// `path` as it was and no temporary behind. With FlushToDisk::kYes the bytes reach the disk
 /// before the rename and the rename after it, so that not even a power cut leaves `path` empty
 /// or partial. For writers that take a file name (matio, FAISS); the stream form is below.
 template <typename Fill,
           typename = std::enable_if_t<std::is_invocable_v<Fill&, const std::string&>>>
 void fill_file_atomically(const std::string& path, Fill&& fill,
-                          FlushToDisk flush = FlushToDisk::No) {
+                          FlushToDisk flush = FlushToDisk::kNo) {
   const std::string temporary = temporary_sibling(path);
   try {
     fill(temporary);
-    if (flush == FlushToDisk::Yes) sync_path(temporary, false);
+    if (flush == FlushToDisk::kYes) sync_path(temporary, false);
     std::error_code error;
     std::filesystem::rename(temporary, path, error);
     if (error) throw std::runtime_error("cannot write " + path + ": " + error.message());
@@ -179,7 +179,7 @@ void fill_file_atomically(const std::string& path, Fill&& fill,
     std::filesystem::remove(temporary, ignored);
     throw;
   }
-  if (flush == FlushToDisk::Yes) sync_path(parent_folder(path), true);
+  if (flush == FlushToDisk::kYes) sync_path(parent_folder(path), true);
 }
 
 /// The stream form: `write(std::ostream&)` fills the temporary. Exceptions from `write`
@@ -188,7 +188,7 @@ void fill_file_atomically(const std::string& path, Fill&& fill,
 template <typename Write,
           typename = std::enable_if_t<std::is_invocable_v<Write&, std::ostream&>>>
 void write_file_atomically(const std::string& path, Write&& write,
-                           FlushToDisk flush = FlushToDisk::No) {
+                           FlushToDisk flush = FlushToDisk::kNo) {
   fill_file_atomically(
       path,
       [&](const std::string& temporary) {
@@ -203,7 +203,7 @@ void write_file_atomically(const std::string& path, Write&& write,
 
 /// Writes `bytes` as the whole file `path`, atomically (the writer above).
 inline void write_file_atomically(const std::string& path, const std::vector<unsigned char>& bytes,
-                                  FlushToDisk flush = FlushToDisk::No) {
+                                  FlushToDisk flush = FlushToDisk::kNo) {
   write_file_atomically(
       path,
       [&bytes](std::ostream& file) {

@@ -22,7 +22,7 @@ namespace reidnet::detail {
 
 /// A storage's bytes: `numel` elements of `dtype` at `byte_offset` in the file.
 struct StorageRecord {
-  DType dtype = DType::Float32;
+  DType dtype = DType::kFloat32;
   uint64_t numel = 0;
   uint64_t byte_offset = 0;
   std::string location;  // "cpu", "cuda:0", ...: where it was saved from
@@ -80,7 +80,7 @@ inline std::string describe_keys(const Value& dict) {
   for (const auto& [key, value] : dict.entries) {
     if (shown++ == 8) return out + ", ...";
     if (!out.empty()) out += ", ";
-    out += (key->kind == Value::Kind::String ? "'" + key->text + "'" : kind_name(key->kind));
+    out += (key->kind == Value::Kind::kString ? "'" + key->text + "'" : kind_name(key->kind));
     out += std::string(" (") + kind_name(value->kind) + ")";
   }
   return out.empty() ? "none" : out;
@@ -88,18 +88,18 @@ inline std::string describe_keys(const Value& dict) {
 
 /// The dict of tensors inside `root`, unwrapping {'state_dict': ...}-style nesting.
 inline const Value& find_state_dict(const Value& root, std::string& path) {
-  if (root.kind != Value::Kind::Dict) {
+  if (root.kind != Value::Kind::kDict) {
     throw CheckpointError(std::string("not a state dict: the file holds a ") + kind_name(root.kind) +
                           ", not a dict of tensors");
   }
   bool all_tensors = true;
   for (const auto& [key, value] : root.entries) {
-    all_tensors = all_tensors && value->kind == Value::Kind::Tensor;
+    all_tensors = all_tensors && value->kind == Value::Kind::kTensor;
   }
   if (all_tensors && !root.entries.empty()) return root;
   for (const auto& key : nesting_keys()) {
     const auto* nested = root.find(key);
-    if (nested && (*nested)->kind == Value::Kind::Dict) {
+    if (nested && (*nested)->kind == Value::Kind::kDict) {
       path += "['" + key + "']";
       return find_state_dict(**nested, path);
     }
@@ -114,7 +114,7 @@ inline void collect_tensors(const PickledArchive& archive, CheckpointLayout& lay
   const auto& dict = find_state_dict(*archive.root, layout.unwrapped_from);
   std::map<size_t, size_t> layout_index;  // archive storage -> layout storage
   for (const auto& [key, value] : dict.entries) {
-    if (key->kind != Value::Kind::String) throw CheckpointError("not a state dict: a key is not a string");
+    if (key->kind != Value::Kind::kString) throw CheckpointError("not a state dict: a key is not a string");
     const auto& tensor = *value->tensor;
     check_view_elements(tensor, "tensor '" + key->text + "'");
     const size_t storage = archive.storage_of.at(tensor.storage.get());
@@ -229,34 +229,34 @@ inline PickledArchive read_legacy(const ByteSource& source) {
   static const std::string magic("\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19", 10);
   Unpickler magic_reader(source, 0);
   const auto number = magic_reader.load();
-  if (number->kind != Value::Kind::BigInt || number->text != magic) {
+  if (number->kind != Value::Kind::kBigInt || number->text != magic) {
     throw CheckpointError("a pickle without PyTorch's magic number: not a torch.save checkpoint");
   }
   Unpickler version_reader(source, magic_reader.end_offset());
   const auto version = version_reader.load();
-  if (version->kind != Value::Kind::Int || version->integer != 1001) {
+  if (version->kind != Value::Kind::kInt || version->integer != 1001) {
     throw CheckpointError("unsupported legacy sub-format: protocol version " +
-                          (version->kind == Value::Kind::Int ? std::to_string(version->integer)
+                          (version->kind == Value::Kind::kInt ? std::to_string(version->integer)
                                                              : std::string("?")));
   }
   Unpickler system_reader(source, version_reader.end_offset());
   const auto system = system_reader.load();
-  const ValuePtr* little = system->kind == Value::Kind::Dict ? system->find("little_endian") : nullptr;
-  if (!little || (*little)->kind != Value::Kind::Bool || (*little)->integer != 1) {
+  const ValuePtr* little = system->kind == Value::Kind::kDict ? system->find("little_endian") : nullptr;
+  if (!little || (*little)->kind != Value::Kind::kBool || (*little)->integer != 1) {
     throw CheckpointError("unsupported legacy sub-format: not saved on a little-endian machine");
   }
   Unpickler main_reader(source, system_reader.end_offset());
   archive.root = main_reader.load();
   Unpickler keys_reader(source, main_reader.end_offset());
   const auto keys = keys_reader.load();
-  if (keys->kind != Value::Kind::List) throw CheckpointError("corrupt legacy checkpoint: no storage key list");
+  if (keys->kind != Value::Kind::kList) throw CheckpointError("corrupt legacy checkpoint: no storage key list");
 
   // Storages follow in key-list order, each as an int64 element count and the raw bytes.
   std::map<std::string, const StorageRef*> referenced;
   for (const auto& storage : main_reader.storages()) referenced.emplace(storage->key, storage.get());
   uint64_t position = keys_reader.end_offset();
   for (const auto& key : keys->items) {
-    if (key->kind != Value::Kind::String) throw CheckpointError("corrupt legacy checkpoint: a storage key is not a string");
+    if (key->kind != Value::Kind::kString) throw CheckpointError("corrupt legacy checkpoint: a storage key is not a string");
     const auto found = referenced.find(key->text);
     if (found == referenced.end()) {
       throw CheckpointError("corrupt legacy checkpoint: storage " + key->text + " is not used by any tensor");

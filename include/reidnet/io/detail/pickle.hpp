@@ -21,7 +21,9 @@
 namespace reidnet::detail {
 
 /// Element types of checkpoint tensors, named as in PyTorch and safetensors.
-enum class DType { Float64, Float32, Float16, BFloat16, Int64, Int32, Int16, Int8, UInt8, Bool };
+enum class DType {
+  kFloat64, kFloat32, kFloat16, kBFloat16, kInt64, kInt32, kInt16, kInt8, kUInt8, kBool
+};
 
 struct DTypeInfo {
   DType dtype;
@@ -32,11 +34,11 @@ struct DTypeInfo {
 
 inline const std::vector<DTypeInfo>& dtype_table() {
   static const std::vector<DTypeInfo> table = {
-      {DType::Float64, "DoubleStorage", "F64", 8}, {DType::Float32, "FloatStorage", "F32", 4},
-      {DType::Float16, "HalfStorage", "F16", 2},   {DType::BFloat16, "BFloat16Storage", "BF16", 2},
-      {DType::Int64, "LongStorage", "I64", 8},     {DType::Int32, "IntStorage", "I32", 4},
-      {DType::Int16, "ShortStorage", "I16", 2},    {DType::Int8, "CharStorage", "I8", 1},
-      {DType::UInt8, "ByteStorage", "U8", 1},      {DType::Bool, "BoolStorage", "BOOL", 1},
+      {DType::kFloat64, "DoubleStorage", "F64", 8}, {DType::kFloat32, "FloatStorage", "F32", 4},
+      {DType::kFloat16, "HalfStorage", "F16", 2},   {DType::kBFloat16, "BFloat16Storage", "BF16", 2},
+      {DType::kInt64, "LongStorage", "I64", 8},     {DType::kInt32, "IntStorage", "I32", 4},
+      {DType::kInt16, "ShortStorage", "I16", 2},    {DType::kInt8, "CharStorage", "I8", 1},
+      {DType::kUInt8, "ByteStorage", "U8", 1},      {DType::kBool, "BoolStorage", "BOOL", 1},
   };
   return table;
 }
@@ -54,7 +56,7 @@ using ValuePtr = std::shared_ptr<Value>;
 /// A storage named by a persistent id: its bytes live outside the pickle.
 struct StorageRef {
   std::string key;
-  DType dtype = DType::Float32;
+  DType dtype = DType::kFloat32;
   uint64_t numel = 0;
   std::string location;
 };
@@ -84,16 +86,16 @@ inline void check_view_elements(const TensorRef& tensor, const std::string& what
 /// One unpickled value. Containers own their items; `sealed` marks a container that has been
 /// nested somewhere and so may no longer change.
 struct Value {
-  enum class Kind { None, Bool, Int, BigInt, Float, String, Bytes, Tuple, List, Dict, Global,
-                    StorageType, Storage, Tensor };
-  Kind kind = Kind::None;
+  enum class Kind { kNone, kBool, kInt, kBigInt, kFloat, kString, kBytes, kTuple, kList, kDict,
+                    kGlobal, kStorageType, kStorage, kTensor };
+  Kind kind = Kind::kNone;
   int64_t integer = 0;
   double real = 0;
   std::string text;  // String, Bytes, BigInt (raw bytes), Global ("module.name")
   std::vector<ValuePtr> items;                          // Tuple, List
   std::vector<std::pair<ValuePtr, ValuePtr>> entries;   // Dict, in insertion order
   std::unordered_map<std::string, size_t> entry_index;  // Dict: key -> position in entries
-  DType dtype = DType::Float32;                         // StorageType
+  DType dtype = DType::kFloat32;                         // StorageType
   std::shared_ptr<StorageRef> storage;                  // Storage
   std::shared_ptr<TensorRef> tensor;                    // Tensor
   bool sealed = false;
@@ -105,7 +107,7 @@ struct Value {
     return value;
   }
   bool is_container() const {
-    return kind == Kind::Tuple || kind == Kind::List || kind == Kind::Dict;
+    return kind == Kind::kTuple || kind == Kind::kList || kind == Kind::kDict;
   }
   const ValuePtr* find(const std::string& key) const {
     const auto found = entry_index.find("s:" + key);
@@ -115,19 +117,19 @@ struct Value {
 
 inline const char* kind_name(Value::Kind kind) {
   switch (kind) {
-    case Value::Kind::None: return "None";
-    case Value::Kind::Bool: return "bool";
-    case Value::Kind::Int: case Value::Kind::BigInt: return "int";
-    case Value::Kind::Float: return "float";
-    case Value::Kind::String: return "str";
-    case Value::Kind::Bytes: return "bytes";
-    case Value::Kind::Tuple: return "tuple";
-    case Value::Kind::List: return "list";
-    case Value::Kind::Dict: return "dict";
-    case Value::Kind::Global: return "global";
-    case Value::Kind::StorageType: return "storage type";
-    case Value::Kind::Storage: return "storage";
-    case Value::Kind::Tensor: return "tensor";
+    case Value::Kind::kNone: return "None";
+    case Value::Kind::kBool: return "bool";
+    case Value::Kind::kInt: case Value::Kind::kBigInt: return "int";
+    case Value::Kind::kFloat: return "float";
+    case Value::Kind::kString: return "str";
+    case Value::Kind::kBytes: return "bytes";
+    case Value::Kind::kTuple: return "tuple";
+    case Value::Kind::kList: return "list";
+    case Value::Kind::kDict: return "dict";
+    case Value::Kind::kGlobal: return "global";
+    case Value::Kind::kStorageType: return "storage type";
+    case Value::Kind::kStorage: return "storage";
+    case Value::Kind::kTensor: return "tensor";
   }
   return "value";
 }
@@ -176,9 +178,9 @@ class Unpickler {
       case '0': pop(); return;
       case '1': pop_mark(); return;
       case '2': push(top()); return;
-      case 'N': push(fresh(Kind::None)); return;
+      case 'N': push(fresh(Kind::kNone)); return;
       case 0x88: case 0x89: {
-        auto value = fresh(Kind::Bool);
+        auto value = fresh(Kind::kBool);
         value->integer = opcode == 0x88;
         push(value);
         return;
@@ -190,32 +192,32 @@ class Unpickler {
       case 0x8b: push_long(read_integer<uint32_t>()); return;
       case 'G': {
         const uint64_t bits = read_integer<uint64_t>(/*big_endian=*/true);
-        auto value = fresh(Kind::Float);
+        auto value = fresh(Kind::kFloat);
         std::memcpy(&value->real, &bits, sizeof bits);
         push(value);
         return;
       }
-      case 'X': case 'T': push_text(Kind::String, read_integer<uint32_t>()); return;
-      case 0x8c: case 'U': push_text(Kind::String, read_integer<uint8_t>()); return;
-      case 0x8d: push_text(Kind::String, read_integer<uint64_t>()); return;
-      case 'B': push_text(Kind::Bytes, read_integer<uint32_t>()); return;
-      case 'C': push_text(Kind::Bytes, read_integer<uint8_t>()); return;
-      case 0x8e: push_text(Kind::Bytes, read_integer<uint64_t>()); return;
-      case ')': push(fresh(Kind::Tuple)); return;
-      case 't': push(make_sequence(Kind::Tuple, pop_mark())); return;
+      case 'X': case 'T': push_text(Kind::kString, read_integer<uint32_t>()); return;
+      case 0x8c: case 'U': push_text(Kind::kString, read_integer<uint8_t>()); return;
+      case 0x8d: push_text(Kind::kString, read_integer<uint64_t>()); return;
+      case 'B': push_text(Kind::kBytes, read_integer<uint32_t>()); return;
+      case 'C': push_text(Kind::kBytes, read_integer<uint8_t>()); return;
+      case 0x8e: push_text(Kind::kBytes, read_integer<uint64_t>()); return;
+      case ')': push(fresh(Kind::kTuple)); return;
+      case 't': push(make_sequence(Kind::kTuple, pop_mark())); return;
       case 0x85: case 0x86: case 0x87: {
         const size_t count = opcode - 0x84u;
-        push(make_sequence(Kind::Tuple, pop_values(count)));
+        push(make_sequence(Kind::kTuple, pop_values(count)));
         return;
       }
-      case ']': push(fresh(Kind::List)); return;
-      case 'l': push(make_sequence(Kind::List, pop_mark())); return;
+      case ']': push(fresh(Kind::kList)); return;
+      case 'l': push(make_sequence(Kind::kList, pop_mark())); return;
       case 'a': append(pop_values(1)); return;
       case 'e': append(pop_mark()); return;
-      case '}': push(fresh(Kind::Dict)); return;
+      case '}': push(fresh(Kind::kDict)); return;
       case 'd': {
         auto items = pop_mark();
-        push(fresh(Kind::Dict));
+        push(fresh(Kind::kDict));
         set_items(std::move(items));
         return;
       }
@@ -235,7 +237,7 @@ class Unpickler {
       case 0x93: {
         const auto name = pop();
         const auto module = pop();
-        if (module->kind != Kind::String || name->kind != Kind::String) {
+        if (module->kind != Kind::kString || name->kind != Kind::kString) {
           throw CheckpointError("malformed pickle: STACK_GLOBAL needs two strings");
         }
         push(resolve_global(module->text, name->text));
@@ -341,7 +343,7 @@ class Unpickler {
   }
 
   void push_int(int64_t number) {
-    auto value = fresh(Kind::Int);
+    auto value = fresh(Kind::kInt);
     value->integer = number;
     push(value);
   }
@@ -350,7 +352,7 @@ class Unpickler {
     if (length > 64) throw CheckpointError("pickle integer of " + std::to_string(length) + " bytes");
     auto bytes = read_bytes(length);
     if (length > 8) {
-      auto value = fresh(Kind::BigInt);
+      auto value = fresh(Kind::kBigInt);
       value->text = std::move(bytes);
       push(value);
       return;
@@ -400,7 +402,7 @@ class Unpickler {
   }
 
   void append(std::vector<ValuePtr> items) {
-    auto& list = mutable_top(Kind::List, "APPEND");
+    auto& list = mutable_top(Kind::kList, "APPEND");
     for (auto& item : items) {
       adopt(list, item);
       list.items.push_back(std::move(item));
@@ -409,13 +411,13 @@ class Unpickler {
 
   void set_items(std::vector<ValuePtr> items) {
     if (items.size() % 2 != 0) throw CheckpointError("malformed pickle: odd SETITEMS count");
-    auto& dict = mutable_top(Kind::Dict, "SETITEMS");
+    auto& dict = mutable_top(Kind::kDict, "SETITEMS");
     for (size_t i = 0; i < items.size(); i += 2) {
       adopt(dict, items[i]);
       adopt(dict, items[i + 1]);
       std::string identity;
-      if (items[i]->kind == Kind::String) identity = "s:" + items[i]->text;
-      if (items[i]->kind == Kind::Int) identity = "i:" + std::to_string(items[i]->integer);
+      if (items[i]->kind == Kind::kString) identity = "s:" + items[i]->text;
+      if (items[i]->kind == Kind::kInt) identity = "i:" + std::to_string(items[i]->integer);
       if (!identity.empty()) {
         const auto [found, inserted] = dict.entry_index.emplace(identity, dict.entries.size());
         if (!inserted) {  // Python dicts keep the first position and the last value
@@ -447,7 +449,7 @@ class Unpickler {
     if (module == "torch") {
       for (const auto& info : dtype_table()) {
         if (name == info.storage) {
-          auto value = fresh(Kind::StorageType);
+          auto value = fresh(Kind::kStorageType);
           value->dtype = info.dtype;
           value->text = full;
           return value;
@@ -463,7 +465,7 @@ class Unpickler {
     };
     for (const char* candidate : allowed) {
       if (full == candidate) {
-        auto value = fresh(Kind::Global);
+        auto value = fresh(Kind::kGlobal);
         value->text = full;
         return value;
       }
@@ -475,19 +477,19 @@ class Unpickler {
 
   static void expect_arguments(const Value& arguments, const std::string& callable, size_t low,
                                size_t high) {
-    if (arguments.kind != Kind::Tuple || arguments.items.size() < low ||
+    if (arguments.kind != Kind::kTuple || arguments.items.size() < low ||
         arguments.items.size() > high) {
       throw CheckpointError("malformed checkpoint: " + callable + " called with unexpected arguments");
     }
   }
 
   static std::vector<int64_t> integer_tuple(const Value& value, const char* what) {
-    if (value.kind != Kind::Tuple && value.kind != Kind::List) {
+    if (value.kind != Kind::kTuple && value.kind != Kind::kList) {
       throw CheckpointError(std::string("malformed tensor: ") + what + " is not a tuple");
     }
     std::vector<int64_t> numbers;
     for (const auto& item : value.items) {
-      if (item->kind != Kind::Int || item->integer < 0) {
+      if (item->kind != Kind::kInt || item->integer < 0) {
         throw CheckpointError(std::string("malformed tensor: ") + what +
                               " holds a negative or non-integer entry");
       }
@@ -497,25 +499,25 @@ class Unpickler {
   }
 
   ValuePtr reduce(const ValuePtr& callable, const ValuePtr& arguments) {
-    if (callable->kind != Kind::Global) {
+    if (callable->kind != Kind::kGlobal) {
       throw CheckpointError(std::string("malformed pickle: REDUCE calls a ") + kind_name(callable->kind));
     }
     const auto& name = callable->text;
     if (name == "collections.OrderedDict") {
       expect_arguments(*arguments, name, 0, 0);
-      return fresh(Kind::Dict);
+      return fresh(Kind::kDict);
     }
     if (name == "torch._utils._rebuild_parameter" || name == "torch._utils._rebuild_parameter_with_state") {
       expect_arguments(*arguments, name, 3, 4);
       const auto& data = arguments->items[0];
-      if (data->kind != Kind::Tensor) throw CheckpointError("malformed checkpoint: a parameter without a tensor");
+      if (data->kind != Kind::kTensor) throw CheckpointError("malformed checkpoint: a parameter without a tensor");
       return data;
     }
     // torch._utils._rebuild_tensor(_v2)(storage, offset, size, stride, ...)
     expect_arguments(*arguments, name, 4, name == "torch._utils._rebuild_tensor" ? 4 : 7);
     const auto& items = arguments->items;
-    if (items[0]->kind != Kind::Storage) throw CheckpointError("malformed tensor: no storage");
-    if (items[1]->kind != Kind::Int || items[1]->integer < 0) {
+    if (items[0]->kind != Kind::kStorage) throw CheckpointError("malformed tensor: no storage");
+    if (items[1]->kind != Kind::kInt || items[1]->integer < 0) {
       throw CheckpointError("malformed tensor: bad storage offset");
     }
     auto tensor = std::make_shared<TensorRef>();
@@ -527,7 +529,7 @@ class Unpickler {
       throw CheckpointError("malformed tensor: size and stride lengths differ");
     }
     check_extent(*tensor);
-    auto value = fresh(Kind::Tensor);
+    auto value = fresh(Kind::kTensor);
     value->tensor = std::move(tensor);
     return value;
   }
@@ -553,7 +555,7 @@ class Unpickler {
 
   void build(const ValuePtr& target, const ValuePtr& state) {
     // OrderedDict state ({'_metadata': ...}) and parameter state carry nothing we need.
-    if (target->kind == Kind::Dict) {
+    if (target->kind == Kind::kDict) {
       if (target->sealed) throw CheckpointError("unsupported pickle: BUILD after nesting");
       adopt(*target, state);
       return;
@@ -564,14 +566,14 @@ class Unpickler {
   // ('storage', torch.<T>Storage, key, location, numel[, view_metadata])
   ValuePtr persistent_load(const ValuePtr& id) {
     const auto& items = id->items;
-    if (id->kind != Kind::Tuple || items.size() < 5 || items.size() > 6 ||
-        items[0]->kind != Kind::String || items[0]->text != "storage" ||
-        items[1]->kind != Kind::StorageType || items[2]->kind != Kind::String ||
-        items[3]->kind != Kind::String || items[4]->kind != Kind::Int || items[4]->integer < 0) {
+    if (id->kind != Kind::kTuple || items.size() < 5 || items.size() > 6 ||
+        items[0]->kind != Kind::kString || items[0]->text != "storage" ||
+        items[1]->kind != Kind::kStorageType || items[2]->kind != Kind::kString ||
+        items[3]->kind != Kind::kString || items[4]->kind != Kind::kInt || items[4]->integer < 0) {
       throw CheckpointError("unsupported persistent id: only ('storage', type, key, location, "
                             "numel) records of tensor checkpoints are accepted");
     }
-    if (items.size() == 6 && items[5]->kind != Kind::None) {
+    if (items.size() == 6 && items[5]->kind != Kind::kNone) {
       throw CheckpointError("unsupported legacy sub-format: storage views (re-save the file with "
                             "a PyTorch >= 1.6 torch.save)");
     }
@@ -590,7 +592,7 @@ class Unpickler {
       throw CheckpointError("malformed checkpoint: storage " + storage->key +
                             " is declared with two types or sizes");
     }
-    auto value = fresh(Kind::Storage);
+    auto value = fresh(Kind::kStorage);
     value->storage = storage;
     return value;
   }
