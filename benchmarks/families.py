@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """The Python side of reidnet's per-family speed table: each model family's test-time
-embedding in eager PyTorch (the Python models of tests/python/zoo_models.py and
-osnet_models.py), timed as
+embedding in eager PyTorch (the Python models of tests/python/zoo_models.py, osnet_models.py
+and the upstream networks it wraps), timed as
 reidnet-bench times reidnet's.
 
     /usr/bin/python3 benchmarks/families.py --model pcb --dtype bf16 --batch-size 16
@@ -19,7 +19,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "python"))
 from reference_models import FtNet  # noqa: E402
 import osnet_models  # noqa: E402
-from zoo_models import PCB, BnneckNet, FtNetDense, FtNetIbn, FtNetUsam  # noqa: E402
+from zoo_models import (BASELINE_WRAPPERS, PCB, BaselineWrapper, BnneckNet,  # noqa: E402
+                        FtNetDense, FtNetIbn, FtNetUsam)
 
 
 def build(name, classes):
@@ -37,6 +38,9 @@ def build(name, classes):
         return BnneckNet(classes, "gem", 1), lambda m, x: m.embed(x)
     if name in osnet_models.VARIANTS:  # torchreid's eval output is the embedding
         return osnet_models.build(name, classes), lambda m, x: m(x)
+    if name in BASELINE_WRAPPERS:
+        upstream, variant = BASELINE_WRAPPERS[name]
+        return BaselineWrapper(upstream, variant, classes), lambda m, x: m.embed(x)
     raise SystemExit(f"families.py: unknown model {name}")
 
 

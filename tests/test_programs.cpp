@@ -640,8 +640,8 @@ TEST_CASE("no code path hands a file to LibTorch's TorchScript loaders") {
 }
 
 TEST_CASE("reidnet-train trains every family on the toy data (--use_dense, --PCB, --ibn, "
-          "--usam, --bnneck --pool gem, --model osnet_x0_25) and reidnet-test evaluates each from "
-          "its opts.yaml") {
+          "--usam, --bnneck --pool gem, --model osnet_x0_25, --use_convnext, --use_hr, "
+          "--use_efficient, --use_NAS) and reidnet-test evaluates each from its opts.yaml") {
   const std::vector<std::tuple<std::string, std::string, std::string>> families{
       {"dense", "--use_dense", "use_dense: true"},
       {"pcb", "--PCB --height 96 --width 48", "PCB: true"},
@@ -652,7 +652,13 @@ TEST_CASE("reidnet-train trains every family on the toy data (--use_dense, --PCB
       // a far lower rate.
       {"bnneck", "--bnneck --pool gem --triplet --instances-per-id 2 --lr 0.01", "bnneck: true"},
       // torchreid's OSNet, picked by name; reidnet-test feeds it bilinear-resized pictures.
-      {"osnet", "--model osnet_x0_25", "model: osnet_x0_25"}};
+      {"osnet", "--model osnet_x0_25", "model: osnet_x0_25"},
+      // The baseline's wrappers of timm's, efficientnet_pytorch's and pretrainedmodels'
+      // networks, at full size, by the baseline's switches.
+      {"convnext", "--use_convnext", "use_convnext: true"},
+      {"hrnet", "--use_hr", "use_hr: true"},
+      {"efficient", "--use_efficient", "use_efficient: true"},
+      {"nas", "--use_NAS", "use_NAS: true"}};
   for (const auto& [name, flags, opts_line] : families) {
     CAPTURE(name);
     const auto out = scratch(families_workspace() / ("family_" + name));

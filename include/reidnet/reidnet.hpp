@@ -16,15 +16,24 @@
 #include <reidnet/io/state_dict.hpp>
 
 #include <reidnet/models/layers/batch_norm.hpp>
+#include <reidnet/models/layers/convnext.hpp>
+#include <reidnet/models/layers/drop_path.hpp>
+#include <reidnet/models/layers/hrnet.hpp>
 #include <reidnet/models/layers/ibn.hpp>
 #include <reidnet/models/layers/init.hpp>
+#include <reidnet/models/layers/mbconv.hpp>
+#include <reidnet/models/layers/nasnet_cells.hpp>
 #include <reidnet/models/layers/omni_scale.hpp>
 #include <reidnet/models/layers/pooling.hpp>
 #include <reidnet/models/layers/residual_blocks.hpp>
 #include <reidnet/models/layers/usam.hpp>
 
 #include <reidnet/models/backbones/backbone.hpp>
+#include <reidnet/models/backbones/convnext.hpp>
 #include <reidnet/models/backbones/densenet.hpp>
+#include <reidnet/models/backbones/efficientnet.hpp>
+#include <reidnet/models/backbones/hrnet.hpp>
+#include <reidnet/models/backbones/nasnet.hpp>
 #include <reidnet/models/backbones/osnet.hpp>
 #include <reidnet/models/backbones/resnet.hpp>
 #include <reidnet/models/backbones/usam_resnet.hpp>
@@ -34,6 +43,7 @@
 #include <reidnet/models/heads/osnet_head.hpp>
 #include <reidnet/models/heads/part_head.hpp>
 
+#include <reidnet/models/baseline_cnns.hpp>
 #include <reidnet/models/ft_net.hpp>
 #include <reidnet/models/model_zoo.hpp>
 #include <reidnet/models/osnet.hpp>

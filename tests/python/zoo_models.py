@@ -6,19 +6,26 @@
 - resnet50_ibn_a follows IBN-Net's ResNet-50-IBN-a (torchvision-style keys, IN/BN split in the
   bn1 of every Bottleneck of layer1..layer3);
 - BnneckNet follows fast-reid's BoT model: a backbone without fc, then an EmbeddingHead with a
-  global pool, a BatchNorm neck with a frozen bias and a bias-free classifier weight.
+  global pool, a BatchNorm neck with a frozen bias and a bias-free classifier weight;
+- BaselineWrapper follows the baseline's wrappers of other projects' networks
+  (ft_net_convnext, ft_net_hr, ft_net_efficient, ft_net_NAS): the upstream network as `model`,
+  its feature map average-pooled into a ClassBlock.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+import convnext_models
+import efficientnet_models
+import hrnet_models
+import nasnet_models
 from reference_models import ClassBlock, FtNet, randomize_batchnorm_statistics, set_last_stride
 
 __all__ = ["ClassBlock", "FtNet", "randomize_batchnorm_statistics", "set_last_stride", "IBN",
            "resnet50_ibn_a", "FtNetDense", "FtNetIbn", "USAM", "FtNetUsam", "PCB", "GeM",
            "EmbeddingHead", "BnneckNet", "resnet_map",
-           "randomize_instancenorm_affine"]
+           "randomize_instancenorm_affine", "BaselineWrapper", "BASELINE_WRAPPERS"]
 
 
 def resnet_map(m, x):
@@ -267,3 +274,43 @@ class BnneckNet(nn.Module):
 
     def embed(self, x):
         return self.forward(x)[1]
+
+
+_FEATURE_WIDTHS = {}  # (module, variant) -> channels of its feature map
+
+# The baseline's switches onto other projects' networks: family -> (reference module, variant).
+BASELINE_WRAPPERS = {
+    "ft_net_convnext": (convnext_models, "convnext_base"),
+    "ft_net_hr": (hrnet_models, "hrnet_w18"),
+    "ft_net_efficient": (efficientnet_models, "efficientnet-b4"),
+    "ft_net_nas": (nasnet_models, "nasnetalarge"),
+}
+
+
+class BaselineWrapper(nn.Module):
+    """`model` = the network `upstream.create(variant)`, as the baseline modifies it (its
+    ImageNet classifier removed or kept); `classifier` = ClassBlock(dim, ...) on the
+    average-pooled `upstream.features`."""
+
+    def __init__(self, upstream, variant, class_num, droprate=0.5, linear_num=512,
+                 drop_path_rate=0.0):
+        super().__init__()
+        self.model = upstream.create(variant, drop_path_rate=drop_path_rate)
+        self.feature_map = upstream.features
+        key = (upstream.__name__, variant)
+        if key not in _FEATURE_WIDTHS:
+            with torch.no_grad():
+                probe = self.feature_map(self.model.eval(), torch.zeros(1, 3, 128, 64))
+            _FEATURE_WIDTHS[key] = probe.size(1)
+        self.model.train()
+        self.classifier = ClassBlock(_FEATURE_WIDTHS[key], class_num, droprate, linear=linear_num)
+
+    def features(self, x):
+        x = F.adaptive_avg_pool2d(self.feature_map(self.model, x), (1, 1))
+        return x.view(x.size(0), x.size(1))
+
+    def embed(self, x):
+        return self.classifier.add_block(self.features(x))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))

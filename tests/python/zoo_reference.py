@@ -11,7 +11,12 @@
   (current layout, and the older one with pixel_mean / pixel_std in the model dict), with the
   embedding fast-reid's inference returns for 0-255 images;
 - python_<family>.pth: plain torch.save(model.state_dict()) files (OSNet's: torchreid's
-  checkpoint layout), with python_outputs.pt holding the matching embeddings.
+  checkpoint layout, and BoxMOT's {'model_state_dict'}), with python_outputs.pt holding the
+  matching embeddings;
+- imagenet_<variant>.pth: the unmodified upstream network of each smaller wrapped variant
+  (its ImageNet classifier included), as a published ImageNet file holds it, and
+  imagenet_<variant>_original.pth where the network's first publisher used other keys
+  (ConvNeXt's facebookresearch files).
 """
 import collections
 import contextlib
@@ -31,10 +36,14 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
 
+import convnext_models  # noqa: E402
+import efficientnet_models  # noqa: E402
+import hrnet_models  # noqa: E402
+import nasnet_models  # noqa: E402
 import osnet_models  # noqa: E402
-from zoo_models import (PCB, BnneckNet, FtNetDense, FtNetIbn, FtNetUsam,  # noqa: E402
-                        randomize_batchnorm_statistics, randomize_instancenorm_affine,
-                        resnet50_ibn_a)
+from zoo_models import (BASELINE_WRAPPERS, PCB, BaselineWrapper, BnneckNet,  # noqa: E402
+                        FtNetDense, FtNetIbn, FtNetUsam, randomize_batchnorm_statistics,
+                        randomize_instancenorm_affine, resnet50_ibn_a)
 
 CONFIGS = [
     "ft_net_dense/stride=2/linear_num=512",
@@ -63,7 +72,30 @@ CONFIGS = [
     "osnet_ain_x0_75/stride=2/linear_num=512",
     "osnet_ain_x0_5/stride=2/linear_num=512",
     "osnet_ain_x0_25/stride=2/linear_num=512",
+    # The baseline's wrappers of other projects' networks, at full size (forward only), and a
+    # smaller variant of each network's code under the registered ClassBlock head (forward and
+    # training).
+    "ft_net_convnext/stride=2/linear_num=512",
+    "convnext_tiny/stride=2/linear_num=512",
+    "ft_net_hr/stride=2/linear_num=512",
+    "hrnet_w18_small/stride=2/linear_num=512",
+    "ft_net_efficient/stride=2/linear_num=512",
+    "efficientnet-b0/stride=2/linear_num=512",
+    "ft_net_nas/stride=2/linear_num=512",
+    "nasnet_a_tiny/stride=2/linear_num=512",
 ]
+
+# family -> (reference module, variant): the baseline's wrappers, and smaller variants of the
+# same networks by name, under the ClassBlock head (the same wrapper).
+WRAPPED = dict(BASELINE_WRAPPERS, **{
+    "convnext_tiny": (convnext_models, "convnext_tiny"),
+    "hrnet_w18_small": (hrnet_models, "hrnet_w18_small"),
+    "efficientnet-b0": (efficientnet_models, "efficientnet-b0"),
+    "nasnet_a_tiny": (nasnet_models, "nasnet_a_tiny"),
+})
+# Full-size networks: keys, shapes and one eval forward; their training steps are run on the
+# smaller variants of the same code.
+FORWARD_ONLY = {f"{family}/stride=2/linear_num=512" for family in BASELINE_WRAPPERS}
 
 # The python_<family>.pth files and the configuration each one holds.
 PYTHON_FILES = {
@@ -73,9 +105,16 @@ PYTHON_FILES = {
     "pcb": "pcb/stride=1/linear_num=256",
     "bnneck": "bnneck/stride=1/pool=gem",
     "osnet_ain": "osnet_ain_x0_25/stride=2/linear_num=512",
+    "osnet_boxmot": "osnet_x0_25/stride=2/linear_num=512",
+    "convnext": "convnext_tiny/stride=2/linear_num=512",
+    "hrnet": "hrnet_w18_small/stride=2/linear_num=512",
+    "efficientnet": "efficientnet-b0/stride=2/linear_num=512",
+    "nasnet": "nasnet_a_tiny/stride=2/linear_num=512",
 }
-# The file written in torchreid's save_checkpoint layout rather than as a plain state_dict.
+# The files written in torchreid's save_checkpoint layout, and in BoxMOT's
+# {'model_state_dict': ...} one, rather than as a plain state_dict.
 TORCHREID_FILES = {"osnet_ain"}
+BOXMOT_FILES = {"osnet_boxmot"}
 FASTREID_CONFIG = "bnneck/stride=1/pool=gem"
 PIXEL_MEAN = [123.675, 116.28, 103.53]
 PIXEL_STD = [58.395, 57.12, 57.375]
@@ -127,6 +166,9 @@ def build(name, class_num, droprate=0.5, initialise=True):
     if is_osnet(name):
         width = int(options["linear_num"])
         return osnet_models.build(family, class_num, feature_dim=width or None)
+    if family in WRAPPED:
+        upstream, variant = WRAPPED[family]
+        return BaselineWrapper(upstream, variant, class_num, droprate, int(options["linear_num"]))
     raise ValueError(name)
 
 
@@ -136,7 +178,7 @@ def is_osnet(name):
 
 def backbone_kind(name):
     """The shared backbone weights of forward.pt (None: the model's own)."""
-    if is_osnet(name):
+    if is_osnet(name) or parse(name)[0] in WRAPPED:
         return None
     family = parse(name)[0]
     if family == "ft_net_dense":
@@ -168,9 +210,11 @@ def backbone_parameters(name, model):
     return params
 
 
-def first_conv_key(name):
+def first_conv_key(name, model):
     if is_osnet(name):
         return "conv1.conv.weight"
+    if isinstance(model, BaselineWrapper):
+        return "model." + next(iter(model.model.state_dict()))
     return backbone_prefix(name) + (
         "features.conv0.weight" if backbone_kind(name) == "densenet121" else "conv1.weight")
 
@@ -259,6 +303,19 @@ def calibrate_usam(model, x, generator):
         h = m.layer1(m.maxpool(usam(h))) if usam is model.usam_1 else h
 
 
+def randomize_layer_norms_and_scales(model, generator):
+    """LayerNorm affines near 1 / 0 and layer scales (`gamma`, 1e-6 at init, which would mute
+    every residual branch) of order 0.1, so that every term of the blocks shows in the output."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.copy_(1 + 0.1 * torch.randn(module.weight.shape, generator=generator))
+                module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
+        for key, value in model.named_parameters():
+            if key.endswith("gamma"):
+                value.copy_(0.1 + 0.2 * torch.rand(value.shape, generator=generator))
+
+
 def base_backbones(generator):
     """One set of backbone weights per kind, shared by every configuration of that kind, so
     that forward.pt stores each backbone tensor once."""
@@ -300,6 +357,7 @@ def forward_references():
                 backbone.load_state_dict({k: base[k] for k in own}, strict=True)
             if isinstance(model, FtNetUsam):
                 calibrate_usam(model, image, generator)
+            randomize_layer_norms_and_scales(model, generator)
 
             state = collections.OrderedDict()
             for key, value in model.state_dict().items():
@@ -328,16 +386,18 @@ def training_batch():
 
 
 def training_dtype(name):
-    """float64 for the OSNets: in float32 their second and third losses move by percents with
-    the rounding of a single sum (PyTorch's own, from one thread to two), so no
+    """float64 for the OSNets and NASNet: in float32 their second and third losses move by
+    percents with the rounding of a single sum (PyTorch's own, from one thread to two), so no
     implementation could be held to them; in float64 they agree to 1e-11."""
-    return torch.float64 if is_osnet(name) else torch.float32
+    return torch.float64 if is_osnet(name) or parse(name)[0] == "nasnet_a_tiny" else torch.float32
 
 
 def training_references(states):
     x, labels = training_batch()
     tensors = {"train_input": x, "train_labels": labels}
     for name in CONFIGS:
+        if name in FORWARD_ONLY:
+            continue
         model = build(name, 10, 0.0, initialise=False)
         model.load_state_dict(states[name], strict=True)
         model.train().to(training_dtype(name))
@@ -358,7 +418,7 @@ def training_references(states):
         tensors[f"{name}/fingerprint"] = torch.tensor(
             [[v.double().sum().item(), v.double().pow(2).sum().item()] for v in state.values()],
             dtype=torch.float64)
-        prefix, first = backbone_prefix(name), first_conv_key(name)
+        prefix, first = backbone_prefix(name), first_conv_key(name, model)
         head_keys = ("fc.", "classifier.") if is_osnet(name) else ()
         for key, value in state.items():
             if not key.startswith(prefix) or key == first or key.startswith(head_keys):
@@ -409,6 +469,36 @@ def torchreid_checkpoint(model, path):
                path)
 
 
+def original_convnext_keys(state):
+    """A timm ConvNeXt state_dict in facebookresearch's spelling (which timm's checkpoint filter
+    maps back): downsample_layers.S.I, stages.S.N, dwconv, pwconv1/2, norm, head."""
+    import re
+    renamed = collections.OrderedDict()
+    for key, value in state.items():
+        key = key.replace("stem.", "downsample_layers.0.")
+        key = re.sub(r"^stages\.(\d+)\.downsample\.", r"downsample_layers.\1.", key)
+        key = re.sub(r"^stages\.(\d+)\.blocks\.", r"stages.\1.", key)
+        key = key.replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv")
+        key = key.replace("head.norm.", "norm.").replace("head.fc.", "head.")
+        renamed[key] = value
+    return renamed
+
+
+def imagenet_files(out_dir):
+    """The ImageNet-style files of the smaller wrapped variants."""
+    for name in CONFIGS:
+        family = parse(name)[0]
+        if family not in WRAPPED or name in FORWARD_ONLY:
+            continue
+        upstream, variant = WRAPPED[family]
+        torch.manual_seed(77)
+        state = upstream.create_imagenet(variant).state_dict()
+        torch.save(state, os.path.join(out_dir, f"imagenet_{variant}.pth"))
+        if upstream is convnext_models:
+            torch.save(original_convnext_keys(state),
+                       os.path.join(out_dir, f"imagenet_{variant}_original.pth"))
+
+
 def main():
     out_dir = sys.argv[1]
     os.makedirs(out_dir, exist_ok=True)
@@ -424,12 +514,15 @@ def main():
         path = os.path.join(out_dir, f"python_{family}.pth")
         if family in TORCHREID_FILES:
             torchreid_checkpoint(kept[name], path)
+        elif family in BOXMOT_FILES:
+            torch.save({"model_state_dict": kept[name].state_dict(), "epoch": 12}, path)
         else:
             torch.save(kept[name].state_dict(), path)
         outputs[f"{family}/embedding"] = forward[f"{name}/embedding"]
     torch.save(outputs, os.path.join(out_dir, "python_outputs.pt"))
     fastreid_files(kept[FASTREID_CONFIG], out_dir)
     del kept
+    imagenet_files(out_dir)
 
     torch.save(training_references(states), os.path.join(out_dir, "training.pt"))
 

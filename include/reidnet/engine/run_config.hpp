@@ -234,12 +234,20 @@ inline std::vector<std::string> preset_names() {
   return names;
 }
 
-/// The baseline's model families that reidnet does not build (yet): written as false, and
-/// refused when an opts.yaml turns one on.
-inline const std::vector<std::string>& unbuilt_model_switches() {
-  static const std::vector<std::string> keys{"use_NAS", "use_swin", "use_swinv2",
-                                             "use_convnext", "use_efficient", "use_hr"};
-  return keys;
+/// The baseline's model switches that no registered family or backbone answers to (those of
+/// families whose header was not included, or that reidnet does not build yet): written as
+/// false, and refused when an opts.yaml turns one on.
+inline std::vector<std::string> unbuilt_model_switches() {
+  static const std::vector<std::string> baseline{"use_NAS", "use_swin", "use_swinv2",
+                                                 "use_convnext", "use_efficient", "use_hr"};
+  std::vector<std::string> unbuilt;
+  for (const auto& key : baseline) {
+    bool registered = false;
+    for (const auto& item : model_entries()) registered = registered || item.second.switch_key == key;
+    for (const auto& name : backbone_names()) registered = registered || backbone_entry(name).switch_key == key;
+    if (!registered) unbuilt.push_back(key);
+  }
+  return unbuilt;
 }
 
 namespace detail {
@@ -506,7 +514,7 @@ inline void check_run_config(const RunConfig& c, const FieldNamer& namer = name_
       const auto* switch_key = std::get_if<SwitchKey>(&field.member);
       return switch_key != nullptr && switch_key->key == key;
     });
-    const auto& unbuilt = unbuilt_model_switches();
+    const auto unbuilt = unbuilt_model_switches();
     if (!registered && (on || std::find(unbuilt.begin(), unbuilt.end(), key) == unbuilt.end())) {
       std::vector<std::string> known;
       for (const auto& field : fields) {

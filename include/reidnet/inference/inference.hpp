@@ -6,13 +6,15 @@
 ///   pooling (FtNet): the fused path, with BatchNorm folded into the convs (and BatchNorm1d
 ///   into the bottleneck Linear), weights pre-cast and, on CPU, reordered once into oneDNN's
 ///   layout.
-/// - Every other ReID model: the module path, a copy of the model in eval mode with its
-///   weights in the requested dtype and NHWC memory format.
+/// - Every other ReID model: the module path, a copy of the model in eval mode with the
+///   BatchNorms its modules declare after a conv folded into it (fold_batch_norms), its weights
+///   in the requested dtype and NHWC memory format.
 ///
 ///     auto fast = reidnet::optimize_for_inference(net, reidnet::InferenceOptions().dtype(torch::kBFloat16));
 ///     torch::Tensor feature = fast.embed(images);   // what net->embed(images) returns in eval()
 
 #include <reidnet/models/layers/batch_norm.hpp>
+#include <reidnet/models/layers/batch_norm_folding.hpp>
 #include <reidnet/inference/detail/inference_ops.hpp>
 #if defined(REIDNET_WITH_ONEDNN)
 #include <reidnet/inference/detail/onednn_backbone.hpp>
@@ -103,8 +105,10 @@ struct InferencePlan {
   int64_t feature_dim = 0;
   std::string name;
   std::shared_ptr<const OnednnBackbone> onednn;  // the onednn_direct backend's whole backbone
-  // The module path: a copy of the model in eval mode (null on the fused path).
+  // The module path: a copy of the model in eval mode (null on the fused path), and what
+  // folding its BatchNorms did.
   std::shared_ptr<ReidModelImpl> module;
+  FoldReport folding;
 };
 
 /// The `index`-th layer of a Sequential as a `T` (Sequential::ptr<T> does not compile for
@@ -299,13 +303,18 @@ class InferenceModel {
   /// Width of `embed`'s output.
   int64_t feature_dim() const { return plan_->feature_dim; }
 
+  /// The module path's BatchNorm folding: what was folded, and what was left and why (empty on
+  /// the fused path, which folds every BatchNorm of its ResNet).
+  const FoldReport& fold_report() const { return plan_->folding; }
+
   /// The optimisations actually in effect (prepack falls back off where oneDNN cannot run).
   std::string describe() const {
     const auto& config = plan_->config;
     std::ostringstream out;
     if (plan_->module) {
       out << plan_->name << " dtype=" << c10::toString(config.dtype) << " device=" << config.device
-          << " path=module channels_last=" << config.channels_last;
+          << " path=module folded_bn=" << plan_->folding.folded.size()
+          << " channels_last=" << config.channels_last;
       return out.str();
     }
     out << plan_->name << " dtype=" << c10::toString(config.dtype) << " device=" << config.device
@@ -418,6 +427,7 @@ inline InferenceModel optimize_for_inference(ReidModelImpl& model, const Inferen
   plan->name = "ReidModel";
   plan->module = std::dynamic_pointer_cast<ReidModelImpl>(model.clone(plan->config.device));
   plan->module->eval();
+  if (plan->config.fold_bn) plan->folding = fold_batch_norms(*plan->module);
   if (plan->config.dtype != torch::kFloat32) plan->module->to(plan->config.dtype);
   if (plan->config.channels_last) {
     for (auto& parameter : plan->module->parameters()) {

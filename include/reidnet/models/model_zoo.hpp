@@ -65,6 +65,9 @@ struct ModelArgs {
   /// model: empty = class_block, the baseline's. Families have their own heads (a family whose
   /// trunk is registered as a backbone of its name, as OSNet's, takes one there).
   TORCH_ARG(std::string, head) = "";
+  /// Stochastic depth of backbones that have it (ConvNeXt, EfficientNet); unset = the
+  /// backbone's default (the baseline's 0.2); 0 turns it off (repeatable training steps).
+  TORCH_ARG(std::optional<double>, drop_path_rate) = std::nullopt;
 };
 
 /// One registered head: what create_model puts on a backbone named as the model, with
@@ -108,6 +111,8 @@ inline void check_model_args(const ModelArgs& args) {
   TORCH_CHECK(args.droprate() >= 0 && args.droprate() < 1,
               "ModelArgs::droprate must be in [0, 1), got ", args.droprate());
   TORCH_CHECK(args.linear_num() >= 0, "ModelArgs::linear_num must be >= 0, got ", args.linear_num());
+  const auto drop_path = args.drop_path_rate().value_or(0.0);
+  TORCH_CHECK(drop_path >= 0 && drop_path < 1, "ModelArgs::drop_path_rate must be in [0, 1), got ", drop_path);
 }
 
 inline ModelConfig config_for(const std::string& backbone, std::string prefix) {
@@ -158,12 +163,15 @@ inline ModelConfig head_model_config(const std::string& backbone, const std::str
   return config_for(backbone, entry.layout.backbone() + ".").checkpoint_format(entry.checkpoint_format);
 }
 
-/// `backbone` with the registered head `head`, in that head's layout.
+/// `backbone` with the registered head `head`, in that head's layout. The backbone keeps its
+/// ImageNet classifier where both the head's project and the backbone's entry say so.
 inline ReidModel head_model(const std::string& backbone, const std::string& head, const ModelArgs& args) {
   const auto& entry = head_entry(head);
+  const bool keep_classifier = entry.keep_backbone_classifier && backbone_entry(backbone).baseline_keeps_classifier;
   auto trunk = create_backbone(backbone, BackboneArgs()
                                              .last_stride(args.last_stride())
-                                             .keep_classifier(entry.keep_backbone_classifier));
+                                             .keep_classifier(keep_classifier)
+                                             .drop_path_rate(args.drop_path_rate()));
   auto made = entry.create(trunk->num_features(), args);
   return ReidModel(std::move(trunk), std::move(made), entry.layout, head_model_config(backbone, head));
 }
@@ -317,16 +325,23 @@ inline bool is_model_name(const std::string& name) {
   return std::find(names.begin(), names.end(), name) != names.end();
 }
 
+namespace detail {
+/// The family `name` builds with when it is a registered family and no head is asked for;
+/// nullptr when create_model puts a registered head on the backbone `name` instead (a family
+/// whose trunk is also a registered backbone of its name, as OSNet's, takes a head too).
+inline const ModelEntry* family_entry_for(const std::string& name, const ModelArgs& args) {
+  const auto* entry = find_model_entry(name);
+  return entry != nullptr && args.head().empty() ? entry : nullptr;
+}
+}  // namespace detail
+
 /// A new model of family `name` (see model_names()); throws naming the known names.
 inline ReidModel create_model(const std::string& name, const ModelArgs& args = {}) {
   detail::check_model_args(args);
   std::function<ReidModel(const ModelArgs&)> create;
-  const auto found = detail::model_registry().find(name);
-  // A family whose trunk is also a registered backbone of its name (OSNet) takes a head too.
-  const bool on_backbone = found == detail::model_registry().end() || !args.head().empty();
-  if (found != detail::model_registry().end() && !on_backbone) {
-    create = found->second.create;
-  } else if (found != detail::model_registry().end() && !is_backbone_name(name)) {
+  if (const auto* family = detail::family_entry_for(name, args)) {
+    create = family->create;
+  } else if (find_model_entry(name) != nullptr && !is_backbone_name(name)) {
     TORCH_CHECK(false, "ModelArgs::head (", args.head(), ") puts a head on a backbone named as the "
                 "model; the family ", name, " has its own head");
   } else if (is_model_name(name)) {
@@ -343,10 +358,9 @@ inline ReidModel create_model(const std::string& name, const ModelArgs& args = {
 }
 
 inline ModelConfig model_config(const std::string& name, const ModelArgs& args) {
-  const auto found = detail::model_registry().find(name);
-  const bool on_backbone = found == detail::model_registry().end() || !args.head().empty();
-  if (!on_backbone && found->second.config) return found->second.config(args);
-  if (on_backbone && is_backbone_name(name)) return detail::head_model_config(name, args.head());
+  const auto* family = detail::family_entry_for(name, args);
+  if (family != nullptr && family->config) return family->config(args);
+  if (family == nullptr && is_backbone_name(name)) return detail::head_model_config(name, args.head());
   return create_model(name, args)->config();
 }
 

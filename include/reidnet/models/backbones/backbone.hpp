@@ -26,6 +26,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -88,6 +89,10 @@ struct BackboneArgs {
   /// Keep the backbone's ImageNet classifier in the module (the baseline keeps it, unused, so
   /// that its checkpoints carry it); false drops it, as fast-reid's backbones do.
   TORCH_ARG(bool, keep_classifier) = true;
+  /// Stochastic depth of the backbone's deepest block while training (the baseline's 0.2 for
+  /// ConvNeXt and EfficientNet); unset = the backbone's own default; ignored by backbones
+  /// without it.
+  TORCH_ARG(std::optional<double>, drop_path_rate) = std::nullopt;
 };
 
 /// Maps a key of the backbone's published ImageNet weight file onto the backbone's own key;
@@ -105,6 +110,10 @@ struct BackboneEntry {
   /// "ibn"), as its opts.yaml key and flag spellings; empty = none.
   std::string switch_key = {};
   std::string switch_flags = {};
+  /// Whether the Python baseline keeps the backbone's ImageNet classifier (unused) when it puts
+  /// its ClassBlock on it: torchvision's ResNet and DenseNet keep theirs, its timm and
+  /// pretrainedmodels networks lose theirs. The ClassBlock head follows it.
+  bool baseline_keeps_classifier = true;
 };
 
 namespace detail {

@@ -13,6 +13,7 @@
 
 #include <reidnet/models/backbones/backbone.hpp>
 #include <reidnet/models/layers/batch_norm.hpp>
+#include <reidnet/models/layers/batch_norm_folding.hpp>
 #include <reidnet/models/layers/init.hpp>
 
 #include <torch/nn/cloneable.h>
@@ -238,11 +239,14 @@ inline int64_t densenet_num_features(const DenseNetOptions& options) {
 /// torchvision's `DenseNet.features`: conv0, norm0, relu0, pool0, denseblock1, transition1, ...,
 /// denseblock4, norm5, run in that order. A module of its own rather than a named
 /// torch::nn::Sequential, because Sequential::clone renames its children "0", "1", ...
-class DenseNetFeaturesImpl : public torch::nn::Cloneable<DenseNetFeaturesImpl> {
+class DenseNetFeaturesImpl : public torch::nn::Cloneable<DenseNetFeaturesImpl>, public DeclaresConvBatchNormPairs {
  public:
   explicit DenseNetFeaturesImpl(const DenseNetOptions& options_ = {}) : options(options_) {
     reset();
   }
+
+  /// The stem's conv0 -> norm0; the dense layers normalise before their convs, which cannot fold.
+  std::vector<ConvBatchNormPair> conv_batch_norm_pairs() const override { return {{"conv0", "norm0"}}; }
 
   void reset() override {
     const int64_t init = options.num_init_features();

@@ -8,6 +8,7 @@
 ///     torch::Tensor map = net->forward_features(images);   // (B, 2048, H/32, W/32)
 
 #include <reidnet/models/backbones/backbone.hpp>
+#include <reidnet/models/layers/batch_norm_folding.hpp>
 #include <reidnet/models/layers/batch_norm.hpp>
 #include <reidnet/models/layers/init.hpp>
 #include <reidnet/models/layers/residual_blocks.hpp>
@@ -45,7 +46,9 @@ struct ResNetOptions {
 /// ResNet over `Block` (`BasicBlock` or `Bottleneck`), initialised by the `Init` policy.
 /// Keys: conv1, bn1, layer1..layer4, fc - registered in torchvision's order.
 template <class Block, class Init = TorchvisionInit>
-class ResNetImpl : public torch::nn::Cloneable<ResNetImpl<Block, Init>>, public Backbone {
+class ResNetImpl : public torch::nn::Cloneable<ResNetImpl<Block, Init>>,
+                   public Backbone,
+                   public DeclaresConvBatchNormPairs {
  public:
   using BlockImpl = typename Block::Impl;
 
@@ -84,6 +87,9 @@ class ResNetImpl : public torch::nn::Cloneable<ResNetImpl<Block, Init>>, public 
   std::vector<int64_t> feature_strides() const override {
     return {4, 8, 16, 16 * options.last_stride()};
   }
+
+  /// The stem's; the blocks declare theirs.
+  std::vector<ConvBatchNormPair> conv_batch_norm_pairs() const override { return {{"conv1", "bn1"}}; }
 
   /// conv1, bn1 and ReLU (the 3x3 max pool follows in forward_features).
   torch::Tensor forward_stem(const torch::Tensor& x) { return bn1(conv1(x)).relu_(); }

@@ -109,7 +109,17 @@ class BatchNormBase : public torch::nn::Cloneable<Derived> {
   void share_statistics(ProcessSum sum) { process_sum_ = std::move(sum); }
   bool shares_statistics() const { return static_cast<bool>(process_sum_); }
 
+  /// Marks the layer as folded into the conv before it (reidnet::fold_batch_norms, on an
+  /// inference copy): forward then passes its input through, and refuses training.
+  void mark_folded() { folded_ = true; }
+  bool folded() const { return folded_; }
+
   torch::Tensor forward(const torch::Tensor& input) {
+    if (folded_) {
+      TORCH_CHECK(!this->is_training(), "BatchNorm", D, "d(", options.num_features(),
+                  ") was folded into the conv before it for inference; that copy cannot train");
+      return input;
+    }
     const bool ok = D == 1 ? input.dim() == 2 || input.dim() == 3 : input.dim() == 4;
     TORCH_CHECK(ok, "BatchNorm", D, "d expects ", D == 1 ? "(N, C) or (N, C, L)" : "(N, C, H, W)",
                 " input, got ", input.sizes());
@@ -132,7 +142,7 @@ class BatchNormBase : public torch::nn::Cloneable<Derived> {
     stream << "reidnet::BatchNorm" << D << "d(" << options.num_features() << ", eps=" << options.eps();
     if (options.momentum().has_value()) stream << ", momentum=" << *options.momentum();
     stream << std::boolalpha << ", affine=" << options.affine()
-           << ", track_running_stats=" << options.track_running_stats() << ")";
+           << ", track_running_stats=" << options.track_running_stats() << (folded_ ? ", folded" : "") << ")";
   }
 
   torch::nn::BatchNormOptions options;
@@ -178,6 +188,7 @@ class BatchNormBase : public torch::nn::Cloneable<Derived> {
   }
 
   ProcessSum process_sum_;
+  bool folded_ = false;
 };
 
 class BatchNorm1dImpl : public BatchNormBase<1, BatchNorm1dImpl> {

@@ -13,6 +13,7 @@
 ///     // osnet_ain.py's OSBlockINin: conv1, conv2.{0..3}.layers.*, gate, conv3, downsample, IN
 
 #include <reidnet/models/layers/batch_norm.hpp>
+#include <reidnet/models/layers/batch_norm_folding.hpp>
 #include <reidnet/models/layers/init.hpp>
 
 #include <c10/util/Exception.h>
@@ -57,7 +58,7 @@ struct OSConvLayerOptions {
 
 /// torchreid's ConvLayer and Conv1x1: bias-free conv, norm, ReLU. Keys: conv, bn (the norm
 /// keeps the key `bn` when it is an InstanceNorm, as upstream).
-class OSConvLayerImpl : public torch::nn::Cloneable<OSConvLayerImpl> {
+class OSConvLayerImpl : public torch::nn::Cloneable<OSConvLayerImpl>, public DeclaresConvBatchNormPairs {
  public:
   explicit OSConvLayerImpl(const OSConvLayerOptions& options_) : options(options_) { reset(); }
 
@@ -86,6 +87,11 @@ class OSConvLayerImpl : public torch::nn::Cloneable<OSConvLayerImpl> {
   torch::Tensor forward(const torch::Tensor& x) {
     const auto y = conv(x);
     return torch::relu(options.instance_norm() ? instance_norm(y) : batch_norm(y));
+  }
+
+  std::vector<ConvBatchNormPair> conv_batch_norm_pairs() const override {
+    if (batch_norm.is_empty()) return {};
+    return {{"conv", "bn"}};
   }
 
   void pretty_print(std::ostream& stream) const override {
@@ -119,7 +125,7 @@ struct OSLinear1x1Options {
 
 /// torchreid's Conv1x1Linear: 1x1 conv and BatchNorm without activation, so that a residual
 /// sum sees both signs. Keys: conv, bn.
-class OSLinear1x1Impl : public torch::nn::Cloneable<OSLinear1x1Impl> {
+class OSLinear1x1Impl : public torch::nn::Cloneable<OSLinear1x1Impl>, public DeclaresConvBatchNormPairs {
  public:
   explicit OSLinear1x1Impl(const OSLinear1x1Options& options_) : options(options_) { reset(); }
 
@@ -135,6 +141,11 @@ class OSLinear1x1Impl : public torch::nn::Cloneable<OSLinear1x1Impl> {
   torch::Tensor forward(const torch::Tensor& x) {
     auto y = conv(x);
     return bn.is_empty() ? y : bn(y);
+  }
+
+  std::vector<ConvBatchNormPair> conv_batch_norm_pairs() const override {
+    if (bn.is_empty()) return {};
+    return {{"conv", "bn"}};
   }
 
   void pretty_print(std::ostream& stream) const override {
@@ -158,7 +169,7 @@ struct LightConv3x3Options {
 
 /// torchreid's LightConv3x3: a linear 1x1 conv, then a depthwise 3x3 conv, BatchNorm, ReLU;
 /// about a ninth of a full 3x3 conv's weights. Keys: conv1, conv2, bn.
-class LightConv3x3Impl : public torch::nn::Cloneable<LightConv3x3Impl> {
+class LightConv3x3Impl : public torch::nn::Cloneable<LightConv3x3Impl>, public DeclaresConvBatchNormPairs {
  public:
   explicit LightConv3x3Impl(const LightConv3x3Options& options_) : options(options_) { reset(); }
 
@@ -174,6 +185,9 @@ class LightConv3x3Impl : public torch::nn::Cloneable<LightConv3x3Impl> {
   }
 
   torch::Tensor forward(const torch::Tensor& x) { return torch::relu(bn(conv2(conv1(x)))); }
+
+  /// The depthwise conv2 feeds bn (conv1 is linear and unnormalised).
+  std::vector<ConvBatchNormPair> conv_batch_norm_pairs() const override { return {{"conv2", "bn"}}; }
 
   void pretty_print(std::ostream& stream) const override {
     stream << "reidnet::LightConv3x3(" << options.in_channels() << ", " << options.out_channels()

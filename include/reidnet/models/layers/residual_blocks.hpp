@@ -6,6 +6,7 @@
 ///     reidnet::Bottleneck block(reidnet::ResidualBlockOptions(256, 128).stride(2));
 
 #include <reidnet/models/layers/batch_norm.hpp>
+#include <reidnet/models/layers/batch_norm_folding.hpp>
 #include <reidnet/models/layers/ibn.hpp>
 
 #include <torch/nn/cloneable.h>
@@ -15,6 +16,8 @@
 
 #include <cstdint>
 #include <ostream>
+#include <utility>
+#include <vector>
 
 namespace reidnet {
 
@@ -64,6 +67,13 @@ inline torch::nn::Sequential make_downsample(const ResidualBlockOptions& options
                                BatchNorm2d(out));
 }
 
+// A block's pairs, with its downsample's (conv, BatchNorm) where it has one.
+inline std::vector<ConvBatchNormPair> with_downsample_pair(std::vector<ConvBatchNormPair> pairs,
+                                                           const torch::nn::Sequential& downsample) {
+  if (downsample) pairs.push_back({"downsample.0", "downsample.1"});
+  return pairs;
+}
+
 inline torch::Tensor shortcut(torch::nn::Sequential& downsample, const torch::Tensor& x) {
   return downsample ? downsample->forward(x) : x;
 }
@@ -71,7 +81,7 @@ inline torch::Tensor shortcut(torch::nn::Sequential& downsample, const torch::Te
 }  // namespace detail
 
 /// Two 3x3 convs (ResNet-18/34). Keys: conv1, bn1, conv2, bn2[, downsample.0, downsample.1].
-class BasicBlockImpl : public torch::nn::Cloneable<BasicBlockImpl> {
+class BasicBlockImpl : public torch::nn::Cloneable<BasicBlockImpl>, public DeclaresConvBatchNormPairs {
  public:
   static constexpr int64_t expansion = 1;
 
@@ -101,6 +111,10 @@ class BasicBlockImpl : public torch::nn::Cloneable<BasicBlockImpl> {
   /// The BatchNorm whose weight `zero_init_residual` zeroes.
   BatchNorm2d& last_norm() { return bn2; }
 
+  std::vector<ConvBatchNormPair> conv_batch_norm_pairs() const override {
+    return detail::with_downsample_pair({{"conv1", "bn1"}, {"conv2", "bn2"}}, downsample);
+  }
+
   void pretty_print(std::ostream& stream) const override {
     stream << "reidnet::BasicBlock(inplanes=" << options.inplanes()
            << ", planes=" << options.planes() << ", stride=" << options.stride() << ")";
@@ -115,7 +129,7 @@ TORCH_MODULE(BasicBlock);
 
 /// 1x1 -> 3x3 (strided) -> 1x1 with expansion 4 (ResNet-50/101/152).
 /// Keys: conv1, bn1, conv2, bn2, conv3, bn3[, downsample.0, downsample.1].
-class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl> {
+class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl>, public DeclaresConvBatchNormPairs {
  public:
   static constexpr int64_t expansion = 4;
 
@@ -151,6 +165,13 @@ class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl> {
 
   /// The BatchNorm whose weight `zero_init_residual` zeroes.
   BatchNorm2d& last_norm() { return bn3; }
+
+  /// bn1 is none where it is IBN-a's pair of an InstanceNorm and a BatchNorm half.
+  std::vector<ConvBatchNormPair> conv_batch_norm_pairs() const override {
+    std::vector<ConvBatchNormPair> pairs{{"conv2", "bn2"}, {"conv3", "bn3"}};
+    if (!ibn1) pairs.insert(pairs.begin(), {"conv1", "bn1"});
+    return detail::with_downsample_pair(std::move(pairs), downsample);
+  }
 
   void pretty_print(std::ostream& stream) const override {
     stream << "reidnet::Bottleneck(inplanes=" << options.inplanes()

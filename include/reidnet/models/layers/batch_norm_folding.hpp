@@ -1,0 +1,163 @@
+#pragma once
+/// Folding each BatchNorm2d into the convolution that feeds it, for inference: the conv's
+/// weight and bias absorb the BatchNorm's affine map of its running statistics, and the
+/// BatchNorm then passes its input through (and refuses training).
+///
+/// The pairs are declared by the modules that own them, as torch.ao.quantization.fuse_modules
+/// is given them, never guessed from a graph: a module implements
+/// DeclaresConvBatchNormPairs and names each conv and the BatchNorm that takes its output,
+/// with nothing in between.
+///
+///     auto copy = std::dynamic_pointer_cast<reidnet::ReidModelImpl>(model->clone());
+///     copy->eval();
+///     const auto report = reidnet::fold_batch_norms(*copy);   // the copy only
+///     std::cout << report.summary() << '\n';   // "folded 53 BatchNorms; skipped 8 (...)"
+///
+/// optimize_for_inference runs it on its eval copy of a model; the user's model is never
+/// changed.
+
+#include <reidnet/models/layers/batch_norm.hpp>
+#include <reidnet/models/layers/ibn.hpp>
+
+#include <c10/util/Exception.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/batchnorm.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/types.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace reidnet {
+
+/// A conv and the BatchNorm2d applied to its output, as paths below the declaring module
+/// ("conv", "bn"; "downsample.0", "downsample.1").
+struct ConvBatchNormPair {
+  std::string conv;
+  std::string batch_norm;
+};
+
+/// Implemented by modules that own conv -> BatchNorm2d pairs.
+class DeclaresConvBatchNormPairs {
+ public:
+  virtual ~DeclaresConvBatchNormPairs() = default;
+  /// The pairs this module owns (an IBN half or a BatchNorm that precedes its conv is none).
+  virtual std::vector<ConvBatchNormPair> conv_batch_norm_pairs() const = 0;
+};
+
+/// What fold_batch_norms did: the BatchNorms it folded, and those it left, with the reason.
+struct FoldReport {
+  std::vector<std::string> folded;
+  std::vector<std::string> skipped;  ///< "path (why)"
+
+  std::string summary() const {
+    std::string text = "folded " + std::to_string(folded.size()) + " BatchNorms";
+    if (skipped.empty()) return text;
+    text += "; skipped " + std::to_string(skipped.size()) + " (";
+    for (size_t i = 0; i < skipped.size(); ++i) text += (i ? ", " : "") + skipped[i];
+    return text + ")";
+  }
+};
+
+namespace detail {
+
+inline std::shared_ptr<torch::nn::Module> child_at(torch::nn::Module& module, const std::string& path) {
+  torch::nn::Module* current = &module;
+  std::shared_ptr<torch::nn::Module> found;
+  size_t start = 0;
+  while (start <= path.size()) {
+    const auto end = std::min(path.find('.', start), path.size());
+    const auto name = path.substr(start, end - start);
+    const auto children = current->named_children();
+    const auto* child = children.find(name);
+    TORCH_CHECK(child != nullptr, "fold_batch_norms: ", module.name(), " declares ", path,
+                ", which it does not have");
+    found = *child;
+    current = found.get();
+    start = end + 1;
+  }
+  return found;
+}
+
+// torch::nn::Module's parameter table is protected; a member pointer taken through a derived
+// class reaches it.
+struct ParameterTable : torch::nn::Module {
+  static torch::Tensor& entry(torch::nn::Module& module, const std::string& name) {
+    return (module.*(&ParameterTable::parameters_))[name];
+  }
+};
+
+// weight' = weight * s, bias' = (bias - mean) * s + beta, s = gamma / sqrt(var + eps): in
+// float64, then back to the conv's dtype.
+inline void fold_into_conv(torch::nn::Conv2dImpl& conv, BatchNorm2dImpl& norm) {
+  const auto dtype = conv.weight.scalar_type();
+  const auto variance = norm.running_var.to(torch::kDouble);
+  auto scale = torch::rsqrt(variance + norm.options.eps());
+  auto shift = -norm.running_mean.to(torch::kDouble) * scale;
+  if (norm.options.affine()) {
+    scale = scale * norm.weight.to(torch::kDouble);
+    shift = shift * norm.weight.to(torch::kDouble) + norm.bias.to(torch::kDouble);
+  }
+  conv.weight.set_data((conv.weight.to(torch::kDouble) * scale.view({-1, 1, 1, 1})).to(dtype));
+  const auto bias = conv.bias.defined() ? conv.bias.to(torch::kDouble) * scale + shift : shift;
+  if (conv.bias.defined()) {
+    conv.bias.set_data(bias.to(dtype));
+  } else {
+    // A bias-free conv holds an undefined "bias" entry, which register_parameter cannot
+    // replace: the entry is set in the module's table and in the member its forward reads.
+    conv.bias = bias.to(dtype);
+    ParameterTable::entry(conv, "bias") = conv.bias;
+  }
+  norm.mark_folded();
+}
+
+inline void fold_tree(torch::nn::Module& module, const std::string& path, FoldReport& report,
+                      const torch::nn::Module* parent) {
+  const auto prefix = path.empty() ? std::string() : path + ".";
+  if (auto* declares = dynamic_cast<DeclaresConvBatchNormPairs*>(&module)) {
+    for (const auto& pair : declares->conv_batch_norm_pairs()) {
+      auto conv = std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(child_at(module, pair.conv));
+      auto norm = std::dynamic_pointer_cast<BatchNorm2dImpl>(child_at(module, pair.batch_norm));
+      TORCH_CHECK(conv && norm, "fold_batch_norms: ", prefix + pair.conv, " and ", prefix + pair.batch_norm,
+                  " are declared a conv and its BatchNorm, but are not a Conv2d and a reidnet::BatchNorm2d");
+      if (norm->folded()) continue;
+      if (!norm->running_mean.defined()) {
+        report.skipped.push_back(prefix + pair.batch_norm + " (no running statistics)");
+        continue;
+      }
+      TORCH_CHECK(conv->options.out_channels() == norm->options.num_features(), "fold_batch_norms: ",
+                  prefix + pair.conv, " gives ", conv->options.out_channels(), " channels, ",
+                  prefix + pair.batch_norm, " takes ", norm->options.num_features());
+      fold_into_conv(*conv, *norm);
+      report.folded.push_back(prefix + pair.batch_norm);
+    }
+  }
+  for (const auto& child : module.named_children()) {
+    fold_tree(*child.value(), prefix + child.key(), report, &module);
+  }
+  // What stays a BatchNorm, and why.
+  if (auto* norm = dynamic_cast<BatchNorm2dImpl*>(&module)) {
+    if (norm->folded()) return;
+    const bool ibn_half = parent != nullptr && dynamic_cast<const IbnImpl*>(parent) != nullptr;
+    report.skipped.push_back(path + (ibn_half ? " (an IBN half: its InstanceNorm half cannot fold)"
+                                              : " (no conv declared before it)"));
+  } else if (dynamic_cast<torch::nn::BatchNorm2dImpl*>(&module) != nullptr) {
+    report.skipped.push_back(path + " (a torch::nn::BatchNorm2d: only reidnet::BatchNorm2d folds)");
+  }
+}
+
+}  // namespace detail
+
+/// Folds every declared conv -> BatchNorm2d pair below `root`, in place; `root` should be an
+/// eval-mode copy (the folded BatchNorms refuse training).
+inline FoldReport fold_batch_norms(torch::nn::Module& root) {
+  torch::NoGradGuard no_grad;
+  FoldReport report;
+  detail::fold_tree(root, "", report, nullptr);
+  return report;
+}
+
+}  // namespace reidnet
