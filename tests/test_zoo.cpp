@@ -491,6 +491,11 @@ TEST_CASE("the module path folds the BatchNorms that modules declare after a con
   CHECK(dense_report.folded.size() == 1);  // the stem's norm0
   CHECK(dense_report.summary().find("model.features.denseblock1.denselayer1.norm1 (no conv declared before "
                                     "it)") != std::string::npos);
+  // A conv of a module's own kind folds too (EfficientNet's "same"-padded ones).
+  auto efficient = reidnet::create_model("efficientnet-b0", reidnet::ModelArgs().class_num(4));
+  const auto efficient_report = reidnet::optimize_for_inference(efficient).fold_report();
+  CHECK(efficient_report.skipped.empty());
+  CHECK(static_cast<int64_t>(efficient_report.folded.size()) == count_batch_norms(*efficient, false));
   // A folded copy cannot train.
   auto copy = std::dynamic_pointer_cast<reidnet::ReidModelImpl>(osnet->clone());
   copy->eval();

@@ -13,6 +13,7 @@
 /// the input size, as the package's static padding is (reidnet/models/layers/mbconv.hpp).
 
 #include <reidnet/models/backbones/backbone.hpp>
+#include <reidnet/models/layers/batch_norm_folding.hpp>
 #include <reidnet/models/layers/batch_norm.hpp>
 #include <reidnet/models/layers/mbconv.hpp>
 
@@ -110,7 +111,9 @@ inline int64_t efficientnet_round_repeats(int64_t repeats, const EfficientNetOpt
 /// efficientnet_pytorch's EfficientNet as a reidnet backbone. Keys (the package's names, kept
 /// with their underscores so that its ImageNet files load as they are): _conv_stem, _bn0,
 /// _blocks.N.*, _conv_head, _bn1, _fc (when num_classes > 0).
-class EfficientNetImpl : public torch::nn::Cloneable<EfficientNetImpl>, public Backbone {
+class EfficientNetImpl : public torch::nn::Cloneable<EfficientNetImpl>,
+                         public Backbone,
+                         public DeclaresConvBatchNormPairs {
  public:
   explicit EfficientNetImpl(const EfficientNetOptions& options_ = {}) : options(options_) {
     reset();
@@ -199,6 +202,11 @@ class EfficientNetImpl : public torch::nn::Cloneable<EfficientNetImpl>, public B
   }
 
   /// Channels of _conv_head: round_filters(1280) (1280 for b0, 1792 for b4, 2560 for b7).
+  /// The stem's and the head's; the blocks declare theirs.
+  std::vector<ConvBatchNormPair> conv_batch_norm_pairs() const override {
+    return {{"_conv_stem", "_bn0"}, {"_conv_head", "_bn1"}};
+  }
+
   int64_t num_features() const override {
     return detail::efficientnet_round_filters(1280, options);
   }

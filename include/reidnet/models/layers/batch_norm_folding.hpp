@@ -40,6 +40,16 @@ struct ConvBatchNormPair {
   std::string batch_norm;
 };
 
+/// Implemented by a conv of its own kind (not a torch::nn::Conv2d) that a BatchNorm can fold
+/// into: its weight (output channels first) and the bias its forward adds, which folding
+/// defines where it was undefined.
+class FoldableConv {
+ public:
+  virtual ~FoldableConv() = default;
+  virtual torch::Tensor& conv_weight() = 0;
+  virtual torch::Tensor& conv_bias() = 0;
+};
+
 /// Implemented by modules that own conv -> BatchNorm2d pairs.
 class DeclaresConvBatchNormPairs {
  public:
@@ -91,9 +101,11 @@ struct ParameterTable : torch::nn::Module {
 };
 
 // weight' = weight * s, bias' = (bias - mean) * s + beta, s = gamma / sqrt(var + eps): in
-// float64, then back to the conv's dtype.
-inline void fold_into_conv(torch::nn::Conv2dImpl& conv, BatchNorm2dImpl& norm) {
-  const auto dtype = conv.weight.scalar_type();
+// float64, then back to the conv's dtype. `weight` and `bias` are the members that the conv
+// module's forward reads.
+inline void fold_into_conv(torch::nn::Module& conv, torch::Tensor& weight, torch::Tensor& bias_member,
+                           BatchNorm2dImpl& norm) {
+  const auto dtype = weight.scalar_type();
   const auto variance = norm.running_var.to(torch::kDouble);
   auto scale = torch::rsqrt(variance + norm.options.eps());
   auto shift = -norm.running_mean.to(torch::kDouble) * scale;
@@ -101,15 +113,15 @@ inline void fold_into_conv(torch::nn::Conv2dImpl& conv, BatchNorm2dImpl& norm) {
     scale = scale * norm.weight.to(torch::kDouble);
     shift = shift * norm.weight.to(torch::kDouble) + norm.bias.to(torch::kDouble);
   }
-  conv.weight.set_data((conv.weight.to(torch::kDouble) * scale.view({-1, 1, 1, 1})).to(dtype));
-  const auto bias = conv.bias.defined() ? conv.bias.to(torch::kDouble) * scale + shift : shift;
-  if (conv.bias.defined()) {
-    conv.bias.set_data(bias.to(dtype));
+  weight.set_data((weight.to(torch::kDouble) * scale.view({-1, 1, 1, 1})).to(dtype));
+  const auto bias = bias_member.defined() ? bias_member.to(torch::kDouble) * scale + shift : shift;
+  if (bias_member.defined()) {
+    bias_member.set_data(bias.to(dtype));
   } else {
     // A bias-free conv holds an undefined "bias" entry, which register_parameter cannot
     // replace: the entry is set in the module's table and in the member its forward reads.
-    conv.bias = bias.to(dtype);
-    ParameterTable::entry(conv, "bias") = conv.bias;
+    bias_member = bias.to(dtype);
+    ParameterTable::entry(conv, "bias") = bias_member;
   }
   norm.mark_folded();
 }
@@ -119,19 +131,24 @@ inline void fold_tree(torch::nn::Module& module, const std::string& path, FoldRe
   const auto prefix = path.empty() ? std::string() : path + ".";
   if (auto* declares = dynamic_cast<DeclaresConvBatchNormPairs*>(&module)) {
     for (const auto& pair : declares->conv_batch_norm_pairs()) {
-      auto conv = std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(child_at(module, pair.conv));
+      const auto conv = child_at(module, pair.conv);
+      auto* plain = dynamic_cast<torch::nn::Conv2dImpl*>(conv.get());
+      auto* own_kind = dynamic_cast<FoldableConv*>(conv.get());
       auto norm = std::dynamic_pointer_cast<BatchNorm2dImpl>(child_at(module, pair.batch_norm));
-      TORCH_CHECK(conv && norm, "fold_batch_norms: ", prefix + pair.conv, " and ", prefix + pair.batch_norm,
-                  " are declared a conv and its BatchNorm, but are not a Conv2d and a reidnet::BatchNorm2d");
+      TORCH_CHECK((plain || own_kind) && norm, "fold_batch_norms: ", prefix + pair.conv, " and ",
+                  prefix + pair.batch_norm, " are declared a conv and its BatchNorm, but are not a Conv2d (or "
+                  "FoldableConv) and a reidnet::BatchNorm2d");
       if (norm->folded()) continue;
       if (!norm->running_mean.defined()) {
         report.skipped.push_back(prefix + pair.batch_norm + " (no running statistics)");
         continue;
       }
-      TORCH_CHECK(conv->options.out_channels() == norm->options.num_features(), "fold_batch_norms: ",
-                  prefix + pair.conv, " gives ", conv->options.out_channels(), " channels, ",
-                  prefix + pair.batch_norm, " takes ", norm->options.num_features());
-      fold_into_conv(*conv, *norm);
+      auto& weight = plain ? plain->weight : own_kind->conv_weight();
+      auto& bias = plain ? plain->bias : own_kind->conv_bias();
+      TORCH_CHECK(weight.dim() == 4 && weight.size(0) == norm->options.num_features(), "fold_batch_norms: ",
+                  prefix + pair.conv, " gives ", weight.size(0), " channels, ", prefix + pair.batch_norm,
+                  " takes ", norm->options.num_features());
+      fold_into_conv(*conv, weight, bias, *norm);
       report.folded.push_back(prefix + pair.batch_norm);
     }
   }

@@ -14,6 +14,7 @@
 /// The parity with efficientnet_pytorch's weights and outputs needs exactly that padding.
 
 #include <reidnet/models/layers/batch_norm.hpp>
+#include <reidnet/models/layers/batch_norm_folding.hpp>
 #include <reidnet/models/layers/drop_path.hpp>
 
 #include <c10/util/Exception.h>
@@ -31,6 +32,7 @@
 #include <cmath>
 #include <cstdint>
 #include <ostream>
+#include <vector>
 
 namespace reidnet {
 
@@ -84,7 +86,7 @@ struct StaticSameConv2dOptions {
 /// A conv padded as TensorFlow's "SAME" would pad an input of `image_size`: in all
 /// (out - 1) * stride + kernel - in zeros per axis, the smaller half before, the larger after.
 /// Keys: weight, bias (no key for the padding, which has no parameters upstream either).
-class StaticSameConv2dImpl : public torch::nn::Cloneable<StaticSameConv2dImpl> {
+class StaticSameConv2dImpl : public torch::nn::Cloneable<StaticSameConv2dImpl>, public FoldableConv {
  public:
   explicit StaticSameConv2dImpl(const StaticSameConv2dOptions& options_) : options(options_) {
     reset();
@@ -144,6 +146,9 @@ class StaticSameConv2dImpl : public torch::nn::Cloneable<StaticSameConv2dImpl> {
                          stride, none, dilation, options.groups());
   }
 
+  torch::Tensor& conv_weight() override { return weight; }
+  torch::Tensor& conv_bias() override { return bias; }
+
   void pretty_print(std::ostream& stream) const override {
     stream << "reidnet::StaticSameConv2d(" << options.in_channels() << ", "
            << options.out_channels() << ", kernel_size=" << options.kernel_size()
@@ -188,7 +193,7 @@ struct MBConvBlockOptions {
 /// its shape. Keys (the package's, underscores included, so that its files load):
 /// _expand_conv, _bn0 (only when expand_ratio != 1), _depthwise_conv, _bn1, _se_reduce,
 /// _se_expand (with bias), _project_conv, _bn2.
-class MBConvBlockImpl : public torch::nn::Cloneable<MBConvBlockImpl> {
+class MBConvBlockImpl : public torch::nn::Cloneable<MBConvBlockImpl>, public DeclaresConvBatchNormPairs {
  public:
   explicit MBConvBlockImpl(const MBConvBlockOptions& options_) : options(options_) { reset(); }
 
@@ -258,6 +263,12 @@ class MBConvBlockImpl : public torch::nn::Cloneable<MBConvBlockImpl> {
     x = bn2(project_conv(x));
     if (has_skip()) x = drop_path(x, options.drop_path_rate(), is_training()) + inputs;
     return x;
+  }
+
+  std::vector<ConvBatchNormPair> conv_batch_norm_pairs() const override {
+    std::vector<ConvBatchNormPair> pairs{{"_depthwise_conv", "_bn1"}, {"_project_conv", "_bn2"}};
+    if (!expand_conv.is_empty()) pairs.insert(pairs.begin(), {"_expand_conv", "_bn0"});
+    return pairs;
   }
 
   void pretty_print(std::ostream& stream) const override {
