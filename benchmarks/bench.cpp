@@ -237,7 +237,8 @@ int main(int argc, char** argv) {
     auto net = reidnet::create_model(options.model, reidnet::ModelArgs()
                                                         .class_num(options.class_num)
                                                         .last_stride(options.stride)
-                                                        .linear_num(options.linear_num));
+                                                        .linear_num(options.linear_num)
+                                                        .input_size(reidnet::ImageSize{options.height, options.width}));
     net->eval();
     const auto images =
         torch::randn({options.batch_size, 3, options.height, options.width}).to(device);

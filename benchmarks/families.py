@@ -7,9 +7,11 @@ reidnet-bench times reidnet's.
     /usr/bin/python3 benchmarks/families.py --model pcb --dtype bf16 --batch-size 16
 
 Paths: fp32 eager (NCHW) and eager_cl (channels_last); bf16 autocast_cl (CPU autocast,
-channels_last). Each prints its best round: `result <path> <img/s>`.
+channels_last) and bf16_weights (the model and input in bfloat16); a path PyTorch cannot run
+prints a comment and counts as 0. Each prints its best round: `result <path> <img/s>`.
 """
 import argparse
+import copy
 import os
 import sys
 import time
@@ -19,11 +21,12 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "python"))
 from reference_models import FtNet  # noqa: E402
 import osnet_models  # noqa: E402
-from zoo_models import (BASELINE_WRAPPERS, PCB, BaselineWrapper, BnneckNet,  # noqa: E402
-                        FtNetDense, FtNetIbn, FtNetUsam)
+import vit_models  # noqa: E402
+from zoo_models import (BASELINE_INPUT_SIZES, BASELINE_WRAPPERS, PCB,  # noqa: E402
+                        BaselineWrapper, BnneckNet, FtNetDense, FtNetIbn, FtNetUsam)
 
 
-def build(name, classes):
+def build(name, classes, size):
     if name == "ft_net":
         return FtNet(classes), lambda m, x: m.embed(x)
     if name == "ft_net_dense":
@@ -40,7 +43,11 @@ def build(name, classes):
         return osnet_models.build(name, classes), lambda m, x: m(x)
     if name in BASELINE_WRAPPERS:
         upstream, variant = BASELINE_WRAPPERS[name]
-        return BaselineWrapper(upstream, variant, classes), lambda m, x: m.embed(x)
+        network = {"img_size": size} if name in BASELINE_INPUT_SIZES else {}
+        return BaselineWrapper(upstream, variant, classes, **network), lambda m, x: m.embed(x)
+    if name == "vit_base_patch16":
+        return (BaselineWrapper(vit_models, "vit_base_patch16_224", classes, img_size=size),
+                lambda m, x: m.embed(x))
     raise SystemExit(f"families.py: unknown model {name}")
 
 
@@ -58,23 +65,35 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model, embed = build(args.model, args.class_num)
+    model, embed = build(args.model, args.class_num, (args.height, args.width))
     model.eval()
     images = torch.randn(args.batch_size, 3, args.height, args.width)
-    paths = ["eager", "eager_cl"] if args.dtype == "fp32" else ["autocast_cl"]
+    # bf16: CPU autocast (torch 1.13's fails on the transformers' LayerNorms, which it leaves in
+    # float32 beside bfloat16 activations) and the whole model in bfloat16, as reidnet runs it.
+    paths = ["eager", "eager_cl"] if args.dtype == "fp32" else ["autocast_cl", "bf16_weights"]
     best = {path: 0.0 for path in paths}
+    failed = set()
     for _ in range(args.rounds):
         for path in paths:
+            if path in failed:
+                continue
             channels_last = path.endswith("_cl")
             net = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
             x = images.contiguous(memory_format=torch.channels_last) if channels_last else images
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16,
-                                                        enabled=args.dtype == "bf16"):
-                embed(net, x)  # warm-up
-                start = time.perf_counter()
-                for _ in range(args.iters):
-                    embed(net, x)
-                seconds = time.perf_counter() - start
+            autocast = path.startswith("autocast")
+            if path == "bf16_weights":
+                net, x = copy.deepcopy(model).to(torch.bfloat16), images.to(torch.bfloat16)
+            try:
+                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    embed(net, x)  # warm-up
+                    start = time.perf_counter()
+                    for _ in range(args.iters):
+                        embed(net, x)
+                    seconds = time.perf_counter() - start
+            except RuntimeError as error:
+                print(f"# {path} failed: {error}")
+                failed.add(path)
+                continue
             best[path] = max(best[path], args.batch_size * args.iters / seconds)
     for path, throughput in best.items():
         print(f"result {path} {throughput:.2f}")

@@ -24,6 +24,7 @@ echo "|---|---|---:|---|---:|---:|"
 for model in $models; do
   size=(--height 256 --width 128)
   [[ $model == pcb ]] && size=(--height 384 --width 192)
+  [[ $model == ft_net_swin ]] && size=(--height 224 --width 224)
   for dtype in $dtypes; do
     best_r=0 best_p=0 path=""
     for ((round = 0; round < rounds; round++)); do

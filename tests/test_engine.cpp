@@ -102,10 +102,17 @@ TEST_CASE("opts.yaml written and read back holds every field; the baseline's own
   CHECK(baseline.width == 192);
   CHECK(baseline.class_num == 751);
   CHECK(reidnet::resolve_model(baseline).first == "pcb");
-  std::ofstream(workspace() / "swin.yaml") << "use_swin: true\n";
-  CHECK_THROWS_WITH_AS(reidnet::read_opts_yaml(workspace() / "swin.yaml"),
-                       doctest::Contains("'use_swin: true' is a model reidnet does not build yet"),
-                       reidnet::ConfigError);
+  // Without a recorded size, the family's own, as the baseline's test.py picks it.
+  std::ofstream(workspace() / "swin.yaml") << "use_swin: true\nnclasses: 751\n";
+  const auto swin = reidnet::read_opts_yaml(workspace() / "swin.yaml");
+  CHECK(reidnet::resolve_model(swin).first == "ft_net_swin");
+  CHECK(swin.height == 224);
+  CHECK(swin.width == 224);
+  std::ofstream(workspace() / "dino.yaml") << "use_dino: true\n";
+  const auto dino = reidnet::read_opts_yaml(workspace() / "dino.yaml");
+  CHECK(reidnet::resolve_model(dino).first == "ft_net_dino");
+  CHECK(dino.height == 256);
+  CHECK(dino.width == 128);
 }
 
 TEST_CASE("--ibn --usam --stride 1 composes as the baseline's ft_net(ibn=True, usam=True)") {

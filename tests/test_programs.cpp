@@ -641,7 +641,8 @@ TEST_CASE("no code path hands a file to LibTorch's TorchScript loaders") {
 
 TEST_CASE("reidnet-train trains every family on the toy data (--use_dense, --PCB, --ibn, "
           "--usam, --bnneck --pool gem, --model osnet_x0_25, --use_convnext, --use_hr, "
-          "--use_efficient, --use_NAS) and reidnet-test evaluates each from its opts.yaml") {
+          "--use_efficient, --use_NAS, --use_swin, --use_swinv2, --use_dino, --model "
+          "vit_base_patch16) and reidnet-test evaluates each from its opts.yaml") {
   const std::vector<std::tuple<std::string, std::string, std::string>> families{
       {"dense", "--use_dense", "use_dense: true"},
       {"pcb", "--PCB --height 96 --width 48", "PCB: true"},
@@ -658,12 +659,19 @@ TEST_CASE("reidnet-train trains every family on the toy data (--use_dense, --PCB
       {"convnext", "--use_convnext", "use_convnext: true"},
       {"hrnet", "--use_hr", "use_hr: true"},
       {"efficient", "--use_efficient", "use_efficient: true"},
-      {"nas", "--use_NAS", "use_NAS: true"}};
+      {"nas", "--use_NAS", "use_NAS: true"},
+      // The baseline's transformers, built for the run's input size (SwinV2's last stage needs
+      // a window at least 2 tokens across: 128x64), and ViT-B/16 with TransReID's overlapping
+      // patches and class token.
+      {"swin", "--use_swin", "use_swin: true"},
+      {"swinv2", "--use_swinv2 --height 128 --width 64", "use_swinv2: true"},
+      {"dino", "--use_dino", "use_dino: true"},
+      {"vit", "--model vit_base_patch16 --patch-stride 12 --pool token", "patch_stride: 12"}};
   for (const auto& [name, flags, opts_line] : families) {
     CAPTURE(name);
     const auto out = scratch(families_workspace() / ("family_" + name));
     auto arguments = train_flags(out) + " --total-epoch 1 " + flags;
-    if (name == "pcb") {  // PCB at its own size, not the 64x32 of train_flags
+    if (flags.find("--height") != std::string::npos) {  // at a size of its own, not train_flags' 64x32
       arguments = "--data " + toy_data().string() + " --out " + out.string() +
                   " --batch-size 8 --workers 2 --seed 3 --threads 2 --total-epoch 1 " + flags;
     }

@@ -5,11 +5,14 @@ forward_features' raw last stage is what the baseline pools.
 
 Written from timm's timm/models/convnext.py (ConvNeXtBlock, ConvNeXtStage, ConvNeXt,
 _init_weights) and timm/layers (LayerNorm, LayerNorm2d, Mlp, DropPath): the same module names,
-registration order, eps (1e-6), GELU and stochastic-depth schedule.
+registration order, eps (1e-6), GELU and stochastic-depth schedule. Mlp, drop_path and the
+init are shared with the other reference networks in timm_layers.py.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from timm_layers import Mlp, drop_path, drop_path_rates, trunc_normal_init
 
 VARIANTS = {
     "convnext_tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
@@ -31,25 +34,6 @@ class LayerNorm2d(nn.LayerNorm):
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
-
-
-class Mlp(nn.Module):
-    def __init__(self, channels, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(channels, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, channels)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
-def drop_path(x, rate, training):
-    if rate == 0.0 or not training:
-        return x
-    keep = 1 - rate
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-    return x * mask.div_(keep)
 
 
 class Block(nn.Module):
@@ -100,16 +84,13 @@ class ConvNeXt(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, dims[0], kernel_size=4, stride=4),
                                   LayerNorm2d(dims[0]))
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))
+        rates = drop_path_rates(drop_path_rate, depths)
         self.stages = nn.Sequential(*[
-            Stage(dims[max(i - 1, 0)], dims[i], 1 if i == 0 else 2, rates[i].tolist())
+            Stage(dims[max(i - 1, 0)], dims[i], 1 if i == 0 else 2, rates[i])
             for i in range(4)])
         self.norm_pre = nn.Identity()
         self.head = Head(dims[3], num_classes)
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
+        trunc_normal_init(self, (nn.Conv2d, nn.Linear))
 
     def forward_features(self, x):
         return self.norm_pre(self.stages(self.stem(x)))

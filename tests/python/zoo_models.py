@@ -8,8 +8,9 @@
 - BnneckNet follows fast-reid's BoT model: a backbone without fc, then an EmbeddingHead with a
   global pool, a BatchNorm neck with a frozen bias and a bias-free classifier weight;
 - BaselineWrapper follows the baseline's wrappers of other projects' networks
-  (ft_net_convnext, ft_net_hr, ft_net_efficient, ft_net_NAS): the upstream network as `model`,
-  its feature map average-pooled into a ClassBlock.
+  (ft_net_swin, ft_net_swinv2, ft_net_dino, ft_net_convnext, ft_net_hr, ft_net_efficient,
+  ft_net_NAS): the upstream network as `model`, its feature map average-pooled into a ClassBlock;
+- BnneckWrapper is fast-reid's BoT head on such a network (`backbone`, `heads`).
 """
 import torch
 import torch.nn as nn
@@ -18,14 +19,18 @@ import torchvision
 
 import convnext_models
 import efficientnet_models
+import eva_models
 import hrnet_models
 import nasnet_models
+import swin_models
+import swinv2_models
 from reference_models import ClassBlock, FtNet, randomize_batchnorm_statistics, set_last_stride
 
 __all__ = ["ClassBlock", "FtNet", "randomize_batchnorm_statistics", "set_last_stride", "IBN",
            "resnet50_ibn_a", "FtNetDense", "FtNetIbn", "USAM", "FtNetUsam", "PCB", "GeM",
            "EmbeddingHead", "BnneckNet", "resnet_map",
-           "randomize_instancenorm_affine", "BaselineWrapper", "BASELINE_WRAPPERS"]
+           "randomize_instancenorm_affine", "BaselineWrapper", "BnneckWrapper", "BASELINE_WRAPPERS",
+           "BASELINE_INPUT_SIZES"]
 
 
 def resnet_map(m, x):
@@ -280,11 +285,28 @@ _FEATURE_WIDTHS = {}  # (module, variant) -> channels of its feature map
 
 # The baseline's switches onto other projects' networks: family -> (reference module, variant).
 BASELINE_WRAPPERS = {
+    "ft_net_swin": (swin_models, "swin_base_patch4_window7_224"),
+    "ft_net_swinv2": (swinv2_models, "swinv2_base_window8_256"),
+    "ft_net_dino": (eva_models, "vit_base_patch16_dinov3"),
     "ft_net_convnext": (convnext_models, "convnext_base"),
     "ft_net_hr": (hrnet_models, "hrnet_w18"),
     "ft_net_efficient": (efficientnet_models, "efficientnet-b4"),
     "ft_net_nas": (nasnet_models, "nasnetalarge"),
 }
+# The sizes the baseline builds its transformers for (train.py / test.py: Swin at 224x224,
+# SwinV2 and DINOv3 at (h, w) = (256, 128)).
+BASELINE_INPUT_SIZES = {"ft_net_swin": (224, 224), "ft_net_swinv2": (256, 128),
+                        "ft_net_dino": (256, 128)}
+
+
+def _feature_width(upstream, variant, network, img_size):
+    key = (upstream.__name__, variant)
+    if key not in _FEATURE_WIDTHS:
+        with torch.no_grad():
+            probe = upstream.features(network.eval(), torch.zeros(1, 3, *(img_size or (128, 64))))
+        _FEATURE_WIDTHS[key] = probe.size(1)
+    network.train()
+    return _FEATURE_WIDTHS[key]
 
 
 class BaselineWrapper(nn.Module):
@@ -293,17 +315,12 @@ class BaselineWrapper(nn.Module):
     average-pooled `upstream.features`."""
 
     def __init__(self, upstream, variant, class_num, droprate=0.5, linear_num=512,
-                 drop_path_rate=0.0):
+                 drop_path_rate=0.0, **network_options):
         super().__init__()
-        self.model = upstream.create(variant, drop_path_rate=drop_path_rate)
+        self.model = upstream.create(variant, drop_path_rate=drop_path_rate, **network_options)
         self.feature_map = upstream.features
-        key = (upstream.__name__, variant)
-        if key not in _FEATURE_WIDTHS:
-            with torch.no_grad():
-                probe = self.feature_map(self.model.eval(), torch.zeros(1, 3, 128, 64))
-            _FEATURE_WIDTHS[key] = probe.size(1)
-        self.model.train()
-        self.classifier = ClassBlock(_FEATURE_WIDTHS[key], class_num, droprate, linear=linear_num)
+        width = _feature_width(upstream, variant, self.model, network_options.get("img_size"))
+        self.classifier = ClassBlock(width, class_num, droprate, linear=linear_num)
 
     def features(self, x):
         x = F.adaptive_avg_pool2d(self.feature_map(self.model, x), (1, 1))
@@ -314,3 +331,21 @@ class BaselineWrapper(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(x))
+
+
+class BnneckWrapper(nn.Module):
+    """fast-reid's BoT head (EmbeddingHead as `heads`) on `upstream.create(variant)` as
+    `backbone`; forward returns (logits, post-BN embedding, pre-BN feature), as BnneckNet."""
+
+    def __init__(self, upstream, variant, class_num, pool="avg", **network_options):
+        super().__init__()
+        self.backbone = upstream.create(variant, **network_options)
+        self.feature_map = upstream.features
+        width = _feature_width(upstream, variant, self.backbone, network_options.get("img_size"))
+        self.heads = EmbeddingHead(class_num, width, pool)
+
+    def forward(self, x):
+        return self.heads(self.feature_map(self.backbone, x))
+
+    def embed(self, x):
+        return self.forward(x)[1]

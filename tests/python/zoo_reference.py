@@ -4,7 +4,9 @@
   parameter count (class_num 751, droprate 0.5);
 - forward.pt: a plain dict of tensors: the input, every configuration's weights (class_num 10,
   randomised norms) and its eval-mode logits, embedding, metric feature and flip-sum test
-  feature, as the baseline's test.py / fast-reid's inference compute them;
+  feature, as the baseline's test.py / fast-reid's inference compute them; the full-size
+  transformers' weights are not stored but drawn from a seed on both sides (fill_synthetic),
+  and they run on an input of their own size;
 - training.pt: three SGD steps of every configuration from those weights (losses, a
   [sum, sum of squares] fingerprint of every state entry, and the trained head entries);
 - fastreid_new.pth / fastreid_old.pth / fastreid.pt: fast-reid checkpoints of the BoT model
@@ -16,7 +18,10 @@
 - imagenet_<variant>.pth: the unmodified upstream network of each smaller wrapped variant
   (its ImageNet classifier included), as a published ImageNet file holds it, and
   imagenet_<variant>_original.pth where the network's first publisher used other keys
-  (ConvNeXt's facebookresearch files).
+  (ConvNeXt's facebookresearch files) or older versions of the project another layout (timm's
+  Swin files with their index and mask buffers, DINOv3's original release);
+  imagenet224_vit_reduced.pth, a ViT file for 224x224 whose position table the test resamples,
+  with imagenet224.pt holding the features of the reduced ViT it loads into.
 """
 import collections
 import contextlib
@@ -38,12 +43,17 @@ import torchvision  # noqa: E402
 
 import convnext_models  # noqa: E402
 import efficientnet_models  # noqa: E402
+import eva_models  # noqa: E402
 import hrnet_models  # noqa: E402
 import nasnet_models  # noqa: E402
 import osnet_models  # noqa: E402
-from zoo_models import (BASELINE_WRAPPERS, PCB, BaselineWrapper, BnneckNet,  # noqa: E402
-                        FtNetDense, FtNetIbn, FtNetUsam, randomize_batchnorm_statistics,
-                        randomize_instancenorm_affine, resnet50_ibn_a)
+import swin_models  # noqa: E402
+import swinv2_models  # noqa: E402
+import vit_models  # noqa: E402
+from zoo_models import (BASELINE_INPUT_SIZES, BASELINE_WRAPPERS, PCB,  # noqa: E402
+                        BaselineWrapper, BnneckNet, BnneckWrapper, FtNetDense, FtNetIbn,
+                        FtNetUsam, randomize_batchnorm_statistics, randomize_instancenorm_affine,
+                        resnet50_ibn_a)
 
 CONFIGS = [
     "ft_net_dense/stride=2/linear_num=512",
@@ -83,6 +93,19 @@ CONFIGS = [
     "efficientnet-b0/stride=2/linear_num=512",
     "ft_net_nas/stride=2/linear_num=512",
     "nasnet_a_tiny/stride=2/linear_num=512",
+    # The baseline's transformers, and ViT-B/16 with TransReID's overlapping patches, at full
+    # size (forward only, on drawn weights), and a reduced configuration of each network's code
+    # (forward and training), with the class-token feature and BNNeck + GeM on a ViT.
+    "ft_net_swin/stride=2/linear_num=512",
+    "swin_reduced/stride=2/linear_num=512",
+    "ft_net_swinv2/stride=2/linear_num=512",
+    "swinv2_reduced/stride=2/linear_num=512",
+    "ft_net_dino/stride=2/linear_num=512",
+    "dinov3_reduced/stride=2/linear_num=512",
+    "vit_base_patch16/stride=2/linear_num=512/patch_stride=12",
+    "vit_reduced/stride=2/linear_num=512/patch_stride=12",
+    "vit_reduced/stride=2/linear_num=512/pool=token",
+    "vit_reduced/stride=2/pool=gem/head=bnneck",
 ]
 
 # family -> (reference module, variant): the baseline's wrappers, and smaller variants of the
@@ -92,10 +115,25 @@ WRAPPED = dict(BASELINE_WRAPPERS, **{
     "hrnet_w18_small": (hrnet_models, "hrnet_w18_small"),
     "efficientnet-b0": (efficientnet_models, "efficientnet-b0"),
     "nasnet_a_tiny": (nasnet_models, "nasnet_a_tiny"),
+    "swin_reduced": (swin_models, "swin_reduced"),
+    "swinv2_reduced": (swinv2_models, "swinv2_reduced"),
+    "dinov3_reduced": (eva_models, "dinov3_reduced"),
+    "vit_reduced": (vit_models, "vit_reduced"),
+    "vit_base_patch16": (vit_models, "vit_base_patch16_224"),
 })
+# The reduced configurations of the transformers' code (registered by the C++ test).
+REDUCED_TRANSFORMERS = ("swin_reduced", "swinv2_reduced", "dinov3_reduced", "vit_reduced")
+# The input sizes the networks are built for where they depend on it (the reduced ones: the
+# shared 128x64 input's).
+INPUT_SIZES = dict(BASELINE_INPUT_SIZES, vit_base_patch16=(256, 128))
+# Full-size transformers: weights drawn from a seed on both sides (fill_synthetic) rather than
+# stored, each on an input of its size.
+SYNTHETIC = {"ft_net_swin/stride=2/linear_num=512", "ft_net_swinv2/stride=2/linear_num=512",
+             "ft_net_dino/stride=2/linear_num=512",
+             "vit_base_patch16/stride=2/linear_num=512/patch_stride=12"}
 # Full-size networks: keys, shapes and one eval forward; their training steps are run on the
 # smaller variants of the same code.
-FORWARD_ONLY = {f"{family}/stride=2/linear_num=512" for family in BASELINE_WRAPPERS}
+FORWARD_ONLY = {f"{family}/stride=2/linear_num=512" for family in BASELINE_WRAPPERS} | SYNTHETIC
 
 # The python_<family>.pth files and the configuration each one holds.
 PYTHON_FILES = {
@@ -110,6 +148,10 @@ PYTHON_FILES = {
     "hrnet": "hrnet_w18_small/stride=2/linear_num=512",
     "efficientnet": "efficientnet-b0/stride=2/linear_num=512",
     "nasnet": "nasnet_a_tiny/stride=2/linear_num=512",
+    "swin": "swin_reduced/stride=2/linear_num=512",
+    "swinv2": "swinv2_reduced/stride=2/linear_num=512",
+    "dinov3": "dinov3_reduced/stride=2/linear_num=512",
+    "vit": "vit_reduced/stride=2/linear_num=512/patch_stride=12",
 }
 # The files written in torchreid's save_checkpoint layout, and in BoxMOT's
 # {'model_state_dict': ...} one, rather than as a plain state_dict.
@@ -127,12 +169,18 @@ def parse(name):
     return family, dict(option.split("=") for option in options)
 
 
+def is_bnneck(name):
+    """fast-reid's BoT: the bnneck family, or its head on a named backbone."""
+    family, options = parse(name)
+    return family.startswith("bnneck") or options.get("head") == "bnneck"
+
+
 @contextlib.contextmanager
 def uninitialised():
     """Construction without the random initialisation (torch.nn.init calls do nothing), for
     models that are only described or whose every entry is loaded right after."""
-    names = ["uniform_", "normal_", "constant_", "ones_", "zeros_", "kaiming_uniform_",
-             "kaiming_normal_"]
+    names = ["uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
+             "kaiming_uniform_", "kaiming_normal_"]
     saved = {n: getattr(nn.init, n) for n in names}
     for n in names:
         setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
@@ -168,7 +216,17 @@ def build(name, class_num, droprate=0.5, initialise=True):
         return osnet_models.build(family, class_num, feature_dim=width or None)
     if family in WRAPPED:
         upstream, variant = WRAPPED[family]
-        return BaselineWrapper(upstream, variant, class_num, droprate, int(options["linear_num"]))
+        network = {}
+        if family in INPUT_SIZES:
+            network["img_size"] = INPUT_SIZES[family]
+        if "patch_stride" in options:
+            network["patch_stride"] = int(options["patch_stride"])
+        if options.get("pool") == "token":
+            network["class_token"] = True
+        if options.get("head") == "bnneck":
+            return BnneckWrapper(upstream, variant, class_num, options["pool"], **network)
+        return BaselineWrapper(upstream, variant, class_num, droprate, int(options["linear_num"]),
+                               **network)
     raise ValueError(name)
 
 
@@ -191,7 +249,7 @@ def backbone_kind(name):
 def backbone_prefix(name):
     if is_osnet(name):
         return ""  # torchreid's keys are flat
-    return "backbone." if parse(name)[0].startswith("bnneck") else "model."
+    return "backbone." if is_bnneck(name) else "model."
 
 
 def backbone_parameters(name, model):
@@ -202,7 +260,7 @@ def backbone_parameters(name, model):
         if model.fc is not None:
             head |= {id(p) for p in model.fc.parameters()}
         return [p for p in model.parameters() if id(p) not in head]
-    if isinstance(model, BnneckNet):
+    if isinstance(model, (BnneckNet, BnneckWrapper)):
         return list(model.backbone.parameters())
     params = list(model.model.parameters())
     if isinstance(model, FtNetUsam):
@@ -215,6 +273,8 @@ def first_conv_key(name, model):
         return "conv1.conv.weight"
     if isinstance(model, BaselineWrapper):
         return "model." + next(iter(model.model.state_dict()))
+    if isinstance(model, BnneckWrapper):
+        return "backbone." + next(iter(model.backbone.state_dict()))
     return backbone_prefix(name) + (
         "features.conv0.weight" if backbone_kind(name) == "densenet121" else "conv1.weight")
 
@@ -240,7 +300,7 @@ def evaluate(name, model, x):
         parts = model.pcb_parts(x)
         embedding = parts.reshape(parts.size(0), -1)  # index = channel * 6 + part
         return logits, embedding, embedding
-    if family.startswith("bnneck"):
+    if is_bnneck(name):
         logits, e, f = model(x)
         return [logits], e, f
     pooled = model.features(x)
@@ -273,7 +333,7 @@ def training_loss(name, model, x, labels):
     family = parse(name)[0]
     if family == "pcb":
         return sum(F.cross_entropy(logits, labels) for logits in model(x))
-    if family.startswith("bnneck"):
+    if is_bnneck(name):
         logits, _, f = model(x)
         return F.cross_entropy(logits, labels) + batch_hard_triplet(f, labels, TRIPLET_MARGIN)
     return F.cross_entropy(model(x), labels)
@@ -312,8 +372,33 @@ def randomize_layer_norms_and_scales(model, generator):
                 module.weight.copy_(1 + 0.1 * torch.randn(module.weight.shape, generator=generator))
                 module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
         for key, value in model.named_parameters():
-            if key.endswith("gamma"):
+            if key.rsplit(".", 1)[-1].startswith("gamma"):  # ConvNeXt's gamma, Eva's gamma_1/2
                 value.copy_(0.1 + 0.2 * torch.rand(value.shape, generator=generator))
+
+
+def fill_synthetic(model, seed):
+    """Every floating entry of the state_dict, in order, drawn from torch's generator seeded with
+    `seed`, which the C++ test seeds alike (LibTorch's generator draws the same numbers):
+    N(0, 1 / fan_in) for matrices and kernels, 1 + N(0, 0.1) for norm weights, 0.5 + N(0, 0.1)
+    for layer scales, 0.5 + |N(0, 0.5)| for running variances, N(0, 0.02) for the rest."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if not value.is_floating_point():
+                continue
+            draw = torch.empty(value.shape).normal_()
+            last = key.rsplit(".", 1)[-1]
+            if last == "running_var":
+                filled = 0.5 + 0.5 * draw.abs()
+            elif value.dim() >= 2:
+                filled = draw / math.sqrt(value[0].numel())
+            elif last == "weight":
+                filled = 1 + 0.1 * draw
+            elif "gamma" in last:
+                filled = 0.5 + 0.1 * draw
+            else:
+                filled = 0.02 * draw
+            value.copy_(filled)
 
 
 def base_backbones(generator):
@@ -345,6 +430,20 @@ def forward_references():
     states, kept = {}, {}
     with torch.no_grad():
         for name in CONFIGS:
+            if name in SYNTHETIC:
+                model = build(name, 10, 0.5, initialise=False).eval()
+                seed = 5000 + CONFIGS.index(name)
+                fill_synthetic(model, seed)
+                tensors[f"{name}/synthetic_seed"] = torch.tensor(seed)
+                x = torch.randn(1, 3, *INPUT_SIZES[parse(name)[0]], generator=generator)
+                tensors[f"{name}/input"] = x
+                logits, embedding, metric = evaluate(name, model, x)
+                tensors[f"{name}/logits/0"] = logits[0]
+                tensors[f"{name}/embedding"] = embedding
+                tensors[f"{name}/metric_feature"] = metric
+                tensors[f"{name}/test_feature"] = test_feature(name, model, x, embedding)
+                del model
+                continue
             model = build(name, 10, 0.5).eval()
             randomize_batchnorm_statistics(model, generator)
             randomize_instancenorm_affine(model, generator)
@@ -388,8 +487,11 @@ def training_batch():
 def training_dtype(name):
     """float64 for the OSNets and NASNet: in float32 their second and third losses move by
     percents with the rounding of a single sum (PyTorch's own, from one thread to two), so no
-    implementation could be held to them; in float64 they agree to 1e-11."""
-    return torch.float64 if is_osnet(name) or parse(name)[0] == "nasnet_a_tiny" else torch.float32
+    implementation could be held to them; in float64 they agree to 1e-11. The transformers too:
+    LibTorch 2.x's fused attention rounds otherwise than the unfused arithmetic, and the small
+    sums of some weights (a class-token model's qkv bias) carry it to 1e-4 in float32."""
+    float64 = ("nasnet_a_tiny",) + REDUCED_TRANSFORMERS
+    return torch.float64 if is_osnet(name) or parse(name)[0] in float64 else torch.float32
 
 
 def training_references(states):
@@ -484,19 +586,40 @@ def original_convnext_keys(state):
     return renamed
 
 
-def imagenet_files(out_dir):
-    """The ImageNet-style files of the smaller wrapped variants."""
+def imagenet_files(out_dir, image):
+    """The ImageNet-style files of the smaller wrapped variants; and a ViT file for 224x224,
+    whose position table a model of another grid resamples, with the features of that model."""
+    written = set()
     for name in CONFIGS:
         family = parse(name)[0]
-        if family not in WRAPPED or name in FORWARD_ONLY:
+        if family not in WRAPPED or name in FORWARD_ONLY or family in written:
             continue
+        written.add(family)
         upstream, variant = WRAPPED[family]
         torch.manual_seed(77)
-        state = upstream.create_imagenet(variant).state_dict()
+        net = upstream.create_imagenet(variant)
+        state = net.state_dict()
         torch.save(state, os.path.join(out_dir, f"imagenet_{variant}.pth"))
+        original = os.path.join(out_dir, f"imagenet_{variant}_original.pth")
         if upstream is convnext_models:
-            torch.save(original_convnext_keys(state),
-                       os.path.join(out_dir, f"imagenet_{variant}_original.pth"))
+            torch.save(original_convnext_keys(state), original)
+        elif upstream in (swin_models, swinv2_models):
+            torch.save(upstream.old_timm_state_dict(net), original)
+        elif upstream is eva_models:
+            torch.save(eva_models.original_state_dict(net), original)
+
+    torch.manual_seed(78)
+    published = vit_models.create_imagenet("vit_reduced", img_size=(224, 224)).state_dict()
+    torch.save(published, os.path.join(out_dir, "imagenet224_vit_reduced.pth"))
+    reid = vit_models.create("vit_reduced", img_size=(128, 64), patch_stride=12)
+    state = {k: v for k, v in published.items() if not k.startswith("head.")}
+    grid = ((128 - 16) // 12 + 1, (64 - 16) // 12 + 1)
+    state["pos_embed"] = vit_models.resample_abs_pos_embed(state["pos_embed"], grid)
+    reid.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        features = vit_models.features(reid.eval(), image)
+    torch.save({"features": features, "pos_embed": state["pos_embed"]},
+               os.path.join(out_dir, "imagenet224.pt"))
 
 
 def main():
@@ -522,7 +645,7 @@ def main():
     torch.save(outputs, os.path.join(out_dir, "python_outputs.pt"))
     fastreid_files(kept[FASTREID_CONFIG], out_dir)
     del kept
-    imagenet_files(out_dir)
+    imagenet_files(out_dir, forward["input"])
 
     torch.save(training_references(states), os.path.join(out_dir, "training.pt"))
 

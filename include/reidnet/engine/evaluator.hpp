@@ -114,6 +114,14 @@ inline TrainedRun describe_trained_run(const std::string& folder,
   check_run_config(c, namer);
   if (c.class_num < 1) throw ConfigError(namer("nclasses", "") + " is 0; expected 1 to 1000000");
   std::tie(run.family, run.args) = resolve_model(c, namer);
+  if (folder.empty() && overridden.count("height") == 0 && overridden.count("width") == 0) {
+    // A file without a run folder: the model's own input size (Swin's 224x224, PCB's 384x192).
+    auto own_size = run.args;
+    const auto own = model_config(run.family, own_size.input_size(std::nullopt));
+    c.height = own.height();
+    c.width = own.width();
+    run.args.input_size(ImageSize{c.height, c.width});
+  }
   if (!options.model().empty() && overridden.count("nclasses") == 0) {
     c.class_num = class_num_of_weights(run.family, run.args, run.weights);
     run.args.class_num(c.class_num);

@@ -55,6 +55,7 @@ struct RunConfig {
   std::map<std::string, bool> switches;
   std::string pool = "avg";
   int64_t last_stride = 2;
+  int64_t patch_stride = 0;  // a vision transformer's; 0 = its patch size
   double droprate = 0.5;
   int64_t linear_num = 512;
   std::string weights;
@@ -238,7 +239,7 @@ inline std::vector<std::string> preset_names() {
 /// families whose header was not included, or that reidnet does not build yet): written as
 /// false, and refused when an opts.yaml turns one on.
 inline std::vector<std::string> unbuilt_model_switches() {
-  static const std::vector<std::string> baseline{"use_NAS", "use_swin", "use_swinv2",
+  static const std::vector<std::string> baseline{"use_NAS",      "use_swin",      "use_swinv2", "use_dino",
                                                  "use_convnext", "use_efficient", "use_hr"};
   std::vector<std::string> unbuilt;
   for (const auto& key : baseline) {
@@ -252,7 +253,7 @@ inline std::vector<std::string> unbuilt_model_switches() {
 
 namespace detail {
 
-inline std::vector<std::string> pool_names() { return {"avg", "max", "gem", "gem_fixed"}; }
+inline std::vector<std::string> pool_names() { return {"avg", "max", "gem", "gem_fixed", "token"}; }
 
 /// The table behind run_fields(), in opts.yaml's order.
 inline std::vector<RunField> make_run_fields() {
@@ -331,12 +332,14 @@ inline std::vector<RunField> make_run_fields() {
     model_switch(entry.switch_key, entry.switch_flags,
                  fmt::format("the backbone {} (with {})", name, families));
   }
-  text("pool", yaml, "--pool", &C::pool, recipe, pool_names, "avg, max, gem or gem_fixed",
-       "global pooling: avg, max, gem (learnable p) or gem_fixed");
+  text("pool", yaml, "--pool", &C::pool, recipe, pool_names, "avg, max, gem, gem_fixed or token",
+       "global pooling: avg, max, gem (learnable p), gem_fixed, or token (a transformer's class token)");
   number("linear_num", yaml, "--linear-num,--linear_num", &C::linear_num, recipe, 0,
          kMaxLinearNum, "0 (none) to 65536", "bottleneck width (0 = none)");
   number("stride", yaml, "--stride", &C::last_stride, recipe, 1, 2, "1 or 2",
          "stride of the last stage (1 or 2)");
+  number("patch_stride", yaml, "--patch-stride", &C::patch_stride, recipe, 0, 64, "0 (the patch size) to 64",
+         "pixels between a vision transformer's patches (0 = its patch size; TransReID's overlapping 12)");
   number("droprate", yaml, "--droprate", &C::droprate, recipe, 0, 0.99, "0 to 0.99",
          "dropout before the classifier (0 to 0.99)");
   number("erasing_p", yaml, "--erasing-p,--erasing_p", &C::erasing_p, recipe, 0, 1, "0 to 1",
@@ -506,6 +509,7 @@ inline void check_run_config(const RunConfig& c, const FieldNamer& namer = name_
   }
   // RunConfig::switches is keyed by text: a key no family or backbone registered (a typo in
   // a program's own code) would otherwise be ignored.
+  const auto unbuilt = unbuilt_model_switches();
   for (const auto& item : c.switches) {
     const auto& key = item.first;  // (a lambda below captures it: no structured binding)
     const bool on = item.second;
@@ -514,7 +518,6 @@ inline void check_run_config(const RunConfig& c, const FieldNamer& namer = name_
       const auto* switch_key = std::get_if<SwitchKey>(&field.member);
       return switch_key != nullptr && switch_key->key == key;
     });
-    const auto unbuilt = unbuilt_model_switches();
     if (!registered && (on || std::find(unbuilt.begin(), unbuilt.end(), key) == unbuilt.end())) {
       std::vector<std::string> known;
       for (const auto& field : fields) {
@@ -580,6 +583,8 @@ inline std::pair<std::string, ModelArgs> resolve_model(const RunConfig& c,
                   .droprate(c.droprate)
                   .last_stride(c.last_stride)
                   .linear_num(c.linear_num)
+                  .input_size(ImageSize{c.height, c.width})
+                  .patch_stride(c.patch_stride > 0 ? std::optional<int64_t>(c.patch_stride) : std::nullopt)
                   .pool(pool_type_from_name(c.pool));
   for (const auto& backbone : backbone_names()) {
     const auto backbone_switch = backbone_entry(backbone).switch_key;
@@ -717,6 +722,15 @@ inline RunConfig read_opts_yaml(const std::filesystem::path& path) {
   });
   if (c.class_num < 1) {
     throw ConfigError(path.string() + ": key 'nclasses' is 0; expected 1 to 1000000");
+  }
+  // The baseline records no input size: its test.py picks the family's (Swin 224x224, PCB
+  // 384x192), and so does this.
+  const bool size_recorded = node["height"] || node["h"] || node["width"] || node["w"];
+  if (!size_recorded) {
+    auto [family, args] = resolve_model(c);
+    const auto own = model_config(family, args.input_size(std::nullopt));
+    c.height = own.height();
+    c.width = own.width();
   }
   return c;
 }

@@ -696,7 +696,8 @@ inline TrainResult train_run(TrainJob job) {
                           config.height != RunConfig{}.height || config.width != RunConfig{}.width;
   if (job.resume.empty() && !size_given) {
     const auto [family, args] = resolve_model(config);
-    const auto family_config = model_config(family, args);
+    auto own_size = args;  // the family's own input size, not the default one resolve_model passes
+    const auto family_config = model_config(family, own_size.input_size(std::nullopt));
     config.height = family_config.height();
     config.width = family_config.width();
   }

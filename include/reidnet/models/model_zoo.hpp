@@ -68,6 +68,12 @@ struct ModelArgs {
   /// Stochastic depth of backbones that have it (ConvNeXt, EfficientNet); unset = the
   /// backbone's default (the baseline's 0.2); 0 turns it off (repeatable training steps).
   TORCH_ARG(std::optional<double>, drop_path_rate) = std::nullopt;
+  /// The input size of backbones built for one (the transformers: their position tables and
+  /// attention windows); unset = the backbone's own (Swin's 224x224, else 256x128). The
+  /// model's config says the size it was built for.
+  TORCH_ARG(std::optional<ImageSize>, input_size) = std::nullopt;
+  /// Pixels between a vision transformer's patches; unset = its patch size (TransReID: 12).
+  TORCH_ARG(std::optional<int64_t>, patch_stride) = std::nullopt;
 };
 
 /// One registered head: what create_model puts on a backbone named as the model, with
@@ -113,10 +119,35 @@ inline void check_model_args(const ModelArgs& args) {
   TORCH_CHECK(args.linear_num() >= 0, "ModelArgs::linear_num must be >= 0, got ", args.linear_num());
   const auto drop_path = args.drop_path_rate().value_or(0.0);
   TORCH_CHECK(drop_path >= 0 && drop_path < 1, "ModelArgs::drop_path_rate must be in [0, 1), got ", drop_path);
+  if (const auto& size = args.input_size()) {
+    TORCH_CHECK((*size)[0] > 0 && (*size)[1] > 0, "ModelArgs::input_size must be positive, got ", (*size)[0], "x",
+                (*size)[1]);
+  }
+  TORCH_CHECK(args.patch_stride().value_or(1) > 0, "ModelArgs::patch_stride must be positive, got ",
+              *args.patch_stride());
+}
+
+/// The input size `backbone` is built for under `args`: the one asked for, else its own.
+inline ImageSize input_size_for(const std::string& backbone, const ModelArgs& args) {
+  return args.input_size().value_or(backbone_entry(backbone).default_input_size);
+}
+
+/// Families whose backbone has no class token refuse ModelArgs::pool token when built.
+inline void refuse_token_pool(const ModelArgs& args, const char* family) {
+  TORCH_CHECK(args.pool() != PoolType::kToken, "ModelArgs::pool token takes a transformer's class token; ", family,
+              " has none");
 }
 
 inline ModelConfig config_for(const std::string& backbone, std::string prefix) {
-  return ModelConfig().imagenet_prefix(std::move(prefix)).imagenet_key(backbone_entry(backbone).imagenet_key);
+  const auto entry = backbone_entry(backbone);
+  return ModelConfig()
+      .imagenet_prefix(std::move(prefix))
+      .imagenet_key(entry.imagenet_key)
+      .imagenet_adapt(entry.imagenet_adapt)
+      .height(entry.default_input_size[0])
+      .width(entry.default_input_size[1])
+      .mean(entry.input_mean)
+      .std(entry.input_std);
 }
 
 inline ClassBlock baseline_head(int64_t input_dim, const ModelArgs& args) {
@@ -157,23 +188,35 @@ inline const HeadEntry& head_entry(const std::string& name) {
   return found->second;
 }
 
-/// The config of `backbone` under head `head`: the head's layout names the ImageNet prefix.
-inline ModelConfig head_model_config(const std::string& backbone, const std::string& head) {
+/// The config of `backbone` under head `head` (the head's layout names the ImageNet prefix),
+/// at the input size `args` builds it for.
+inline ModelConfig head_model_config(const std::string& backbone, const std::string& head, const ModelArgs& args) {
   const auto& entry = head_entry(head);
-  return config_for(backbone, entry.layout.backbone() + ".").checkpoint_format(entry.checkpoint_format);
+  const auto size = input_size_for(backbone, args);
+  return config_for(backbone, entry.layout.backbone() + ".")
+      .checkpoint_format(entry.checkpoint_format)
+      .height(size[0])
+      .width(size[1]);
 }
 
 /// `backbone` with the registered head `head`, in that head's layout. The backbone keeps its
 /// ImageNet classifier where both the head's project and the backbone's entry say so.
 inline ReidModel head_model(const std::string& backbone, const std::string& head, const ModelArgs& args) {
   const auto& entry = head_entry(head);
-  const bool keep_classifier = entry.keep_backbone_classifier && backbone_entry(backbone).baseline_keeps_classifier;
+  const auto trunk_entry = backbone_entry(backbone);
+  const bool keep_classifier = entry.keep_backbone_classifier && trunk_entry.baseline_keeps_classifier;
+  const bool class_token = args.pool() == PoolType::kToken;
+  TORCH_CHECK(!class_token || trunk_entry.has_class_token,
+              "ModelArgs::pool token takes a transformer's class token; ", backbone, " has none");
   auto trunk = create_backbone(backbone, BackboneArgs()
                                              .last_stride(args.last_stride())
                                              .keep_classifier(keep_classifier)
-                                             .drop_path_rate(args.drop_path_rate()));
+                                             .drop_path_rate(args.drop_path_rate())
+                                             .input_size(input_size_for(backbone, args))
+                                             .patch_stride(args.patch_stride())
+                                             .class_token_feature(class_token));
   auto made = entry.create(trunk->num_features(), args);
-  return ReidModel(std::move(trunk), std::move(made), entry.layout, head_model_config(backbone, head));
+  return ReidModel(std::move(trunk), std::move(made), entry.layout, head_model_config(backbone, head, args));
 }
 
 /// Whether `family`'s ModelArgs::backbone asks for IBN-Net's resnet50_ibn_a (else resnet50).
@@ -185,6 +228,7 @@ inline bool on_resnet50_ibn_a(const ModelArgs& args, const char* family) {
 }
 
 inline ReidModel ft_net_model(const ModelArgs& args, bool ibn) {
+  refuse_token_pool(args, "ft_net");
   return ReidModel(std::shared_ptr<ReidModelImpl>(FtNet(FtNetOptions(args.class_num())
                    .droprate(args.droprate())
                    .last_stride(args.last_stride())
@@ -206,6 +250,7 @@ inline ModelConfig usam_config(const ModelArgs& args) {
 /// ft_net(ibn=True, usam=True).
 inline ReidModel usam_model(const ModelArgs& args) {
   const bool ibn = on_resnet50_ibn_a(args, "ft_net_usam");
+  refuse_token_pool(args, "ft_net_usam");
   auto trunk = UsamResNet(
       ResNetOptions().layers({3, 4, 6, 3}).last_stride(args.last_stride()).ibn_a(ibn));
   auto head = baseline_head(trunk->num_features(), args);
@@ -245,13 +290,13 @@ inline std::map<std::string, ModelEntry>& model_registry() {
       {"ft_net_dense", {[](const ModelArgs& a) { return head_model("densenet121", "class_block", a); },
                         "the baseline's ft_net_dense: DenseNet-121 + ClassBlock (--use_dense)",
                         "use_dense", "--use-dense,--use_dense", false, "",
-                        [](const ModelArgs&) { return head_model_config("densenet121", "class_block"); }}},
+                        [](const ModelArgs& a) { return head_model_config("densenet121", "class_block", a); }}},
       {"pcb", {pcb_model, "PCB: six horizontal stripes, one ClassBlock each; 384x192 (--PCB)", "PCB",
                "--PCB,--pcb", false, "", pcb_config}},
       {"bnneck", {[](const ModelArgs& a) { return head_model(bnneck_backbone(a), "bnneck", a); },
                   "the strong baseline: BNNeck head in fast-reid's layout (--bnneck)",
                   "bnneck", "--bnneck", /*takes_backbone=*/true, "",
-                  [](const ModelArgs& a) { return head_model_config(bnneck_backbone(a), "bnneck"); }}},
+                  [](const ModelArgs& a) { return head_model_config(bnneck_backbone(a), "bnneck", a); }}},
   };
   return registry;
 }
@@ -360,7 +405,7 @@ inline ReidModel create_model(const std::string& name, const ModelArgs& args = {
 inline ModelConfig model_config(const std::string& name, const ModelArgs& args) {
   const auto* family = detail::family_entry_for(name, args);
   if (family != nullptr && family->config) return family->config(args);
-  if (family == nullptr && is_backbone_name(name)) return detail::head_model_config(name, args.head());
+  if (family == nullptr && is_backbone_name(name)) return detail::head_model_config(name, args.head(), args);
   return create_model(name, args)->config();
 }
 
@@ -377,6 +422,7 @@ inline LoadReport load_imagenet_weights(ReidModelImpl& model, const std::string&
     if (!key.empty()) mapped.insert(key, item.value());
   }
   return detail::with_file_context("cannot load ImageNet weights", path, [&] {
+    if (config.imagenet_adapt()) mapped = config.imagenet_adapt()(mapped, *model.backbone().module());
     auto report = load_state_dict(model, mapped,
                                   LoadOptions().into(config.imagenet_prefix()).strict(false));
     // A missing entry matters where it is the backbone's: a flat layout (prefix "") also

@@ -104,6 +104,9 @@ struct ModelConfig {
   TORCH_ARG(std::string, imagenet_prefix) = "model.";
   /// How the ImageNet file's keys map onto the backbone's (identity when unset).
   TORCH_ARG(ImagenetKeyMap, imagenet_key) = {};
+  /// How the file's entries are then fitted to the backbone as built (a position table
+  /// resampled to its patch grid; as they are when unset).
+  TORCH_ARG(ImagenetFileAdapter, imagenet_adapt) = {};
   /// The layout of the family's trained files.
   TORCH_ARG(CheckpointFormat, checkpoint_format) = CheckpointFormat::kStateDict;
 };

@@ -16,11 +16,14 @@
 ///
 /// after which `reidnet::create_model("tiny_net", args)` builds it with the baseline's head.
 
+#include <reidnet/io/state_dict.hpp>
+
 #include <torch/nn/module.h>
 #include <torch/types.h>
 
 #include <c10/util/Exception.h>
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -82,6 +85,9 @@ class ModulePart {
 /// A backbone module and its Backbone contract.
 using AnyBackbone = ModulePart<Backbone>;
 
+/// Input height and width, in pixels.
+using ImageSize = std::array<int64_t, 2>;
+
 /// What the registry's factories are given; a backbone ignores what it has no use for.
 struct BackboneArgs {
   /// Stride of the last stage: 2 as on ImageNet, or 1 for a map twice as fine (ReID's trick).
@@ -93,11 +99,27 @@ struct BackboneArgs {
   /// ConvNeXt and EfficientNet); unset = the backbone's own default; ignored by backbones
   /// without it.
   TORCH_ARG(std::optional<double>, drop_path_rate) = std::nullopt;
+  /// The input size a backbone whose structure depends on it is built for (a transformer's
+  /// position table, its attention windows); create_backbone fills in the entry's
+  /// default_input_size when unset. Convolutional backbones ignore it.
+  TORCH_ARG(std::optional<ImageSize>, input_size) = std::nullopt;
+  /// Pixels between the patches of a vision transformer's patch embedding: its patch size
+  /// when unset, less for overlapping patches (TransReID's 12 of 16). Others ignore it.
+  TORCH_ARG(std::optional<int64_t>, patch_stride) = std::nullopt;
+  /// A vision transformer's feature: its class token (as TransReID and DINO's linear probes
+  /// take it) rather than its patch tokens as a map for the head to pool. Others ignore it.
+  TORCH_ARG(bool, class_token_feature) = false;
 };
 
 /// Maps a key of the backbone's published ImageNet weight file onto the backbone's own key;
 /// an empty result drops the entry.
 using ImagenetKeyMap = std::function<std::string(const std::string&)>;
+
+/// Fits a published ImageNet file's entries, already under the backbone's own keys, to the
+/// backbone as built: resamples a position table to its patch grid, checks the buffers an
+/// older file carries that the module computes itself and drops them. Throws, naming the key,
+/// where the file cannot fit.
+using ImagenetFileAdapter = std::function<StateDict(const StateDict& entries, const torch::nn::Module& backbone)>;
 
 /// A registered backbone.
 struct BackboneEntry {
@@ -114,9 +136,28 @@ struct BackboneEntry {
   /// its ClassBlock on it: torchvision's ResNet and DenseNet keep theirs, its timm and
   /// pretrainedmodels networks lose theirs. The ClassBlock head follows it.
   bool baseline_keeps_classifier = true;
+  /// The input size the backbone is built for when BackboneArgs::input_size is unset (the
+  /// size its name or its project gives: 224x224 for swin_base_patch4_window7_224), and the
+  /// input size of the ReID models on it.
+  ImageSize default_input_size = {256, 128};
+  /// The per-channel mean and std (on 0..1) of the pictures the backbone's published weights
+  /// were trained on: ImageNet's, or 0.5 for timm's ViT files.
+  std::vector<double> input_mean = {0.485, 0.456, 0.406};
+  std::vector<double> input_std = {0.229, 0.224, 0.225};
+  /// Whether the backbone has a class token it gives as its feature with
+  /// BackboneArgs::class_token_feature (ModelArgs::pool token).
+  bool has_class_token = false;
+  /// How the file's entries are fitted to the backbone after the key mapping (as they are when
+  /// unset).
+  ImagenetFileAdapter imagenet_adapt = {};
 };
 
 namespace detail {
+/// Whether `text` ends with `tail` (keys of published files, matched by their last part).
+inline bool ends_with(const std::string& text, const std::string& tail) {
+  return text.size() >= tail.size() && text.compare(text.size() - tail.size(), tail.size(), tail) == 0;
+}
+
 inline std::map<std::string, BackboneEntry>& backbone_registry() {
   static std::map<std::string, BackboneEntry> registry;
   return registry;
@@ -166,7 +207,10 @@ inline BackboneEntry backbone_entry(const std::string& name) {
 
 /// A new backbone of the registered kind `name`.
 inline AnyBackbone create_backbone(const std::string& name, const BackboneArgs& args = {}) {
-  return backbone_entry(name).create(args);
+  const auto entry = backbone_entry(name);
+  auto sized = args;
+  if (!sized.input_size()) sized.input_size(entry.default_input_size);
+  return entry.create(sized);
 }
 
 }  // namespace reidnet

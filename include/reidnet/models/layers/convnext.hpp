@@ -1,7 +1,6 @@
 #pragma once
-/// ConvNeXt's building blocks (Liu et al. 2022), with timm's state_dict keys and numerics:
-/// the LayerNorm over the channels of an NCHW map (timm's LayerNorm2d), the two-layer MLP
-/// (timm's Mlp) and the ConvNeXt block.
+/// ConvNeXt's building blocks (Liu et al. 2022), with timm's state_dict keys and numerics: the
+/// LayerNorm over the channels of an NCHW map (timm's LayerNorm2d) and the ConvNeXt block.
 ///
 ///     reidnet::ConvNeXtBlock block(reidnet::ConvNeXtBlockOptions(128).drop_path(0.1));
 ///     torch::Tensor y = block(torch::randn({2, 128, 64, 32}));   // same shape
@@ -10,6 +9,7 @@
 /// mlp.fc1, mlp.fc2.
 
 #include <reidnet/models/layers/drop_path.hpp>
+#include <reidnet/models/layers/mlp.hpp>
 
 #include <c10/util/Exception.h>
 #include <torch/nn/cloneable.h>
@@ -59,33 +59,6 @@ class LayerNorm2dImpl : public torch::nn::Cloneable<LayerNorm2dImpl> {
   double eps_;
 };
 TORCH_MODULE(LayerNorm2d);
-
-/// Linear, GELU, Linear (timm's Mlp without dropout). Keys: fc1, fc2.
-class MlpImpl : public torch::nn::Cloneable<MlpImpl> {
- public:
-  MlpImpl(int64_t in_features, int64_t hidden_features, std::optional<int64_t> out_features = std::nullopt)
-      : in_(in_features), hidden_(hidden_features), out_(out_features.value_or(in_features)) {
-    reset();
-  }
-
-  void reset() override {
-    fc1 = register_module("fc1", torch::nn::Linear(in_, hidden_));
-    fc2 = register_module("fc2", torch::nn::Linear(hidden_, out_));
-  }
-
-  /// Works on the last dimension of `x`, as torch::nn::Linear does.
-  torch::Tensor forward(const torch::Tensor& x) { return fc2(torch::gelu(fc1(x))); }
-
-  void pretty_print(std::ostream& stream) const override {
-    stream << "reidnet::Mlp(" << in_ << " -> " << hidden_ << " -> " << out_ << ")";
-  }
-
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
-
- private:
-  int64_t in_, hidden_, out_;
-};
-TORCH_MODULE(Mlp);
 
 struct ConvNeXtBlockOptions {
   /* implicit */ ConvNeXtBlockOptions(int64_t channels) : channels_(channels) {}

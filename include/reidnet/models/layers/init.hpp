@@ -123,14 +123,21 @@ struct TorchvisionInit {
 /// timm's init of its ConvNeXt and vision transformers: conv and Linear weights from a normal of
 /// mean 0 and this std, truncated to [-2, 2] (timm's trunc_normal_, by inverse transform), every
 /// bias 0. Norm layers keep their construction (weight 1, bias 0).
+/// Fills `tensor` from N(0, std^2) truncated to [-2, 2] (absolute bounds, as timm's
+/// trunc_normal_), by inverse-transform sampling.
+inline void truncated_normal_(torch::Tensor& tensor, double std) {
+  torch::NoGradGuard no_grad;
+  const auto cdf = [std](double bound) { return 0.5 * (1 + std::erf(bound / std / std::sqrt(2.0))); };
+  tensor.uniform_(2 * cdf(-2.0) - 1, 2 * cdf(2.0) - 1).erfinv_().mul_(std * std::sqrt(2.0)).clamp_(-2.0, 2.0);
+}
+
 struct TruncatedNormalInit {
   double std = 0.02;
 
   void operator()(torch::nn::Module& root) const {
     torch::NoGradGuard no_grad;
     const auto init = [this](torch::Tensor& weight, torch::Tensor& bias) {
-      const auto cdf = [this](double bound) { return 0.5 * (1 + std::erf(bound / std / std::sqrt(2.0))); };
-      weight.uniform_(2 * cdf(-2.0) - 1, 2 * cdf(2.0) - 1).erfinv_().mul_(std * std::sqrt(2.0)).clamp_(-2.0, 2.0);
+      truncated_normal_(weight, std);
       detail::zero_if_defined(bias);
     };
     detail::for_each_conv(root, init);

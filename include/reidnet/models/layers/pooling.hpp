@@ -24,6 +24,7 @@ enum class PoolType {
   kMax,       ///< adaptive max pooling
   kGem,       ///< generalized mean with a learnable p (fast-reid's GeneralizedMeanPoolingP)
   kGemFixed,  ///< generalized mean with p fixed (fast-reid's GeneralizedMeanPooling)
+  kToken,     ///< a transformer's class token (timm's global_pool='token'), which the backbone gives as a 1x1 map
 };
 
 /// The command-line and opts.yaml spelling of each kind.
@@ -33,16 +34,18 @@ inline const char* pool_name(PoolType type) {
     case PoolType::kMax: return "max";
     case PoolType::kGem: return "gem";
     case PoolType::kGemFixed: return "gem_fixed";
+    case PoolType::kToken: return "token";
   }
   return "?";
 }
 
-/// The kind spelt `name` ("avg", "max", "gem", "gem_fixed"); throws naming the spellings.
+/// The kind spelt `name` ("avg", "max", "gem", "gem_fixed", "token"); throws naming the
+/// spellings.
 inline PoolType pool_type_from_name(const std::string& name) {
-  for (const auto type : {PoolType::kAvg, PoolType::kMax, PoolType::kGem, PoolType::kGemFixed}) {
+  for (const auto type : {PoolType::kAvg, PoolType::kMax, PoolType::kGem, PoolType::kGemFixed, PoolType::kToken}) {
     if (name == pool_name(type)) return type;
   }
-  TORCH_CHECK(false, "unknown pooling \"", name, "\"; expected avg, max, gem or gem_fixed");
+  TORCH_CHECK(false, "unknown pooling \"", name, "\"; expected avg, max, gem, gem_fixed or token");
 }
 
 struct GlobalPoolOptions {
@@ -77,6 +80,10 @@ class GlobalPoolImpl : public torch::nn::Cloneable<GlobalPoolImpl> {
       case PoolType::kMax: return std::get<0>(torch::adaptive_max_pool2d(map, {1, 1})).flatten(1);
       case PoolType::kGem: return generalized_mean(map, p);
       case PoolType::kGemFixed: return generalized_mean(map, options.p());
+      case PoolType::kToken:
+        TORCH_CHECK(map.size(2) == 1 && map.size(3) == 1, "GlobalPool(token) takes the class token that a "
+                    "transformer backbone gives as a (B, C, 1, 1) map, got ", map.sizes());
+        return map.flatten(1);
     }
     return {};
   }
