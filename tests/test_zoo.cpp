@@ -560,6 +560,30 @@ TEST_CASE("the transformers: a ViT file for 224x224 loads into TransReID's overl
   torch::NoGradGuard no_grad;
   CHECK(max_relative_difference(model->forward_features(forward_references().at("input")), reference.at("features")) <
         kTolerance);
+  // Files that do not fit are refused, naming the entry: an older Swin file whose stored
+  // window buffer differs from the one the network computes, a ViT file of another patch size.
+  reidnet::test::TemporaryFolder folder("reidnet-transformer-files");
+  reidnet::StateDict tampered;
+  for (const auto& item : reidnet::read_state_dict(fixture("zoo", "imagenet_swin_reduced_original.pth"))) {
+    auto value = item.value().clone();
+    if (item.key() == "layers.0.blocks.1.attn.relative_position_index") value.flip(0);
+    tampered.insert(item.key(), value);
+  }
+  const auto tampered_path = (folder.path / "swin_tampered.pth").string();
+  reidnet::save_tensors(tampered, tampered_path);
+  auto swin_model = build("swin_reduced/stride=2/linear_num=512");
+  CHECK_THROWS_WITH_AS(reidnet::load_imagenet_weights(*swin_model, tampered_path),
+                       doctest::Contains("'layers.0.blocks.1.attn.relative_position_index' differs"),
+                       std::runtime_error);
+  reidnet::StateDict other_kernel;
+  for (const auto& item : reidnet::read_state_dict(fixture("zoo", "imagenet224_vit_reduced.pth"))) {
+    other_kernel.insert(item.key(), item.key() == "patch_embed.proj.weight" ? torch::zeros({64, 3, 8, 8})
+                                                                             : item.value());
+  }
+  const auto other_kernel_path = (folder.path / "vit_patch8.pth").string();
+  reidnet::save_tensors(other_kernel, other_kernel_path);
+  CHECK_THROWS_WITH_AS(reidnet::load_imagenet_weights(*model, other_kernel_path),
+                       doctest::Contains("patch_embed.proj.weight"), std::runtime_error);
   // The full-size ViT-B/16 at 256x128 with stride 12 has TransReID's 21 x 10 grid (plus the
   // class token); at stride 16, 16 x 8.
   for (const auto& [stride, positions] : {std::pair<int64_t, int64_t>{12, 211}, {16, 129}}) {

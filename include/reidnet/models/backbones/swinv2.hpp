@@ -163,7 +163,7 @@ class SwinTransformerV2Impl : public torch::nn::Cloneable<SwinTransformerV2Impl>
       if (i > 0) resolution = {resolution[0] / 2, resolution[1] / 2};
       dim = out_dim;
     }
-    norm = register_module("norm", detail::swinv2_layer_norm(num_features()));
+    norm = register_module("norm", detail::swin_layer_norm(num_features()));
     head = nullptr;
     if (options.class_num() > 0) {
       head = register_module("head", SwinClassifierHead(num_features(), options.class_num()));

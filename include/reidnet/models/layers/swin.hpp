@@ -37,6 +37,13 @@ namespace reidnet {
 /// timm's LayerNorm eps for Swin (torch.nn.LayerNorm's default).
 constexpr double kSwinLayerNormEps = 1e-5;
 
+namespace detail {
+/// A LayerNorm over `channels` with Swin's eps (V1 and V2 alike).
+inline torch::nn::LayerNorm swin_layer_norm(int64_t channels) {
+  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({channels}).eps(kSwinLayerNormEps));
+}
+}  // namespace detail
+
 /// The window a Swin block attends in and the cyclic shift it applies on a map of `resolution`
 /// tokens (height, width).
 struct SwinWindowShift {
@@ -68,7 +75,7 @@ class SwinPatchEmbedImpl : public torch::nn::Cloneable<SwinPatchEmbedImpl> {
 
   void reset() override {
     proj = register_module("proj", torch::nn::Conv2d(torch::nn::Conv2dOptions(in_, dim_, patch_).stride(patch_)));
-    norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim_}).eps(kSwinLayerNormEps)));
+    norm = register_module("norm", detail::swin_layer_norm(dim_));
   }
 
   torch::Tensor forward(const torch::Tensor& images) { return norm(proj(images).permute({0, 2, 3, 1})); }
@@ -196,9 +203,9 @@ class SwinTransformerBlockImpl : public torch::nn::Cloneable<SwinTransformerBloc
     window_ = window_shift.window;
     shift_ = window_shift.shift;
     const auto dim = options.dim();
-    norm1 = register_module("norm1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(kSwinLayerNormEps)));
+    norm1 = register_module("norm1", detail::swin_layer_norm(dim));
     attn = register_module("attn", SwinWindowAttention(dim, options.num_heads(), window_));
-    norm2 = register_module("norm2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(kSwinLayerNormEps)));
+    norm2 = register_module("norm2", detail::swin_layer_norm(dim));
     mlp = register_module("mlp", Mlp(dim, static_cast<int64_t>(static_cast<double>(dim) * options.mlp_ratio())));
     // The mask is built on the map padded to whole windows, as timm builds it.
     const auto padded = [](int64_t size, int64_t window) { return (size + window - 1) / window * window; };
@@ -269,8 +276,7 @@ class SwinPatchMergingImpl : public torch::nn::Cloneable<SwinPatchMergingImpl> {
   }
 
   void reset() override {
-    norm = register_module("norm",
-                           torch::nn::LayerNorm(torch::nn::LayerNormOptions({4 * dim_}).eps(kSwinLayerNormEps)));
+    norm = register_module("norm", detail::swin_layer_norm(4 * dim_));
     reduction = register_module("reduction", torch::nn::Linear(torch::nn::LinearOptions(4 * dim_, out_).bias(false)));
   }
 

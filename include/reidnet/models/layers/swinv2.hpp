@@ -14,6 +14,7 @@
 
 #include <reidnet/models/layers/drop_path.hpp>
 #include <reidnet/models/layers/mlp.hpp>
+#include <reidnet/models/layers/swin.hpp>
 #include <reidnet/models/layers/windows.hpp>
 
 #include <c10/util/Exception.h>
@@ -35,15 +36,6 @@
 #include <ostream>
 
 namespace reidnet {
-
-/// torch.nn.LayerNorm's default eps, which timm's SwinV2 keeps.
-constexpr double kSwinV2LayerNormEps = 1e-5;
-
-namespace detail {
-inline torch::nn::LayerNorm swinv2_layer_norm(int64_t channels) {
-  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({channels}).eps(kSwinV2LayerNormEps));
-}
-}  // namespace detail
 
 /// (1, 2wh-1, 2ww-1, 2) float32: every relative offset (dy, dx) of a window, divided by the
 /// pretraining window's side - 1 (the window's own when `pretrained_window` is 0), times 8,
@@ -203,9 +195,9 @@ class SwinV2BlockImpl : public torch::nn::Cloneable<SwinV2BlockImpl> {
                 " windows (timm cannot build its shift mask either); choose an input size whose stage maps are");
     attn = register_module(
         "attn", SwinV2WindowAttention(options.dim(), options.num_heads(), window_, options.pretrained_window_size()));
-    norm1 = register_module("norm1", detail::swinv2_layer_norm(options.dim()));
+    norm1 = register_module("norm1", detail::swin_layer_norm(options.dim()));
     mlp = register_module("mlp", Mlp(options.dim(), static_cast<int64_t>(options.dim() * options.mlp_ratio())));
-    norm2 = register_module("norm2", detail::swinv2_layer_norm(options.dim()));
+    norm2 = register_module("norm2", detail::swin_layer_norm(options.dim()));
     auto mask = shifted_window_mask(resolution[0], resolution[1], window_, shift_);
     attn_mask_ = mask ? *mask : torch::Tensor();
   }
@@ -264,7 +256,7 @@ class SwinV2PatchMergingImpl : public torch::nn::Cloneable<SwinV2PatchMergingImp
 
   void reset() override {
     reduction = register_module("reduction", torch::nn::Linear(torch::nn::LinearOptions(4 * dim_, out_).bias(false)));
-    norm = register_module("norm", detail::swinv2_layer_norm(out_));
+    norm = register_module("norm", detail::swin_layer_norm(out_));
   }
 
   torch::Tensor forward(const torch::Tensor& x) {
