@@ -566,7 +566,7 @@ TEST_CASE("the transformers: a ViT file for 224x224 loads into TransReID's overl
   reidnet::StateDict tampered;
   for (const auto& item : reidnet::read_state_dict(fixture("zoo", "imagenet_swin_reduced_original.pth"))) {
     auto value = item.value().clone();
-    if (item.key() == "layers.0.blocks.1.attn.relative_position_index") value.flip(0);
+    if (item.key() == "layers.0.blocks.1.attn.relative_position_index") value = value.flip({0});
     tampered.insert(item.key(), value);
   }
   const auto tampered_path = (folder.path / "swin_tampered.pth").string();
