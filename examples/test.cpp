@@ -6,6 +6,7 @@
 //   reidnet-test --from-mat pytorch_result.mat   (features the Python baseline's test.py wrote)
 #include "common/cli.hpp"
 #include "common/gallery_search.hpp"
+#include "common/trained_run_flags.hpp"
 #include "common/ranked_list.hpp"
 
 #include <reidnet/core/autocast.hpp>
@@ -150,22 +151,7 @@ int main(int argc, char** argv) {
   app.add_option("--data,--test_dir", c.data, "data set root with query and gallery images");
   app.add_option("--from-mat", c.from_mat, "evaluate the features of a pytorch_result.mat (as "
                  "the Python baseline's test.py writes it) instead of a model on --data");
-  app.add_option("--model-dir", c.model_dir, "folder with opts.yaml and net_last.pth");
-  app.add_option("--weights", c.model.weights(), "weights (default: <model-dir>/net_last.pth)")
-      ->check(CLI::ExistingFile);
-  app.add_option("--model", c.model.model(), "the model of --weights given without --model-dir "
-                 "(reidnet-model-summary --list): torchreid's, fast-reid's or a bare state_dict "
-                 "file; the class count is read from it");
-  app.add_option("--class-num,--nclasses", c.model.class_num(), "override opts.yaml: training ids")
-      ->check(range(1, reidnet::kMaxClasses));
-  app.add_option("--stride", c.model.last_stride(), "override opts.yaml: last stride")
-      ->check(range(1, 2));
-  app.add_option("--linear-num,--linear_num", c.model.linear_num(), "override opts.yaml: "
-                 "bottleneck width")->check(range(0, reidnet::kMaxLinearNum));
-  app.add_option("--height", c.model.height(), "input height (default: opts.yaml)")
-      ->check(range(1, reidnet::kMaxImageSide));
-  app.add_option("--width", c.model.width(), "input width (default: opts.yaml)")
-      ->check(range(1, reidnet::kMaxImageSide));
+  reidnet::examples::add_trained_run_flags(app, c.model_dir, c.model);
   app.add_option("--batch-size,--batchsize", c.batch_size, "images per batch")
       ->check(range(1, reidnet::kMaxBatchSize));
   app.add_option("--ms", c.ms, "multi-scale factors s (images resized by sqrt(s)), e.g. 1,1.1; "

@@ -25,6 +25,7 @@ LAYERS = [
     ("data", "images, data sets, transforms, loaders"),
     ("solver", "losses, optimisers, schedules, scaler"),
     ("inference", "the fast CPU path"),
+    ("export", "ONNX files"),
     ("evaluation", "features, protocol, re-ranking, gallery search"),
     ("distributed", "several processes"),
     ("engine", "run folders and training runs"),

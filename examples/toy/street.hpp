@@ -101,56 +101,6 @@ inline void ellipse(cairo_t* cr, double cx, double cy, double rx, double ry) {
   cairo_restore(cr);
 }
 
-/// The scene behind the person: wall and ground in the camera's colours, with doors,
-/// windows, trees and posts placed anew for every picture.
-inline void draw_background(cairo_t* cr, const Camera& camera, double w, double h, Rng& rng) {
-  const double horizon = camera.horizon * h;
-  set_colour(cr, camera.wall);
-  cairo_rectangle(cr, 0, 0, w, horizon);
-  cairo_fill(cr);
-  set_colour(cr, camera.ground);
-  cairo_rectangle(cr, 0, horizon, w, h - horizon);
-  cairo_fill(cr);
-  // Paving lines converge towards a vanishing point, which moves with the viewpoint.
-  const double vanish = uniform(rng, -0.5, 1.5) * w;
-  cairo_set_source_rgba(cr, 0, 0, 0, 0.18);
-  cairo_set_line_width(cr, 1);
-  for (int i = -3; i <= 6; ++i) {
-    cairo_move_to(cr, vanish, horizon);
-    cairo_line_to(cr, i * w / 3.0, h);
-  }
-  cairo_stroke(cr);
-  const int things = static_cast<int>(random_integer(rng, 1, 4));
-  for (int i = 0; i < things; ++i) {
-    const double x = uniform(rng, -0.2, 1.0) * w, width = uniform(rng, 0.15, 0.45) * w;
-    switch (random_integer(rng, 0, 4)) {
-      case 0:  // a window or shop sign
-        set_colour(cr, shade(camera.trim, uniform(rng, 0.6, 1.1)));
-        cairo_rectangle(cr, x, uniform(rng, 0.05, 0.3) * horizon, width, uniform(rng, 0.2, 0.4) * horizon);
-        cairo_fill(cr);
-        break;
-      case 1:  // a door down to the ground
-        set_colour(cr, shade(camera.trim, 0.5));
-        cairo_rectangle(cr, x, uniform(rng, 0.35, 0.55) * horizon, width * 0.6, horizon);
-        cairo_fill(cr);
-        break;
-      case 2: {  // a tree
-        set_colour(cr, {90, 60, 35});
-        cairo_rectangle(cr, x + width * 0.45, horizon * 0.4, width * 0.12, horizon * 0.65);
-        cairo_fill(cr);
-        set_colour(cr, shade(camera.foliage, uniform(rng, 0.8, 1.2)));
-        ellipse(cr, x + width * 0.5, horizon * 0.35, width * 0.6, horizon * 0.3);
-        cairo_fill(cr);
-        break;
-      }
-      default:  // a post
-        set_colour(cr, shade(camera.trim, 0.35));
-        cairo_rectangle(cr, x, 0, std::max(2.0, w * 0.05), horizon * 1.05);
-        cairo_fill(cr);
-    }
-  }
-}
-
 /// Draws `id` with its feet at (0, 0) and its head at (0, -1) in the current user space:
 /// `view` 0 front, 1 back, 2 facing left, 3 facing right; `phase` the walking cycle.
 inline void draw_person(cairo_t* cr, const Identity& id, int view, double phase) {
@@ -300,18 +250,81 @@ inline void draw_person(cairo_t* cr, const Identity& id, int view, double phase)
   cairo_restore(cr);
 }
 
+}  // namespace detail
+
+/// The scene behind the people: wall and ground in the camera's colours, with doors,
+/// windows, trees and posts placed anew for every picture (drawn from `rng`).
+inline void draw_background(cairo_t* cr, const Camera& camera, double w, double h, Rng& rng) {
+  const double horizon = camera.horizon * h;
+  detail::set_colour(cr, camera.wall);
+  cairo_rectangle(cr, 0, 0, w, horizon);
+  cairo_fill(cr);
+  detail::set_colour(cr, camera.ground);
+  cairo_rectangle(cr, 0, horizon, w, h - horizon);
+  cairo_fill(cr);
+  // Paving lines converge towards a vanishing point, which moves with the viewpoint.
+  const double vanish = uniform(rng, -0.5, 1.5) * w;
+  cairo_set_source_rgba(cr, 0, 0, 0, 0.18);
+  cairo_set_line_width(cr, 1);
+  for (int i = -3; i <= 6; ++i) {
+    cairo_move_to(cr, vanish, horizon);
+    cairo_line_to(cr, i * w / 3.0, h);
+  }
+  cairo_stroke(cr);
+  const int things = static_cast<int>(random_integer(rng, 1, 4));
+  for (int i = 0; i < things; ++i) {
+    const double x = uniform(rng, -0.2, 1.0) * w, width = uniform(rng, 0.15, 0.45) * w;
+    switch (random_integer(rng, 0, 4)) {
+      case 0:  // a window or shop sign
+        detail::set_colour(cr, shade(camera.trim, uniform(rng, 0.6, 1.1)));
+        cairo_rectangle(cr, x, uniform(rng, 0.05, 0.3) * horizon, width, uniform(rng, 0.2, 0.4) * horizon);
+        cairo_fill(cr);
+        break;
+      case 1:  // a door down to the ground
+        detail::set_colour(cr, shade(camera.trim, 0.5));
+        cairo_rectangle(cr, x, uniform(rng, 0.35, 0.55) * horizon, width * 0.6, horizon);
+        cairo_fill(cr);
+        break;
+      case 2: {  // a tree
+        detail::set_colour(cr, {90, 60, 35});
+        cairo_rectangle(cr, x + width * 0.45, horizon * 0.4, width * 0.12, horizon * 0.65);
+        cairo_fill(cr);
+        detail::set_colour(cr, shade(camera.foliage, uniform(rng, 0.8, 1.2)));
+        detail::ellipse(cr, x + width * 0.5, horizon * 0.35, width * 0.6, horizon * 0.3);
+        cairo_fill(cr);
+        break;
+      }
+      default:  // a post
+        detail::set_colour(cr, shade(camera.trim, 0.35));
+        cairo_rectangle(cr, x, 0, std::max(2.0, w * 0.05), horizon * 1.05);
+        cairo_fill(cr);
+    }
+  }
+}
+
+/// Draws `id` standing with its feet at (`x`, `feet`), `size` pixels from feet to the top of
+/// the head: `view` 0 front, 1 back, 2 facing left, 3 facing right; `phase` the walking cycle.
+inline void draw_person_at(cairo_t* cr, const Identity& id, double x, double feet, double size,
+                           int view, double phase) {
+  cairo_save(cr);
+  cairo_translate(cr, x, feet);
+  cairo_scale(cr, size, size);
+  detail::draw_person(cr, id, view, phase);
+  cairo_restore(cr);
+}
+
 /// Something between the camera and the person: a post, the top of a car, or a passer-by.
 inline void draw_occluder(cairo_t* cr, const Camera& camera, double w, double h, Rng& rng) {
   switch (random_integer(rng, 0, 3)) {
     case 0: {
-      set_colour(cr, shade(camera.trim, 0.3));
+      detail::set_colour(cr, shade(camera.trim, 0.3));
       const double x = uniform(rng, 0.1, 0.8) * w;
       cairo_rectangle(cr, x, 0, uniform(rng, 0.08, 0.18) * w, h);
       cairo_fill(cr);
       break;
     }
     case 1: {
-      set_colour(cr, random_colour(rng));
+      detail::set_colour(cr, random_colour(rng));
       const double top = uniform(rng, 0.62, 0.8) * h;
       cairo_rectangle(cr, -0.1 * w, top, 1.2 * w, h - top);
       cairo_fill(cr);
@@ -323,16 +336,12 @@ inline void draw_occluder(cairo_t* cr, const Camera& camera, double w, double h,
     default: {
       Rng passer_rng(rng());
       const auto passer = random_identity(passer_rng);
-      cairo_save(cr);
-      cairo_translate(cr, (uniform(rng, 0, 1) < 0.5 ? -0.3 : 1.3) * w, h * 1.05);
-      cairo_scale(cr, h * 0.95, h * 0.95);
-      draw_person(cr, passer, static_cast<int>(random_integer(rng, 0, 4)), uniform(rng, 0, 6.3));
-      cairo_restore(cr);
+      const double x = (uniform(rng, 0, 1) < 0.5 ? -0.3 : 1.3) * w;
+      draw_person_at(cr, passer, x, h * 1.05, h * 0.95, static_cast<int>(random_integer(rng, 0, 4)),
+                     uniform(rng, 0, 6.3));
     }
   }
 }
-
-}  // namespace detail
 
 /// One picture of `id` (or, for junk, a badly placed box) by `camera`: uint8 [H, W, 3].
 inline torch::Tensor take_picture(const Identity& id, const Camera& camera, int height,
@@ -347,19 +356,16 @@ inline torch::Tensor take_picture(const Identity& id, const Camera& camera, int 
   {
     CairoPtr cr(cairo_create(small.get()), cairo_destroy);
     cairo_scale(cr.get(), static_cast<double>(small_w) / width, static_cast<double>(small_h) / height);
-    detail::draw_background(cr.get(), camera, width, height, rng);
+    draw_background(cr.get(), camera, width, height, rng);
     const double size = height * camera.distance * id.stature * uniform(rng, 0.93, 1.05);
     double cx = width * uniform(rng, 0.42, 0.58), feet = height * uniform(rng, 0.95, 1.0);
     if (junk) {  // a detector's miss: mostly background, a fragment of a person
       cx += width * (uniform(rng, 0, 1) < 0.5 ? -0.6 : 0.6);
       feet += height * uniform(rng, 0.2, 0.5);
     }
-    cairo_save(cr.get());
-    cairo_translate(cr.get(), cx, feet);
-    cairo_scale(cr.get(), size, size);
-    detail::draw_person(cr.get(), id, static_cast<int>(random_integer(rng, 0, 4)), uniform(rng, 0, 6.3));
-    cairo_restore(cr.get());
-    if (uniform(rng, 0, 1) < camera.occlusion) detail::draw_occluder(cr.get(), camera, width, height, rng);
+    draw_person_at(cr.get(), id, cx, feet, size, static_cast<int>(random_integer(rng, 0, 4)),
+                   uniform(rng, 0, 6.3));
+    if (uniform(rng, 0, 1) < camera.occlusion) draw_occluder(cr.get(), camera, width, height, rng);
   }
   SurfacePtr full(cairo_image_surface_create(CAIRO_FORMAT_RGB24, width, height), cairo_surface_destroy);
   {

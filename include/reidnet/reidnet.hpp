@@ -12,6 +12,7 @@
 #include <reidnet/core/version.hpp>
 
 #include <reidnet/io/checkpoint.hpp>
+#include <reidnet/io/npy.hpp>
 #include <reidnet/io/retrieval_features.hpp>
 #include <reidnet/io/state_dict.hpp>
 

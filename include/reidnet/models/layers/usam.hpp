@@ -82,10 +82,11 @@ class UsamImpl : public torch::nn::Cloneable<UsamImpl> {
   // Ones inside, zeros on the outer rows and columns. Multiplying by it gives the values and
   // gradients of the Python in-place slice assignment without writing into an autograd output.
   static torch::Tensor border_mask(const torch::Tensor& att) {
+    // Padded ones rather than a write into a view of zeros, so that a trace of the forward
+    // (ONNX export) records the mask.
     const int64_t h = att.size(2), w = att.size(3);
-    auto mask = torch::zeros({1, 1, h, w}, att.options());
-    if (h > 2 && w > 2) mask.narrow(2, 1, h - 2).narrow(3, 1, w - 2).fill_(1);
-    return mask;
+    if (h <= 2 || w <= 2) return torch::zeros({1, 1, h, w}, att.options());
+    return torch::constant_pad_nd(torch::ones({1, 1, h - 2, w - 2}, att.options()), {1, 1, 1, 1});
   }
 };
 TORCH_MODULE(Usam);
