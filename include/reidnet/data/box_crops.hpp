@@ -202,7 +202,10 @@ inline torch::Tensor resize_region_with_tensor_ops(const torch::Tensor& region, 
   }
   const auto [column_index, column_weight] = opencv_taps(in_width, width, true, device);
   const auto horizontal = tap_sums(x, 2, column_index, column_weight);  // exact sums
-  const auto [row_index, row_weight] = opencv_taps(in_height, height, false, device);
+  // Not a structured binding: C++17 lambdas cannot capture one (clang refuses it).
+  const auto row_taps = opencv_taps(in_height, height, false, device);
+  const auto& row_index = row_taps.first;
+  const auto& row_weight = row_taps.second;
   const auto part = [&](int64_t k) {
     const auto rows = horizontal.index_select(1, row_index.select(1, k));
     const auto weight = row_weight.select(1, k).view({1, height, 1});
