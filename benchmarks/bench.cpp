@@ -9,6 +9,7 @@
 // benchmarks/compare_speed.sh runs it side by side with benchmarks/reference_python.py.
 #include "../examples/common/cli.hpp"
 
+#include <reidnet/core/cpu_threads.hpp>
 #include <reidnet/engine/training_step.hpp>
 #include <reidnet/reidnet.hpp>
 
@@ -229,7 +230,7 @@ int main(int argc, char** argv) {
       fmt::print(stderr, "reidnet-bench: --device cuda, but this LibTorch sees no CUDA device\n");
       return 1;
     }
-    torch::set_num_threads(options.threads);
+    const auto cpu = reidnet::set_cpu_threads(options.threads);
     const bool reuse_memory = !options.no_reuse_memory && reidnet::reuse_freed_host_memory();
     // Let cuDNN time its algorithms for these fixed shapes, as Python's cudnn.benchmark does.
     if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
@@ -256,6 +257,7 @@ int main(int argc, char** argv) {
                options.mode, options.dtype, options.batch_size, options.iters, options.threads,
                options.height, options.width);
     fmt::print("  path            {}{}\n", path, reuse_memory ? ", host memory reused" : "");
+    fmt::print("  cpu threads     {}\n", cpu.describe());
     fmt::print("  LibTorch        {}\n", TORCH_VERSION);
     fmt::print("  device          {}\n", device.is_cuda() ? "cuda" : "cpu");
     fmt::print("  CPU             {}\n", cpu_instruction_set());

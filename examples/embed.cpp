@@ -9,6 +9,7 @@
 #include "common/trained_run_flags.hpp"
 
 #include <reidnet/core/autocast.hpp>
+#include <reidnet/core/cpu_threads.hpp>
 #include <reidnet/core/files.hpp>
 #include <reidnet/data/image.hpp>
 #include <reidnet/data/mot_sequence.hpp>
@@ -156,7 +157,7 @@ int main(int argc, char** argv) {
   app.add_flag("!--no-optimize", c.optimize, "the plain module instead of the inference fast path");
   app.add_option("--threads", c.threads, "CPU threads")->check(range(1, reidnet::kMaxThreads));
   if (const auto exit_code = reidnet::examples::parse_flags(app, argc, argv)) return *exit_code;
-  torch::set_num_threads(static_cast<int>(c.threads));
+  reidnet::set_cpu_threads(static_cast<int>(c.threads));
   return reidnet::examples::run_reporting_errors("reidnet-embed",
                                                  [&] { return reidnet_embed::run(app, c); });
 }

@@ -10,6 +10,7 @@
 #include "common/gallery_search.hpp"
 #include <reidnet/engine/run_config.hpp>
 
+#include <reidnet/core/cpu_threads.hpp>
 #include <reidnet/core/files.hpp>
 #include <reidnet/evaluation/evaluate.hpp>
 #include <reidnet/evaluation/gallery_index.hpp>
@@ -197,7 +198,7 @@ int main(int argc, char** argv) {
 
   if (const auto exit_code = reidnet::examples::parse_flags(app, argc, argv)) return *exit_code;
   if (c.split.empty()) c.split = search_command->parsed() ? "query" : "gallery";
-  torch::set_num_threads(static_cast<int>(c.threads));
+  reidnet::set_cpu_threads(static_cast<int>(c.threads));
   return reidnet::examples::run_reporting_errors("reidnet-index", [&] {
     if (build_command->parsed()) return build(c);
     if (add_command->parsed()) return add(c);

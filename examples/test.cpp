@@ -10,6 +10,7 @@
 #include "common/ranked_list.hpp"
 
 #include <reidnet/core/autocast.hpp>
+#include <reidnet/core/cpu_threads.hpp>
 #include <reidnet/core/files.hpp>
 #include <reidnet/core/host_memory.hpp>
 #include <reidnet/engine/evaluator.hpp>
@@ -182,7 +183,7 @@ int main(int argc, char** argv) {
   app.add_option("--index-k", c.index_k, "with --index: list length evaluated (default 1000, or "
                  "the gallery size if smaller)")->check(range(1, int64_t{1} << 16));
   if (const auto exit_code = reidnet::examples::parse_flags(app, argc, argv)) return *exit_code;
-  torch::set_num_threads(static_cast<int>(c.threads));
+  reidnet::set_cpu_threads(static_cast<int>(c.threads));
   reidnet::reuse_freed_host_memory();
   return reidnet::examples::run_reporting_errors("reidnet-test", [&] { return run(app, c); });
 }

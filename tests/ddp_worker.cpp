@@ -1,11 +1,13 @@
 // One rank of the distributed topic's equality tests, started by tests/test_distributed.cpp
-// with torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT):
+// with torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). The test binary
+// runs it when its first argument is --ddp-worker (main.cpp), so that it needs no build of its
+// own:
 //
-//   reidnet_ddp_worker ddp FIXTURE OUT
+//   reidnet_tests --ddp-worker ddp FIXTURE OUT
 //     ft_net from FIXTURE/init.pth, then 3 steps of 6 pictures of FIXTURE/data.pt per rank,
 //     from this rank's shard of epoch 0 (LoaderOptions::shard, seed 7), with GradientAverager
 //     and SGD as tests/python/distributed_reference.py has them; writes OUT/rank<r>.pth.
-//   reidnet_ddp_worker sync-bn|local-bn FIXTURE OUT [float32|float64]
+//   reidnet_tests --ddp-worker sync-bn|local-bn FIXTURE OUT [float32|float64]
 //     the same model and SGD, 3 steps of 12 pictures in all: step s takes pictures 12s to
 //     12s + 11, split in rank order, with BatchNorm statistics over all ranks (sync-bn) or
 //     each rank's own (local-bn), in float32 (default) or float64. One rank (WORLD_SIZE=1)
@@ -25,7 +27,7 @@
 #include <string>
 #include <vector>
 
-namespace {
+namespace reidnet::test::ddp_worker {
 
 constexpr int64_t kPicturesPerStep = 12;
 
@@ -73,8 +75,7 @@ int run_steps(const std::string& mode, torch::Dtype dtype, const reidnet::Proces
   return 0;
 }
 
-}  // namespace
-
+/// argv[0] is --ddp-worker, then the mode, FIXTURE, OUT and the precision.
 int main(int argc, char** argv) {
   try {
     torch::set_num_threads(1);
@@ -83,8 +84,8 @@ int main(int argc, char** argv) {
     const std::string precision = argc == 5 ? argv[4] : "float32";
     if (!launch || (mode != "ddp" && mode != "sync-bn" && mode != "local-bn") ||
         (precision != "float32" && precision != "float64")) {
-      std::fprintf(stderr, "usage: with torchrun's environment, %s ddp|sync-bn|local-bn FIXTURE OUT "
-                   "[float32|float64]\n", argv[0]);
+      std::fprintf(stderr, "usage: with torchrun's environment, reidnet_tests --ddp-worker "
+                   "ddp|sync-bn|local-bn FIXTURE OUT [float32|float64]\n");
       return 2;
     }
     const auto dtype = precision == "float64" ? torch::kDouble : torch::kFloat;
@@ -93,7 +94,9 @@ int main(int argc, char** argv) {
         *launch, torch::kCPU, reidnet::ProcessGroupOptions().timeout(std::chrono::seconds(60)));
     return run_steps(mode, dtype, &group, argv[2], argv[3]);
   } catch (const std::exception& error) {
-    std::fprintf(stderr, "reidnet_ddp_worker: %s\n", error.what());
+    std::fprintf(stderr, "reidnet_tests --ddp-worker: %s\n", error.what());
     return 1;
   }
 }
+
+}  // namespace reidnet::test::ddp_worker

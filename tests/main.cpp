@@ -5,6 +5,7 @@
 
 #include "scratch.hpp"
 
+#include <string>
 #include <system_error>
 
 namespace {
@@ -43,7 +44,15 @@ REGISTER_LISTENER("scratch_remover", 1, ScratchRemover);
 
 }  // namespace
 
+namespace reidnet::test::ddp_worker {
+int main(int argc, char** argv);  // ddp_worker.cpp
+}  // namespace reidnet::test::ddp_worker
+
 int main(int argc, char** argv) {
+  // A rank of the distributed topic's jobs, which start this binary as their worker.
+  if (argc > 1 && std::string(argv[1]) == "--ddp-worker") {
+    return reidnet::test::ddp_worker::main(argc - 1, argv + 1);
+  }
   // Debian's LibTorch defaults to one thread; the test machines have two cores.
   torch::set_num_threads(2);
   doctest::Context context(argc, argv);

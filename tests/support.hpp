@@ -8,6 +8,7 @@
 #include <unistd.h>
 #include <reidnet/core/detail/file_io.hpp>
 #include <reidnet/io/state_dict.hpp>
+#include <reidnet/models/model_zoo.hpp>
 #include <torch/torch.h>
 
 #include <cerrno>
@@ -21,6 +22,7 @@
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace reidnet::test {
 
@@ -223,6 +225,37 @@ inline double map_of(const std::string& output) {
   const auto at = output.find("mAP:");
   REQUIRE_MESSAGE(at != std::string::npos, output);
   return std::stod(output.substr(at + 4));
+}
+
+/// The models of the per-model tables (export, inference): every registered family, and
+/// TransReID's ViT and the plain ResNet-50 trunk with the registered head.
+inline std::vector<std::string> table_model_names() {
+  std::vector<std::string> names = {"vit_base_patch16", "resnet50"};
+  for (const auto& item : reidnet::model_entries()) names.push_back(item.first);
+  return names;
+}
+
+/// A model of the tables in eval mode: the transformers too large for a test at full size as
+/// the reduced configurations of the same code that test_zoo.cpp registers, the others at
+/// 128x64; running statistics away from 0 and 1, so that a BatchNorm folded wrongly shows.
+inline reidnet::ReidModel table_model(const std::string& name) {
+  static const std::map<std::string, std::string> reduced_models = {
+      {"ft_net_swin", "swin_reduced"},
+      {"ft_net_swinv2", "swinv2_reduced"},
+      {"ft_net_dino", "dinov3_reduced"},
+      {"vit_base_patch16", "vit_reduced"},
+  };
+  const auto reduced = reduced_models.find(name);
+  auto args = reidnet::ModelArgs().class_num(8);
+  if (reduced == reduced_models.end()) args.input_size(reidnet::ImageSize{128, 64});
+  auto model = reidnet::create_model(reduced == reduced_models.end() ? name : reduced->second, args);
+  torch::NoGradGuard no_grad;
+  for (auto& buffer : model->named_buffers()) {
+    if (buffer.key().find("running_var") != std::string::npos) buffer.value().uniform_(0.5, 2.0);
+    if (buffer.key().find("running_mean") != std::string::npos) buffer.value().uniform_(-0.2, 0.2);
+  }
+  model->eval();
+  return model;
 }
 
 }  // namespace reidnet::test

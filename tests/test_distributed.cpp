@@ -174,18 +174,18 @@ TEST_CASE("a loader shard takes DistributedSampler's indices; P x K shards take 
 
 namespace {
 
-/// Runs `world_size` ranks of reidnet_ddp_worker in `mode` (and `precision`, float32 or
-/// float64) into workspace()/<name>; returns each rank's weights after the steps.
+/// Runs `world_size` ranks of ddp_worker.cpp (reidnet_tests --ddp-worker) in `mode` (and
+/// `precision`, float32 or float64) into workspace()/<name>; returns each rank's weights after the steps.
 std::vector<reidnet::StateDict> run_worker_job(const std::string& mode, int world_size,
                                                const std::string& name,
                                                const std::string& precision = "float32") {
   const auto out = scratch(workspace() / name);
   fs::create_directories(out);
   const int port = reidnet::detail::free_loopback_port();
-  const std::string worker = std::string(REIDNET_TEST_BINARY_DIR) + "/reidnet_ddp_worker";
+  const std::string worker = std::string(REIDNET_TEST_BINARY_DIR) + "/reidnet_tests";
   std::vector<Process> ranks;
   for (int rank = 0; rank < world_size; ++rank) {
-    ranks.push_back(start(worker, {mode, reidnet::test::fixture("distributed", ""), out.string(), precision},
+    ranks.push_back(start(worker, {"--ddp-worker", mode, reidnet::test::fixture("distributed", ""), out.string(), precision},
                           rank_environment(rank, world_size, port)));
   }
   std::vector<reidnet::StateDict> weights;

@@ -1,8 +1,8 @@
 // ONNX export: every registered family written as ONNX (the transformer families as the reduced
 // configurations test_zoo.cpp registers, the others at 128x64), held to ONNX's full check
 // (python3-onnx) and, where ONNX Runtime is installed (the Debian 13 leg), run by it at batch 1
-// and 7 within 1e-4 of reidnet's module; ops without a rule refused by name; the options; and
-// reidnet-export.
+// and 7 within 1e-4 of reidnet's module (six also as float16 files: rows' cosine >= 0.999);
+// ops without a rule refused by name; the options; and reidnet-export.
 #include "support.hpp"
 
 #include <reidnet/export/onnx_export.hpp>
@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -25,36 +26,15 @@ namespace {
 namespace fs = std::filesystem;
 using reidnet::test::run_program;
 
-// The families whose networks are too large to export in a test at full size, and the reduced
-// configurations of the same code that stand for them (registered by test_zoo.cpp).
-const std::map<std::string, std::string> kReducedFamilies = {
-    {"ft_net_swin", "swin_reduced"},
-    {"ft_net_swinv2", "swinv2_reduced"},
-    {"ft_net_dino", "dinov3_reduced"},
-    {"vit_base_patch16", "vit_reduced"},
-};
 const reidnet::ImageSize kExportSize{128, 64};
-// Besides the families: models that are a backbone with the registered head, of a network no
-// family has (ViT: TransReID's backbone) or a plain trunk (resnet50).
-const std::vector<std::string> kBackboneModels = {"vit_base_patch16", "resnet50"};
+
+// Also exported with float16 weights (a family of each kind of network: a ResNet trunk, a
+// dense CNN, a depthwise one, OSNet, a windowed and a plain transformer).
+const std::set<std::string> kHalfExported = {"ft_net", "ft_net_dense", "ft_net_efficient", "osnet_x0_25",
+                                             "ft_net_swin", "ft_net_dino"};
 
 // Written by the first case, read by the ONNX Runtime case (ctest: fixture onnx_models).
 fs::path exported_models() { return fs::path(REIDNET_TEST_BINARY_DIR) / "exported_onnx"; }
-
-reidnet::ReidModel family_model(const std::string& family) {
-  const auto reduced = kReducedFamilies.find(family);
-  auto args = reidnet::ModelArgs().class_num(8);
-  if (reduced == kReducedFamilies.end()) args.input_size(kExportSize);
-  auto model = reidnet::create_model(reduced == kReducedFamilies.end() ? family : reduced->second, args);
-  // Running statistics away from 0 and 1, so that a BatchNorm folded wrongly shows.
-  torch::NoGradGuard no_grad;
-  for (auto& buffer : model->named_buffers()) {
-    if (buffer.key().find("running_var") != std::string::npos) buffer.value().uniform_(0.5, 2.0);
-    if (buffer.key().find("running_mean") != std::string::npos) buffer.value().uniform_(-0.2, 0.2);
-  }
-  model->eval();
-  return model;
-}
 
 std::map<std::string, std::string> metadata_of(const onnx::ModelProto& model) {
   std::map<std::string, std::string> values;
@@ -115,11 +95,10 @@ TEST_CASE("every registered family exports to ONNX that passes ONNX's full check
   const auto folder = exported_models();
   fs::remove_all(folder);
   fs::create_directories(folder);
-  std::vector<std::string> families = kBackboneModels;
-  for (const auto& item : reidnet::model_entries()) families.push_back(item.first);
+  const auto families = reidnet::test::table_model_names();
   for (const auto& family : families) {
     CAPTURE(family);
-    auto model = family_model(family);
+    auto model = reidnet::test::table_model(family);
     const auto path = (folder / (family + ".onnx")).string();
     const auto report = reidnet::export_onnx(*model, path, reidnet::OnnxExportOptions().model_name(family));
     MESSAGE(family << ": " << report.summary().substr(0, 300));
@@ -133,15 +112,20 @@ TEST_CASE("every registered family exports to ONNX that passes ONNX's full check
     reference.insert("features_7", model->embed(images));
     reference.insert("features_1", model->embed(images.slice(0, 0, 1)));
     reidnet::save_tensors(reference, (folder / (family + ".pt")).string());
+    if (kHalfExported.count(family)) {
+      reidnet::export_onnx(*model, (folder / (family + ".fp16.onnx")).string(),
+                           reidnet::OnnxExportOptions().model_name(family).dtype(torch::kFloat16));
+    }
   }
   const auto check = reidnet::test::run_python_capturing("onnx_check.py", folder.string());
   MESSAGE(check.output);
   CHECK(check.status == 0);
-  const auto count = std::to_string(families.size());
+  const auto count = std::to_string(families.size() + kHalfExported.size());
   CHECK(check.output.find(count + " of " + count + " files passed") != std::string::npos);
 }
 
-TEST_CASE("ONNX Runtime runs every exported family within 1e-4 of reidnet" *
+TEST_CASE("ONNX Runtime runs every exported family within 1e-4 of reidnet, and the float16 files with "
+          "rows' cosine of at least 0.999" *
           doctest::test_suite("onnxruntime") * doctest::skip(!REIDNET_TEST_HAVE_ONNXRUNTIME)) {
   const auto folder = exported_models();
   REQUIRE_MESSAGE(fs::is_directory(folder), folder << " is missing: the export topic writes it");
@@ -151,7 +135,7 @@ TEST_CASE("ONNX Runtime runs every exported family within 1e-4 of reidnet" *
 }
 
 TEST_CASE("ONNX export: BatchNorms folded, metadata, options, and what it refuses") {
-  auto model = family_model("bnneck");
+  auto model = reidnet::test::table_model("bnneck");
   const auto before = reidnet::state_dict(*model);
   std::map<std::string, torch::Tensor> original;
   for (const auto& item : before) original[item.key()] = item.value().clone();

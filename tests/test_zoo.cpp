@@ -9,10 +9,12 @@
 
 #include <reidnet/reidnet.hpp>
 
+#include <fmt/core.h>
 #include <nlohmann/json.hpp>
 
 #include <fstream>
 #include <regex>
+#include <set>
 
 // A namespace per topic: the topics build as one unit (CMake unity build) without their
 // helpers meeting.
@@ -391,7 +393,16 @@ TEST_CASE("a backbone from outside the library: one header, one registry line") 
 }
 
 TEST_CASE("model_config gives every model's config without building it, as its models carry it") {
-  for (const auto& name : reidnet::model_names()) {
+  // Every family; of the other backbones, which all take the same path (their entry's config
+  // and the registered head), the smallest of each network, since building the largest
+  // (ConvNeXt-XL, HRNet-W64) is most of a minute.
+  std::vector<std::string> names;
+  for (const auto& item : reidnet::model_entries()) names.push_back(item.first);
+  for (const char* name : {"resnet18", "densenet121", "efficientnet-b0", "hrnet_w18_small", "nasnet_a_tiny",
+                           "convnext_tiny", "swin_reduced", "swinv2_reduced", "dinov3_reduced", "vit_reduced"}) {
+    names.push_back(name);
+  }
+  for (const auto& name : names) {
     for (const auto& backbone : {std::string(), std::string("resnet50_ibn_a")}) {
       const auto* entry = reidnet::find_model_entry(name);
       if (!backbone.empty() && (entry == nullptr || !entry->takes_backbone)) continue;
@@ -598,14 +609,15 @@ TEST_CASE("the transformers: a ViT file for 224x224 loads into TransReID's overl
                        c10::Error);
 }
 
-TEST_CASE("the module path folds the BatchNorms that modules declare after a conv, in its copy "
+TEST_CASE("the module path folds the BatchNorms that modules declare after a conv or Linear, in its copy "
           "only, and says what it left and why") {
   torch::NoGradGuard no_grad;
   const auto count_batch_norms = [](torch::nn::Module& module, bool folded) {
     int64_t count = 0;
     for (const auto& child : module.modules()) {
-      const auto* norm = dynamic_cast<const reidnet::BatchNorm2dImpl*>(child.get());
-      count += norm != nullptr && norm->folded() == folded;
+      const auto* norm_2d = dynamic_cast<const reidnet::BatchNorm2dImpl*>(child.get());
+      const auto* norm_1d = dynamic_cast<const reidnet::BatchNorm1dImpl*>(child.get());
+      count += (norm_2d != nullptr && norm_2d->folded() == folded) || (norm_1d != nullptr && norm_1d->folded() == folded);
     }
     return count;
   };
@@ -628,7 +640,7 @@ TEST_CASE("the module path folds the BatchNorms that modules declare after a con
   CHECK(ibn_report.summary().find("model.layer1.0.bn1.BN (an IBN half") != std::string::npos);
   auto dense = reidnet::create_model("densenet121", reidnet::ModelArgs().class_num(4));
   const auto dense_report = reidnet::optimize_for_inference(dense).fold_report();
-  CHECK(dense_report.folded.size() == 1);  // the stem's norm0
+  CHECK(dense_report.folded.size() == 2);  // the stem's norm0 and the head's BatchNorm1d
   CHECK(dense_report.summary().find("model.features.denseblock1.denselayer1.norm1 (no conv declared before "
                                     "it)") != std::string::npos);
   // A conv of a module's own kind folds too (EfficientNet's "same"-padded ones).
@@ -641,7 +653,79 @@ TEST_CASE("the module path folds the BatchNorms that modules declare after a con
   copy->eval();
   reidnet::fold_batch_norms(*copy);
   copy->train();
-  CHECK_THROWS_WITH_AS(copy->forward(images), doctest::Contains("was folded into the conv before it"), c10::Error);
+  CHECK_THROWS_WITH_AS(copy->forward(images), doctest::Contains("was folded into the layer before it"), c10::Error);
+}
+
+// Every BatchNorm of a module tree: reidnet's (1d, 2d) and torch::nn's.
+int64_t batch_norm_count(torch::nn::Module& module) {
+  int64_t count = 0;
+  for (const auto& child : module.modules()) {
+    const auto* layer = child.get();
+    count += dynamic_cast<const reidnet::BatchNorm2dImpl*>(layer) != nullptr ||
+             dynamic_cast<const reidnet::BatchNorm1dImpl*>(layer) != nullptr ||
+             dynamic_cast<const torch::nn::BatchNorm2dImpl*>(layer) != nullptr ||
+             dynamic_cast<const torch::nn::BatchNorm1dImpl*>(layer) != nullptr;
+  }
+  return count;
+}
+
+TEST_CASE("every registered model on the inference path: each BatchNorm folded or said why not, the "
+          "embedding within 1e-5 of the module, the model untouched, a folded copy refusing training") {
+  constexpr double kFoldTolerance = 1e-5;  // max difference relative to the largest, fp32
+  torch::NoGradGuard no_grad;
+  std::string table = "model | path | BatchNorms folded | skipped | max relative difference\n";
+  for (const auto& name : reidnet::test::table_model_names()) {
+    CAPTURE(name);
+    auto model = reidnet::test::table_model(name);
+    const auto& config = model->config();
+    torch::manual_seed(3);
+    const auto images = torch::randn({3, 3, config.height(), config.width()});
+    const auto expected = model->embed(images);
+    const auto tensors_of = [](torch::nn::Module& module) {
+      auto tensors = module.parameters();
+      for (const auto& buffer : module.buffers()) tensors.push_back(buffer);
+      return tensors;
+    };
+    std::vector<torch::Tensor> before;
+    for (const auto& tensor : tensors_of(*model)) before.push_back(tensor.clone());
+    model->train();
+    const auto fast = reidnet::optimize_for_inference(model);
+    CHECK(model->is_training());  // its mode, too, is the caller's
+    const auto after = tensors_of(*model);
+    REQUIRE(after.size() == before.size());
+    for (size_t i = 0; i < after.size(); ++i) CHECK(torch::equal(after[i], before[i]));
+    model->eval();
+    const auto& report = fast.fold_report();
+    // Each BatchNorm is accounted for once: folded, or skipped with the reason.
+    CHECK(static_cast<int64_t>(report.folded.size() + report.skipped.size()) == batch_norm_count(*model));
+    for (const auto& skipped : report.skipped) CHECK(skipped.find(" (") != std::string::npos);
+    const double difference = max_relative_difference(fast.embed(images), expected);
+    CHECK(difference < kFoldTolerance);
+    const bool fused = fast.describe().find("path=fused_trunk") != std::string::npos;
+    std::set<std::string> reasons;
+    for (const auto& skipped : report.skipped) reasons.insert(skipped.substr(skipped.find(" (") + 1));
+    std::string why;
+    for (const auto& reason : reasons) why += (why.empty() ? " " : ", ") + reason;
+    table += name + " | " + (fused ? "fused trunk + head module" : "module") + " | " +
+             std::to_string(report.folded.size()) + " | " + std::to_string(report.skipped.size()) + why +
+             " | " + fmt::format("{:.1e}", difference) + "\n";
+    if (report.folded.empty()) continue;
+    auto copy = std::dynamic_pointer_cast<reidnet::ReidModelImpl>(model->clone());
+    copy->eval();
+    reidnet::fold_batch_norms(*copy);
+    copy->train();
+    CHECK_THROWS_WITH_AS(copy->forward(images), doctest::Contains("was folded into the layer before it"),
+                         c10::Error);
+  }
+  MESSAGE(table);
+  // The ResNet trunks run fused whatever their head; IBN-a's and USAM's run as modules.
+  for (const auto& [name, path] : std::vector<std::pair<std::string, std::string>>{
+           {"ft_net", "path=fused_trunk"}, {"bnneck", "path=fused_trunk"}, {"pcb", "path=fused_trunk"},
+           {"resnet50", "path=fused_trunk"}, {"ft_net_ibn", "path=module"}, {"ft_net_usam", "path=module"}}) {
+    CAPTURE(name);
+    auto model = reidnet::create_model(name, reidnet::ModelArgs().class_num(4));
+    CHECK(reidnet::optimize_for_inference(model).describe().find(path) != std::string::npos);
+  }
 }
 
 TEST_CASE("families refuse what they cannot build, naming it") {

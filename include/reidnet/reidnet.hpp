@@ -6,6 +6,7 @@
 ///     reidnet::FtNet net(751);
 
 #include <reidnet/core/autocast.hpp>
+#include <reidnet/core/cpu_threads.hpp>
 #include <reidnet/core/errors.hpp>
 #include <reidnet/core/host_memory.hpp>
 #include <reidnet/core/memory_format.hpp>

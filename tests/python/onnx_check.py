@@ -4,10 +4,12 @@
 
 For each FOLDER/<family>.onnx: ONNX's full check (onnx.checker.check_model(full_check=True):
 schemas, types and strict shape inference), the graph's one input `images` (N x 3 x H x W, N
-free) and one output `features`, and the preprocessing metadata. With --runtime, ONNX Runtime
-also runs the file on FOLDER/<family>.pt's `images` at batch 1 and 7 and its features must be
-within 1e-4 (relative to the largest) of reidnet's module, `features_1` and `features_7`.
-Prints one line per family and exits 1 if any failed.
+free) and one output `features`, both float32, and the preprocessing metadata. With --runtime,
+ONNX Runtime also runs the file on FOLDER/<family>.pt's `images` at batch 1 and 7 and its
+features must be within 1e-4 (relative to the largest) of reidnet's float32 module,
+`features_1` and `features_7`. A FOLDER/<family>.fp16.onnx (float16 weights) is held to the
+same float32 features by its rows' cosine, at least 0.999.
+Prints one line per file and exits 1 if any failed.
 """
 import contextlib
 import os
@@ -18,6 +20,7 @@ import onnx
 import torch
 
 TOLERANCE = 1e-4
+FP16_MIN_COSINE = 0.999
 METADATA = {"input_height", "input_width", "channel_order", "mean", "std", "max_pixel_value",
             "interpolation", "normalized_in_graph", "feature_dim", "feature_l2_normalized"}
 
@@ -49,21 +52,32 @@ def check_file(path: pathlib.Path, runtime) -> str:
     missing = METADATA - metadata.keys()
     assert not missing, f"metadata lacks {sorted(missing)}"
     assert [d.dim_value for d in dims[2:]] == [int(metadata["input_height"]), int(metadata["input_width"])]
+    for value in (graph.input[0], graph.output[0]):
+        assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT, f"{value.name} is not float32"
+    half = path.stem.endswith(".fp16")
+    assert metadata.get("dtype") == ("fp16" if half else "fp32"), metadata.get("dtype")
     line = f"{path.stem}: full check passed, opset {model.opset_import[0].version}"
     if runtime is None:
         return line
-    reference = torch.load(str(path.with_suffix(".pt")))
+    reference = torch.load(str(path.parent / (path.stem.removesuffix(".fp16") + ".pt")))
     with native_stderr_silenced():
         session = runtime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     images = reference["images"].numpy()
-    worst = 0.0
+    worst, least_cosine = 0.0, 1.0
     for batch, expected in ((1, reference["features_1"]), (7, reference["features_7"])):
         features = torch.from_numpy(session.run(["features"], {"images": images[:batch]})[0])
         assert features.shape == expected.shape, (features.shape, expected.shape)
         difference = ((features - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
         worst = max(worst, difference)
+        cosine = torch.nn.functional.cosine_similarity(features.double(), expected.double(), dim=1)
+        least_cosine = min(least_cosine, cosine.min().item())
+    versus = f"ONNX Runtime {runtime.__version__} at batch 1 and 7"
+    if half:
+        assert least_cosine >= FP16_MIN_COSINE, f"ONNX Runtime's rows have cosine {least_cosine:.5f} to reidnet's"
+        return line + (f"; {versus}: rows' cosine to reidnet's float32 within {1 - least_cosine:.1e} of 1"
+                       f" (largest difference {worst:.1e}, relative)")
     assert worst <= TOLERANCE, f"ONNX Runtime differs from reidnet by {worst:.2e} (relative)"
-    return line + f"; ONNX Runtime {runtime.__version__} within {worst:.1e} of reidnet at batch 1 and 7"
+    return line + f"; {versus} within {worst:.1e} of reidnet"
 
 
 def main() -> int:

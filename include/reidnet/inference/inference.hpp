@@ -1,14 +1,15 @@
 #pragma once
 /// The inference fast path: an eval-only snapshot of a model that runs under InferenceMode and
 /// leaves the original module untouched. Outputs match the module in eval mode (float, on the
-/// device).
-/// - A ResNet, or a ReID model of a plain ResNet and the baseline's ClassBlock on average
-///   pooling (FtNet): the fused path, with BatchNorm folded into the convs (and BatchNorm1d
-///   into the bottleneck Linear), weights pre-cast and, on CPU, reordered once into oneDNN's
-///   layout.
-/// - Every other ReID model: the module path, a copy of the model in eval mode with the
-///   BatchNorms its modules declare after a conv folded into it (fold_batch_norms), its weights
-///   in the requested dtype and NHWC memory format.
+/// device). The backend is chosen per backbone:
+/// - A backbone that describes itself as a residual trunk (DescribesResidualTrunk: every
+///   ResNet without IBN, whichever family or head it serves): the fused path, with BatchNorm
+///   folded into the convs, weights pre-cast and, on CPU, reordered once into oneDNN's layout
+///   (cuDNN's fused convs on CUDA). The head then runs as a module on the trunk's map, in
+///   float32, with the BatchNorm1d its modules declare after a Linear folded into it.
+/// - Every other backbone: the module path, a copy of the model in eval mode with the
+///   BatchNorms its modules declare after a conv or Linear folded into it (fold_batch_norms),
+///   its weights in the requested dtype and NHWC memory format.
 ///
 ///     auto fast = reidnet::optimize_for_inference(net, reidnet::InferenceOptions().dtype(torch::kBFloat16));
 ///     torch::Tensor feature = fast.embed(images);   // what net->embed(images) returns in eval()
@@ -19,7 +20,7 @@
 #if defined(REIDNET_WITH_ONEDNN)
 #include <reidnet/inference/detail/onednn_backbone.hpp>
 #endif
-#include <reidnet/models/ft_net.hpp>
+#include <reidnet/models/layers/residual_blocks.hpp>
 #include <reidnet/models/reid_model.hpp>
 #include <reidnet/models/backbones/resnet.hpp>
 
@@ -59,7 +60,7 @@ struct InferenceOptions {
   TORCH_ARG(torch::Device, device) = torch::Device(torch::kCPU);
   /// NHWC activations and weights on the dense path (CUDA, or CPU without prepack).
   TORCH_ARG(bool, channels_last) = true;
-  /// Fold every BatchNorm2d into its conv, and BatchNorm1d into the bottleneck Linear.
+  /// Fold every BatchNorm2d into its conv, and BatchNorm1d into the Linear before it.
   TORCH_ARG(bool, fold_bn) = true;
   /// ReLU (and on CUDA the residual add) fused into the conv by oneDNN (CPU with prepack) or
   /// cuDNN; residual add and ReLU in place elsewhere.
@@ -90,36 +91,23 @@ using namespace ::reidnet::detail;
 /// Everything the optimised forward needs; immutable once built.
 struct InferencePlan {
   KernelConfig config;
+  // The fused trunk (unused on the module path).
   ConvBn stem;
   std::vector<ResidualBlockPlan> blocks;
   int64_t input_channels = 3;
   int64_t num_features = 0;
-  // Head (fp32 on the device): embed = [Linear] [BatchNorm1d affine] [LeakyReLU].
-  bool has_linear = false;
-  at::Tensor linear_weight, linear_bias;
-  bool has_norm = false;
-  at::Tensor norm_scale, norm_shift;
-  bool leaky_relu = false;
-  double leaky_slope = 0.1;
+  std::shared_ptr<const OnednnBackbone> onednn;  // the onednn_direct backend's whole trunk
+  // After the fused trunk: a ReID model's head, an eval copy in float32 on the device; or,
+  // for a plain ResNet, its fc on the pooled map.
+  AnyHead head;
   at::Tensor classifier_weight, classifier_bias;
   int64_t feature_dim = 0;
   std::string name;
-  std::shared_ptr<const OnednnBackbone> onednn;  // the onednn_direct backend's whole backbone
-  // The module path: a copy of the model in eval mode (null on the fused path), and what
-  // folding its BatchNorms did.
+  // The module path: a copy of the model in eval mode (null on the fused path).
   std::shared_ptr<ReidModelImpl> module;
+  // What folding the copy's BatchNorms did (the trunk's are folded into its plan alike).
   FoldReport folding;
 };
-
-/// The `index`-th layer of a Sequential as a `T` (Sequential::ptr<T> does not compile for
-/// BatchNorm in LibTorch 1.13, whose forward is declared in a base class).
-template <class T>
-const T& child(const torch::nn::SequentialImpl& sequential, size_t index) {
-  const auto* layer = dynamic_cast<const T*>(sequential.ptr(index).get());
-  TORCH_CHECK(layer != nullptr, "optimize_for_inference: unexpected layer ", index, " (",
-              sequential.ptr(index)->name(), ") in a Sequential");
-  return *layer;
-}
 
 inline KernelConfig make_kernel_config(const InferenceOptions& options) {
   TORCH_CHECK(options.dtype() == torch::kFloat32 || options.dtype() == torch::kBFloat16 ||
@@ -164,51 +152,32 @@ inline at::Tensor to_head(const at::Tensor& tensor, const KernelConfig& config) 
   return tensor.to(at::TensorOptions().dtype(at::kFloat).device(config.device));
 }
 
-inline std::vector<std::pair<const torch::nn::Conv2dImpl*, const BatchNorm2dImpl*>>
-conv_bn_pairs(const BottleneckImpl& block) {
-  TORCH_CHECK(block.bn1, "optimize_for_inference: an IBN block has no BatchNorm to fold; "
-                         "optimise the ReID model instead (its module path)");
-  return {{block.conv1.get(), block.bn1.get()},
-          {block.conv2.get(), block.bn2.get()},
-          {block.conv3.get(), block.bn3.get()}};
+inline ConvBn make_conv_bn(const ConvNormView& layer, bool relu, const KernelConfig& config) {
+  return make_conv_bn(*layer.conv, *layer.norm, relu, config);
 }
 
-inline std::vector<std::pair<const torch::nn::Conv2dImpl*, const BatchNorm2dImpl*>>
-conv_bn_pairs(const BasicBlockImpl& block) {
-  return {{block.conv1.get(), block.bn1.get()}, {block.conv2.get(), block.bn2.get()}};
-}
-
-template <class Block, class Init>
-void build_backbone(ResNetImpl<Block, Init>& net, InferencePlan& plan) {
-  using BlockImpl = typename Block::Impl;
+/// The fused plan of a residual trunk; its convs and BatchNorms are only read.
+inline void build_trunk(const ResidualTrunkView& trunk, InferencePlan& plan) {
   const auto& config = plan.config;
-  plan.stem = make_conv_bn(*net.conv1, *net.bn1, /*relu=*/true, config);
-  plan.input_channels = net.conv1->options.in_channels();
-  plan.num_features = net.num_features();
-  for (size_t stage = 1; stage <= 4; ++stage) {
-    auto& layer = net.layer(stage);
-    for (size_t i = 0; i < layer->size(); ++i) {
-      const auto& block = layer->template at<BlockImpl>(i);
-      ResidualBlockPlan block_plan;
-      const auto pairs = conv_bn_pairs(block);
-      for (size_t k = 0; k < pairs.size(); ++k) {
-        // ReLU after each conv but the last, which comes before the residual add.
-        block_plan.convs.push_back(
-            make_conv_bn(*pairs[k].first, *pairs[k].second, k + 1 < pairs.size(), config));
-      }
-      if (block.downsample) {
-        block_plan.has_downsample = true;
-        block_plan.downsample =
-            make_conv_bn(child<torch::nn::Conv2dImpl>(*block.downsample, 0),
-                         child<BatchNorm2dImpl>(*block.downsample, 1),
-                         /*relu=*/false, config);
-      }
-      plan.blocks.push_back(std::move(block_plan));
+  plan.stem = make_conv_bn(trunk.stem, /*relu=*/true, config);
+  plan.input_channels = trunk.stem.conv->options.in_channels();
+  plan.num_features = trunk.num_features;
+  for (const auto& block : trunk.blocks) {
+    ResidualBlockPlan block_plan;
+    for (size_t k = 0; k < block.main_path.size(); ++k) {
+      // ReLU after each conv but the last, which comes before the residual add.
+      block_plan.convs.push_back(
+          make_conv_bn(block.main_path[k], k + 1 < block.main_path.size(), config));
     }
+    if (block.shortcut) {
+      block_plan.has_downsample = true;
+      block_plan.downsample = make_conv_bn(*block.shortcut, /*relu=*/false, config);
+    }
+    plan.blocks.push_back(std::move(block_plan));
   }
 #if defined(REIDNET_WITH_ONEDNN)
   if (config.backend == ConvBackend::kOnednnDirect) {
-    // The convs move into oneDNN's backbone: one copy of the weights.
+    // The convs move into oneDNN's trunk: one copy of the weights.
     plan.onednn = std::make_shared<const OnednnBackbone>(
         std::move(plan.stem), std::move(plan.blocks), config.dtype);
     plan.blocks.clear();
@@ -216,42 +185,12 @@ void build_backbone(ResNetImpl<Block, Init>& net, InferencePlan& plan) {
 #endif
 }
 
-template <class AddBlockInit, class ClassifierInit>
-void build_head(ClassBlockImpl<AddBlockInit, ClassifierInit>& head, InferencePlan& plan) {
-  const auto& config = plan.config;
-  const auto& add_block = head.add_block;
-  size_t index = 0;
-  DenseAffine linear;
-  if (head.options.linear_num() > 0) {
-    plan.has_linear = true;
-    linear = linear_affine(child<torch::nn::LinearImpl>(*add_block, index++));
-  }
-  if (head.options.bnorm()) {
-    const auto affine =
-        batch_norm_affine(child<BatchNorm1dImpl>(*add_block, index++));
-    if (plan.has_linear && config.fold_bn) {
-      // Linear then BatchNorm1d, nothing between: one Linear with rows scaled (exact in eval).
-      linear.weight = linear.weight * affine.scale.unsqueeze(1);
-      linear.bias = linear.bias * affine.scale + affine.shift;
-    } else {
-      plan.has_norm = true;
-      plan.norm_scale = to_head(affine.scale, config);
-      plan.norm_shift = to_head(affine.shift, config);
-    }
-  }
-  if (head.options.relu()) {
-    plan.leaky_relu = true;
-    plan.leaky_slope =
-        child<torch::nn::LeakyReLUImpl>(*add_block, index).options.negative_slope();
-  }
-  if (plan.has_linear) {
-    plan.linear_weight = to_head(linear.weight, config);
-    plan.linear_bias = to_head(linear.bias, config);
-  }
-  const auto classifier = linear_affine(child<torch::nn::LinearImpl>(*head.classifier, 0));
-  plan.classifier_weight = to_head(classifier.weight, config);
-  plan.classifier_bias = to_head(classifier.bias, config);
-  plan.feature_dim = head.feature_dim();
+/// An eval copy of the model on the device, its declared BatchNorms folded where asked.
+inline std::shared_ptr<ReidModelImpl> eval_copy(const ReidModelImpl& model, InferencePlan& plan) {
+  auto copy = std::dynamic_pointer_cast<ReidModelImpl>(model.clone(plan.config.device));
+  copy->eval();
+  if (plan.config.fold_bn) plan.folding = fold_batch_norms(*copy);
+  return copy;
 }
 
 }  // namespace inference_detail
@@ -268,7 +207,9 @@ class InferenceModel {
   torch::Tensor embed(const torch::Tensor& images) const {
     c10::InferenceMode guard;
     if (plan_->module) return plan_->module->embed(module_input(images)).to(at::kFloat);
-    return embed_from_features(backbone(images));
+    const auto map = trunk(images);
+    if (plan_->head) return plan_->head->embed_head(map);
+    return pooled(map);
   }
 
   /// What the classifiers say: identity logits (ReID models) or ImageNet logits (ResNet); for a
@@ -276,49 +217,56 @@ class InferenceModel {
   /// baseline's prediction.
   torch::Tensor forward(const torch::Tensor& images) const {
     c10::InferenceMode guard;
+    std::vector<at::Tensor> logits;
     if (plan_->module) {
-      const auto logits = plan_->module->forward(module_input(images)).logits;
-      if (logits.size() == 1) return logits.front().to(at::kFloat);
-      auto scores = at::zeros_like(logits.front(), at::kFloat);
-      for (const auto& part : logits) scores += at::softmax(part.to(at::kFloat), 1);
-      return scores;
+      logits = plan_->module->forward(module_input(images)).logits;
+    } else if (plan_->head) {
+      logits = plan_->head->forward_head(trunk(images)).logits;
+    } else {
+      return at::linear(pooled(trunk(images)), plan_->classifier_weight, plan_->classifier_bias);
     }
-    return at::linear(embed_from_features(backbone(images)), plan_->classifier_weight,
-                      plan_->classifier_bias);
+    if (logits.size() == 1) return logits.front().to(at::kFloat);
+    auto scores = at::zeros_like(logits.front(), at::kFloat);
+    for (const auto& part : logits) scores += at::softmax(part.to(at::kFloat), 1);
+    return scores;
   }
 
   torch::Tensor operator()(const torch::Tensor& images) const { return forward(images); }
 
-  /// Pooled backbone output (B, num_features), float (the fused path only).
+  /// The fused trunk's average-pooled map (B, num_features), float (the fused path only).
   torch::Tensor pooled_features(const torch::Tensor& images) const {
     c10::InferenceMode guard;
-    TORCH_CHECK(!plan_->module, "InferenceModel::pooled_features: the module path has no pooled "
-                                "backbone output; use embed");
-    return backbone(images);
+    TORCH_CHECK(!plan_->module, "InferenceModel::pooled_features: the module path has no fused "
+                                "trunk; use embed");
+    return pooled(trunk(images));
   }
 
   /// How many parts the embedding concatenates (see reidnet::Head::embedding_parts).
-  int64_t embedding_parts() const { return plan_->module ? plan_->module->embedding_parts() : 1; }
+  int64_t embedding_parts() const {
+    if (plan_->module) return plan_->module->embedding_parts();
+    return plan_->head ? plan_->head->embedding_parts() : 1;
+  }
 
   /// Width of `embed`'s output.
   int64_t feature_dim() const { return plan_->feature_dim; }
 
-  /// The module path's BatchNorm folding: what was folded, and what was left and why (empty on
-  /// the fused path, which folds every BatchNorm of its ResNet).
+  /// What folding did to the copy that runs: the BatchNorms folded, and those left and why
+  /// (on the fused path, the trunk's and the head's; empty for a plain ResNet, whose trunk
+  /// plan folds every BatchNorm).
   const FoldReport& fold_report() const { return plan_->folding; }
 
-  /// The optimisations actually in effect (prepack falls back off where oneDNN cannot run).
+  /// The path and the optimisations actually in effect (prepack falls back off where oneDNN
+  /// cannot run).
   std::string describe() const {
     const auto& config = plan_->config;
     std::ostringstream out;
+    out << plan_->name << " dtype=" << c10::toString(config.dtype) << " device=" << config.device;
     if (plan_->module) {
-      out << plan_->name << " dtype=" << c10::toString(config.dtype) << " device=" << config.device
-          << " path=module folded_bn=" << plan_->folding.folded.size()
+      out << " path=module folded_bn=" << plan_->folding.folded.size()
           << " channels_last=" << config.channels_last;
       return out.str();
     }
-    out << plan_->name << " dtype=" << c10::toString(config.dtype) << " device=" << config.device
-        << " fold_bn=" << config.fold_bn << " fuse=" << config.fuse
+    out << " path=fused_trunk fold_bn=" << config.fold_bn << " fuse=" << config.fuse
         << " prepack=" << config.prepack << " backend="
         << (config.backend == detail::ConvBackend::kOnednnFused     ? "onednn_fused"
             : config.backend == detail::ConvBackend::kOnednnBlocked ? "onednn_blocked"
@@ -326,7 +274,9 @@ class InferenceModel {
             : config.backend == detail::ConvBackend::kOnednnDirect  ? "onednn_direct"
                                                                     : "dense")
         << " channels_last="
-        << (config.backend == detail::ConvBackend::kOnednnBlocked ? false : config.channels_last);
+        << (config.backend == detail::ConvBackend::kOnednnBlocked ? false : config.channels_last)
+        << " head=" << (plan_->head ? "module" : "fc");
+    if (plan_->head) out << " folded_bn=" << plan_->folding.folded.size();
     return out.str();
   }
 
@@ -344,7 +294,8 @@ class InferenceModel {
         .contiguous(config.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   }
 
-  at::Tensor backbone(const at::Tensor& images) const {
+  /// The fused trunk's unpooled map (B, num_features, h, w), float on the device.
+  at::Tensor trunk(const at::Tensor& images) const {
     const auto& plan = *plan_;
     const auto& config = plan.config;
     TORCH_CHECK(images.dim() == 4 && images.size(1) == plan.input_channels,
@@ -352,13 +303,13 @@ class InferenceModel {
                 ", H, W), got ", images.sizes());
     TORCH_CHECK(images.is_floating_point(), "InferenceModel expects floating-point images, got ",
                 images.scalar_type());
+    // An empty channels_last batch has strides that LibTorch 1.13's bf16 ops cannot view.
+    if (images.size(0) == 0) {
+      return at::zeros({0, plan.num_features, 1, 1}, at::TensorOptions().dtype(at::kFloat).device(config.device));
+    }
 #if defined(REIDNET_WITH_ONEDNN)
     if (plan.onednn) return plan.onednn->run(images).to(at::kFloat);
 #endif
-    // An empty channels_last batch has strides that LibTorch 1.13's bf16 ops cannot view.
-    if (images.size(0) == 0) {
-      return at::empty({0, plan.num_features}, at::TensorOptions().dtype(at::kFloat).device(config.device));
-    }
     at::Tensor x;
     if (config.backend == detail::ConvBackend::kOnednnBlocked) {
       x = images.to(at::TensorOptions().dtype(at::kFloat).device(config.device))
@@ -376,17 +327,12 @@ class InferenceModel {
       for (size_t k = 0; k + 1 < block.convs.size(); ++k) out = block.convs[k].run(out, config);
       x = block.convs.back().run_add_relu(out, identity, config);
     }
-    x = at::adaptive_avg_pool2d(x, {1, 1});
     if (config.backend == detail::ConvBackend::kOnednnBlocked) x = x.to_dense();
-    return x.flatten(1).to(at::kFloat);
+    return x.to(at::kFloat);
   }
 
-  at::Tensor embed_from_features(at::Tensor features) const {
-    const auto& plan = *plan_;
-    if (plan.has_linear) features = at::linear(features, plan.linear_weight, plan.linear_bias);
-    if (plan.has_norm) features = features * plan.norm_scale + plan.norm_shift;
-    if (plan.leaky_relu) features = at::leaky_relu(features, plan.leaky_slope);
-    return features;
+  static at::Tensor pooled(const at::Tensor& map) {
+    return at::adaptive_avg_pool2d(map, {1, 1}).flatten(1);
   }
 
   std::shared_ptr<const inference_detail::InferencePlan> plan_;
@@ -398,10 +344,13 @@ InferenceModel optimize_for_inference(ResNet<Block, Init>& net,
                                       const InferenceOptions& options = {}) {
   torch::NoGradGuard no_grad;
   TORCH_CHECK(net->fc, "optimize_for_inference(ResNet): the ResNet has no fc (class_num 0)");
+  const auto trunk = net->residual_trunk();
+  TORCH_CHECK(trunk, "optimize_for_inference(ResNet): an IBN-a ResNet has no fused trunk (its "
+                     "InstanceNorm halves fold into nothing); optimise a ReID model on it instead");
   auto plan = std::make_shared<inference_detail::InferencePlan>();
   plan->config = inference_detail::make_kernel_config(options);
   plan->name = "ResNet";
-  inference_detail::build_backbone(*net, *plan);
+  inference_detail::build_trunk(*trunk, *plan);
   const auto fc = detail::linear_affine(*net->fc);
   plan->classifier_weight = inference_detail::to_head(fc.weight, plan->config);
   plan->classifier_bias = inference_detail::to_head(fc.bias, plan->config);
@@ -410,31 +359,31 @@ InferenceModel optimize_for_inference(ResNet<Block, Init>& net,
 }
 
 /// An inference-ready snapshot of a ReID model: `embed` = its test-time feature, `forward` =
-/// its classifiers' output. The fused path where the model is an FtNet on a plain ResNet-50
-/// with average pooling; the module path otherwise.
+/// its classifiers' output. The fused path where its backbone describes a residual trunk, with
+/// the head as a module after it; the module path otherwise.
 inline InferenceModel optimize_for_inference(ReidModelImpl& model, const InferenceOptions& options = {}) {
   torch::NoGradGuard no_grad;
   auto plan = std::make_shared<inference_detail::InferencePlan>();
   plan->config = inference_detail::make_kernel_config(options);
-  auto* ft_net = dynamic_cast<FtNetImpl*>(&model);
-  if (ft_net && !ft_net->options.ibn() && ft_net->options.pool().type() == PoolType::kAvg) {
-    plan->name = "FtNet";
-    inference_detail::build_backbone(*ft_net->model, *plan);
-    inference_detail::build_head(*ft_net->classifier, *plan);
+  plan->feature_dim = model.feature_dim();
+  plan->name = "ReidModel";
+  const auto* describes = dynamic_cast<const DescribesResidualTrunk*>(model.backbone().module().get());
+  const auto trunk = describes ? describes->residual_trunk() : std::nullopt;
+  // A copy, so that the caller's model keeps its mode, device and dtype.
+  auto copy = inference_detail::eval_copy(model, *plan);
+  if (trunk) {
+    inference_detail::build_trunk(*trunk, *plan);  // from the caller's model: only read
+    copy->to(torch::kFloat32);
+    plan->head = copy->head();  // the copy's trunk is freed with it
     return InferenceModel(std::move(plan));
   }
-  // The module path: a copy, so that the caller's model keeps its mode, device and dtype.
-  plan->name = "ReidModel";
-  plan->module = std::dynamic_pointer_cast<ReidModelImpl>(model.clone(plan->config.device));
-  plan->module->eval();
-  if (plan->config.fold_bn) plan->folding = fold_batch_norms(*plan->module);
+  plan->module = std::move(copy);
   if (plan->config.dtype != torch::kFloat32) plan->module->to(plan->config.dtype);
   if (plan->config.channels_last) {
     for (auto& parameter : plan->module->parameters()) {
       if (parameter.dim() == 4) parameter.set_data(parameter.contiguous(at::MemoryFormat::ChannelsLast));
     }
   }
-  plan->feature_dim = model.feature_dim();
   return InferenceModel(std::move(plan));
 }
 

@@ -19,6 +19,7 @@
 ///     torch::Tensor embedding = model->embed(images);        // (B, 512), eval mode
 
 #include <reidnet/models/backbones/backbone.hpp>
+#include <reidnet/models/layers/batch_norm_folding.hpp>
 
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
@@ -118,7 +119,9 @@ struct ParameterGroups {
   std::vector<torch::Tensor> head;
 };
 
-class ReidModelImpl : public torch::nn::Module {
+class ReidModelImpl : public torch::nn::Module,
+                      public DeclaresConvBatchNormPairs,
+                      public DeclaresLinearBatchNormPairs {
  public:
   ReidModelImpl(AnyBackbone backbone, AnyHead head, const ReidModelLayout& layout = {},
                 ModelConfig config = {})
@@ -169,6 +172,18 @@ class ReidModelImpl : public torch::nn::Module {
     for (const auto& part : flattened_) part->train(on);
   }
 
+  /// The pairs that parts registered under no name of their own declare: their children are
+  /// this model's, so their paths hold here as they are (fold_batch_norms never visits such a
+  /// part itself).
+  std::vector<ConvBatchNormPair> conv_batch_norm_pairs() const override {
+    return flattened_pairs<DeclaresConvBatchNormPairs, ConvBatchNormPair>(
+        [](const DeclaresConvBatchNormPairs& part) { return part.conv_batch_norm_pairs(); });
+  }
+  std::vector<LinearBatchNormPair> linear_batch_norm_pairs() const override {
+    return flattened_pairs<DeclaresLinearBatchNormPairs, LinearBatchNormPair>(
+        [](const DeclaresLinearBatchNormPairs& part) { return part.linear_batch_norm_pairs(); });
+  }
+
   /// A deep copy: the model rebuilt by the factory that made it, with this one's state.
   std::shared_ptr<torch::nn::Module> clone(
       const c10::optional<torch::Device>& device = c10::nullopt) const override {
@@ -207,6 +222,17 @@ class ReidModelImpl : public torch::nn::Module {
   }
 
  private:
+  template <class Declares, class Pair, class PairsOf>
+  std::vector<Pair> flattened_pairs(PairsOf pairs_of) const {
+    std::vector<Pair> pairs;
+    for (const auto& part : flattened_) {
+      if (const auto* declares = dynamic_cast<const Declares*>(part.get())) {
+        for (auto& pair : pairs_of(*declares)) pairs.push_back(std::move(pair));
+      }
+    }
+    return pairs;
+  }
+
   void register_parts(const ReidModelLayout& layout) {
     std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> children;
     const auto add = [&](const std::string& name, const std::shared_ptr<torch::nn::Module>& part,

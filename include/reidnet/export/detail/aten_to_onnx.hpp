@@ -151,8 +151,10 @@ class OnnxGraphTranslator {
                           bool keep_type = false) {
     at::Tensor stored = value.detach();
     if (stored.is_floating_point() && !keep_type) stored = stored.to(float_type_);
+    // Keyed by the tensor given (a parameter used twice is one initializer, also where the
+    // graph's float type makes `stored` a new copy each time).
     std::ostringstream key;
-    key << stored.data_ptr() << stored.sizes() << stored.strides() << stored.scalar_type();
+    key << tensor_key(value) << value.scalar_type() << '/' << stored.scalar_type();
     const auto known = initializers_.find(key.str());
     if (known != initializers_.end()) return known->second;
     const auto named = parameter_names_.find(tensor_key(value));
@@ -161,7 +163,7 @@ class OnnxGraphTranslator {
     fill_tensor_proto(*proto, stored);
     proto->set_name(name);
     // Keep `value` alive so that its storage address cannot be reused by another constant.
-    kept_.push_back(stored);
+    kept_.push_back(value);
     initializers_[key.str()] = name;
     return name;
   }

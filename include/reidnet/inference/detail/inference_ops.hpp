@@ -3,6 +3,7 @@
 // inference fast path (oneDNN blocked layout on CPU, dense channels_last elsewhere).
 
 #include <reidnet/models/layers/batch_norm.hpp>
+#include <reidnet/models/layers/batch_norm_folding.hpp>
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
@@ -19,27 +20,6 @@
 #include <vector>
 
 namespace reidnet::detail {
-
-/// An eval-mode BatchNorm as the affine map y = x * scale + shift (exact: running statistics).
-struct BatchNormAffine {
-  at::Tensor scale;
-  at::Tensor shift;
-};
-
-/// `NormImpl` is BatchNorm1dImpl or BatchNorm2dImpl; the module's tensors are only read.
-template <class NormImpl>
-BatchNormAffine batch_norm_affine(const NormImpl& norm) {
-  TORCH_CHECK(norm.options.track_running_stats(),
-              "optimize_for_inference: a BatchNorm without running statistics cannot be folded");
-  // Computed in double so that folding adds no rounding beyond the final cast.
-  const auto var = norm.running_var.detach().to(at::kDouble);
-  const auto mean = norm.running_mean.detach().to(at::kDouble);
-  auto scale = at::rsqrt(var + norm.options.eps());
-  if (norm.options.affine()) scale = scale * norm.weight.detach().to(at::kDouble);
-  auto shift = -mean * scale;
-  if (norm.options.affine()) shift = shift + norm.bias.detach().to(at::kDouble);
-  return {scale, shift};
-}
 
 /// oneDNN's prepacked convolution with a fused ReLU (`mkldnn_prepacked::conv2d_prepack` /
 /// `conv2d_run`, registered by LibTorch builds with oneDNN since 1.12). Looked up at run time:

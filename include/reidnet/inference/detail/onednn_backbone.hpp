@@ -131,7 +131,7 @@ class OnednnBackbone {
     }
   }
 
-  /// Globally average-pooled backbone features (B, C) in the model's dtype.
+  /// The trunk's unpooled map (B, C, h, w), channels_last, in the model's dtype.
   at::Tensor run(const at::Tensor& images) const {
     const auto input = images.to(at::TensorOptions().dtype(at::kFloat).device(at::kCPU)).contiguous();
     const auto compiled = compiled_for(input.sizes().vec());
@@ -159,13 +159,13 @@ class OnednnBackbone {
       apply(block.convs.back(), out, context, &identity);
       x = std::move(identity);
     }
-    const auto dims = onednn_api::dims_of(compiled->average_pool_dst);
-    auto features = at::empty({dims[0], dims[1]}, at::TensorOptions().dtype(scalar_type()));
-    context.execute(compiled->average_pool, {{DNNL_ARG_SRC, memory(x)},
-                                             {DNNL_ARG_DST, memory(compiled->average_pool_dst,
-                                                                   features.data_ptr())}});
+    const auto dims = onednn_api::dims_of(compiled->output);
+    auto map = at::empty({dims[0], dims[1], dims[2], dims[3]},
+                         at::TensorOptions().dtype(scalar_type()).memory_format(at::MemoryFormat::ChannelsLast));
+    context.execute(compiled->output_reorder,
+                    {{DNNL_ARG_FROM, memory(x)}, {DNNL_ARG_TO, memory(compiled->output, map.data_ptr())}});
     stream.wait();
-    return features;
+    return map;
   }
 
  private:
@@ -204,8 +204,8 @@ class OnednnBackbone {
     dnnl::pooling_forward max_pool;
     dnnl::memory::desc max_pool_dst;
     std::vector<CompiledBlock> blocks;
-    dnnl::pooling_forward average_pool;
-    dnnl::memory::desc average_pool_dst;
+    dnnl::memory::desc output;  // NHWC: LibTorch's channels_last, as the head reads it
+    dnnl::reorder output_reorder;
     size_t scratchpad_bytes = 0;
   };
 
@@ -407,15 +407,9 @@ class OnednnBackbone {
       }
       out->blocks.push_back(std::move(compiled));
     }
-    // Global average pool straight into a dense (B, C) tensor: at 1x1 the activation layout
-    // is that (unless blocking pads the channels), and keeping it keeps oneDNN's fast kernel.
-    out->average_pool_dst = activation_desc({dims[0], dims[1], 1, 1});
-    TORCH_CHECK(out->average_pool_dst.get_size() ==
-                    static_cast<size_t>(dims[0] * dims[1]) * c10::elementSize(scalar_type()),
-                "the direct oneDNN backend's layout pads ", dims[1], " channels");
-    out->average_pool = compile_pool(dnnl::algorithm::pooling_avg_exclude_padding,
-                                     activation_desc(dims), out->average_pool_dst, dims[2],
-                                     dims[3], 1, 0, scratchpad);
+    out->output = dnnl::memory::desc(dims, data_type_, dnnl::memory::format_tag::nhwc);
+    out->output_reorder = dnnl::reorder(
+        dnnl::reorder::primitive_desc(engine_, activation_desc(dims), engine_, out->output));
     return out;
   }
 

@@ -22,6 +22,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <ostream>
 #include <vector>
 
@@ -48,7 +49,8 @@ struct ResNetOptions {
 template <class Block, class Init = TorchvisionInit>
 class ResNetImpl : public torch::nn::Cloneable<ResNetImpl<Block, Init>>,
                    public Backbone,
-                   public DeclaresConvBatchNormPairs {
+                   public DeclaresConvBatchNormPairs,
+                   public DescribesResidualTrunk {
  public:
   using BlockImpl = typename Block::Impl;
 
@@ -90,6 +92,19 @@ class ResNetImpl : public torch::nn::Cloneable<ResNetImpl<Block, Init>>,
 
   /// The stem's; the blocks declare theirs.
   std::vector<ConvBatchNormPair> conv_batch_norm_pairs() const override { return {{"conv1", "bn1"}}; }
+
+  /// The trunk as inference's fused plan runs it; none with IBN-a blocks.
+  std::optional<ResidualTrunkView> residual_trunk() const override {
+    ResidualTrunkView view{{conv1.get(), bn1.get()}, {}, num_features()};
+    for (const auto& layer : layers_) {
+      for (size_t i = 0; i < layer->size(); ++i) {
+        auto block = layer->template at<BlockImpl>(i).residual_view();
+        if (!block) return std::nullopt;
+        view.blocks.push_back(std::move(*block));
+      }
+    }
+    return view;
+  }
 
   /// conv1, bn1 and ReLU (the 3x3 max pool follows in forward_features).
   torch::Tensor forward_stem(const torch::Tensor& x) { return bn1(conv1(x)).relu_(); }

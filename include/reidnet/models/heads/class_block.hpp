@@ -7,6 +7,7 @@
 ///     torch::Tensor embedding = head->embed(features); // (B, 512), the add_block output
 
 #include <reidnet/models/layers/batch_norm.hpp>
+#include <reidnet/models/layers/batch_norm_folding.hpp>
 #include <reidnet/models/layers/init.hpp>
 #include <reidnet/models/layers/pooling.hpp>
 #include <reidnet/models/reid_model.hpp>
@@ -55,7 +56,8 @@ struct LogitsAndFeature {
 /// (one Linear). `AddBlockInit` initialises add_block, `ClassifierInit` the classifier.
 template <class AddBlockInit = KaimingHeadInit, class ClassifierInit = ClassifierNormalInit>
 class ClassBlockImpl : public torch::nn::Cloneable<ClassBlockImpl<AddBlockInit, ClassifierInit>>,
-                       public Head {
+                       public Head,
+                       public DeclaresLinearBatchNormPairs {
  public:
   explicit ClassBlockImpl(const ClassBlockOptions& options_,
                           AddBlockInit add_block_init = {}, ClassifierInit classifier_init = {})
@@ -100,6 +102,12 @@ class ClassBlockImpl : public torch::nn::Cloneable<ClassBlockImpl<AddBlockInit, 
   /// Width of the feature `embed` returns.
   int64_t feature_dim() const override {
     return options.linear_num() > 0 ? options.linear_num() : options.input_dim();
+  }
+
+  /// The bottleneck Linear and the BatchNorm1d right after it, where it has both.
+  std::vector<LinearBatchNormPair> linear_batch_norm_pairs() const override {
+    if (options.linear_num() == 0 || !options.bnorm()) return {};
+    return {{"add_block.0", "add_block.1"}};
   }
 
   ReidOutput forward_head(const torch::Tensor& map) override {

@@ -11,6 +11,7 @@
 /// num_batches_tracked}, classifier.{weight,bias}.
 
 #include <reidnet/models/layers/batch_norm.hpp>
+#include <reidnet/models/layers/batch_norm_folding.hpp>
 #include <reidnet/models/layers/init.hpp>
 #include <reidnet/models/layers/omni_scale.hpp>
 #include <reidnet/models/reid_model.hpp>
@@ -27,6 +28,7 @@
 
 #include <cstdint>
 #include <ostream>
+#include <vector>
 
 namespace reidnet {
 
@@ -46,7 +48,9 @@ struct OSNetHeadOptions {
   TORCH_ARG(double, classifier_std) = 0.01;
 };
 
-class OSNetHeadImpl : public torch::nn::Cloneable<OSNetHeadImpl>, public Head {
+class OSNetHeadImpl : public torch::nn::Cloneable<OSNetHeadImpl>,
+                      public Head,
+                      public DeclaresLinearBatchNormPairs {
  public:
   explicit OSNetHeadImpl(const OSNetHeadOptions& options_) : options(options_) { reset(); }
 
@@ -68,6 +72,12 @@ class OSNetHeadImpl : public torch::nn::Cloneable<OSNetHeadImpl>, public Head {
     }
     classifier = register_module("classifier", torch::nn::Linear(feature_dim(), options.class_num()));
     apply_init(*classifier, OSNetInit{options.classifier_std()});
+  }
+
+  /// The fc block's Linear and BatchNorm1d.
+  std::vector<LinearBatchNormPair> linear_batch_norm_pairs() const override {
+    if (options.fc_dim() == 0) return {};
+    return {{"fc.0", "fc.1"}};
   }
 
   /// Logits of v, and v as both the embedding and the metric feature.

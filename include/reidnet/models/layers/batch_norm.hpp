@@ -109,7 +109,7 @@ class BatchNormBase : public torch::nn::Cloneable<Derived> {
   void share_statistics(ProcessSum sum) { process_sum_ = std::move(sum); }
   bool shares_statistics() const { return static_cast<bool>(process_sum_); }
 
-  /// Marks the layer as folded into the conv before it (reidnet::fold_batch_norms, on an
+  /// Marks the layer as folded into the conv or Linear before it (reidnet::fold_batch_norms, on an
   /// inference copy): forward then passes its input through, and refuses training.
   void mark_folded() { folded_ = true; }
   bool folded() const { return folded_; }
@@ -117,7 +117,7 @@ class BatchNormBase : public torch::nn::Cloneable<Derived> {
   torch::Tensor forward(const torch::Tensor& input) {
     if (folded_) {
       TORCH_CHECK(!this->is_training(), "BatchNorm", D, "d(", options.num_features(),
-                  ") was folded into the conv before it for inference; that copy cannot train");
+                  ") was folded into the layer before it for inference; that copy cannot train");
       return input;
     }
     const bool ok = D == 1 ? input.dim() == 2 || input.dim() == 3 : input.dim() == 4;

@@ -1,12 +1,13 @@
 #pragma once
-/// Folding each BatchNorm2d into the convolution that feeds it, for inference: the conv's
-/// weight and bias absorb the BatchNorm's affine map of its running statistics, and the
-/// BatchNorm then passes its input through (and refuses training).
+/// Folding each BatchNorm2d into the convolution that feeds it, and each BatchNorm1d into the
+/// Linear that feeds it, for inference: the layer's weight and bias absorb the BatchNorm's
+/// affine map of its running statistics, and the BatchNorm then passes its input through (and
+/// refuses training).
 ///
 /// The pairs are declared by the modules that own them, as torch.ao.quantization.fuse_modules
-/// is given them, never guessed from a graph: a module implements
-/// DeclaresConvBatchNormPairs and names each conv and the BatchNorm that takes its output,
-/// with nothing in between.
+/// is given them, never guessed from a graph: a module implements DeclaresConvBatchNormPairs
+/// (or DeclaresLinearBatchNormPairs) and names each layer and the BatchNorm that takes its
+/// output, with nothing in between.
 ///
 ///     auto copy = std::dynamic_pointer_cast<reidnet::ReidModelImpl>(model->clone());
 ///     copy->eval();
@@ -23,6 +24,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/linear.h>
 #include <torch/types.h>
 
 #include <algorithm>
@@ -37,6 +39,12 @@ namespace reidnet {
 /// ("conv", "bn"; "downsample.0", "downsample.1").
 struct ConvBatchNormPair {
   std::string conv;
+  std::string batch_norm;
+};
+
+/// A Linear and the BatchNorm1d applied to its output ("add_block.0", "add_block.1").
+struct LinearBatchNormPair {
+  std::string linear;
   std::string batch_norm;
 };
 
@@ -56,6 +64,13 @@ class DeclaresConvBatchNormPairs {
   virtual ~DeclaresConvBatchNormPairs() = default;
   /// The pairs this module owns (an IBN half or a BatchNorm that precedes its conv is none).
   virtual std::vector<ConvBatchNormPair> conv_batch_norm_pairs() const = 0;
+};
+
+/// Implemented by modules that own Linear -> BatchNorm1d pairs (the baseline's ClassBlock).
+class DeclaresLinearBatchNormPairs {
+ public:
+  virtual ~DeclaresLinearBatchNormPairs() = default;
+  virtual std::vector<LinearBatchNormPair> linear_batch_norm_pairs() const = 0;
 };
 
 /// What fold_batch_norms did: the BatchNorms it folded, and those it left, with the reason.
@@ -100,30 +115,78 @@ struct ParameterTable : torch::nn::Module {
   }
 };
 
-// weight' = weight * s, bias' = (bias - mean) * s + beta, s = gamma / sqrt(var + eps): in
-// float64, then back to the conv's dtype. `weight` and `bias` are the members that the conv
-// module's forward reads.
-inline void fold_into_conv(torch::nn::Module& conv, torch::Tensor& weight, torch::Tensor& bias_member,
-                           BatchNorm2dImpl& norm) {
-  const auto dtype = weight.scalar_type();
-  const auto variance = norm.running_var.to(torch::kDouble);
+/// An eval-mode BatchNorm as the affine map y = x * scale + shift (exact: running statistics),
+/// in float64 so that folding adds no rounding beyond the final cast. `Norm` is
+/// BatchNorm1dImpl or BatchNorm2dImpl; its tensors are only read.
+struct BatchNormAffine {
+  torch::Tensor scale;
+  torch::Tensor shift;
+};
+
+template <class Norm>
+BatchNormAffine batch_norm_affine(const Norm& norm) {
+  TORCH_CHECK(norm.options.track_running_stats(),
+              "a BatchNorm without running statistics cannot be folded");
+  const auto variance = norm.running_var.detach().to(torch::kDouble);
+  const auto mean = norm.running_mean.detach().to(torch::kDouble);
   auto scale = torch::rsqrt(variance + norm.options.eps());
-  auto shift = -norm.running_mean.to(torch::kDouble) * scale;
-  if (norm.options.affine()) {
-    scale = scale * norm.weight.to(torch::kDouble);
-    shift = shift * norm.weight.to(torch::kDouble) + norm.bias.to(torch::kDouble);
-  }
-  weight.set_data((weight.to(torch::kDouble) * scale.view({-1, 1, 1, 1})).to(dtype));
-  const auto bias = bias_member.defined() ? bias_member.to(torch::kDouble) * scale + shift : shift;
+  if (norm.options.affine()) scale = scale * norm.weight.detach().to(torch::kDouble);
+  auto shift = -mean * scale;
+  if (norm.options.affine()) shift = shift + norm.bias.detach().to(torch::kDouble);
+  return {scale, shift};
+}
+
+// weight' = weight * scale (per output channel), bias' = bias * scale + shift, then back to
+// the layer's dtype. `weight` (output channels first) and `bias` are the members that the
+// layer module's forward reads.
+template <class Norm>
+void fold_into_layer(torch::nn::Module& layer, torch::Tensor& weight, torch::Tensor& bias_member,
+                     Norm& norm) {
+  const auto dtype = weight.scalar_type();
+  const auto affine = batch_norm_affine(norm);
+  std::vector<int64_t> per_output(static_cast<size_t>(weight.dim()), 1);
+  per_output[0] = -1;
+  weight.set_data((weight.to(torch::kDouble) * affine.scale.view(per_output)).to(dtype));
+  const auto bias = bias_member.defined() ? bias_member.to(torch::kDouble) * affine.scale + affine.shift
+                                          : affine.shift;
   if (bias_member.defined()) {
     bias_member.set_data(bias.to(dtype));
   } else {
-    // A bias-free conv holds an undefined "bias" entry, which register_parameter cannot
+    // A bias-free layer holds an undefined "bias" entry, which register_parameter cannot
     // replace: the entry is set in the module's table and in the member its forward reads.
     bias_member = bias.to(dtype);
-    ParameterTable::entry(conv, "bias") = bias_member;
+    ParameterTable::entry(layer, "bias") = bias_member;
   }
   norm.mark_folded();
+}
+
+/// Whether `norm` can be folded: not yet folded, and with running statistics (else noted).
+template <class Norm>
+bool foldable(const Norm& norm, const std::string& path, FoldReport& report) {
+  if (norm.folded()) return false;
+  if (!norm.running_mean.defined()) {
+    report.skipped.push_back(path + " (no running statistics)");
+    return false;
+  }
+  return true;
+}
+
+inline void fold_linear_pairs(torch::nn::Module& module, const std::string& prefix, FoldReport& report) {
+  auto* declares = dynamic_cast<DeclaresLinearBatchNormPairs*>(&module);
+  if (declares == nullptr) return;
+  for (const auto& pair : declares->linear_batch_norm_pairs()) {
+    const auto linear = std::dynamic_pointer_cast<torch::nn::LinearImpl>(child_at(module, pair.linear));
+    const auto norm = std::dynamic_pointer_cast<BatchNorm1dImpl>(child_at(module, pair.batch_norm));
+    TORCH_CHECK(linear && norm, "fold_batch_norms: ", prefix + pair.linear, " and ", prefix + pair.batch_norm,
+                " are declared a Linear and its BatchNorm, but are not a torch::nn::Linear and a "
+                "reidnet::BatchNorm1d");
+    if (!foldable(*norm, prefix + pair.batch_norm, report)) continue;
+    TORCH_CHECK(linear->weight.size(0) == norm->options.num_features(), "fold_batch_norms: ",
+                prefix + pair.linear, " gives ", linear->weight.size(0), " features, ",
+                prefix + pair.batch_norm, " takes ", norm->options.num_features());
+    fold_into_layer(*linear, linear->weight, linear->bias, *norm);
+    report.folded.push_back(prefix + pair.batch_norm);
+  }
 }
 
 inline void fold_tree(torch::nn::Module& module, const std::string& path, FoldReport& report,
@@ -138,20 +201,17 @@ inline void fold_tree(torch::nn::Module& module, const std::string& path, FoldRe
       TORCH_CHECK((plain || own_kind) && norm, "fold_batch_norms: ", prefix + pair.conv, " and ",
                   prefix + pair.batch_norm, " are declared a conv and its BatchNorm, but are not a Conv2d (or "
                   "FoldableConv) and a reidnet::BatchNorm2d");
-      if (norm->folded()) continue;
-      if (!norm->running_mean.defined()) {
-        report.skipped.push_back(prefix + pair.batch_norm + " (no running statistics)");
-        continue;
-      }
+      if (!foldable(*norm, prefix + pair.batch_norm, report)) continue;
       auto& weight = plain ? plain->weight : own_kind->conv_weight();
       auto& bias = plain ? plain->bias : own_kind->conv_bias();
       TORCH_CHECK(weight.dim() == 4 && weight.size(0) == norm->options.num_features(), "fold_batch_norms: ",
                   prefix + pair.conv, " gives ", weight.size(0), " channels, ", prefix + pair.batch_norm,
                   " takes ", norm->options.num_features());
-      fold_into_conv(*conv, weight, bias, *norm);
+      fold_into_layer(*conv, weight, bias, *norm);
       report.folded.push_back(prefix + pair.batch_norm);
     }
   }
+  fold_linear_pairs(module, prefix, report);
   for (const auto& child : module.named_children()) {
     fold_tree(*child.value(), prefix + child.key(), report, &module);
   }
@@ -161,14 +221,17 @@ inline void fold_tree(torch::nn::Module& module, const std::string& path, FoldRe
     const bool ibn_half = parent != nullptr && dynamic_cast<const IbnImpl*>(parent) != nullptr;
     report.skipped.push_back(path + (ibn_half ? " (an IBN half: its InstanceNorm half cannot fold)"
                                               : " (no conv declared before it)"));
-  } else if (dynamic_cast<torch::nn::BatchNorm2dImpl*>(&module) != nullptr) {
-    report.skipped.push_back(path + " (a torch::nn::BatchNorm2d: only reidnet::BatchNorm2d folds)");
+  } else if (auto* norm_1d = dynamic_cast<BatchNorm1dImpl*>(&module)) {
+    if (!norm_1d->folded()) report.skipped.push_back(path + " (no Linear declared before it)");
+  } else if (dynamic_cast<torch::nn::BatchNorm2dImpl*>(&module) != nullptr ||
+             dynamic_cast<torch::nn::BatchNorm1dImpl*>(&module) != nullptr) {
+    report.skipped.push_back(path + " (a torch::nn BatchNorm: only reidnet's BatchNorms fold)");
   }
 }
 
 }  // namespace detail
 
-/// Folds every declared conv -> BatchNorm2d pair below `root`, in place; `root` should be an
+/// Folds every declared conv -> BatchNorm2d and Linear -> BatchNorm1d pair below `root`, in place; `root` should be an
 /// eval-mode copy (the folded BatchNorms refuse training).
 inline FoldReport fold_batch_norms(torch::nn::Module& root) {
   torch::NoGradGuard no_grad;

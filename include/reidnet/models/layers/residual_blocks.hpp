@@ -4,6 +4,10 @@
 /// Both blocks take the same options, so `ResNet<Block>` builds either one:
 ///
 ///     reidnet::Bottleneck block(reidnet::ResidualBlockOptions(256, 128).stride(2));
+///
+/// Each block also describes itself as a ResidualBlockView, and a backbone made of them as a
+/// ResidualTrunkView (DescribesResidualTrunk): inference runs such a trunk on its fused conv
+/// plan (reidnet/inference/inference.hpp), whatever head follows it.
 
 #include <reidnet/models/layers/batch_norm.hpp>
 #include <reidnet/models/layers/batch_norm_folding.hpp>
@@ -16,6 +20,7 @@
 
 #include <cstdint>
 #include <ostream>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -39,6 +44,36 @@ struct ResidualBlockOptions {
   TORCH_ARG(int64_t, dilation) = 1;
   /// IBN-a (IBN-Net): `bn1` normalises half of its channels per instance (Bottleneck only).
   TORCH_ARG(bool, ibn) = false;
+};
+
+/// A conv and the BatchNorm2d that takes its output, read by inference plans that fold them.
+struct ConvNormView {
+  const torch::nn::Conv2dImpl* conv = nullptr;
+  const BatchNorm2dImpl* norm = nullptr;
+};
+
+/// A residual block as y = relu(main(x) + shortcut(x)): the main path's convs, each with its
+/// BatchNorm and a ReLU after every one but the last, and the projection shortcut, where the
+/// block has one (else the identity).
+struct ResidualBlockView {
+  std::vector<ConvNormView> main_path;
+  std::optional<ConvNormView> shortcut;
+};
+
+/// torchvision's ResNet layout: the stem's conv, BatchNorm and ReLU, a 3x3 max pool (stride
+/// 2, padding 1), then residual blocks; every conv pads dilation * (kernel - 1) / 2 each side.
+struct ResidualTrunkView {
+  ConvNormView stem;
+  std::vector<ResidualBlockView> blocks;
+  int64_t num_features = 0;
+};
+
+/// Implemented by backbones of that layout, whoever builds them. None where some layer does not
+/// fit it (an IBN block's InstanceNorm half): such a backbone runs as a module.
+class DescribesResidualTrunk {
+ public:
+  virtual ~DescribesResidualTrunk() = default;
+  virtual std::optional<ResidualTrunkView> residual_trunk() const = 0;
 };
 
 namespace detail {
@@ -72,6 +107,17 @@ inline std::vector<ConvBatchNormPair> with_downsample_pair(std::vector<ConvBatch
                                                            const torch::nn::Sequential& downsample) {
   if (downsample) pairs.push_back({"downsample.0", "downsample.1"});
   return pairs;
+}
+
+// A block's view: its main path and the downsample's conv and BatchNorm, where it has one.
+inline ResidualBlockView residual_view(std::vector<ConvNormView> main_path,
+                                       const torch::nn::Sequential& downsample) {
+  ResidualBlockView view{std::move(main_path), std::nullopt};
+  if (downsample) {
+    view.shortcut = ConvNormView{downsample->ptr(0)->as<torch::nn::Conv2dImpl>(),
+                                 downsample->ptr(1)->as<BatchNorm2dImpl>()};
+  }
+  return view;
 }
 
 inline torch::Tensor shortcut(torch::nn::Sequential& downsample, const torch::Tensor& x) {
@@ -113,6 +159,10 @@ class BasicBlockImpl : public torch::nn::Cloneable<BasicBlockImpl>, public Decla
 
   std::vector<ConvBatchNormPair> conv_batch_norm_pairs() const override {
     return detail::with_downsample_pair({{"conv1", "bn1"}, {"conv2", "bn2"}}, downsample);
+  }
+
+  std::optional<ResidualBlockView> residual_view() const {
+    return detail::residual_view({{conv1.get(), bn1.get()}, {conv2.get(), bn2.get()}}, downsample);
   }
 
   void pretty_print(std::ostream& stream) const override {
@@ -171,6 +221,13 @@ class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl>, public Decla
     std::vector<ConvBatchNormPair> pairs{{"conv2", "bn2"}, {"conv3", "bn3"}};
     if (!ibn1) pairs.insert(pairs.begin(), {"conv1", "bn1"});
     return detail::with_downsample_pair(std::move(pairs), downsample);
+  }
+
+  /// None where bn1 is IBN-a's pair, which no conv absorbs.
+  std::optional<ResidualBlockView> residual_view() const {
+    if (ibn1) return std::nullopt;
+    return detail::residual_view(
+        {{conv1.get(), bn1.get()}, {conv2.get(), bn2.get()}, {conv3.get(), bn3.get()}}, downsample);
   }
 
   void pretty_print(std::ostream& stream) const override {
