@@ -4,12 +4,15 @@
 //   reidnet-bench --mode embed --dtype bf16 --batch-size 16 --iters 10
 //   reidnet-bench --model pcb --mode embed --height 384 --width 192
 //   reidnet-bench --mode train --dtype bf16 --no-channels-last
+//   reidnet-bench --dtype int8 --data Market-1501   (calibrated on its training pictures)
 //
 // It warms up, then times each iteration; the last line is `throughput X img/s`.
 // benchmarks/compare_speed.sh runs it side by side with benchmarks/reference_python.py.
 #include "../examples/common/cli.hpp"
+#include "../examples/common/int8_flags.hpp"
 
 #include <reidnet/core/cpu_threads.hpp>
+#include <reidnet/engine/evaluator.hpp>
 #include <reidnet/engine/training_step.hpp>
 #include <reidnet/reidnet.hpp>
 
@@ -57,6 +60,9 @@ struct BenchOptions {
   bool no_direct_onednn = false;
   bool no_channels_last = false;
   bool no_reuse_memory = false;
+  std::string data;  // int8: calibrate on its training pictures (else on random ones)
+  reidnet::examples::Int8Flags int8;
+  bool run_int8 = false;  // --dtype int8, where this CPU runs it
 };
 
 /// The vector extensions that matter for oneDNN, from /proc/cpuinfo (Linux).
@@ -139,10 +145,30 @@ double percentile(std::vector<double> values, double fraction) {
   return values[std::min(index, values.size() - 1)];
 }
 
+/// int8 ranges from --data's training pictures at the benchmark's input size, else from
+/// random ones.
+reidnet::Int8Calibration int8_ranges(const BenchOptions& options, reidnet::ReidModel& net) {
+  if (!options.data.empty()) {
+    const auto source = "--data " + options.data;
+    const auto dataset = reidnet::read_dataset(options.data);
+    return reidnet::calibrate_int8(*net, reidnet::calibration_pictures(dataset, source),
+                                   reidnet::ImageSize{options.height, options.width}, source,
+                                   reidnet::Int8CalibrationOptions().images(options.int8.calibration_images));
+  }
+  reidnet::Int8Calibrator calibrator(*net);
+  torch::manual_seed(1);
+  constexpr int64_t kCalibrationBatch = 32;
+  for (int64_t seen = 0; seen < options.int8.calibration_images; seen += kCalibrationBatch) {
+    const auto batch = std::min(kCalibrationBatch, options.int8.calibration_images - seen);
+    calibrator.observe(torch::randn({batch, 3, options.height, options.width}));
+  }
+  return calibrator.finish();
+}
+
 std::string embed_path(const BenchOptions& options, reidnet::ReidModel& net,
                        const torch::Device& device, const torch::Tensor& images,
                        Timing& timing) {
-  const auto dtype = reidnet::compute_dtype_from_name(options.dtype);
+  const auto dtype = options.dtype == "int8" ? torch::kFloat32 : reidnet::compute_dtype_from_name(options.dtype);
   if (options.eager) {
     // The unoptimised module, weights cast to the dtype, under InferenceMode.
     net->to(device, dtype);
@@ -157,17 +183,29 @@ std::string embed_path(const BenchOptions& options, reidnet::ReidModel& net,
     return fmt::format("eager module, {}, {}", options.dtype,
                        options.no_channels_last ? "NCHW" : "channels_last");
   }
-  const auto fast = reidnet::optimize_for_inference(
-      net, reidnet::InferenceOptions()
-               .dtype(dtype)
-               .device(device)
-               .fold_bn(!options.no_fold_bn)
-               .fuse(!options.no_fuse)
-               .prepack(!options.no_prepack)
-               .call_onednn_directly(!options.no_direct_onednn)
-               .channels_last(!options.no_channels_last));
+  auto inference_options = reidnet::InferenceOptions()
+                                     .dtype(dtype)
+                                     .device(device)
+                                     .fold_bn(!options.no_fold_bn)
+                                     .fuse(!options.no_fuse)
+                                     .prepack(!options.no_prepack)
+                                     .call_onednn_directly(!options.no_direct_onednn)
+                                     .channels_last(!options.no_channels_last);
+  if (!options.run_int8) {
+    const auto fast = reidnet::optimize_for_inference(net, inference_options);
+    timing = time_iterations(options, device, [&] { fast.embed(images); });
+    return "optimize_for_inference: " + fast.describe();
+  }
+  const auto float32 = reidnet::optimize_for_inference(net, inference_options);
+  const auto ranges = std::make_shared<const reidnet::Int8Calibration>(int8_ranges(options, net));
+  const auto fast = reidnet::optimize_for_inference(net, inference_options.int8(ranges));
   timing = time_iterations(options, device, [&] { fast.embed(images); });
-  return "optimize_for_inference: " + fast.describe();
+  // Fidelity on the timed pictures, against the float32 fast path.
+  const auto cosine = torch::cosine_similarity(fast.embed(images), float32.embed(images), 1);
+  return fmt::format("optimize_for_inference: {}, calibrated on {} {} pictures; per-row cosine to "
+                     "float32 min {:.5f} mean {:.5f}",
+                     fast.describe(), ranges->images, options.data.empty() ? "random" : "training",
+                     cosine.min().item<double>(), cosine.mean().item<double>());
 }
 
 std::string train_path(const BenchOptions& options, reidnet::ReidModel& net,
@@ -199,8 +237,12 @@ int main(int argc, char** argv) {
   BenchOptions options;
   app.add_option("--model", options.model, "model name (reidnet-model-summary --list)");
   app.add_option("--mode", options.mode, "embed or train")->check(CLI::IsMember({"embed", "train"}));
-  app.add_option("--dtype", options.dtype, "fp32, bf16 or fp16 (train: autocast dtype)")
-      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  app.add_option("--dtype", options.dtype, "fp32, bf16 or fp16 (train: autocast dtype), or int8 "
+                 "(embed: the residual trunk's convs)")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16", "int8"}));
+  app.add_option("--data", options.data, "--dtype int8: calibrate on this data set's training "
+                 "pictures (default: random pictures)")->check(CLI::ExistingDirectory);
+  reidnet::examples::add_int8_flags(app, options.int8, "");
   app.add_option("--device", options.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--batch-size", options.batch_size, "images per batch")->check(CLI::PositiveNumber);
   app.add_option("--iters", options.iters, "timed iterations")->check(CLI::PositiveNumber);
@@ -225,6 +267,13 @@ int main(int argc, char** argv) {
   if (const auto exit_code = reidnet::examples::parse_flags(app, argc, argv)) return *exit_code;
 
   try {
+    if (options.dtype == "int8" && options.mode != "embed") {
+      throw reidnet::examples::UsageError("--dtype int8 times --mode embed only");
+    }
+    if (options.dtype != "int8" && app.count("--data") > 0) {
+      throw reidnet::examples::UsageError("--data needs --dtype int8");
+    }
+    options.run_int8 = reidnet::examples::int8_runs_here(app, options.dtype == "int8");
     const torch::Device device(options.device == "cuda" ? torch::kCUDA : torch::kCPU);
     if (device.is_cuda() && !torch::cuda::is_available()) {
       fmt::print(stderr, "reidnet-bench: --device cuda, but this LibTorch sees no CUDA device\n");
@@ -271,6 +320,9 @@ int main(int argc, char** argv) {
       fmt::print("  forward GFLOP/s {:.0f}\n", throughput * gflop_per_image);
     }
     fmt::print("throughput {:.2f} img/s\n", throughput);
+  } catch (const reidnet::InputError& error) {  // bad flags, data or files
+    fmt::print(stderr, "reidnet-bench: {}\n", error.what());
+    return 2;
   } catch (const std::exception& error) {
     fmt::print(stderr, "reidnet-bench: {}\n", error.what());
     return 1;

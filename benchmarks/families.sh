@@ -8,6 +8,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$root/benchmarks/common/input_size.sh"
 build=${1:-$root/build}
 bench=$build/benchmarks/reidnet-bench
 python=${PYTHON:-/usr/bin/python3}
@@ -22,9 +23,7 @@ threads=${THREADS:-2}
 echo "| family | dtype | reidnet img/s | reidnet path | Python eager img/s | ratio |"
 echo "|---|---|---:|---|---:|---:|"
 for model in $models; do
-  size=(--height 256 --width 128)
-  [[ $model == pcb ]] && size=(--height 384 --width 192)
-  [[ $model == ft_net_swin ]] && size=(--height 224 --width 224)
+  input_size "$model"
   for dtype in $dtypes; do
     best_r=0 best_p=0 path=""
     for ((round = 0; round < rounds; round++)); do

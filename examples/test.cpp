@@ -4,8 +4,10 @@
 //   reidnet-test --data Market-1501 --model-dir model/ft_ResNet50
 //   reidnet-test --data toy --model-dir runs/toy --rerank --show 0
 //   reidnet-test --from-mat pytorch_result.mat   (features the Python baseline's test.py wrote)
+//   reidnet-test --data toy --model-dir runs/toy --dtype int8   (calibrated once, on train_all)
 #include "common/cli.hpp"
 #include "common/gallery_search.hpp"
+#include "common/int8_flags.hpp"
 #include "common/trained_run_flags.hpp"
 #include "common/ranked_list.hpp"
 
@@ -35,6 +37,7 @@ struct TestConfig {
   std::string ms = "1", ap = "trapezoid", device = "cpu", dtype = "fp32";
   bool rerank = false, save_ranks = false, optimize = true, use_index = false;
   reidnet::examples::IndexFlags index;  // --index: evaluate from a gallery index's top-k lists
+  reidnet::examples::Int8Flags int8;
 };
 
 // Rank@k and mAP as the flags ask (--rerank, --ap, --index), printed in the baseline's line.
@@ -75,10 +78,15 @@ int run(const CLI::App& app, TestConfig& c) {
     return 0;
   }
   if (c.data.empty()) throw UsageError("--data is required (the data set root), or --from-mat");
-  const auto features_options = reidnet::FeatureOptions()
+  const bool int8 = reidnet::examples::int8_runs_here(app, c.dtype == "int8");
+  if (c.dtype == "int8" && (!c.optimize || c.device == "cuda")) {
+    throw UsageError("--dtype int8 runs on the inference fast path on the CPU; drop --no-optimize "
+                     "and --device cuda");
+  }
+  auto features_options = reidnet::FeatureOptions()
       .device(torch::Device(c.device == "cuda" ? torch::kCUDA : torch::kCPU))
       .scales(reidnet::parse_scales(c.ms))
-      .dtype(reidnet::compute_dtype_from_name(c.dtype))
+      .dtype(c.dtype == "int8" ? torch::kFloat32 : reidnet::compute_dtype_from_name(c.dtype))
       .optimize(c.optimize);
   if (c.device == "cuda" && !torch::cuda::is_available()) {
     throw UsageError("--device cuda: no CUDA device is available to this LibTorch");
@@ -94,6 +102,11 @@ int run(const CLI::App& app, TestConfig& c) {
   if (c.save_ranks) reidnet::check_output_folder(c.ranks_out, "--ranks-out");
   if (c.show >= 0) reidnet::check_output_folder(c.show_out, "--show-out");
   auto run = reidnet::describe_trained_run(c.model_dir, c.model);  // its bounds, before any work
+  if (c.int8.ranges_file.empty()) {
+    c.int8.ranges_file = c.model_dir.empty() ? run.weights + ".int8_calibration.pth"
+                                             : (run_dir / "int8_calibration.pth").string();
+  }
+  if (int8) reidnet::check_output_folder(c.int8.ranges_file, "--int8-calibration");
   const auto data = reidnet::read_dataset(c.data);
   reidnet::check_retrieval_splits(data, "--data " + c.data);
   if (c.show >= static_cast<int64_t>(data.query.size())) {
@@ -111,6 +124,18 @@ int run(const CLI::App& app, TestConfig& c) {
                                  c.top_k, kMaxDrawnRanks));
   }
   reidnet::load_trained_model(run);
+  if (int8) {
+    const auto ranges = reidnet::int8_ranges_of_run(
+        run, data, c.int8.ranges_file, "--data " + c.data,
+        reidnet::Int8CalibrationOptions()
+            .images(c.int8.calibration_images)
+            .workers(c.workers)
+            .on_start([](int64_t images) {
+              fmt::print("calibrating int8 on {} training pictures\n", images);
+            }));
+    fmt::print("int8 ranges {} {}\n", ranges.measured ? "written to" : "read from", c.int8.ranges_file);
+    features_options.int8(ranges.ranges);
+  }
   const auto extraction = reidnet::RetrievalExtractionOptions()
                               .batch_size(c.batch_size)
                               .workers(c.workers)
@@ -161,8 +186,11 @@ int main(int argc, char** argv) {
   app.add_option("--ap", c.ap, "average precision: trapezoid (the baseline's) or plain")
       ->check(CLI::IsMember({"trapezoid", "plain"}));
   app.add_option("--device", c.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--dtype", c.dtype, "fp32, bf16 or fp16")
-      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  app.add_option("--dtype", c.dtype, "fp32, bf16, fp16, or int8 (the residual trunk's convs; "
+                 "calibrated on --data's training pictures)")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16", "int8"}));
+  reidnet::examples::add_int8_flags(app, c.int8, "<model-dir>/int8_calibration.pth, or "
+                                    "<weights>.int8_calibration.pth");
   app.add_flag("!--no-optimize", c.optimize, "the plain module instead of the inference fast path");
   app.add_option("--threads", c.threads, "CPU threads")->check(range(1, reidnet::kMaxThreads));
   app.add_option("--workers", c.workers, "decoding threads")->check(range(0, reidnet::kMaxWorkers));

@@ -121,6 +121,100 @@ TEST_CASE("bf16 FtNet embed has cosine >= 0.999 to the fp32 module, per row" * k
   }
 }
 
+// int8 needs VNNI (and oneDNN called directly); elsewhere these cases are skipped, and the
+// refusal itself is checked by the programs topic with oneDNN capped below VNNI.
+const auto kSkipWithoutInt8 = doctest::skip(!reidnet::int8_unsupported_reason().empty());
+
+namespace {
+constexpr double kInt8MinCosine = 0.99;
+
+reidnet::Int8Calibration calibrate(reidnet::ReidModelImpl& model, int64_t batches, int64_t batch) {
+  reidnet::Int8Calibrator calibrator(model);
+  for (int64_t k = 0; k < batches; ++k) calibrator.observe(torch::randn({batch, 3, kHeight, kWidth}));
+  return calibrator.finish();
+}
+}  // namespace
+
+TEST_CASE("int8: ft_net, bnneck and resnet18 + ClassBlock (basic blocks) embed with per-row "
+          "cosine >= 0.99 to float32, at batch 1 and 5" * kSkipWithoutInt8) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(11);
+  for (const char* name : {"ft_net", "bnneck", "resnet18"}) {
+    CAPTURE(name);
+    auto model = reidnet::create_model(name, reidnet::ModelArgs().class_num(16));
+    randomize_batch_norms(*model);
+    model->eval();
+    const auto ranges = std::make_shared<const reidnet::Int8Calibration>(calibrate(*model, 4, 8));
+    CHECK(ranges->images == 32);
+    const auto float32 = reidnet::optimize_for_inference(model);
+    const auto int8 = reidnet::optimize_for_inference(model, reidnet::InferenceOptions().int8(ranges));
+    CHECK_MESSAGE(int8.describe().find("dtype=int8") != std::string::npos, int8.describe());
+    CHECK(int8.describe().find("backend=onednn_direct") != std::string::npos);
+    for (const int64_t batch : {1, 5}) {
+      CAPTURE(batch);
+      const auto images = torch::randn({batch, 3, kHeight, kWidth});
+      const auto expected = float32.embed(images);
+      const auto actual = int8.embed(images);
+      CHECK((actual.sizes() == expected.sizes()));
+      const auto cosine = min_row_cosine(actual, expected);
+      MESSAGE(std::string(name) << " batch " << batch << ": min per-row cosine int8 vs float32 " << cosine);
+      CHECK(cosine >= kInt8MinCosine);
+      CHECK(cosine < 1.0 - 1e-7);  // really int8: float32 would agree to rounding
+    }
+  }
+}
+
+TEST_CASE("int8 ranges: the file round-trips, and other weights, too few pictures, a model "
+          "without a residual trunk and a broken file are refused") {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(12);
+  auto model = reidnet::create_model("ft_net", reidnet::ModelArgs().class_num(16));
+  model->eval();
+  const auto ranges = calibrate(*model, 2, 8);
+  reidnet::test::TemporaryFolder folder("reidnet_test_int8_ranges");
+  const auto path = (folder.path / "int8_calibration.pth").string();
+  reidnet::save_int8_calibration(ranges, path);
+  const auto loaded = reidnet::load_int8_calibration(path, *model);
+  CHECK(torch::equal(loaded.block_input_max, ranges.block_input_max));
+  CHECK(torch::equal(loaded.inner_max, ranges.inner_max));
+  CHECK(torch::equal(loaded.shortcut_max, ranges.shortcut_max));
+  CHECK(torch::equal(loaded.input_max, ranges.input_max));
+  CHECK((ranges.shortcut_max > 0).sum().item<int64_t>() == 4);  // one projection per stage
+  CHECK(torch::equal(loaded.weight_sums, ranges.weight_sums));
+  CHECK(loaded.images == 16);
+  CHECK((loaded.inner_max.sizes() == torch::IntArrayRef{16, 2}));  // ResNet-50: 16 bottlenecks
+
+  auto other = reidnet::create_model("ft_net", reidnet::ModelArgs().class_num(16));
+  CHECK_THROWS_WITH_AS(reidnet::load_int8_calibration(path, *other),
+                       doctest::Contains("calibrated on other weights"), reidnet::InputError);
+  if (reidnet::int8_unsupported_reason().empty()) {
+    CHECK_THROWS_WITH_AS(
+        reidnet::optimize_for_inference(other, reidnet::InferenceOptions().int8(
+                                                   std::make_shared<const reidnet::Int8Calibration>(ranges))),
+        doctest::Contains("calibrated on other weights"), reidnet::InputError);
+  }
+  reidnet::Int8Calibrator few(*model);
+  few.observe(torch::randn({4, 3, kHeight, kWidth}));
+  CHECK_THROWS_WITH_AS(few.finish(), doctest::Contains("at least 16 pictures, got 4"),
+                       reidnet::InputError);
+  auto osnet = reidnet::create_model("osnet_x0_25", reidnet::ModelArgs().class_num(16));
+  CHECK_THROWS_WITH_AS(reidnet::Int8Calibrator{*osnet}, doctest::Contains("runs as a module"),
+                       reidnet::ConfigError);
+
+  reidnet::StateDict broken;
+  broken.insert("input_max", ranges.input_max);
+  broken.insert("block_input_max", ranges.block_input_max);
+  broken.insert("inner_max", ranges.inner_max.to(torch::kDouble));
+  reidnet::save_tensors(broken, path);
+  CHECK_THROWS_WITH_AS(reidnet::load_int8_calibration(path, *model),
+                       doctest::Contains("'inner_max' is Double [16, 2], expected Float [16, 2]"),
+                       reidnet::InputError);
+  broken.erase("inner_max");
+  reidnet::save_tensors(broken, path);
+  CHECK_THROWS_WITH_AS(reidnet::load_int8_calibration(path, *model),
+                       doctest::Contains("no 'inner_max' in the file"), reidnet::InputError);
+}
+
 TEST_CASE("each optimisation switched off on its own still matches the module (fp32)" *
           kSkipWhereOneDnnCrashes) {
   torch::NoGradGuard no_grad;

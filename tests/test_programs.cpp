@@ -211,6 +211,65 @@ TEST_CASE("reidnet-train writes net_last.pth, opts.yaml, train.log and train.jpg
   }
 }
 
+TEST_CASE("reidnet-test --dtype int8 calibrates once, keeps the ranges in the run folder, and "
+          "its features are within cosine 0.99 of float32's on the toy data") {
+  // The initialised model (Kaiming weights, BatchNorm at identity): a 2-epoch toy run of
+  // ft_net from scratch at 64x32 diverges (validation loss ~1e9), and its activations' outliers
+  // are what per-tensor int8 cannot hold.
+  const auto out = workspace() / "int8_run";
+  const auto trained = run_program("reidnet-train", train_flags(out) + " --total-epoch 0");
+  INFO(trained.output);
+  REQUIRE(trained.status == 0);
+  const auto float32_run = run_program("reidnet-test", "--data " + toy_data().string() +
+                                       " --model-dir " + out.string() + " --batch-size 16");
+  INFO(float32_run.output);
+  REQUIRE(float32_run.status == 0);
+  // Calibrated once on the training pictures, the ranges kept in the run folder and read
+  // again; features within cosine 0.99 of float32's per row. Below VNNI (oneDNN capped at
+  // AVX2), the program says so and runs float32.
+  const auto ranges = out / "int8_calibration.pth";
+  const auto calibration_flags = "--data " + toy_data().string() + " --model-dir " + out.string() +
+                                 " --batch-size 16 --calibration-images 32 --features-out " +
+                                 (out / "int8_features.pth").string() + " --mat-out " +
+                                 (out / "int8_result.mat").string();
+  const auto int8_flags = calibration_flags + " --dtype int8";
+  const auto int8 = run_program("reidnet-test", int8_flags);
+  INFO(int8.output);
+  REQUIRE(int8.status == 0);
+  if (reidnet::int8_unsupported_reason().empty()) {
+    CHECK(int8.output.find("calibrating int8 on 32 training pictures") != std::string::npos);
+    CHECK(int8.output.find("int8 ranges written to " + ranges.string()) != std::string::npos);
+    const auto again = run_program("reidnet-test", int8_flags);
+    CHECK(again.output.find("int8 ranges read from " + ranges.string()) != std::string::npos);
+    CHECK(map_of(again.output) == map_of(int8.output));
+    const auto float32 = reidnet::read_state_dict((out / "features.pth").string());
+    const auto quantized = reidnet::read_state_dict((out / "int8_features.pth").string());
+    for (const char* key : {"qf", "gf"}) {
+      const auto cosine = torch::cosine_similarity(quantized[key], float32[key], 1);
+      MESSAGE(std::string(key) << ": min per-row cosine int8 vs float32 " << cosine.min().item<double>()
+                                << "; mAP " << map_of(int8.output) << " vs " << map_of(float32_run.output));
+      CHECK(cosine.min().item<double>() >= 0.99);
+    }
+    std::ofstream(ranges) << "not a checkpoint";
+    const auto broken = run_program("reidnet-test", int8_flags);
+    CHECK(broken.status == 2);
+    CHECK(broken.output.find("int8 ranges: cannot read checkpoint '" + ranges.string()) != std::string::npos);
+  } else {
+    CHECK(int8.output.find("running float32 instead") != std::string::npos);
+  }
+  const auto capped = run_program("reidnet-test", int8_flags, "DNNL_MAX_CPU_ISA=AVX2 ONEDNN_MAX_CPU_ISA=AVX2");
+  CHECK(capped.status == 0);
+  CHECK(capped.output.find("--dtype int8: this CPU has no VNNI instructions") != std::string::npos);
+  CHECK(capped.output.find("running float32 instead") != std::string::npos);
+  for (const auto& [flags, message] :
+       {std::pair{int8_flags + " --calibration-images 8", "--calibration-images: Value 8 not in range"},
+        {calibration_flags, "--calibration-images needs --dtype int8"}}) {
+    const auto refused = run_program("reidnet-test", flags);
+    CHECK(refused.status == 2);
+    CHECK_MESSAGE(refused.output.find(message) != std::string::npos, refused.output);
+  }
+}
+
 TEST_CASE("a run stopped after epoch 1 and resumed ends with the same weights as an "
           "uninterrupted run: SGD with the loss warm-up, and the strong baseline (Adam, BNNeck, "
           "linear lr warm-up, MultiStepLR)") {

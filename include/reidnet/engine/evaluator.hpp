@@ -200,6 +200,77 @@ inline RetrievalFeatures extract_retrieval_features(TrainedRun& run, const Datas
   return features;
 }
 
+/// How calibrate_int8 reads its pictures.
+struct Int8CalibrationOptions {
+  /// Pictures measured, evenly spaced over the list given (all of them, where there are fewer).
+  TORCH_ARG(int64_t, images) = 256;
+  TORCH_ARG(int64_t, batch_size) = 64;
+  TORCH_ARG(int64_t, workers) = 2;
+  /// Told how many pictures are measured, before the first.
+  TORCH_ARG(std::function<void(int64_t images)>, on_start) = nullptr;
+};
+
+/// The int8 activation ranges of `model` measured on its training pictures, read as the
+/// model reads test pictures (its normalisation and resize filter, at `size`: height, width).
+/// ConfigError where `pictures` has fewer than kMinCalibrationImages (naming `source`).
+inline Int8Calibration calibrate_int8(const ReidModelImpl& model, const std::vector<Sample>& pictures,
+                                      const ImageSize& size, const std::string& source,
+                                      const Int8CalibrationOptions& options = {}) {
+  const auto count = std::min<int64_t>(options.images(), static_cast<int64_t>(pictures.size()));
+  if (count < kMinCalibrationImages) {
+    throw ConfigError(fmt::format("{}: int8 calibration needs at least {} training pictures, {}",
+                                  source, kMinCalibrationImages,
+                                  pictures.size() < static_cast<size_t>(kMinCalibrationImages)
+                                      ? fmt::format("the data set has {}", pictures.size())
+                                      : fmt::format("{} were asked for", options.images())));
+  }
+  std::vector<Sample> chosen;
+  for (int64_t k = 0; k < count; ++k) {
+    chosen.push_back(pictures[static_cast<size_t>(k * static_cast<int64_t>(pictures.size()) / count)]);
+  }
+  if (options.on_start()) options.on_start()(count);
+  Int8Calibrator calibrator(model);
+  DataLoader loader(chosen,
+                    make_eval_transform(size[0], size[1], normalization_of(model.config()),
+                                        interpolation_of(model.config())),
+                    LoaderOptions().batch_size(options.batch_size()).workers(options.workers()));
+  for (auto& batch : loader.epoch(0)) calibrator.observe(batch.images);
+  return calibrator.finish();
+}
+
+/// The pictures int8 calibration measures: train_all, else train; ConfigError naming
+/// `source` where the data set has neither.
+inline const std::vector<Sample>& calibration_pictures(const Dataset& dataset, const std::string& source) {
+  if (!dataset.train_all.empty()) return dataset.train_all;
+  if (!dataset.train.empty()) return dataset.train;
+  throw ConfigError(source + ": no training pictures (train_all or train) to calibrate int8 on");
+}
+
+/// A trained run's int8 ranges and where they came from.
+struct Int8RangesOfRun {
+  std::shared_ptr<const Int8Calibration> ranges;
+  bool measured = false;  // calibrated now (and written), rather than read
+};
+
+/// The int8 ranges of a trained run, kept in `path` so that calibration runs once: read from
+/// there where the file exists (InputError if it holds ranges of other weights), else measured
+/// on `dataset`'s training pictures at the run's input size and written there atomically.
+inline Int8RangesOfRun int8_ranges_of_run(const TrainedRun& run, const Dataset& dataset,
+                                          const std::string& path, const std::string& source,
+                                          const Int8CalibrationOptions& options = {}) {
+  Int8RangesOfRun out;
+  if (std::filesystem::exists(path)) {
+    out.ranges = std::make_shared<const Int8Calibration>(load_int8_calibration(path, *run.model));
+    return out;
+  }
+  out.ranges = std::make_shared<const Int8Calibration>(
+      calibrate_int8(*run.model, calibration_pictures(dataset, source),
+                     ImageSize{run.config.height, run.config.width}, source, options));
+  save_int8_calibration(*out.ranges, path);
+  out.measured = true;
+  return out;
+}
+
 /// Rank@k and mAP of the dense scores, and the scores themselves for ranked lists.
 struct RetrievalEvaluation {
   torch::Tensor scores;  // query x gallery: similarities, or distances after re-ranking

@@ -51,6 +51,9 @@ struct FeatureOptions {
   /// Run the model through `optimize_for_inference` (for FtNet and ResNet: folded BatchNorm,
   /// fused and prepacked convs; weights pre-cast to `dtype`) instead of the module itself.
   TORCH_ARG(bool, optimize) = true;
+  /// The residual trunk's convs in int8 with these ranges (InferenceOptions::int8); needs
+  /// `optimize` and dtype float32.
+  TORCH_ARG(std::shared_ptr<const Int8Calibration>, int8) = nullptr;
 };
 
 namespace detail {
@@ -182,9 +185,14 @@ torch::Tensor extract_features(Model& model, Batches&& batches,
       const auto parameters = model->parameters();
       const auto where = options.device().value_or(
           parameters.empty() ? torch::Device(torch::kCPU) : parameters.front().device());
-      auto fast = optimize_for_inference(model, InferenceOptions().device(where).dtype(options.dtype()));
+      auto fast = optimize_for_inference(
+          model, InferenceOptions().device(where).dtype(options.dtype()).int8(options.int8()));
       return extract_features(fast, std::forward<Batches>(batches), options);
     }
+  }
+  if (options.int8() && detail::is_module_holder<Model>::value) {
+    throw ConfigError("extract_features: FeatureOptions::int8 runs on the inference fast path "
+                      "(FeatureOptions::optimize)");
   }
   if constexpr (detail::is_module_holder<Model>::value) {
     const auto parameters = model->parameters();

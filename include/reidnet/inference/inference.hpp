@@ -17,6 +17,7 @@
 #include <reidnet/models/layers/batch_norm.hpp>
 #include <reidnet/models/layers/batch_norm_folding.hpp>
 #include <reidnet/inference/detail/inference_ops.hpp>
+#include <reidnet/inference/int8_calibration.hpp>
 #if defined(REIDNET_WITH_ONEDNN)
 #include <reidnet/inference/detail/onednn_backbone.hpp>
 #endif
@@ -74,6 +75,11 @@ struct InferenceOptions {
   /// (weights reordered once per kernel, residual add fused into the conv), where reidnet
   /// was built with it (REIDNET_WITH_ONEDNN, see docs/speed.md); LibTorch's oneDNN ops otherwise.
   TORCH_ARG(bool, call_onednn_directly) = true;
+  /// int8: the residual trunk's block convs on oneDNN's int8 kernels with these activation
+  /// ranges (see Int8Calibrator); the stem, the residual sums and the head stay float32.
+  /// Needs dtype float32 on the CPU, the direct oneDNN backend, a VNNI CPU
+  /// (int8_unsupported_reason) and a model whose backbone describes a residual trunk.
+  TORCH_ARG(std::shared_ptr<const Int8Calibration>, int8) = nullptr;
 };
 
 /// Whether this build can call oneDNN directly (InferenceOptions::call_onednn_directly).
@@ -97,6 +103,7 @@ struct InferencePlan {
   int64_t input_channels = 3;
   int64_t num_features = 0;
   std::shared_ptr<const OnednnBackbone> onednn;  // the onednn_direct backend's whole trunk
+  std::shared_ptr<const Int8Calibration> int8;   // the trunk's convs in int8
   // After the fused trunk: a ReID model's head, an eval copy in float32 on the device; or,
   // for a plain ResNet, its fc on the pooled map.
   AnyHead head;
@@ -140,6 +147,20 @@ inline KernelConfig make_kernel_config(const InferenceOptions& options) {
       cudnn_fusion_available(config)) {
     config.backend = ConvBackend::kCudnnFused;
   }
+  if (options.int8()) {
+    if (!options.device().is_cpu() || options.dtype() != torch::kFloat32) {
+      throw ConfigError("InferenceOptions::int8 runs on the CPU with dtype float32 (the layers "
+                        "int8 leaves in float), not " + options.device().str() + " " +
+                        c10::toString(options.dtype()));
+    }
+    if (const auto reason = int8_unsupported_reason(); !reason.empty()) {
+      throw ConfigError("InferenceOptions::int8: " + reason);
+    }
+    if (config.backend != ConvBackend::kOnednnDirect) {
+      throw ConfigError("InferenceOptions::int8 needs the direct oneDNN backend (fold_bn, fuse, "
+                        "prepack and call_onednn_directly on)");
+    }
+  }
 #if TORCH_VERSION_MAJOR < 2
   TORCH_CHECK(!(options.device().is_cpu() && options.dtype() == torch::kFloat16),
               "InferenceOptions::dtype float16 on CPU needs LibTorch 2.x (1.x has no fp16 CPU "
@@ -175,11 +196,15 @@ inline void build_trunk(const ResidualTrunkView& trunk, InferencePlan& plan) {
     }
     plan.blocks.push_back(std::move(block_plan));
   }
+  if (plan.int8 && !same_weights(weight_sums(plan.blocks), plan.int8->weight_sums)) {
+    throw InputError("InferenceOptions::int8: the ranges were calibrated on other weights than "
+                     "this model's; calibrate again");
+  }
 #if defined(REIDNET_WITH_ONEDNN)
   if (config.backend == ConvBackend::kOnednnDirect) {
     // The convs move into oneDNN's trunk: one copy of the weights.
     plan.onednn = std::make_shared<const OnednnBackbone>(
-        std::move(plan.stem), std::move(plan.blocks), config.dtype);
+        std::move(plan.stem), std::move(plan.blocks), config.dtype, plan.int8.get());
     plan.blocks.clear();
   }
 #endif
@@ -260,7 +285,8 @@ class InferenceModel {
   std::string describe() const {
     const auto& config = plan_->config;
     std::ostringstream out;
-    out << plan_->name << " dtype=" << c10::toString(config.dtype) << " device=" << config.device;
+    out << plan_->name << " dtype=" << (plan_->int8 ? "int8" : c10::toString(config.dtype))
+        << " device=" << config.device;
     if (plan_->module) {
       out << " path=module folded_bn=" << plan_->folding.folded.size()
           << " channels_last=" << config.channels_last;
@@ -321,12 +347,7 @@ class InferenceModel {
     }
     x = plan.stem.run(x, config);
     x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
-    for (const auto& block : plan.blocks) {
-      const at::Tensor identity = block.has_downsample ? block.downsample.run(x, config) : x;
-      at::Tensor out = x;
-      for (size_t k = 0; k + 1 < block.convs.size(); ++k) out = block.convs[k].run(out, config);
-      x = block.convs.back().run_add_relu(out, identity, config);
-    }
+    x = detail::run_residual_blocks(plan.blocks, x, config);
     if (config.backend == detail::ConvBackend::kOnednnBlocked) x = x.to_dense();
     return x.to(at::kFloat);
   }
@@ -347,6 +368,10 @@ InferenceModel optimize_for_inference(ResNet<Block, Init>& net,
   const auto trunk = net->residual_trunk();
   TORCH_CHECK(trunk, "optimize_for_inference(ResNet): an IBN-a ResNet has no fused trunk (its "
                      "InstanceNorm halves fold into nothing); optimise a ReID model on it instead");
+  if (options.int8()) {
+    throw ConfigError("optimize_for_inference(ResNet): int8 is calibrated on a ReID model; "
+                      "optimise the ReID model built on this ResNet");
+  }
   auto plan = std::make_shared<inference_detail::InferencePlan>();
   plan->config = inference_detail::make_kernel_config(options);
   plan->name = "ResNet";
@@ -367,8 +392,10 @@ inline InferenceModel optimize_for_inference(ReidModelImpl& model, const Inferen
   plan->config = inference_detail::make_kernel_config(options);
   plan->feature_dim = model.feature_dim();
   plan->name = "ReidModel";
+  plan->int8 = options.int8();
   const auto* describes = dynamic_cast<const DescribesResidualTrunk*>(model.backbone().module().get());
-  const auto trunk = describes ? describes->residual_trunk() : std::nullopt;
+  const auto trunk = plan->int8 ? std::optional(detail::int8_trunk(model))  // or why not
+                     : describes ? describes->residual_trunk() : std::nullopt;
   // A copy, so that the caller's model keeps its mode, device and dtype.
   auto copy = inference_detail::eval_copy(model, *plan);
   if (trunk) {

@@ -14,6 +14,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <utility>
@@ -176,6 +177,28 @@ struct ResidualBlockPlan {
   bool has_downsample = false;
   ConvBn downsample;
 };
+
+/// Runs `x` through the blocks on LibTorch's ops (every backend but onednn_direct). `observe`,
+/// where given, sees each block's input (point 0), each main-path conv's output but the last
+/// (point k: after conv k - 1) and the projection shortcut's output (point n, for n convs),
+/// as int8 calibration measures them.
+inline at::Tensor run_residual_blocks(
+    const std::vector<ResidualBlockPlan>& blocks, at::Tensor x, const KernelConfig& config,
+    const std::function<void(size_t block, size_t point, const at::Tensor&)>& observe = nullptr) {
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    const auto& block = blocks[b];
+    if (observe) observe(b, 0, x);
+    const at::Tensor identity = block.has_downsample ? block.downsample.run(x, config) : x;
+    if (observe && block.has_downsample) observe(b, block.convs.size(), identity);
+    at::Tensor out = x;
+    for (size_t k = 0; k + 1 < block.convs.size(); ++k) {
+      out = block.convs[k].run(out, config);
+      if (observe) observe(b, k + 1, out);
+    }
+    x = block.convs.back().run_add_relu(out, identity, config);
+  }
+  return x;
+}
 
 inline std::vector<int64_t> to_vector(at::IntArrayRef values) { return values.vec(); }
 

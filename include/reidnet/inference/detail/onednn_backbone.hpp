@@ -11,6 +11,7 @@
 // - no dispatcher, IValue or per-call primitive lookup (~100k instructions per conv).
 
 #include <reidnet/inference/detail/inference_ops.hpp>
+#include <reidnet/inference/int8_calibration.hpp>
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -34,7 +35,7 @@ static_assert(DNNL_VERSION_MAJOR == 2 || DNNL_VERSION_MAJOR == 3,
 
 /// The calls whose spelling changed in oneDNN 3.0: primitive descriptors are built straight
 /// from the engine (no operation descriptor), eltwise post-ops lost their scale, and a memory
-/// descriptor's dims became get_dims().
+/// descriptor's dims and data type became get_dims() and get_data_type().
 namespace onednn_api {
 
 inline dnnl::memory::dims dims_of(const dnnl::memory::desc& desc) {
@@ -42,6 +43,14 @@ inline dnnl::memory::dims dims_of(const dnnl::memory::desc& desc) {
   return desc.get_dims();
 #else
   return desc.dims();
+#endif
+}
+
+inline dnnl::memory::data_type data_type_of(const dnnl::memory::desc& desc) {
+#if DNNL_VERSION_MAJOR >= 3
+  return desc.get_data_type();
+#else
+  return desc.data_type();
 #endif
 }
 
@@ -87,7 +96,123 @@ inline dnnl::pooling_forward::primitive_desc pooling_inference(
 #endif
 }
 
+/// Quantisation scales, as each version takes them: oneDNN 3.x per argument (src, weights,
+/// dst; real = scale * q), given at execution; 2.x as one output scale per channel fixed when
+/// the primitive is built, which also scales the bias (added before it).
+inline void set_int8_scales(dnnl::primitive_attr& attributes, int64_t groups, bool scaled_output,
+                            const at::Tensor& output_scales) {
+#if DNNL_VERSION_MAJOR >= 3
+  (void)output_scales;
+  attributes.set_scales_mask(DNNL_ARG_SRC, 0);
+  attributes.set_scales_mask(DNNL_ARG_WEIGHTS, groups > 1 ? 3 : 1);  // per output channel
+  if (scaled_output) attributes.set_scales_mask(DNNL_ARG_DST, 0);
+#else
+  (void)groups;
+  (void)scaled_output;
+  const auto* begin = output_scales.data_ptr<float>();
+  attributes.set_output_scales(1 << 1, std::vector<float>(begin, begin + output_scales.numel()));
+#endif
+}
+
+/// Adds the scales of `argument` to a primitive's execution arguments on oneDNN 3.x; 2.x has
+/// them fixed in the primitive already.
+inline void add_scales(std::unordered_map<int, dnnl::memory>& arguments, int argument,
+                       const dnnl::memory& scales) {
+#if DNNL_VERSION_MAJOR >= 3
+  arguments.emplace(DNNL_ARG_ATTR_SCALES | argument, scales);
+#else
+  (void)arguments;
+  (void)argument;
+  (void)scales;
+#endif
+}
+
+/// The attribute of a reorder between float32 and u8 whose `argument` (DNNL_ARG_DST: it
+/// quantises; DNNL_ARG_SRC: it dequantises) has `scale` (real = scale * q).
+inline dnnl::primitive_attr scaling_reorder(int argument, const at::Tensor& scale) {
+  dnnl::primitive_attr attributes;
+#if DNNL_VERSION_MAJOR >= 3
+  (void)scale;
+  attributes.set_scales_mask(argument, 0);
+#else
+  const auto value = scale.item<float>();
+  attributes.set_output_scales(0, {argument == DNNL_ARG_DST ? 1.f / value : value});
+#endif
+  return attributes;
+}
+
+/// The residual sum: `scale` * the destination's old contents, read as `type` (undef: the
+/// destination's own type).
+inline void append_sum(dnnl::post_ops& post_ops, float scale, dnnl::memory::data_type type) {
+#if DNNL_VERSION_MAJOR >= 3
+  post_ops.append_sum(scale, 0, type);
+#else
+  post_ops.append_sum(scale, type);
+#endif
+}
+
 }  // namespace onednn_api
+
+/// An int8 activation: its type and scale (real = scale * q); float32 has no scale.
+struct QuantizedActivation {
+  dnnl::memory::data_type type = dnnl::memory::data_type::f32;
+  at::Tensor scale;  // (1,)
+
+  /// After a ReLU: [0, largest] onto u8's 0..255. A range of 0 (a dead layer) keeps a
+  /// positive scale.
+  static QuantizedActivation u8(float largest) {
+    return {dnnl::memory::data_type::u8, at::full({1}, std::max(largest, 1e-8f) / 255.f)};
+  }
+  /// Signed (a shortcut, before the sum's ReLU): [-largest, largest] onto s8's -127..127.
+  static QuantizedActivation s8(float largest) {
+    return {dnnl::memory::data_type::s8, at::full({1}, std::max(largest, 1e-8f) / 127.f)};
+  }
+  static QuantizedActivation f32() { return {}; }
+  bool is_float() const { return type == dnnl::memory::data_type::f32; }
+  float scale_value() const { return is_float() ? 1.f : scale.item<float>(); }
+};
+
+/// A conv of the int8 trunk: s8 weights with a scale per output channel, u8 input with one
+/// scale (s8: the stem's). Its output is u8 after a ReLU, s8 for a shortcut, and float32 in
+/// the last block, whose map goes to the head; the block's last conv adds the identity
+/// (`identity`: u8, s8 or float32) in its sum post-op, so that the residual stream stays int8
+/// between blocks.
+struct Int8Conv {
+  at::Tensor weight;          // s8, (O, I/g, kh, kw)
+  at::Tensor weight_scales;   // (O,)
+  QuantizedActivation input, output, identity;
+  at::Tensor bias;            // float32, as the primitive takes it (see set_int8_scales)
+  at::Tensor output_scales;   // oneDNN 2.x: input * weight / output scale, per channel
+
+  /// The sum post-op's scale: the identity's (3.x scales the sum before the output scale;
+  /// 2.x after it).
+  float sum_scale() const {
+#if DNNL_VERSION_MAJOR >= 3
+    return identity.scale_value();
+#else
+    return identity.scale_value() / output.scale_value();
+#endif
+  }
+};
+
+inline Int8Conv quantize_conv(const ConvBn& conv, QuantizedActivation input, QuantizedActivation output,
+                              QuantizedActivation identity = {}) {
+  const auto weight = conv.weight.to(at::kFloat).contiguous();
+  Int8Conv q;
+  q.weight_scales = (weight.abs().amax({1, 2, 3}) / 127.f).clamp_min(1e-12f);
+  q.weight = (weight / q.weight_scales.view({-1, 1, 1, 1})).round_().clamp_(-127, 127).to(at::kChar);
+  q.input = std::move(input);
+  q.output = std::move(output);
+  q.identity = std::move(identity);
+  const auto accumulator_scale = q.input.scale * q.weight_scales;
+#if DNNL_VERSION_MAJOR >= 3
+  q.bias = conv.bias.to(at::kFloat).contiguous();
+#else
+  q.bias = (conv.bias.to(at::kFloat) / accumulator_scale).contiguous();
+  q.output_scales = (q.output.is_float() ? accumulator_scale : accumulator_scale / q.output.scale).contiguous();
+#endif
+  return q;
+}
 
 /// oneDNN's channel-blocked layout for this CPU's vector width: 16 float channels on AVX-512,
 /// 8 on AVX2 and older. A block its kernels do not take sends every conv to oneDNN's
@@ -115,19 +240,30 @@ inline dnnl::memory::format_tag onednn_activation_layout(at::ScalarType dtype, i
 class OnednnBackbone {
  public:
   /// `stem` and `blocks` as built for the onednn_direct backend: folded weights in `dtype`
-  /// (any strides), fp32 bias.
-  OnednnBackbone(ConvBn stem, std::vector<ResidualBlockPlan> blocks, at::ScalarType dtype)
-      : engine_(dnnl::engine::kind::cpu, 0), data_type_(to_onednn(dtype)) {
+  /// (any strides), fp32 bias. With `int8` (dtype float32): every conv in int8 with those
+  /// activation ranges, and the residual stream in u8 between blocks; the last block's output
+  /// stays float32, for the head.
+  OnednnBackbone(ConvBn stem, std::vector<ResidualBlockPlan> blocks, at::ScalarType dtype,
+                 const Int8Calibration* int8 = nullptr)
+      : engine_(dnnl::engine::kind::cpu, 0), data_type_(to_onednn(dtype)), int8_(int8 != nullptr) {
+    TORCH_CHECK(!int8_ || dtype == at::kFloat, "int8 convs run beside float32, not ", dtype);
     stem_ = make_layer(std::move(stem), /*sum=*/false);
-    for (auto& block : blocks) {
+    for (size_t b = 0; b < blocks.size(); ++b) {
+      auto& block = blocks[b];
       Block layers;
       for (size_t k = 0; k < block.convs.size(); ++k) {
         // The block's last conv adds the identity (already in its output buffer), then ReLU.
-        const bool last = k + 1 == block.convs.size();
-        layers.convs.push_back(make_layer(std::move(block.convs[k]), last));
+        layers.convs.push_back(make_layer(std::move(block.convs[k]), k + 1 == block.convs.size()));
       }
       if (block.has_downsample) layers.downsample = make_layer(std::move(block.downsample), false);
+      if (int8_) quantize_block(layers, *int8, b, b + 1 == blocks.size());
       blocks_.push_back(std::move(layers));
+    }
+    // The stem reads the normalised picture in s8 and writes u8 for the max pool, whose
+    // largest value (the first block's input range) is the stem's own.
+    if (int8_) {
+      stem_.int8 = quantize_conv(stem_.conv, QuantizedActivation::s8(int8->input_max.item<float>()),
+                                 QuantizedActivation::u8(int8->block_input_max[0].item<float>()));
     }
   }
 
@@ -142,19 +278,20 @@ class OnednnBackbone {
                                                         dnnl::memory::format_tag::a),
                                      scratchpad.data_ptr())};
 
-    Activation x = new_activation(compiled->stem.src);
-    context.execute(compiled->input_reorder,
-                    {{DNNL_ARG_FROM, memory(compiled->input, input.data_ptr())},
-                     {DNNL_ARG_TO, memory(x)}});
+    Activation x = convert(compiled->input_conversion, memory(compiled->input, input.data_ptr()), context);
     x = apply(compiled->stem, x, context);
     Activation pooled = new_activation(compiled->max_pool_dst);
     context.execute(compiled->max_pool, {{DNNL_ARG_SRC, memory(x)}, {DNNL_ARG_DST, memory(pooled)}});
     x = std::move(pooled);
     for (const auto& block : compiled->blocks) {
-      // The last conv accumulates into the identity's buffer: when that is `x` itself, `x`
-      // is no longer needed by then (the first conv has read it).
-      Activation identity = block.downsample ? apply(*block.downsample, x, context) : x;
-      Activation out = x;
+      const Activation& input = x;
+      // The last conv accumulates into the identity's buffer: when that is the input itself,
+      // the input is no longer needed by then (the first conv has read it). int8's last block
+      // adds a float32 identity, for its float32 output.
+      Activation identity = block.downsample  ? apply(*block.downsample, input, context)
+                            : block.dequantize ? convert(*block.dequantize, memory(input), context)
+                                               : input;
+      Activation out = input;
       for (size_t k = 0; k + 1 < block.convs.size(); ++k) out = apply(block.convs[k], out, context);
       apply(block.convs.back(), out, context, &identity);
       x = std::move(identity);
@@ -173,6 +310,7 @@ class OnednnBackbone {
   struct Layer {
     ConvBn conv;
     bool sum = false;  // relu(conv(x) + b + dst): the residual add
+    std::optional<Int8Conv> int8;
     // Weights already reordered for some shape, keyed by nothing but their layout: shapes
     // whose kernels want the same layout share one copy.
     mutable std::vector<dnnl::memory> packed_weights;
@@ -181,6 +319,17 @@ class OnednnBackbone {
   struct Block {
     std::vector<Layer> convs;
     std::optional<Layer> downsample;
+    // int8: the block's u8 input, and whether its identity is that input in float32 (the
+    // last block's, without a shortcut conv).
+    QuantizedActivation input;
+    bool float_identity = false;
+  };
+
+  /// A reorder of an activation; where it converts between float32 and int8, with its scale.
+  struct Conversion {
+    dnnl::reorder primitive;
+    dnnl::memory::desc dst;
+    std::unordered_map<int, dnnl::memory> scales;  // oneDNN 3.x (see add_scales)
   };
 
   /// A conv compiled for one input shape.
@@ -188,18 +337,20 @@ class OnednnBackbone {
     dnnl::convolution_forward primitive;
     dnnl::memory::desc src, dst;
     dnnl::memory weights, bias;
+    std::unordered_map<int, dnnl::memory> scales;  // int8 on oneDNN 3.x (see add_scales)
   };
 
   struct CompiledBlock {
     std::vector<CompiledConv> convs;
     std::optional<CompiledConv> downsample;
+    std::optional<Conversion> dequantize;  // int8: the u8 input to a float32 identity
   };
 
   /// Every primitive of one input shape, with the weights their kernels want.
   struct Compiled {
     std::vector<int64_t> input_shape;
     dnnl::memory::desc input;  // dense NCHW float, as `run` passes it
-    dnnl::reorder input_reorder;
+    Conversion input_conversion;  // to the stem's layout (int8: quantised to s8)
     CompiledConv stem;
     dnnl::pooling_forward max_pool;
     dnnl::memory::desc max_pool_dst;
@@ -232,6 +383,7 @@ class OnednnBackbone {
     switch (dtype) {
       case at::kFloat: return dnnl::memory::data_type::f32;
       case at::kBFloat16: return dnnl::memory::data_type::bf16;
+      case at::kChar: return dnnl::memory::data_type::s8;
       default: TORCH_CHECK(false, "the direct oneDNN backend runs float32 or bfloat16, not ", dtype);
     }
   }
@@ -281,8 +433,18 @@ class OnednnBackbone {
     return {at::empty({static_cast<int64_t>(desc.get_size())}, at::kByte), desc};
   }
 
-  dnnl::memory::desc activation_desc(const dnnl::memory::dims& dims) const {
-    return dnnl::memory::desc(dims, data_type_, onednn_activation_layout(scalar_type(), dims[0]));
+  /// int8 runs every activation in NHWC, where oneDNN's VNNI and AMX int8 kernels are.
+  dnnl::memory::desc activation_desc(const dnnl::memory::dims& dims,
+                                     std::optional<dnnl::memory::data_type> type = std::nullopt) const {
+    return dnnl::memory::desc(dims, type.value_or(data_type_),
+                              int8_ ? dnnl::memory::format_tag::nhwc
+                                    : onednn_activation_layout(scalar_type(), dims[0]));
+  }
+
+  dnnl::memory scale_memory(const at::Tensor& scales) const {
+    return memory(dnnl::memory::desc({scales.numel()}, dnnl::memory::data_type::f32,
+                                     dnnl::memory::format_tag::a),
+                  scales.data_ptr());
   }
 
   /// Output size and the right padding that makes oneDNN's size equation hold (PyTorch
@@ -317,21 +479,39 @@ class OnednnBackbone {
       padding_left.push_back(conv.padding[axis]);
       padding_right.push_back(spatial.padding_right);
     }
-    const auto user_weights = weights_desc(weight, conv.groups);
-    const auto any_weights = dnnl::memory::desc(onednn_api::dims_of(user_weights), data_type_,
+    const auto& int8 = layer.int8;
+    const auto& stored_weight = int8 ? int8->weight : weight;
+    const auto& bias = int8 ? int8->bias : conv.bias;
+    const auto user_weights = weights_desc(stored_weight, conv.groups);
+    const auto any_weights = dnnl::memory::desc(onednn_api::dims_of(user_weights),
+                                                to_onednn(stored_weight.scalar_type()),
                                                 dnnl::memory::format_tag::any);
-    const auto bias_desc = tensor_desc(conv.bias);
+    const auto bias_desc = tensor_desc(bias);
     CompiledConv out;
-    out.src = any_source ? dnnl::memory::desc(src_dims, data_type_, dnnl::memory::format_tag::any)
-                         : activation_desc(src_dims);
-    out.dst = activation_desc(dst_dims);
+    out.src = int8         ? activation_desc(src_dims, int8->input.type)
+              : any_source ? dnnl::memory::desc(src_dims, data_type_, dnnl::memory::format_tag::any)
+                           : activation_desc(src_dims);
+    out.dst = int8 ? activation_desc(dst_dims, int8->output.type) : activation_desc(dst_dims);
 
     dnnl::post_ops post_ops;
-    if (layer.sum) post_ops.append_sum(1.f);
+    if (layer.sum && int8) {
+      const auto identity = int8->identity.type;
+      onednn_api::append_sum(post_ops, int8->sum_scale(),
+                             identity == int8->output.type ? dnnl::memory::data_type::undef : identity);
+    } else if (layer.sum) {
+      post_ops.append_sum(1.f);
+    }
     if (conv.relu || layer.sum) onednn_api::append_relu(post_ops);
     dnnl::primitive_attr attributes;
     attributes.set_post_ops(post_ops);
     attributes.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    if (int8) {
+      const bool scaled_output = !int8->output.is_float();
+      onednn_api::set_int8_scales(attributes, conv.groups, scaled_output, int8->output_scales);
+      onednn_api::add_scales(out.scales, DNNL_ARG_SRC, scale_memory(int8->input.scale));
+      onednn_api::add_scales(out.scales, DNNL_ARG_WEIGHTS, scale_memory(int8->weight_scales));
+      if (scaled_output) onednn_api::add_scales(out.scales, DNNL_ARG_DST, scale_memory(int8->output.scale));
+    }
     const auto primitive_desc = onednn_api::convolution_inference(
         engine_, out.src, any_weights, bias_desc, out.dst, strides, dilates, padding_left,
         padding_right, attributes);
@@ -339,7 +519,7 @@ class OnednnBackbone {
     out.src = primitive_desc.src_desc();
     scratchpad_bytes = std::max(scratchpad_bytes, primitive_desc.scratchpad_desc().get_size());
     out.weights = packed_weights(layer, user_weights, primitive_desc.weights_desc());
-    out.bias = memory(bias_desc, conv.bias.data_ptr());
+    out.bias = memory(bias_desc, bias.data_ptr());
     return out;
   }
 
@@ -352,7 +532,7 @@ class OnednnBackbone {
     }
     dnnl::memory packed(wanted, engine_);  // owned by oneDNN, freed with the last handle
     dnnl::stream stream(engine_);
-    auto source = memory(user, layer.conv.weight.data_ptr());
+    auto source = memory(user, (layer.int8 ? layer.int8->weight : layer.conv.weight).data_ptr());
     dnnl::reorder(source, packed).execute(stream, source, packed);
     stream.wait();
     layer.packed_weights.push_back(packed);
@@ -388,18 +568,22 @@ class OnednnBackbone {
     out->stem = compile(stem_, to_dims(input_shape), scratchpad, /*any_source=*/true);
     out->input = dnnl::memory::desc(to_dims(input_shape), dnnl::memory::data_type::f32,
                                     dnnl::memory::format_tag::nchw);
-    out->input_reorder =
-        dnnl::reorder(dnnl::reorder::primitive_desc(engine_, out->input, engine_, out->stem.src));
+    out->input_conversion =
+        conversion(out->input, out->stem.src, stem_.int8 ? stem_.int8->input.scale : at::Tensor());
 
-    // torchvision's max pool: 3x3, stride 2, padding 1.
+    // torchvision's max pool: 3x3, stride 2, padding 1 (int8: u8 in, u8 out).
     auto dims = onednn_api::dims_of(out->stem.dst);
     for (size_t axis = 2; axis < 4; ++axis) dims[axis] = window(dims[axis], 3, 2, 1, 1).output;
-    out->max_pool_dst = activation_desc(dims);
+    out->max_pool_dst = activation_desc(dims, onednn_api::data_type_of(out->stem.dst));
     out->max_pool = compile_pool(dnnl::algorithm::pooling_max, out->stem.dst, out->max_pool_dst,
                                  3, 3, 2, 1, scratchpad);
 
     for (const auto& block : blocks_) {
       CompiledBlock compiled;
+      if (block.float_identity) {
+        compiled.dequantize = conversion(activation_desc(dims, dnnl::memory::data_type::u8),
+                                         activation_desc(dims), block.input.scale);
+      }
       if (block.downsample) compiled.downsample = compile(*block.downsample, dims, scratchpad);
       for (const auto& layer : block.convs) {
         compiled.convs.push_back(compile(layer, dims, scratchpad));
@@ -425,19 +609,75 @@ class OnednnBackbone {
     return compiled_.back();
   }
 
+  /// The int8 form of block `b`'s convs, from the calibrated ranges: u8 inputs and inner
+  /// outputs, an s8 shortcut, and the output u8 with the next block's input scale, or float32
+  /// in the last block.
+  static void quantize_block(Block& block, const Int8Calibration& ranges, size_t b, bool last) {
+    const auto value = [](const at::Tensor& range) { return range.item<float>(); };
+    block.input = QuantizedActivation::u8(value(ranges.block_input_max[b]));
+    block.float_identity = last && !block.downsample;
+    const auto output = last ? QuantizedActivation::f32()
+                             : QuantizedActivation::u8(value(ranges.block_input_max[b + 1]));
+    auto identity = last ? QuantizedActivation::f32() : block.input;
+    if (block.downsample) {
+      identity = last ? QuantizedActivation::f32()
+                      : QuantizedActivation::s8(value(ranges.shortcut_max[b]));
+      block.downsample->int8 = quantize_conv(block.downsample->conv, block.input, identity);
+    }
+    auto input = block.input;
+    for (size_t k = 0; k < block.convs.size(); ++k) {
+      if (k + 1 == block.convs.size()) {
+        block.convs[k].int8 = quantize_conv(block.convs[k].conv, input, output, identity);
+      } else {
+        auto inner = QuantizedActivation::u8(value(ranges.inner_max[b][k]));
+        block.convs[k].int8 = quantize_conv(block.convs[k].conv, input, inner);
+        input = std::move(inner);
+      }
+    }
+  }
+
+  /// A reorder from `from` to `to`; where one of them is int8, `scale` is its scale.
+  Conversion conversion(const dnnl::memory::desc& from, const dnnl::memory::desc& to,
+                        const at::Tensor& scale = {}) const {
+    Conversion out;
+    out.dst = to;
+    if (!scale.defined()) {
+      out.primitive = dnnl::reorder(dnnl::reorder::primitive_desc(engine_, from, engine_, to));
+      return out;
+    }
+    const int scaled = onednn_api::data_type_of(from) == dnnl::memory::data_type::f32 ? DNNL_ARG_DST : DNNL_ARG_SRC;
+    out.primitive = dnnl::reorder(dnnl::reorder::primitive_desc(
+        engine_, from, engine_, to, onednn_api::scaling_reorder(scaled, scale)));
+    onednn_api::add_scales(out.scales, scaled, scale_memory(scale));
+    return out;
+  }
+
+  Activation convert(const Conversion& conversion, const dnnl::memory& src, const Run& context) const {
+    Activation dst = new_activation(conversion.dst);
+    auto arguments = conversion.scales;
+    arguments.insert({{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, memory(dst)}});
+    context.execute(conversion.primitive, std::move(arguments));
+    return dst;
+  }
+
   /// Runs one conv on `src`; into `accumulate` (the residual sum) when given, else a new buffer.
   Activation apply(const CompiledConv& conv, const Activation& src, const Run& context,
                    Activation* accumulate = nullptr) const {
-    Activation dst = accumulate != nullptr ? *accumulate : new_activation(conv.dst);
-    context.execute(conv.primitive, {{DNNL_ARG_SRC, memory(src)},
-                                     {DNNL_ARG_WEIGHTS, conv.weights},
-                                     {DNNL_ARG_BIAS, conv.bias},
-                                     {DNNL_ARG_DST, memory(dst)}});
+    // The sum reads the identity in its own type (the post-op says which) from the same bytes.
+    Activation dst = accumulate != nullptr ? Activation{accumulate->storage, conv.dst}
+                                           : new_activation(conv.dst);
+    auto arguments = conv.scales;
+    arguments.insert({{DNNL_ARG_SRC, memory(src)},
+                      {DNNL_ARG_WEIGHTS, conv.weights},
+                      {DNNL_ARG_BIAS, conv.bias},
+                      {DNNL_ARG_DST, memory(dst)}});
+    context.execute(conv.primitive, std::move(arguments));
     return dst;
   }
 
   dnnl::engine engine_;
   dnnl::memory::data_type data_type_;
+  bool int8_ = false;  // the blocks' convs in int8
   Layer stem_;
   std::vector<Block> blocks_;
   mutable std::mutex mutex_;
