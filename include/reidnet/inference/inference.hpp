@@ -345,9 +345,7 @@ class InferenceModel {
       x = images.to(at::TensorOptions().dtype(config.dtype).device(config.device))
               .contiguous(config.memory_format());
     }
-    x = plan.stem.run(x, config);
-    x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
-    x = detail::run_residual_blocks(plan.blocks, x, config);
+    x = detail::run_residual_trunk(plan.stem, plan.blocks, x, config);
     if (config.backend == detail::ConvBackend::kOnednnBlocked) x = x.to_dense();
     return x.to(at::kFloat);
   }
@@ -393,9 +391,8 @@ inline InferenceModel optimize_for_inference(ReidModelImpl& model, const Inferen
   plan->feature_dim = model.feature_dim();
   plan->name = "ReidModel";
   plan->int8 = options.int8();
-  const auto* describes = dynamic_cast<const DescribesResidualTrunk*>(model.backbone().module().get());
   const auto trunk = plan->int8 ? std::optional(detail::int8_trunk(model))  // or why not
-                     : describes ? describes->residual_trunk() : std::nullopt;
+                                : residual_trunk_of(*model.backbone().module());
   // A copy, so that the caller's model keeps its mode, device and dtype.
   auto copy = inference_detail::eval_copy(model, *plan);
   if (trunk) {

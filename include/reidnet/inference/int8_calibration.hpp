@@ -108,8 +108,7 @@ inline bool same_weights(const at::Tensor& expected, const at::Tensor& found) {
 
 /// The trunk a ReID model's backbone describes; ConfigError where it has none.
 inline ResidualTrunkView int8_trunk(const ReidModelImpl& model) {
-  const auto* describes = dynamic_cast<const DescribesResidualTrunk*>(model.backbone().module().get());
-  auto trunk = describes ? describes->residual_trunk() : std::nullopt;
+  auto trunk = residual_trunk_of(*model.backbone().module());
   if (!trunk) {
     throw ConfigError("int8 runs the fused residual trunk (ResNet backbones without IBN); this "
                       "model's backbone runs as a module");
@@ -159,15 +158,15 @@ class Int8Calibrator {
                 "Int8Calibrator::observe expects float images (B, 3, H, W), got ", images.sizes());
     c10::InferenceMode guard;
     input_max_.fill_(std::max(input_max_.item<float>(), images.abs().max().item<float>()));
-    auto x = stem_.run(images.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast), config_);
-    x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
     const auto shortcut = blocks_.front().convs.size();
-    detail::run_residual_blocks(blocks_, x, config_, [&](size_t block, size_t point, const at::Tensor& value) {
+    const auto input = images.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+    const auto record = [&](size_t block, size_t point, const at::Tensor& value) {
       auto slot = point == 0          ? block_input_max_[block]  // a view
                   : point == shortcut ? shortcut_max_[block]
                                       : inner_max_[block][point - 1];
       slot.fill_(std::max(slot.item<float>(), value.abs().max().item<float>()));
-    });
+    };
+    detail::run_residual_trunk(stem_, blocks_, input, config_, record);
     images_ += images.size(0);
   }
 
@@ -215,6 +214,7 @@ inline Int8Calibration load_int8_calibration(const std::string& path, const Reid
     throw InputError(std::string("int8 ranges: ") + error.what());
   }
   const auto blocks = detail::float_blocks(detail::int8_trunk(model));
+  const auto expected_sums = detail::weight_sums(blocks);
   const auto block_count = static_cast<int64_t>(blocks.size());
   const auto get = [&](const std::string& key, at::ScalarType dtype,
                        std::vector<int64_t> shape) {
@@ -233,7 +233,7 @@ inline Int8Calibration load_int8_calibration(const std::string& path, const Reid
   ranges.inner_max = get("inner_max", at::kFloat,
                          {block_count, static_cast<int64_t>(blocks.front().convs.size()) - 1});
   ranges.shortcut_max = get("shortcut_max", at::kFloat, {block_count});
-  ranges.weight_sums = get("weight_sums", at::kDouble, {detail::weight_sums(blocks).numel()});
+  ranges.weight_sums = get("weight_sums", at::kDouble, {expected_sums.numel()});
   ranges.images = get("images", at::kLong, {}).item<int64_t>();
   for (const auto& [key, values] : {std::pair{"input_max", ranges.input_max},
                                     {"block_input_max", ranges.block_input_max},
@@ -243,7 +243,7 @@ inline Int8Calibration load_int8_calibration(const std::string& path, const Reid
       throw InputError(fmt::format("{}: '{}' holds a negative or non-finite range", path, key));
     }
   }
-  if (!detail::same_weights(detail::weight_sums(blocks), ranges.weight_sums)) {
+  if (!detail::same_weights(expected_sums, ranges.weight_sums)) {
     throw InputError(fmt::format("{}: calibrated on other weights than this model's; calibrate "
                                  "again (delete the file)", path));
   }

@@ -200,6 +200,16 @@ inline at::Tensor run_residual_blocks(
   return x;
 }
 
+/// The stem, torchvision's 3x3 max pool (stride 2, padding 1), then the blocks, as
+/// run_residual_blocks runs them.
+inline at::Tensor run_residual_trunk(
+    const ConvBn& stem, const std::vector<ResidualBlockPlan>& blocks, const at::Tensor& x,
+    const KernelConfig& config,
+    const std::function<void(size_t block, size_t point, const at::Tensor&)>& observe = nullptr) {
+  const auto pooled = at::max_pool2d(stem.run(x, config), {3, 3}, {2, 2}, {1, 1});
+  return run_residual_blocks(blocks, pooled, config, observe);
+}
+
 inline std::vector<int64_t> to_vector(at::IntArrayRef values) { return values.vec(); }
 
 inline ConvBn make_conv_bn(const torch::nn::Conv2dImpl& conv,

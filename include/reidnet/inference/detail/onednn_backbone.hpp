@@ -284,14 +284,13 @@ class OnednnBackbone {
     context.execute(compiled->max_pool, {{DNNL_ARG_SRC, memory(x)}, {DNNL_ARG_DST, memory(pooled)}});
     x = std::move(pooled);
     for (const auto& block : compiled->blocks) {
-      const Activation& input = x;
       // The last conv accumulates into the identity's buffer: when that is the input itself,
       // the input is no longer needed by then (the first conv has read it). int8's last block
       // adds a float32 identity, for its float32 output.
-      Activation identity = block.downsample  ? apply(*block.downsample, input, context)
-                            : block.dequantize ? convert(*block.dequantize, memory(input), context)
-                                               : input;
-      Activation out = input;
+      Activation identity = block.downsample  ? apply(*block.downsample, x, context)
+                            : block.dequantize ? convert(*block.dequantize, memory(x), context)
+                                               : x;
+      Activation out = x;
       for (size_t k = 0; k + 1 < block.convs.size(); ++k) out = apply(block.convs[k], out, context);
       apply(block.convs.back(), out, context, &identity);
       x = std::move(identity);

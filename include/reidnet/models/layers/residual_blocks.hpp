@@ -76,6 +76,12 @@ class DescribesResidualTrunk {
   virtual std::optional<ResidualTrunkView> residual_trunk() const = 0;
 };
 
+/// The trunk `backbone` describes; none where it describes none or is not of that layout.
+inline std::optional<ResidualTrunkView> residual_trunk_of(const torch::nn::Module& backbone) {
+  const auto* describes = dynamic_cast<const DescribesResidualTrunk*>(&backbone);
+  return describes != nullptr ? describes->residual_trunk() : std::nullopt;
+}
+
 namespace detail {
 
 inline torch::nn::Conv2d conv3x3(int64_t in, int64_t out, int64_t stride = 1, int64_t groups = 1,
