@@ -212,7 +212,8 @@ TEST_CASE("reidnet-train writes net_last.pth, opts.yaml, train.log and train.jpg
 }
 
 TEST_CASE("reidnet-test --dtype int8 calibrates once, keeps the ranges in the run folder, and "
-          "its features are within cosine 0.99 of float32's on the toy data") {
+          "its features are within cosine 0.99 of float32's on the toy data; too few pictures, "
+          "--no-optimize and --device cuda are refused") {
   // The initialised model (Kaiming weights, BatchNorm at identity): a 2-epoch toy run of
   // ft_net from scratch at 64x32 diverges (validation loss ~1e9), and its activations' outliers
   // are what per-tensor int8 cannot hold.
@@ -228,6 +229,19 @@ TEST_CASE("reidnet-test --dtype int8 calibrates once, keeps the ranges in the ru
   // again; features within cosine 0.99 of float32's per row. Below VNNI (oneDNN capped at
   // AVX2), the program says so and runs float32.
   const auto ranges = out / "int8_calibration.pth";
+  if (reidnet::int8_unsupported_reason().empty()) {
+    // Too few training pictures to calibrate on: refused, naming the data set; nothing written.
+    const auto tiny = workspace() / "toy_data_tiny";
+    REQUIRE(run_program("reidnet-toy-data", "--out " + tiny.string() + " --ids 2 --test-ids 2 "
+                        "--images-per-id 4 --distractors 2 --junk 1 --seed 5").status == 0);
+    const auto refused = run_program("reidnet-test", "--data " + tiny.string() + " --model-dir " +
+                                                         out.string() + " --dtype int8");
+    CHECK(refused.status == 2);
+    CHECK_MESSAGE(refused.output.find("--data " + tiny.string() + ": int8 calibration needs at least 16 "
+                                      "training pictures, the data set has 8") != std::string::npos,
+                  refused.output);
+    CHECK(!fs::exists(ranges));
+  }
   const auto calibration_flags = "--data " + toy_data().string() + " --model-dir " + out.string() +
                                  " --batch-size 16 --calibration-images 32 --features-out " +
                                  (out / "int8_features.pth").string() + " --mat-out " +
@@ -263,7 +277,9 @@ TEST_CASE("reidnet-test --dtype int8 calibrates once, keeps the ranges in the ru
   CHECK(capped.output.find("running float32 instead") != std::string::npos);
   for (const auto& [flags, message] :
        {std::pair{int8_flags + " --calibration-images 8", "--calibration-images: Value 8 not in range"},
-        {calibration_flags, "--calibration-images needs --dtype int8"}}) {
+        {calibration_flags, "--calibration-images needs --dtype int8"},
+        {int8_flags + " --no-optimize", "--dtype int8 runs on the inference fast path on the CPU"},
+        {int8_flags + " --device cuda", "--dtype int8 runs on the inference fast path on the CPU"}}) {
     const auto refused = run_program("reidnet-test", flags);
     CHECK(refused.status == 2);
     CHECK_MESSAGE(refused.output.find(message) != std::string::npos, refused.output);
