@@ -262,6 +262,37 @@ TEST_CASE("the default CPU path calls oneDNN directly where the build has it") {
             .find("onednn_direct") == std::string::npos);
 }
 
+TEST_CASE("a plain OSNet runs its trunk on oneDNN's own API where the build calls it, within fp32 "
+          "tolerance at every batch; IBN and AIN stay modules" * kSkipWhereOneDnnCrashes) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(11);
+  auto model = reidnet::create_model("osnet_x0_25", reidnet::ModelArgs().class_num(4));
+  randomize_batch_norms(*model);
+  model->eval();
+  const auto fast = reidnet::optimize_for_inference(model);
+  CAPTURE(fast.describe());
+  const bool direct = reidnet::direct_onednn_built() && torch::hasMKLDNN();
+  CHECK((fast.describe().find("path=fused_trunk") != std::string::npos) == direct);
+  // 3 and 1 compile new shapes; the odd width leaves odd maps for the pools.
+  for (const auto& shape : std::vector<std::vector<int64_t>>{{2, 3, 64, 32}, {3, 3, 64, 32}, {1, 3, 72, 40}, {2, 3, 64, 32}}) {
+    CAPTURE(shape);
+    const auto images = torch::randn(shape);
+    CHECK(max_relative_difference(fast.embed(images), model->embed(images)) < kFp32Tolerance);
+    CHECK(max_relative_difference(fast.forward(images), model->forward(images).logits[0]) < kFp32Tolerance);
+  }
+  if (reidnet::detail::onednn_runs_bf16()) {
+    const auto images = torch::randn({4, 3, 64, 32});
+    const auto bf16 = reidnet::optimize_for_inference(model, reidnet::InferenceOptions().dtype(torch::kBFloat16));
+    CHECK((bf16.describe().find("path=fused_trunk") != std::string::npos) == direct);
+    CHECK(min_row_cosine(bf16.embed(images), model->embed(images)) >= kBf16MinCosine);
+  }
+  for (const char* name : {"osnet_ibn_x1_0", "osnet_ain_x0_25"}) {
+    CAPTURE(name);
+    auto other = reidnet::create_model(name, reidnet::ModelArgs().class_num(4));
+    CHECK(reidnet::optimize_for_inference(other).describe().find("path=module") != std::string::npos);
+  }
+}
+
 TEST_CASE("concurrent forwards of one model, on new and cached shapes, give the serial results") {
   torch::NoGradGuard no_grad;
   auto net = make_ft_net(2, 0);

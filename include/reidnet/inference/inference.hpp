@@ -20,6 +20,7 @@
 #include <reidnet/inference/int8_calibration.hpp>
 #if defined(REIDNET_WITH_ONEDNN)
 #include <reidnet/inference/detail/onednn_backbone.hpp>
+#include <reidnet/inference/detail/onednn_omni_scale.hpp>
 #endif
 #include <reidnet/models/layers/residual_blocks.hpp>
 #include <reidnet/models/reid_model.hpp>
@@ -41,7 +42,7 @@
 namespace reidnet {
 
 namespace detail {
-class OnednnBackbone;  // detail/onednn_backbone.hpp, where the build has oneDNN
+class OnednnTrunk;  // detail/onednn_kernels.hpp, where the build has oneDNN
 }  // namespace detail
 
 // The types and functions below differ between builds with and without REIDNET_WITH_ONEDNN;
@@ -102,7 +103,7 @@ struct InferencePlan {
   std::vector<ResidualBlockPlan> blocks;
   int64_t input_channels = 3;
   int64_t num_features = 0;
-  std::shared_ptr<const OnednnBackbone> onednn;  // the onednn_direct backend's whole trunk
+  std::shared_ptr<const OnednnTrunk> onednn;  // the onednn_direct backend's whole trunk
   std::shared_ptr<const Int8Calibration> int8;   // the trunk's convs in int8
   // After the fused trunk: a ReID model's head, an eval copy in float32 on the device; or,
   // for a plain ResNet, its fc on the pooled map.
@@ -173,10 +174,6 @@ inline at::Tensor to_head(const at::Tensor& tensor, const KernelConfig& config) 
   return tensor.to(at::TensorOptions().dtype(at::kFloat).device(config.device));
 }
 
-inline ConvBn make_conv_bn(const ConvNormView& layer, bool relu, const KernelConfig& config) {
-  return make_conv_bn(*layer.conv, *layer.norm, relu, config);
-}
-
 /// The fused plan of a residual trunk; its convs and BatchNorms are only read.
 inline void build_trunk(const ResidualTrunkView& trunk, InferencePlan& plan) {
   const auto& config = plan.config;
@@ -207,6 +204,23 @@ inline void build_trunk(const ResidualTrunkView& trunk, InferencePlan& plan) {
         std::move(plan.stem), std::move(plan.blocks), config.dtype, plan.int8.get());
     plan.blocks.clear();
   }
+#endif
+}
+
+/// The fused plan of an omni-scale trunk, where this build and backend have one (oneDNN's own
+/// API: the gate between its convs has no counterpart among LibTorch's fused ops).
+inline bool build_omni_scale_trunk(const OmniScaleTrunkView& trunk, InferencePlan& plan) {
+#if defined(REIDNET_WITH_ONEDNN)
+  if (plan.config.backend != ConvBackend::kOnednnDirect) return false;
+  plan.input_channels = trunk.stem.conv->options.in_channels();
+  plan.num_features = trunk.num_features;
+  plan.onednn = std::make_shared<const OnednnOmniScaleTrunk>(make_omni_scale_plan(trunk, plan.config),
+                                                             plan.config.dtype);
+  return true;
+#else
+  (void)trunk;
+  (void)plan;
+  return false;
 #endif
 }
 
@@ -382,8 +396,9 @@ InferenceModel optimize_for_inference(ResNet<Block, Init>& net,
 }
 
 /// An inference-ready snapshot of a ReID model: `embed` = its test-time feature, `forward` =
-/// its classifiers' output. The fused path where its backbone describes a residual trunk, with
-/// the head as a module after it; the module path otherwise.
+/// its classifiers' output. The fused path where its backbone describes a residual trunk (or,
+/// on the direct oneDNN backend, an omni-scale one), with the head as a module after it; the
+/// module path otherwise.
 inline InferenceModel optimize_for_inference(ReidModelImpl& model, const InferenceOptions& options = {}) {
   torch::NoGradGuard no_grad;
   auto plan = std::make_shared<inference_detail::InferencePlan>();
@@ -393,10 +408,12 @@ inline InferenceModel optimize_for_inference(ReidModelImpl& model, const Inferen
   plan->int8 = options.int8();
   const auto trunk = plan->int8 ? std::optional(detail::int8_trunk(model))  // or why not
                                 : residual_trunk_of(*model.backbone().module());
+  const auto omni_scale = trunk ? std::nullopt : omni_scale_trunk_of(*model.backbone().module());
   // A copy, so that the caller's model keeps its mode, device and dtype.
   auto copy = inference_detail::eval_copy(model, *plan);
-  if (trunk) {
-    inference_detail::build_trunk(*trunk, *plan);  // from the caller's model: only read
+  // Both plans read the caller's model only.
+  if (trunk || (omni_scale && inference_detail::build_omni_scale_trunk(*omni_scale, *plan))) {
+    if (trunk) inference_detail::build_trunk(*trunk, *plan);
     copy->to(torch::kFloat32);
     plan->head = copy->head();  // the copy's trunk is freed with it
     return InferenceModel(std::move(plan));

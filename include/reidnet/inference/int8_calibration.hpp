@@ -80,12 +80,12 @@ inline std::vector<ResidualBlockPlan> float_blocks(const ResidualTrunkView& trun
   for (const auto& block : trunk.blocks) {
     ResidualBlockPlan plan;
     for (size_t k = 0; k < block.main_path.size(); ++k) {
-      plan.convs.push_back(make_conv_bn(*block.main_path[k].conv, *block.main_path[k].norm,
+      plan.convs.push_back(make_conv_bn(block.main_path[k],
                                         k + 1 < block.main_path.size(), config));
     }
     if (block.shortcut) {
       plan.has_downsample = true;
-      plan.downsample = make_conv_bn(*block.shortcut->conv, *block.shortcut->norm, false, config);
+      plan.downsample = make_conv_bn(*block.shortcut, false, config);
     }
     blocks.push_back(std::move(plan));
   }
@@ -143,7 +143,7 @@ class Int8Calibrator {
   explicit Int8Calibrator(const ReidModelImpl& model) {
     const auto trunk = detail::int8_trunk(model);
     torch::NoGradGuard no_grad;
-    stem_ = detail::make_conv_bn(*trunk.stem.conv, *trunk.stem.norm, /*relu=*/true, config_);
+    stem_ = detail::make_conv_bn(trunk.stem, /*relu=*/true, config_);
     blocks_ = detail::float_blocks(trunk);
     input_max_ = at::zeros({1});
     block_input_max_ = at::zeros({static_cast<int64_t>(blocks_.size())});

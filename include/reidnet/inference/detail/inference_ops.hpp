@@ -4,6 +4,7 @@
 
 #include <reidnet/models/layers/batch_norm.hpp>
 #include <reidnet/models/layers/batch_norm_folding.hpp>
+#include <reidnet/models/layers/omni_scale.hpp>
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
@@ -17,6 +18,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -55,7 +57,7 @@ enum class ConvBackend {
   kOnednnBlocked,  // activations and weights in oneDNN's blocked layout, eltwise ops in place
   kOnednnFused,    // channels_last activations, prepacked weights, conv+ReLU fused by oneDNN
   kCudnnFused,     // CUDA: conv+bias+ReLU and conv+bias+residual add+ReLU fused by cuDNN
-  kOnednnDirect,   // CPU: the whole backbone on oneDNN's own API (detail/onednn_backbone.hpp)
+  kOnednnDirect,   // CPU: the whole trunk on oneDNN's own API (detail/onednn_kernels.hpp)
 };
 
 /// What every kernel needs to know about how tensors are stored.
@@ -140,7 +142,7 @@ struct ConvBn {
         if (relu) return at::cudnn_convolution_relu(x, weight, bias, stride, padding, dilation, groups);
         break;
       case ConvBackend::kDense:
-      case ConvBackend::kOnednnDirect:  // runs in OnednnBackbone, never here
+      case ConvBackend::kOnednnDirect:  // runs in an OnednnTrunk, never here
         break;
     }
     auto y = at::conv2d(x, weight, bias, stride, padding, dilation, groups);
@@ -178,6 +180,32 @@ struct ResidualBlockPlan {
   ConvBn downsample;
 };
 
+/// A lite 3x3 conv: the linear 1x1, then the depthwise 3x3 with its ReLU.
+struct LightConvPlan {
+  ConvBn pointwise, depthwise;
+};
+
+/// An omni-scale block (see OmniScaleBlockView), its BatchNorms folded.
+struct OmniScaleBlockPlan {
+  ConvBn squeeze;
+  std::vector<std::vector<LightConvPlan>> streams;
+  ConvBn gate_reduce, gate_expand;  // with a ReLU; before the sigmoid
+  ConvBn expand;                    // before the residual add and ReLU
+  std::optional<ConvBn> shortcut;
+};
+
+/// A block, or a transition conv (with ReLU) before its 2x2 average pool.
+struct OmniScaleStepPlan {
+  std::optional<OmniScaleBlockPlan> block;
+  ConvBn transition;
+};
+
+struct OmniScaleTrunkPlan {
+  ConvBn stem;
+  std::vector<OmniScaleStepPlan> steps;
+  ConvBn last;
+};
+
 /// Runs `x` through the blocks on LibTorch's ops (every backend but onednn_direct). `observe`,
 /// where given, sees each block's input (point 0), each main-path conv's output but the last
 /// (point k: after conv k - 1) and the projection shortcut's output (point n, for n convs),
@@ -212,21 +240,26 @@ inline at::Tensor run_residual_trunk(
 
 inline std::vector<int64_t> to_vector(at::IntArrayRef values) { return values.vec(); }
 
-inline ConvBn make_conv_bn(const torch::nn::Conv2dImpl& conv,
-                           const BatchNorm2dImpl& norm, bool relu,
-                           const KernelConfig& config) {
+/// The plan of `layer`'s conv, its BatchNorm (where it has one) folded in where the config says.
+inline ConvBn make_conv_bn(const ConvNormView& layer, bool relu, const KernelConfig& config) {
+  const auto& conv = *layer.conv;
   const auto& conv_options = conv.options;
   ConvBn out;
   out.relu = relu;
   out.stride = to_vector(*conv_options.stride());
   out.dilation = to_vector(*conv_options.dilation());
-  // Every conv of torchvision's ResNet pads by dilation * (kernel - 1) / 2; reading the
-  // padding option itself would need c10::variant (1.x) or std::variant (2.x).
+  // Every conv of the trunks planned (torchvision's ResNet, OSNet) pads by
+  // dilation * (kernel - 1) / 2; reading the padding option itself would need c10::variant
+  // (1.x) or std::variant (2.x).
   const auto kernel = to_vector(*conv_options.kernel_size());
   out.padding = {out.dilation[0] * (kernel[0] - 1) / 2, out.dilation[1] * (kernel[1] - 1) / 2};
   out.groups = conv_options.groups();
-  const auto affine = batch_norm_affine(norm);
   auto weight = conv.weight.detach().to(at::kDouble);
+  // Without a BatchNorm, an affine that changes nothing.
+  const auto affine = layer.norm != nullptr
+                          ? batch_norm_affine(*layer.norm)
+                          : BatchNormAffine{at::ones({weight.size(0)}, weight.options()),
+                                            at::zeros({weight.size(0)}, weight.options())};
   at::Tensor bias = conv.bias.defined() ? conv.bias.detach().to(at::kDouble)
                                          : at::zeros({weight.size(0)}, weight.options());
   const auto target = at::TensorOptions().dtype(config.dtype).device(config.device);
@@ -256,6 +289,41 @@ inline ConvBn make_conv_bn(const torch::nn::Conv2dImpl& conv,
         weight.to(at::kFloat).contiguous().to_mkldnn(config.dtype), out.padding, out.stride,
         out.dilation, out.groups);
     out.packed_bias = bias.to(at::kFloat).to_mkldnn();
+  }
+  return out;
+}
+
+/// The folded plan of an omni-scale trunk; its convs and BatchNorms are only read.
+inline OmniScaleTrunkPlan make_omni_scale_plan(const OmniScaleTrunkView& trunk, const KernelConfig& config) {
+  const auto plain = [&](const torch::nn::Conv2dImpl* conv, bool relu) {
+    return make_conv_bn(ConvNormView{conv, nullptr}, relu, config);
+  };
+  OmniScaleTrunkPlan out;
+  out.stem = make_conv_bn(trunk.stem, /*relu=*/true, config);
+  out.last = make_conv_bn(trunk.last, /*relu=*/true, config);
+  for (const auto& step : trunk.steps) {
+    OmniScaleStepPlan planned;
+    if (!step.block) {
+      planned.transition = make_conv_bn(step.transition, /*relu=*/true, config);
+      out.steps.push_back(std::move(planned));
+      continue;
+    }
+    const auto& block = *step.block;
+    OmniScaleBlockPlan plan;
+    plan.squeeze = make_conv_bn(block.squeeze, /*relu=*/true, config);
+    for (const auto& stream : block.streams) {
+      std::vector<LightConvPlan> layers;
+      for (const auto& layer : stream) {
+        layers.push_back({plain(layer.pointwise, false), make_conv_bn(layer.depthwise, true, config)});
+      }
+      plan.streams.push_back(std::move(layers));
+    }
+    plan.gate_reduce = plain(block.gate.reduce, true);
+    plan.gate_expand = plain(block.gate.expand, false);
+    plan.expand = make_conv_bn(block.expand, /*relu=*/false, config);
+    if (block.shortcut) plan.shortcut = make_conv_bn(*block.shortcut, /*relu=*/false, config);
+    planned.block = std::move(plan);
+    out.steps.push_back(std::move(planned));
   }
   return out;
 }

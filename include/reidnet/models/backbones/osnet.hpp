@@ -67,7 +67,7 @@ inline constexpr std::array<std::array<bool, 2>, 3> kOSNetAinPattern{
 }  // namespace detail
 
 /// torchreid's OSNet trunk. Keys: conv1, conv2, [pool2,] conv3, [pool3,] conv4, conv5.
-class OSNetImpl : public torch::nn::Cloneable<OSNetImpl>, public Backbone {
+class OSNetImpl : public torch::nn::Cloneable<OSNetImpl>, public Backbone, public DescribesOmniScaleTrunk {
  public:
   explicit OSNetImpl(const OSNetOptions& options_ = {}) : options(options_) { reset(); }
 
@@ -131,6 +131,30 @@ class OSNetImpl : public torch::nn::Cloneable<OSNetImpl>, public Backbone {
   std::vector<int64_t> feature_strides() const override { return {4, 8, 16, 16}; }
 
   torch::Tensor forward(const torch::Tensor& images) { return forward_features(images); }
+
+  /// The plain variant's layout; none for ibn and ain, whose InstanceNorms no plan folds.
+  std::optional<OmniScaleTrunkView> omni_scale_trunk() const override {
+    if (options.variant() != OSNetVariant::kPlain) return std::nullopt;
+    const auto stem = conv1->view();
+    const auto last = conv5->view();
+    if (!stem || !last) return std::nullopt;
+    OmniScaleTrunkView out{*stem, {}, *last, num_features()};
+    for (const auto* stage : {&conv2, &conv3, &conv4}) {
+      for (const auto& entry : **stage) {
+        OmniScaleStepView step;
+        if (const auto* block = entry.ptr()->as<OSBlockImpl>()) {
+          step.block = block->view();
+          if (!step.block) return std::nullopt;
+        } else {
+          const auto transition = entry.ptr()->as<OSTransitionImpl>()->view();
+          if (!transition) return std::nullopt;
+          step.transition = *transition;
+        }
+        out.steps.push_back(std::move(step));
+      }
+    }
+    return out;
+  }
 
   void pretty_print(std::ostream& stream) const override {
     const auto& c = options.channels();

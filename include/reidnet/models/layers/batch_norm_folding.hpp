@@ -48,6 +48,13 @@ struct LinearBatchNormPair {
   std::string batch_norm;
 };
 
+/// A conv and the BatchNorm2d that takes its output (none: a conv without one), read by
+/// inference plans that fold them.
+struct ConvNormView {
+  const torch::nn::Conv2dImpl* conv = nullptr;
+  const BatchNorm2dImpl* norm = nullptr;
+};
+
 /// Implemented by a conv of its own kind (not a torch::nn::Conv2d) that a BatchNorm can fold
 /// into: its weight (output channels first) and the bias its forward adds, which folding
 /// defines where it was undefined.

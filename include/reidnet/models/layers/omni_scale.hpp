@@ -32,11 +32,71 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
 
 namespace reidnet {
+
+// ---------------------------------------------------------------------------------------------
+// Views for inference plans
+// ---------------------------------------------------------------------------------------------
+
+/// A lite 3x3 conv: the linear 1x1 conv, then the depthwise 3x3 conv, its BatchNorm and ReLU.
+struct LightConvView {
+  const torch::nn::Conv2dImpl* pointwise = nullptr;
+  ConvNormView depthwise;
+};
+
+/// A channel gate: global average pool, 1x1 conv, ReLU, 1x1 conv, sigmoid (both convs biased).
+struct ChannelGateView {
+  const torch::nn::Conv2dImpl* reduce = nullptr;
+  const torch::nn::Conv2dImpl* expand = nullptr;
+};
+
+/// An omni-scale block as y = relu(expand(sum_t gate(stream_t(squeeze(x)))) + shortcut(x)):
+/// the 1x1 squeeze (BatchNorm, ReLU), the streams of lite 3x3 convs, the gate they share, the
+/// linear 1x1 expansion (BatchNorm) and the projection shortcut (BatchNorm), where the block
+/// has one (else the identity).
+struct OmniScaleBlockView {
+  ConvNormView squeeze;
+  std::vector<std::vector<LightConvView>> streams;
+  ChannelGateView gate;
+  ConvNormView expand;
+  std::optional<ConvNormView> shortcut;
+};
+
+/// A step of an omni-scale trunk: a block, or a transition (1x1 conv, BatchNorm and ReLU, then
+/// a 2x2 average pool of stride 2).
+struct OmniScaleStepView {
+  std::optional<OmniScaleBlockView> block;
+  ConvNormView transition;
+};
+
+/// OSNet's layout: the stem's 7x7 conv (stride 2, BatchNorm, ReLU), a 3x3 max pool (stride 2,
+/// padding 1), the steps, then a last 1x1 conv (BatchNorm, ReLU). Every conv pads
+/// (kernel - 1) / 2 each side.
+struct OmniScaleTrunkView {
+  ConvNormView stem;
+  std::vector<OmniScaleStepView> steps;
+  ConvNormView last;
+  int64_t num_features = 0;
+};
+
+/// Implemented by backbones of that layout: inference runs them on a fused conv plan
+/// (reidnet/inference/inference.hpp). None where some layer does not fit it (an InstanceNorm).
+class DescribesOmniScaleTrunk {
+ public:
+  virtual ~DescribesOmniScaleTrunk() = default;
+  virtual std::optional<OmniScaleTrunkView> omni_scale_trunk() const = 0;
+};
+
+/// The trunk `backbone` describes; none where it describes none.
+inline std::optional<OmniScaleTrunkView> omni_scale_trunk_of(const torch::nn::Module& backbone) {
+  const auto* describes = dynamic_cast<const DescribesOmniScaleTrunk*>(&backbone);
+  return describes != nullptr ? describes->omni_scale_trunk() : std::nullopt;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Conv layers
@@ -94,6 +154,12 @@ class OSConvLayerImpl : public torch::nn::Cloneable<OSConvLayerImpl>, public Dec
     return {{"conv", "bn"}};
   }
 
+  /// None with an InstanceNorm, which no conv plan folds.
+  std::optional<ConvNormView> view() const {
+    if (batch_norm.is_empty()) return std::nullopt;
+    return ConvNormView{conv.get(), batch_norm.get()};
+  }
+
   void pretty_print(std::ostream& stream) const override {
     stream << "reidnet::OSConvLayer(" << options.in_channels() << ", " << options.out_channels()
            << ", kernel_size=" << options.kernel_size() << ", stride=" << options.stride()
@@ -148,6 +214,12 @@ class OSLinear1x1Impl : public torch::nn::Cloneable<OSLinear1x1Impl>, public Dec
     return {{"conv", "bn"}};
   }
 
+  /// None without its BatchNorm (osnet_ain's InstanceNorm follows instead).
+  std::optional<ConvNormView> view() const {
+    if (bn.is_empty()) return std::nullopt;
+    return ConvNormView{conv.get(), bn.get()};
+  }
+
   void pretty_print(std::ostream& stream) const override {
     stream << "reidnet::OSLinear1x1(" << options.in_channels() << ", " << options.out_channels()
            << ", batch_norm=" << (options.batch_norm() ? "true" : "false") << ")";
@@ -188,6 +260,8 @@ class LightConv3x3Impl : public torch::nn::Cloneable<LightConv3x3Impl>, public D
 
   /// The depthwise conv2 feeds bn (conv1 is linear and unnormalised).
   std::vector<ConvBatchNormPair> conv_batch_norm_pairs() const override { return {{"conv2", "bn"}}; }
+
+  LightConvView view() const { return {conv1.get(), {conv2.get(), bn.get()}}; }
 
   void pretty_print(std::ostream& stream) const override {
     stream << "reidnet::LightConv3x3(" << options.in_channels() << ", " << options.out_channels()
@@ -262,6 +336,15 @@ class ChannelGateImpl : public torch::nn::Cloneable<ChannelGateImpl> {
   torch::Tensor forward(const torch::Tensor& x) {
     auto g = gates(x);
     return options.return_gates() ? g : x * g;
+  }
+
+  /// None unless it is OSNet's gate: sigmoid gates, one per channel, no LayerNorm.
+  std::optional<ChannelGateView> view() const {
+    const bool osnet_gate = options.activation() == GateActivation::kSigmoid && norm1.is_empty() &&
+                            !options.return_gates() &&
+                            (options.num_gates() == 0 || options.num_gates() == options.in_channels());
+    if (!osnet_gate) return std::nullopt;
+    return ChannelGateView{fc1.get(), fc2.get()};
   }
 
   void pretty_print(std::ostream& stream) const override {
@@ -350,6 +433,25 @@ class OSBlockImpl : public torch::nn::Cloneable<OSBlockImpl> {
     auto out = conv3(mixed) + (downsample.is_empty() ? x : downsample(x));
     if (!IN.is_empty()) out = IN(out);
     return torch::relu(out);
+  }
+
+  /// None with the InstanceNorm after the sum.
+  std::optional<OmniScaleBlockView> view() const {
+    const auto squeeze = conv1->view();
+    const auto gate_view = gate->view();
+    const auto expand = conv3->view();
+    if (!IN.is_empty() || !squeeze || !gate_view || !expand) return std::nullopt;
+    OmniScaleBlockView out{*squeeze, {{conv2a->view()}}, *gate_view, *expand, std::nullopt};
+    for (const auto* stream : {&conv2b, &conv2c, &conv2d}) {
+      std::vector<LightConvView> layers;
+      for (const auto& layer : **stream) layers.push_back(layer.ptr()->as<LightConv3x3Impl>()->view());
+      out.streams.push_back(std::move(layers));
+    }
+    if (!downsample.is_empty()) {
+      out.shortcut = downsample->view();
+      if (!out.shortcut) return std::nullopt;
+    }
+    return out;
   }
 
   void pretty_print(std::ostream& stream) const override {
@@ -492,6 +594,8 @@ class OSTransitionImpl : public torch::nn::Cloneable<OSTransitionImpl> {
   }
 
   torch::Tensor forward(const torch::Tensor& x) { return pool(conv(x)); }
+
+  std::optional<ConvNormView> view() const { return conv->view(); }
 
   int64_t channels() const { return channels_; }
 

@@ -46,12 +46,6 @@ struct ResidualBlockOptions {
   TORCH_ARG(bool, ibn) = false;
 };
 
-/// A conv and the BatchNorm2d that takes its output, read by inference plans that fold them.
-struct ConvNormView {
-  const torch::nn::Conv2dImpl* conv = nullptr;
-  const BatchNorm2dImpl* norm = nullptr;
-};
-
 /// A residual block as y = relu(main(x) + shortcut(x)): the main path's convs, each with its
 /// BatchNorm and a ReLU after every one but the last, and the projection shortcut, where the
 /// block has one (else the identity).

@@ -1,0 +1,195 @@
+#pragma once
+// The omni-scale trunk (OSNet's layout) on oneDNN's C++ API directly, in float32 or bfloat16:
+// every conv with its folded BatchNorm, its ReLU fused in, and each block's residual add and
+// ReLU fused into its expanding conv (a `sum` post-op). The channel gate, a few hundred values
+// per picture, and the gated sum of the streams run on LibTorch's ops, on the same NHWC
+// buffers; activations stay NHWC throughout for that.
+
+#include <reidnet/inference/detail/inference_ops.hpp>
+#include <reidnet/inference/detail/onednn_kernels.hpp>
+
+#include <ATen/ATen.h>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <utility>
+#include <vector>
+
+namespace reidnet::detail {
+
+class OnednnOmniScaleTrunk final : public OnednnTrunk {
+ public:
+  /// `plan` as built for the onednn_direct backend: folded weights in `dtype`, fp32 bias.
+  OnednnOmniScaleTrunk(OmniScaleTrunkPlan plan, at::ScalarType dtype)
+      : OnednnTrunk(dtype, /*int8=*/false, /*nhwc=*/true) {
+    stem_ = make_layer(std::move(plan.stem), /*sum=*/false);
+    last_ = make_layer(std::move(plan.last), /*sum=*/false);
+    for (auto& step : plan.steps) {
+      Step layers;
+      if (step.block) {
+        layers.block = make_block(std::move(*step.block));
+      } else {
+        layers.transition = make_layer(std::move(step.transition), /*sum=*/false);
+      }
+      steps_.push_back(std::move(layers));
+    }
+  }
+
+  at::Tensor run(const at::Tensor& images) const override {
+    const auto compiled = compiled_for<Compiled>(
+        images.sizes().vec(), [this](const std::vector<int64_t>& shape) { return compile_shape(shape); });
+    return run_compiled(*compiled, images, [&](Activation x, const Run& context) {
+      x = run_stem(compiled->stem, x, context);
+      for (size_t s = 0; s < steps_.size(); ++s) {
+        const auto& step = compiled->steps[s];
+        x = step.block ? run_block(*steps_[s].block, *step.block, std::move(x), context)
+                       : pool(step.average_pool, apply(step.transition, x, context), context);
+      }
+      return apply(compiled->last, x, context);
+    });
+  }
+
+ private:
+  struct LightConv {
+    Layer pointwise, depthwise;
+  };
+
+  struct Block {
+    Layer squeeze;
+    std::vector<std::vector<LightConv>> streams;
+    // The gate's two 1x1 convs as float32 matrices (out, in), run on the pooled streams.
+    at::Tensor gate_reduce_weight, gate_reduce_bias, gate_expand_weight, gate_expand_bias;
+    Layer expand;  // adds the identity in its output buffer, then ReLU
+    std::optional<Layer> shortcut;
+  };
+
+  struct Step {
+    std::optional<Block> block;
+    Layer transition;
+  };
+
+  struct CompiledBlock {
+    CompiledConv squeeze;
+    std::vector<std::vector<std::pair<CompiledConv, CompiledConv>>> streams;
+    CompiledConv expand;
+    std::optional<CompiledConv> shortcut;
+  };
+
+  struct CompiledStep {
+    std::optional<CompiledBlock> block;
+    CompiledConv transition;
+    CompiledPool average_pool;
+  };
+
+  struct Compiled : CompiledShape {
+    CompiledStem stem;
+    std::vector<CompiledStep> steps;
+    CompiledConv last;
+  };
+
+  static Block make_block(OmniScaleBlockPlan plan) {
+    Block block;
+    block.squeeze = make_layer(std::move(plan.squeeze), /*sum=*/false);
+    for (auto& stream : plan.streams) {
+      std::vector<LightConv> layers;
+      for (auto& layer : stream) {
+        layers.push_back({make_layer(std::move(layer.pointwise), false), make_layer(std::move(layer.depthwise), false)});
+      }
+      block.streams.push_back(std::move(layers));
+    }
+    const auto matrix = [](const ConvBn& conv) { return conv.weight.to(at::kFloat).flatten(1).contiguous(); };
+    block.gate_reduce_weight = matrix(plan.gate_reduce);
+    block.gate_reduce_bias = plan.gate_reduce.bias.to(at::kFloat);
+    block.gate_expand_weight = matrix(plan.gate_expand);
+    block.gate_expand_bias = plan.gate_expand.bias.to(at::kFloat);
+    block.expand = make_layer(std::move(plan.expand), /*sum=*/true);
+    if (plan.shortcut) block.shortcut = make_layer(std::move(*plan.shortcut), /*sum=*/false);
+    return block;
+  }
+
+  CompiledBlock compile_block(const Block& block, const dnnl::memory::dims& input, size_t& scratchpad) const {
+    CompiledBlock out;
+    out.squeeze = compile(block.squeeze, input, scratchpad);
+    const auto squeezed = onednn_api::dims_of(out.squeeze.dst);
+    for (const auto& stream : block.streams) {
+      std::vector<std::pair<CompiledConv, CompiledConv>> layers;
+      for (const auto& layer : stream) {
+        layers.emplace_back(compile(layer.pointwise, squeezed, scratchpad),
+                            compile(layer.depthwise, squeezed, scratchpad));
+      }
+      out.streams.push_back(std::move(layers));
+    }
+    out.expand = compile(block.expand, squeezed, scratchpad);
+    if (block.shortcut) out.shortcut = compile(*block.shortcut, input, scratchpad);
+    return out;
+  }
+
+  /// Every primitive for one input shape.
+  std::shared_ptr<const Compiled> compile_shape(const std::vector<int64_t>& input_shape) const {
+    auto out = std::make_shared<Compiled>();
+    size_t& scratchpad = out->scratchpad_bytes;
+    out->stem = compile_stem(stem_, input_shape, scratchpad);
+    auto dims = onednn_api::dims_of(out->stem.max_pool.dst);
+    for (const auto& step : steps_) {
+      CompiledStep compiled;
+      if (step.block) {
+        compiled.block = compile_block(*step.block, dims, scratchpad);
+        dims = onednn_api::dims_of(compiled.block->expand.dst);
+      } else {
+        compiled.transition = compile(step.transition, dims, scratchpad);
+        // The transition's average pool: 2x2, stride 2.
+        compiled.average_pool = compile_pool(dnnl::algorithm::pooling_avg_include_padding,
+                                             compiled.transition.dst, 2, 2, 0, scratchpad);
+        dims = onednn_api::dims_of(compiled.average_pool.dst);
+      }
+      out->steps.push_back(std::move(compiled));
+    }
+    out->last = compile(last_, dims, scratchpad);
+    compile_ends(*out, input_shape, out->stem.conv.src, at::Tensor(), onednn_api::dims_of(out->last.dst));
+    return out;
+  }
+
+  /// An NHWC activation seen as a LibTorch channels_last tensor (B, C, h, w), sharing its bytes.
+  at::Tensor as_tensor(const Activation& activation) const {
+    const auto dims = onednn_api::dims_of(activation.desc);
+    return activation.storage.view(scalar_type())
+        .view({dims[0], dims[2], dims[3], dims[1]})
+        .permute({0, 3, 1, 2});
+  }
+
+  /// relu(expand(sum_t gate(stream_t)) + identity), the gate shared by the streams: its pooled
+  /// inputs go through its two convs as one batch.
+  Activation run_block(const Block& block, const CompiledBlock& compiled, Activation x,
+                       const Run& context) const {
+    Activation identity = compiled.shortcut ? apply(*compiled.shortcut, x, context) : x;
+    const Activation squeezed = apply(compiled.squeeze, x, context);
+    std::vector<at::Tensor> streams;
+    std::vector<at::Tensor> pooled;
+    for (const auto& stream : compiled.streams) {
+      Activation y = squeezed;
+      for (const auto& [pointwise, depthwise] : stream) y = apply(depthwise, apply(pointwise, y, context), context);
+      streams.push_back(as_tensor(y));
+      pooled.push_back(streams.back().mean({2, 3}, /*keepdim=*/false, at::kFloat));
+    }
+    context.stream.wait();  // LibTorch reads what oneDNN wrote
+    const auto hidden = at::addmm(block.gate_reduce_bias, at::cat(pooled), block.gate_reduce_weight.t()).relu_();
+    const auto gates = at::addmm(block.gate_expand_bias, hidden, block.gate_expand_weight.t())
+                           .sigmoid_()
+                           .to(scalar_type())
+                           .view({static_cast<int64_t>(streams.size()), streams.front().size(0), -1, 1, 1});
+    // Summed in the module's order: ((a + b) + c) + d.
+    auto mixed = streams[0] * gates[0];
+    for (size_t t = 1; t < streams.size(); ++t) mixed.addcmul_(streams[t], gates[t]);
+    mixed = mixed.contiguous(at::MemoryFormat::ChannelsLast);
+    apply(compiled.expand, Activation{mixed, compiled.expand.src}, context, &identity);
+    return identity;
+  }
+
+  Layer stem_, last_;
+  std::vector<Step> steps_;
+};
+
+}  // namespace reidnet::detail
