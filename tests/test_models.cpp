@@ -8,6 +8,7 @@
 
 #include <fstream>
 #include <regex>
+#include <thread>
 #include <type_traits>
 #include <utility>
 
@@ -212,6 +213,36 @@ TEST_CASE_TEMPLATE("torchvision init: conv Kaiming fan_out, BN 1/0, zero_init_re
       CHECK(scalar(block.last_norm()->weight.abs().max()) == 0.0);
     }
   }
+}
+
+TEST_CASE("NoInitGuard leaves LibTorch's initialisation in place while one lives on the thread") {
+  torch::NoGradGuard no_grad;
+  auto weight = torch::full({64, 64}, 3.0);
+  torch::nn::Linear linear(64, 64);
+  const auto made = linear->weight.detach().clone();
+  {
+    reidnet::NoInitGuard outer;
+    { reidnet::NoInitGuard inner; }  // nested guards: the outer one still holds
+    CHECK(reidnet::NoInitGuard::active());
+    reidnet::truncated_normal_(weight, 0.02);
+    reidnet::apply_init(*linear, reidnet::TruncatedNormalInit{0.02});
+    CHECK(torch::equal(weight, torch::full({64, 64}, 3.0)));
+    CHECK(torch::equal(linear->weight, made));
+  }
+  CHECK_FALSE(reidnet::NoInitGuard::active());
+  reidnet::truncated_normal_(weight, 0.02);
+  reidnet::apply_init(*linear, reidnet::TruncatedNormalInit{0.02});
+  CHECK(weight.abs().max().item<double>() <= 2.0);
+  CHECK(weight.std().item<double>() == doctest::Approx(0.02).epsilon(0.1));
+  CHECK_FALSE(torch::equal(linear->weight, made));
+  // Another thread's guard is its own.
+  std::thread([] { reidnet::NoInitGuard elsewhere; }).join();
+  bool seen_elsewhere = true;
+  {
+    reidnet::NoInitGuard here;
+    std::thread([&] { seen_elsewhere = reidnet::NoInitGuard::active(); }).join();
+  }
+  CHECK_FALSE(seen_elsewhere);
 }
 
 TEST_CASE("shapes: batch 1, 16x8 layer4 with stride 1, return_f, train versus eval") {

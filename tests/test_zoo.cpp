@@ -718,10 +718,13 @@ TEST_CASE("every registered model on the inference path: each BatchNorm folded o
                          c10::Error);
   }
   MESSAGE(table);
-  // The ResNet trunks run fused whatever their head; IBN-a's and USAM's run as modules.
+  // The ResNet trunks run fused whatever their head; IBN-a's and USAM's run as modules. A plain
+  // OSNet's trunk runs fused on the direct oneDNN backend only; its InstanceNorm variants never.
+  const std::string osnet_path = reidnet::direct_onednn_built() && torch::hasMKLDNN() ? "path=fused_trunk" : "path=module";
   for (const auto& [name, path] : std::vector<std::pair<std::string, std::string>>{
            {"ft_net", "path=fused_trunk"}, {"bnneck", "path=fused_trunk"}, {"pcb", "path=fused_trunk"},
-           {"resnet50", "path=fused_trunk"}, {"ft_net_ibn", "path=module"}, {"ft_net_usam", "path=module"}}) {
+           {"resnet50", "path=fused_trunk"}, {"ft_net_ibn", "path=module"}, {"ft_net_usam", "path=module"},
+           {"osnet_x1_0", osnet_path}, {"osnet_ibn_x1_0", "path=module"}, {"osnet_ain_x1_0", "path=module"}}) {
     CAPTURE(name);
     auto model = reidnet::create_model(name, reidnet::ModelArgs().class_num(4));
     CHECK(reidnet::optimize_for_inference(model).describe().find(path) != std::string::npos);

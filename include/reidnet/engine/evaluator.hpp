@@ -23,6 +23,7 @@
 #include <reidnet/io/checkpoint.hpp>
 #include <reidnet/io/csv.hpp>
 #include <reidnet/io/retrieval_features.hpp>
+#include <reidnet/models/layers/init.hpp>
 #include <reidnet/models/model_zoo.hpp>
 
 #include <fmt/core.h>
@@ -134,7 +135,10 @@ inline TrainedRun describe_trained_run(const std::string& folder,
 /// family's checkpoint layout; leaves it in eval mode. A file that does not fit throws, naming
 /// the file and the keys.
 inline void load_trained_model(TrainedRun& run) {
-  run.model = create_model(run.family, run.args);
+  {
+    NoInitGuard no_init;  // the strict load replaces every weight
+    run.model = create_model(run.family, run.args);
+  }
   load_trained_weights(*run.model, run.weights);
   run.model->eval();
 }

@@ -23,6 +23,7 @@
 #include <reidnet/models/backbones/densenet.hpp>
 #include <reidnet/models/ft_net.hpp>
 #include <reidnet/models/heads/part_head.hpp>
+#include <reidnet/models/layers/init.hpp>
 #include <reidnet/models/layers/pooling.hpp>
 #include <reidnet/models/reid_model.hpp>
 #include <reidnet/models/backbones/resnet.hpp>
@@ -480,6 +481,7 @@ inline LoadReport load_fastreid_checkpoint(ReidModelImpl& model, const std::stri
 /// The identity count the weights file `path` of model `name` was trained with: the width of
 /// its classifier, read from the first entry whose shape follows ModelArgs::class_num.
 inline int64_t class_num_of_weights(const std::string& name, ModelArgs args, const std::string& path) {
+  NoInitGuard no_init;  // only the shapes are read
   const auto one = state_dict(*create_model(name, args.class_num(1)));
   const auto two = state_dict(*create_model(name, args.class_num(2)));
   const auto file = read_state_dict(path);

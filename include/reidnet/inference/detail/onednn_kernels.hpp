@@ -249,10 +249,9 @@ class OnednnTrunk {
   virtual at::Tensor run(const at::Tensor& images) const = 0;
 
  protected:
-  /// `nhwc`: every activation in NHWC whatever the batch (LibTorch's ops read them between
-  /// convs); int8 runs there too.
-  OnednnTrunk(at::ScalarType dtype, bool int8, bool nhwc = false)
-      : engine_(dnnl::engine::kind::cpu, 0), data_type_(to_onednn(dtype)), int8_(int8), nhwc_(int8 || nhwc) {
+  /// int8 keeps every activation in NHWC.
+  OnednnTrunk(at::ScalarType dtype, bool int8)
+      : engine_(dnnl::engine::kind::cpu, 0), data_type_(to_onednn(dtype)), int8_(int8), nhwc_(int8) {
     TORCH_CHECK(!int8_ || dtype == at::kFloat, "int8 convs run beside float32, not ", dtype);
   }
 
@@ -434,13 +433,27 @@ class OnednnTrunk {
     return {at::empty({static_cast<int64_t>(desc.get_size())}, at::kByte), desc};
   }
 
-  /// The activation layout: onednn_activation_layout's, or NHWC (int8, where oneDNN's VNNI and
-  /// AMX int8 kernels are; trunks that run LibTorch ops between convs).
+  /// The activation layout at this batch: onednn_activation_layout's, or NHWC (int8, where
+  /// oneDNN's VNNI and AMX int8 kernels are).
+  dnnl::memory::format_tag activation_layout(int64_t batch) const {
+    return nhwc_ ? dnnl::memory::format_tag::nhwc : onednn_activation_layout(scalar_type(), batch);
+  }
+
   dnnl::memory::desc activation_desc(const dnnl::memory::dims& dims,
                                      std::optional<dnnl::memory::data_type> type = std::nullopt) const {
-    return dnnl::memory::desc(dims, type.value_or(data_type_),
-                              nhwc_ ? dnnl::memory::format_tag::nhwc
-                                    : onednn_activation_layout(scalar_type(), dims[0]));
+    return dnnl::memory::desc(dims, type.value_or(data_type_), activation_layout(dims[0]));
+  }
+
+  /// A float activation (B, C, h, w) as a LibTorch tensor sharing its bytes, in its storage
+  /// order: (B, C / c, h, w, c) for channel blocks of c (C rounded up: oneDNN pads the last
+  /// block with zeros), (B, 1, h, w, C) for NHWC.
+  at::Tensor channel_blocks(const Activation& activation) const {
+    const auto dims = onednn_api::dims_of(activation.desc);
+    const auto layout = activation_layout(dims[0]);
+    const int64_t block = layout == dnnl::memory::format_tag::nhwc      ? dims[1]
+                          : layout == dnnl::memory::format_tag::nChw16c ? 16
+                                                                        : 8;
+    return activation.storage.view(scalar_type()).view({dims[0], (dims[1] + block - 1) / block, dims[2], dims[3], block});
   }
 
 

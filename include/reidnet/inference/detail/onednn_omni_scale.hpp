@@ -2,8 +2,9 @@
 // The omni-scale trunk (OSNet's layout) on oneDNN's C++ API directly, in float32 or bfloat16:
 // every conv with its folded BatchNorm, its ReLU fused in, and each block's residual add and
 // ReLU fused into its expanding conv (a `sum` post-op). The channel gate, a few hundred values
-// per picture, and the gated sum of the streams run on LibTorch's ops, on the same NHWC
-// buffers; activations stay NHWC throughout for that.
+// per picture, and the gated sum of the streams run on LibTorch's ops, on the same buffers in
+// oneDNN's layout (channel blocks at batch 2 and up in float32: 8-10% faster than NHWC at
+// batch 16 here).
 
 #include <reidnet/inference/detail/inference_ops.hpp>
 #include <reidnet/inference/detail/onednn_kernels.hpp>
@@ -24,7 +25,7 @@ class OnednnOmniScaleTrunk final : public OnednnTrunk {
  public:
   /// `plan` as built for the onednn_direct backend: folded weights in `dtype`, fp32 bias.
   OnednnOmniScaleTrunk(OmniScaleTrunkPlan plan, at::ScalarType dtype)
-      : OnednnTrunk(dtype, /*int8=*/false, /*nhwc=*/true) {
+      : OnednnTrunk(dtype, /*int8=*/false) {
     stem_ = make_layer(std::move(plan.stem), /*sum=*/false);
     last_ = make_layer(std::move(plan.last), /*sum=*/false);
     for (auto& step : plan.steps) {
@@ -152,39 +153,34 @@ class OnednnOmniScaleTrunk final : public OnednnTrunk {
     return out;
   }
 
-  /// An NHWC activation seen as a LibTorch channels_last tensor (B, C, h, w), sharing its bytes.
-  at::Tensor as_tensor(const Activation& activation) const {
-    const auto dims = onednn_api::dims_of(activation.desc);
-    return activation.storage.view(scalar_type())
-        .view({dims[0], dims[2], dims[3], dims[1]})
-        .permute({0, 3, 1, 2});
-  }
-
   /// relu(expand(sum_t gate(stream_t)) + identity), the gate shared by the streams: its pooled
-  /// inputs go through its two convs as one batch.
+  /// inputs go through its two convs as one batch. The gate's LibTorch ops read and write the
+  /// activations in oneDNN's layout (channel_blocks), where padded channels stay zero.
   Activation run_block(const Block& block, const CompiledBlock& compiled, Activation x,
                        const Run& context) const {
     Activation identity = compiled.shortcut ? apply(*compiled.shortcut, x, context) : x;
     const Activation squeezed = apply(compiled.squeeze, x, context);
+    const auto dims = onednn_api::dims_of(squeezed.desc);
+    const int64_t batch = dims[0], channels = dims[1];
     std::vector<at::Tensor> streams;
     std::vector<at::Tensor> pooled;
     for (const auto& stream : compiled.streams) {
       Activation y = squeezed;
       for (const auto& [pointwise, depthwise] : stream) y = apply(depthwise, apply(pointwise, y, context), context);
-      streams.push_back(as_tensor(y));
-      pooled.push_back(streams.back().mean({2, 3}, /*keepdim=*/false, at::kFloat));
+      streams.push_back(channel_blocks(y));
+      pooled.push_back(streams.back().mean({2, 3}, /*keepdim=*/false, at::kFloat).view({batch, -1}).narrow(1, 0, channels));
     }
     context.stream.wait();  // LibTorch reads what oneDNN wrote
     const auto hidden = at::addmm(block.gate_reduce_bias, at::cat(pooled), block.gate_reduce_weight.t()).relu_();
-    const auto gates = at::addmm(block.gate_expand_bias, hidden, block.gate_expand_weight.t())
-                           .sigmoid_()
+    const auto& blocks = streams.front().sizes();  // (B, C / c, h, w, c)
+    const auto gates = at::constant_pad_nd(at::addmm(block.gate_expand_bias, hidden, block.gate_expand_weight.t()).sigmoid_(),
+                                           {0, blocks[1] * blocks[4] - channels})
                            .to(scalar_type())
-                           .view({static_cast<int64_t>(streams.size()), streams.front().size(0), -1, 1, 1});
+                           .view({static_cast<int64_t>(streams.size()), batch, blocks[1], 1, 1, blocks[4]});
     // Summed in the module's order: ((a + b) + c) + d.
     auto mixed = streams[0] * gates[0];
     for (size_t t = 1; t < streams.size(); ++t) mixed.addcmul_(streams[t], gates[t]);
-    mixed = mixed.contiguous(at::MemoryFormat::ChannelsLast);
-    apply(compiled.expand, Activation{mixed, compiled.expand.src}, context, &identity);
+    apply(compiled.expand, Activation{mixed.contiguous(), compiled.expand.src}, context, &identity);
     return identity;
   }
 

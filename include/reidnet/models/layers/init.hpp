@@ -20,6 +20,29 @@
 
 namespace reidnet {
 
+/// While one lives on its thread, apply_init and truncated_normal_ leave tensors as LibTorch
+/// made them: for a model built only to have every weight replaced by a strict load
+/// (load_trained_model), where initialising is wasted work. A transformer spends seconds there,
+/// most of it in the truncated normal's erfinv.
+///
+///     { reidnet::NoInitGuard no_init; model = reidnet::create_model(name, args); }
+///     reidnet::load_state_dict(*model, path);  // strict: every weight replaced
+class NoInitGuard {
+ public:
+  NoInitGuard() { ++depth(); }
+  ~NoInitGuard() { --depth(); }
+  NoInitGuard(const NoInitGuard&) = delete;
+  NoInitGuard& operator=(const NoInitGuard&) = delete;
+
+  static bool active() { return depth() > 0; }
+
+ private:
+  static int& depth() {
+    thread_local int guards = 0;
+    return guards;
+  }
+};
+
 namespace detail {
 
 // Calls `visit` with `root` and every module below it. (Module::modules(true) needs a
@@ -126,6 +149,7 @@ struct TorchvisionInit {
 /// Fills `tensor` from N(0, std^2) truncated to [-2, 2] (absolute bounds, as timm's
 /// trunc_normal_), by inverse-transform sampling.
 inline void truncated_normal_(torch::Tensor& tensor, double std) {
+  if (NoInitGuard::active()) return;
   torch::NoGradGuard no_grad;
   const auto cdf = [std](double bound) { return 0.5 * (1 + std::erf(bound / std / std::sqrt(2.0))); };
   tensor.uniform_(2 * cdf(-2.0) - 1, 2 * cdf(2.0) - 1).erfinv_().mul_(std * std::sqrt(2.0)).clamp_(-2.0, 2.0);
@@ -153,6 +177,7 @@ struct NoInit {
 /// Applies `policy` to every layer of `root` that the policy knows about.
 template <class Policy>
 void apply_init(torch::nn::Module& root, const Policy& policy = Policy{}) {
+  if (NoInitGuard::active()) return;
   policy(root);
 }
 
