@@ -251,7 +251,7 @@ class OnednnTrunk {
  protected:
   /// int8 keeps every activation in NHWC.
   OnednnTrunk(at::ScalarType dtype, bool int8)
-      : engine_(dnnl::engine::kind::cpu, 0), data_type_(to_onednn(dtype)), int8_(int8), nhwc_(int8) {
+      : engine_(dnnl::engine::kind::cpu, 0), data_type_(to_onednn(dtype)), int8_(int8) {
     TORCH_CHECK(!int8_ || dtype == at::kFloat, "int8 convs run beside float32, not ", dtype);
   }
 
@@ -436,7 +436,7 @@ class OnednnTrunk {
   /// The activation layout at this batch: onednn_activation_layout's, or NHWC (int8, where
   /// oneDNN's VNNI and AMX int8 kernels are).
   dnnl::memory::format_tag activation_layout(int64_t batch) const {
-    return nhwc_ ? dnnl::memory::format_tag::nhwc : onednn_activation_layout(scalar_type(), batch);
+    return int8_ ? dnnl::memory::format_tag::nhwc : onednn_activation_layout(scalar_type(), batch);
   }
 
   dnnl::memory::desc activation_desc(const dnnl::memory::dims& dims,
@@ -638,8 +638,7 @@ class OnednnTrunk {
 
   dnnl::engine engine_;
   dnnl::memory::data_type data_type_;
-  bool int8_ = false;  // the convs in int8
-  bool nhwc_ = false;  // activations in NHWC at every batch
+  bool int8_ = false;  // the convs in int8, on NHWC activations
 
  private:
   mutable std::mutex mutex_;
