@@ -238,7 +238,7 @@ int main(int argc, char** argv) {
   app.add_option("--model", options.model, "model name (reidnet-model-summary --list)");
   app.add_option("--mode", options.mode, "embed or train")->check(CLI::IsMember({"embed", "train"}));
   app.add_option("--dtype", options.dtype, "fp32, bf16 or fp16 (train: autocast dtype), or int8 "
-                 "(embed: the residual trunk's convs)")
+                 "(embed: the ResNet or OSNet trunk's convs)")
       ->check(CLI::IsMember({"fp32", "bf16", "fp16", "int8"}));
   app.add_option("--data", options.data, "--dtype int8: calibrate on this data set's training "
                  "pictures (default: random pictures)")->check(CLI::ExistingDirectory);

@@ -186,8 +186,8 @@ int main(int argc, char** argv) {
   app.add_option("--ap", c.ap, "average precision: trapezoid (the baseline's) or plain")
       ->check(CLI::IsMember({"trapezoid", "plain"}));
   app.add_option("--device", c.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--dtype", c.dtype, "fp32, bf16, fp16, or int8 (the residual trunk's convs; "
-                 "calibrated on --data's training pictures)")
+  app.add_option("--dtype", c.dtype, "fp32, bf16, fp16, or int8 (the ResNet or OSNet trunk's "
+                 "convs; calibrated on --data's training pictures)")
       ->check(CLI::IsMember({"fp32", "bf16", "fp16", "int8"}));
   reidnet::examples::add_int8_flags(app, c.int8, "<model-dir>/int8_calibration.pth, or "
                                     "<weights>.int8_calibration.pth");

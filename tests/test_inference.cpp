@@ -135,11 +135,11 @@ reidnet::Int8Calibration calibrate(reidnet::ReidModelImpl& model, int64_t batche
 }
 }  // namespace
 
-TEST_CASE("int8: ft_net, bnneck and resnet18 + ClassBlock (basic blocks) embed with per-row "
-          "cosine >= 0.99 to float32, at batch 1 and 5" * kSkipWithoutInt8) {
+TEST_CASE("int8: ft_net, bnneck, resnet18 + ClassBlock (basic blocks) and OSNet embed with "
+          "per-row cosine >= 0.99 to float32, at batch 1 and 5" * kSkipWithoutInt8) {
   torch::NoGradGuard no_grad;
   torch::manual_seed(11);
-  for (const char* name : {"ft_net", "bnneck", "resnet18"}) {
+  for (const char* name : {"ft_net", "bnneck", "resnet18", "osnet_x0_25"}) {
     CAPTURE(name);
     auto model = reidnet::create_model(name, reidnet::ModelArgs().class_num(16));
     randomize_batch_norms(*model);
@@ -164,8 +164,8 @@ TEST_CASE("int8: ft_net, bnneck and resnet18 + ClassBlock (basic blocks) embed w
   }
 }
 
-TEST_CASE("int8 ranges: the file round-trips, and other weights, too few pictures, a model "
-          "without a residual trunk and a broken file are refused") {
+TEST_CASE("int8 ranges: the file round-trips, and other weights, other models, too few "
+          "pictures, a model without a fused trunk and a broken file are refused") {
   torch::NoGradGuard no_grad;
   torch::manual_seed(12);
   auto model = reidnet::create_model("ft_net", reidnet::ModelArgs().class_num(16));
@@ -175,44 +175,80 @@ TEST_CASE("int8 ranges: the file round-trips, and other weights, too few picture
   const auto path = (folder.path / "int8_calibration.pth").string();
   reidnet::save_int8_calibration(ranges, path);
   const auto loaded = reidnet::load_int8_calibration(path, *model);
-  CHECK(torch::equal(loaded.block_input_max, ranges.block_input_max));
-  CHECK(torch::equal(loaded.inner_max, ranges.inner_max));
-  CHECK(torch::equal(loaded.shortcut_max, ranges.shortcut_max));
+  CHECK(torch::equal(loaded.activation_max, ranges.activation_max));
   CHECK(torch::equal(loaded.input_max, ranges.input_max));
-  CHECK((ranges.shortcut_max > 0).sum().item<int64_t>() == 4);  // one projection per stage
   CHECK(torch::equal(loaded.weight_sums, ranges.weight_sums));
   CHECK(loaded.images == 16);
-  CHECK((loaded.inner_max.sizes() == torch::IntArrayRef{16, 2}));  // ResNet-50: 16 bottlenecks
+  // ResNet-50: the pooled stem, then 16 bottlenecks of 3 convs, 4 of them with a projection.
+  CHECK((loaded.activation_max.sizes() == torch::IntArrayRef{1 + 16 * 3 + 4}));
+  CHECK((ranges.activation_max > 0).all().item<bool>());
+
+  // OSNet x0.25: the pooled stem; 3 stages of 2 blocks (squeeze, 2 x (1 + 2 + 3 + 4) lite
+  // convs, gated sum, output; a projection in the first), 2 transitions; the last conv.
+  auto osnet = reidnet::create_model("osnet_x0_25", reidnet::ModelArgs().class_num(16));
+  osnet->eval();
+  const auto osnet_ranges = calibrate(*osnet, 2, 8);
+  CHECK((osnet_ranges.activation_max.sizes() == torch::IntArrayRef{1 + 3 * (24 + 23) + 2 + 1}));
+  CHECK((osnet_ranges.activation_max > 0).all().item<bool>());
+  const auto osnet_path = (folder.path / "osnet_int8_calibration.pth").string();
+  reidnet::save_int8_calibration(osnet_ranges, osnet_path);
+  CHECK(torch::equal(reidnet::load_int8_calibration(osnet_path, *osnet).activation_max, osnet_ranges.activation_max));
+  CHECK_THROWS_WITH_AS(reidnet::load_int8_calibration(osnet_path, *model),
+                       doctest::Contains("'activation_max' is Float [145], expected Float [53]"),
+                       reidnet::InputError);
 
   auto other = reidnet::create_model("ft_net", reidnet::ModelArgs().class_num(16));
   CHECK_THROWS_WITH_AS(reidnet::load_int8_calibration(path, *other),
                        doctest::Contains("calibrated on other weights"), reidnet::InputError);
   if (reidnet::int8_unsupported_reason().empty()) {
-    CHECK_THROWS_WITH_AS(
-        reidnet::optimize_for_inference(other, reidnet::InferenceOptions().int8(
-                                                   std::make_shared<const reidnet::Int8Calibration>(ranges))),
-        doctest::Contains("calibrated on other weights"), reidnet::InputError);
+    for (auto* wrong : {&other, &osnet}) {
+      CHECK_THROWS_WITH_AS(
+          reidnet::optimize_for_inference(*wrong, reidnet::InferenceOptions().int8(
+                                                      std::make_shared<const reidnet::Int8Calibration>(ranges))),
+          doctest::Contains("calibrated on other weights"), reidnet::InputError);
+    }
   }
   reidnet::Int8Calibrator few(*model);
   few.observe(torch::randn({4, 3, kHeight, kWidth}));
   CHECK_THROWS_WITH_AS(few.finish(), doctest::Contains("at least 16 pictures, got 4"),
                        reidnet::InputError);
-  auto osnet = reidnet::create_model("osnet_x0_25", reidnet::ModelArgs().class_num(16));
-  CHECK_THROWS_WITH_AS(reidnet::Int8Calibrator{*osnet}, doctest::Contains("runs as a module"),
+  auto ain = reidnet::create_model("osnet_ain_x0_25", reidnet::ModelArgs().class_num(16));
+  CHECK_THROWS_WITH_AS(reidnet::Int8Calibrator{*ain}, doctest::Contains("runs as a module"),
                        reidnet::ConfigError);
 
   reidnet::StateDict broken;
   broken.insert("input_max", ranges.input_max);
-  broken.insert("block_input_max", ranges.block_input_max);
-  broken.insert("inner_max", ranges.inner_max.to(torch::kDouble));
+  broken.insert("activation_max", ranges.activation_max.to(torch::kDouble));
   reidnet::save_tensors(broken, path);
   CHECK_THROWS_WITH_AS(reidnet::load_int8_calibration(path, *model),
-                       doctest::Contains("'inner_max' is Double [16, 2], expected Float [16, 2]"),
+                       doctest::Contains("'activation_max' is Double [53], expected Float [53]"),
                        reidnet::InputError);
-  broken.erase("inner_max");
+  broken.erase("activation_max");
   reidnet::save_tensors(broken, path);
   CHECK_THROWS_WITH_AS(reidnet::load_int8_calibration(path, *model),
-                       doctest::Contains("no 'inner_max' in the file"), reidnet::InputError);
+                       doctest::Contains("no 'activation_max' in the file"), reidnet::InputError);
+}
+
+TEST_CASE("int8 calibration runs each trunk as its module does: the float32 run on LibTorch's "
+          "ops ends in forward_features' map, and shows every range it measures") {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(13);
+  for (const char* name : {"ft_net", "osnet_x0_25"}) {
+    CAPTURE(name);
+    auto model = reidnet::create_model(name, reidnet::ModelArgs().class_num(16));
+    randomize_batch_norms(*model);
+    model->eval();
+    const auto trunk = reidnet::detail::int8_trunk(*model);
+    const auto images = torch::randn({2, 3, kHeight, kWidth});
+    int64_t seen = 0;
+    torch::Tensor last;
+    trunk->run(images.contiguous(torch::MemoryFormat::ChannelsLast), [&](const torch::Tensor& value) {
+      ++seen;
+      last = value;
+    });
+    CHECK(seen == trunk->points());
+    CHECK(max_relative_difference(last, model->backbone()->forward_features(images)) < kFp32Tolerance);
+  }
 }
 
 TEST_CASE("each optimisation switched off on its own still matches the module (fp32)" *
@@ -293,6 +329,63 @@ TEST_CASE("a plain OSNet runs its trunk on oneDNN's own API where the build call
     auto other = reidnet::create_model(name, reidnet::ModelArgs().class_num(4));
     CHECK(reidnet::optimize_for_inference(other).describe().find("path=module") != std::string::npos);
   }
+}
+
+TEST_CASE("an IBN-a ResNet runs its trunk on oneDNN's own API where the build calls it, its "
+          "InstanceNorm halves between the convs, within fp32 tolerance at every batch; other "
+          "backends keep the module, and int8 refuses it" * kSkipWhereOneDnnCrashes) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(14);
+  const auto randomize_norms = [](torch::nn::Module& net) {
+    randomize_batch_norms(net);
+    for (const auto& module : net.modules()) {
+      if (auto* norm = module->as<torch::nn::InstanceNorm2dImpl>()) {
+        norm->weight.uniform_(0.5, 1.5);
+        norm->bias.normal_(0.0, 0.2);
+      }
+    }
+  };
+  auto model = reidnet::create_model("ft_net_ibn", reidnet::ModelArgs().class_num(4));
+  randomize_norms(*model);
+  model->eval();
+  const auto fast = reidnet::optimize_for_inference(model);
+  CAPTURE(fast.describe());
+  const bool direct = reidnet::direct_onednn_built() && torch::hasMKLDNN();
+  CHECK((fast.describe().find("path=fused_trunk") != std::string::npos) == direct);
+  // Batch 1 runs NHWC, 2 and 3 oneDNN's channel blocks; the larger pictures compile anew.
+  for (const auto& shape : std::vector<std::vector<int64_t>>{{2, 3, kHeight, kWidth}, {3, 3, kHeight, kWidth},
+                                                             {1, 3, kHeight + 32, kWidth + 16}}) {
+    CAPTURE(shape);
+    const auto images = torch::randn(shape);
+    CHECK(max_relative_difference(fast.embed(images), model->embed(images)) < kFp32Tolerance);
+    CHECK(max_relative_difference(fast.forward(images), model->forward(images).logits[0]) < kFp32Tolerance);
+  }
+  if (reidnet::detail::onednn_runs_bf16()) {
+    const auto images = torch::randn({4, 3, kHeight, kWidth});
+    const auto bf16 = reidnet::optimize_for_inference(model, reidnet::InferenceOptions().dtype(torch::kBFloat16));
+    CHECK((bf16.describe().find("path=fused_trunk") != std::string::npos) == direct);
+    CHECK(min_row_cosine(bf16.embed(images), model->embed(images)) >= kBf16MinCosine);
+  }
+  // Narrow blocks: layer1's 8 InstanceNorm channels fill half of a 16-channel block, so the
+  // plan normalises part of a block and leaves the rest.
+  reidnet::ResNet<reidnet::Bottleneck> narrow(
+      reidnet::ResNetOptions().layers({1, 1, 1, 1}).width_per_group(16).ibn_a(true).class_num(10));
+  randomize_norms(*narrow);
+  narrow->eval();
+  if (direct) {
+    const auto narrow_fast = reidnet::optimize_for_inference(narrow);
+    for (const int64_t batch : {1, 3}) {
+      CAPTURE(batch);
+      const auto images = torch::randn({batch, 3, kHeight, kWidth});
+      const auto pooled = torch::adaptive_avg_pool2d(narrow->forward_features(images), {1, 1}).flatten(1);
+      CHECK(max_relative_difference(narrow_fast.embed(images), pooled) < kFp32Tolerance);
+      CHECK(max_relative_difference(narrow_fast.forward(images), narrow->forward(images)) < kFp32Tolerance);
+    }
+  }
+  const auto libtorch_ops = reidnet::optimize_for_inference(model, reidnet::InferenceOptions().call_onednn_directly(false));
+  CHECK(libtorch_ops.describe().find("path=module") != std::string::npos);
+  CHECK_THROWS_WITH_AS(reidnet::Int8Calibrator{*model}, doctest::Contains("IBN-a InstanceNorm halves run in float32"),
+                       reidnet::ConfigError);
 }
 
 TEST_CASE("concurrent forwards of one model, on new and cached shapes, give the serial results") {

@@ -76,10 +76,10 @@ struct InferenceOptions {
   /// (weights reordered once per kernel, residual add fused into the conv), where reidnet
   /// was built with it (REIDNET_WITH_ONEDNN, see docs/speed.md); LibTorch's oneDNN ops otherwise.
   TORCH_ARG(bool, call_onednn_directly) = true;
-  /// int8: the residual trunk's block convs on oneDNN's int8 kernels with these activation
-  /// ranges (see Int8Calibrator); the stem, the residual sums and the head stay float32.
-  /// Needs dtype float32 on the CPU, the direct oneDNN backend, a VNNI CPU
-  /// (int8_unsupported_reason) and a model whose backbone describes a residual trunk.
+  /// int8: the trunk's convs on oneDNN's int8 kernels with these activation ranges (see
+  /// Int8Calibrator); the trunk's last map and the head stay float32. Needs dtype float32 on
+  /// the CPU, the direct oneDNN backend, a VNNI CPU (int8_unsupported_reason) and a model
+  /// whose backbone describes a residual trunk or an omni-scale one.
   TORCH_ARG(std::shared_ptr<const Int8Calibration>, int8) = nullptr;
 };
 
@@ -193,10 +193,7 @@ inline void build_trunk(const ResidualTrunkView& trunk, InferencePlan& plan) {
     }
     plan.blocks.push_back(std::move(block_plan));
   }
-  if (plan.int8 && !same_weights(weight_sums(plan.blocks), plan.int8->weight_sums)) {
-    throw InputError("InferenceOptions::int8: the ranges were calibrated on other weights than "
-                     "this model's; calibrate again");
-  }
+  if (plan.int8) check_int8_weights(weight_sums(plan.blocks), *plan.int8);
 #if defined(REIDNET_WITH_ONEDNN)
   if (config.backend == ConvBackend::kOnednnDirect) {
     // The convs move into oneDNN's trunk: one copy of the weights.
@@ -207,6 +204,15 @@ inline void build_trunk(const ResidualTrunkView& trunk, InferencePlan& plan) {
 #endif
 }
 
+/// The residual trunk `backbone` describes, where this backend runs it: IBN-a's InstanceNorm
+/// halves run between the convs of the direct oneDNN trunk only.
+inline std::optional<ResidualTrunkView> fused_residual_trunk(const torch::nn::Module& backbone,
+                                                              const KernelConfig& config) {
+  auto trunk = residual_trunk_of(backbone);
+  if (trunk && needs_instance_norm(*trunk) && config.backend != ConvBackend::kOnednnDirect) return std::nullopt;
+  return trunk;
+}
+
 /// The fused plan of an omni-scale trunk, where this build and backend have one (oneDNN's own
 /// API: the gate between its convs has no counterpart among LibTorch's fused ops).
 inline bool build_omni_scale_trunk(const OmniScaleTrunkView& trunk, InferencePlan& plan) {
@@ -214,8 +220,10 @@ inline bool build_omni_scale_trunk(const OmniScaleTrunkView& trunk, InferencePla
   if (plan.config.backend != ConvBackend::kOnednnDirect) return false;
   plan.input_channels = trunk.stem.conv->options.in_channels();
   plan.num_features = trunk.num_features;
-  plan.onednn = std::make_shared<const OnednnOmniScaleTrunk>(make_omni_scale_plan(trunk, plan.config),
-                                                             plan.config.dtype);
+  auto omni_scale = make_omni_scale_plan(trunk, plan.config);
+  if (plan.int8) check_int8_weights(weight_sums(omni_scale), *plan.int8);
+  plan.onednn = std::make_shared<const OnednnOmniScaleTrunk>(std::move(omni_scale), plan.config.dtype,
+                                                             plan.int8.get());
   return true;
 #else
   (void)trunk;
@@ -377,15 +385,16 @@ InferenceModel optimize_for_inference(ResNet<Block, Init>& net,
                                       const InferenceOptions& options = {}) {
   torch::NoGradGuard no_grad;
   TORCH_CHECK(net->fc, "optimize_for_inference(ResNet): the ResNet has no fc (class_num 0)");
-  const auto trunk = net->residual_trunk();
-  TORCH_CHECK(trunk, "optimize_for_inference(ResNet): an IBN-a ResNet has no fused trunk (its "
-                     "InstanceNorm halves fold into nothing); optimise a ReID model on it instead");
   if (options.int8()) {
     throw ConfigError("optimize_for_inference(ResNet): int8 is calibrated on a ReID model; "
                       "optimise the ReID model built on this ResNet");
   }
   auto plan = std::make_shared<inference_detail::InferencePlan>();
   plan->config = inference_detail::make_kernel_config(options);
+  const auto trunk = inference_detail::fused_residual_trunk(*net, plan->config);
+  TORCH_CHECK(trunk, "optimize_for_inference(ResNet): an IBN-a ResNet runs fused only on the direct "
+                     "oneDNN backend (its InstanceNorm halves run between the convs there); "
+                     "optimise a ReID model on it instead");
   plan->name = "ResNet";
   inference_detail::build_trunk(*trunk, *plan);
   const auto fc = detail::linear_affine(*net->fc);
@@ -406,8 +415,8 @@ inline InferenceModel optimize_for_inference(ReidModelImpl& model, const Inferen
   plan->feature_dim = model.feature_dim();
   plan->name = "ReidModel";
   plan->int8 = options.int8();
-  const auto trunk = plan->int8 ? std::optional(detail::int8_trunk(model))  // or why not
-                                : residual_trunk_of(*model.backbone().module());
+  if (plan->int8) detail::require_int8_trunk(model);  // or why not
+  const auto trunk = inference_detail::fused_residual_trunk(*model.backbone().module(), plan->config);
   const auto omni_scale = trunk ? std::nullopt : omni_scale_trunk_of(*model.backbone().module());
   // A copy, so that the caller's model keeps its mode, device and dtype.
   auto copy = inference_detail::eval_copy(model, *plan);

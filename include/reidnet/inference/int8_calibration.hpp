@@ -1,14 +1,14 @@
 #pragma once
-/// int8 inference's activation ranges: post-training static quantisation of a residual trunk
-/// (reidnet/inference/inference.hpp runs it on oneDNN's int8 convolutions).
+/// int8 inference's activation ranges: post-training static quantisation of a fused trunk
+/// (reidnet/inference/inference.hpp runs it on oneDNN's int8 convolutions): a residual trunk
+/// (ResNets without IBN) or an omni-scale one (plain OSNets).
 ///
-/// Each conv of the trunk's blocks reads u8 activations (the block's input and its inner
-/// convs' outputs, all after a ReLU, so never negative) with one scale, the largest value
-/// seen on calibration pictures over 255, and s8 weights with a scale per output channel; a
-/// projection shortcut writes s8 (its largest magnitude over 127), which the block's last conv
-/// adds before its ReLU, writing the next block's u8 input. The stem reads the normalised
-/// picture in s8. The last block's output and the head stay in float32: the head's neck and
-/// embedding layer are what ReID embeddings lose most in int8.
+/// Each conv reads int8 activations with one scale, the largest magnitude seen on calibration
+/// pictures over 255 (u8: after a ReLU, so never negative) or 127 (s8: a projection shortcut,
+/// or an OSNet pointwise conv, which have no ReLU), and s8 weights with a scale per output
+/// channel. The stem reads the normalised picture in s8. OSNet's channel gate and its gated
+/// sum run in float32 between int8 convs. The trunk's last map and the head stay in float32:
+/// the head's neck and embedding layer are what ReID embeddings lose most in int8.
 ///
 ///     reidnet::Int8Calibrator calibrator(*net);
 ///     for (auto& batch : loader.epoch(0)) calibrator.observe(batch.images);
@@ -19,6 +19,7 @@
 #include <reidnet/core/errors.hpp>
 #include <reidnet/inference/detail/inference_ops.hpp>
 #include <reidnet/io/checkpoint.hpp>
+#include <reidnet/models/layers/omni_scale.hpp>
 #include <reidnet/models/layers/residual_blocks.hpp>
 #include <reidnet/models/reid_model.hpp>
 
@@ -45,19 +46,18 @@ namespace reidnet {
 /// activations' range and clips the rest.
 inline constexpr int64_t kMinCalibrationImages = 16;
 
-/// What a residual trunk's int8 convs need from calibration, for one model's weights.
+/// What a fused trunk's int8 convs need from calibration, for one model's weights.
 struct Int8Calibration {
   /// (1,): the largest magnitude of the normalised pictures, the stem's input.
   at::Tensor input_max;
-  /// (blocks,): the largest value of each block's input.
-  at::Tensor block_input_max;
-  /// (blocks, convs per block - 1): the largest output of each main-path conv but the last
-  /// (the next conv's input).
-  at::Tensor inner_max;
-  /// (blocks,): the largest magnitude of each projection shortcut's output (0 without one).
-  at::Tensor shortcut_max;
-  /// (convs,), float64: the sum of each folded conv weight of the blocks (main path, then
-  /// shortcut), so that ranges measured on other weights are refused.
+  /// (points,): the largest magnitude of each activation the trunk quantises, in the order
+  /// its float run computes them: the pooled stem first; per residual block, its projection
+  /// shortcut's output (where it has one), each main-path conv's output but the last, and the
+  /// block's output; per omni-scale block, see detail::run_omni_scale_trunk. The trunk's last
+  /// map is measured too, though it stays float32.
+  at::Tensor activation_max;
+  /// (convs,), float64: the sum of each folded conv weight of the trunk, so that ranges
+  /// measured on other weights are refused.
   at::Tensor weight_sums;
   /// How many pictures were observed.
   int64_t images = 0;
@@ -65,39 +65,51 @@ struct Int8Calibration {
 
 namespace detail {
 
-/// The blocks of `trunk` with BatchNorm folded, in float32 on the CPU: the calibration pass
-/// runs them on LibTorch's ops, and the fingerprint is taken from the same weights the int8
-/// build quantises.
+/// BatchNorm folded, float32 on the CPU, LibTorch's ops: the calibration pass runs such a
+/// plan, and the fingerprint is taken from the same weights the int8 build quantises.
 inline KernelConfig float_config() {
   KernelConfig config;
   config.prepack = false;
   return config;
 }
 
-inline std::vector<ResidualBlockPlan> float_blocks(const ResidualTrunkView& trunk) {
-  const auto config = float_config();
-  std::vector<ResidualBlockPlan> blocks;
-  for (const auto& block : trunk.blocks) {
-    ResidualBlockPlan plan;
-    for (size_t k = 0; k < block.main_path.size(); ++k) {
-      plan.convs.push_back(make_conv_bn(block.main_path[k],
-                                        k + 1 < block.main_path.size(), config));
-    }
-    if (block.shortcut) {
-      plan.has_downsample = true;
-      plan.downsample = make_conv_bn(*block.shortcut, false, config);
-    }
-    blocks.push_back(std::move(plan));
-  }
-  return blocks;
+inline void add_weight_sum(std::vector<double>& sums, const ConvBn& conv) {
+  sums.push_back(conv.weight.sum(at::kDouble).item<double>());
 }
 
+/// The residual blocks' folded convs (main path, then shortcut), block by block.
 inline at::Tensor weight_sums(const std::vector<ResidualBlockPlan>& blocks) {
   std::vector<double> sums;
   for (const auto& block : blocks) {
-    for (const auto& conv : block.convs) sums.push_back(conv.weight.sum(at::kDouble).item<double>());
-    if (block.has_downsample) sums.push_back(block.downsample.weight.sum(at::kDouble).item<double>());
+    for (const auto& conv : block.convs) add_weight_sum(sums, conv);
+    if (block.has_downsample) add_weight_sum(sums, block.downsample);
   }
+  return at::tensor(sums, at::kDouble);
+}
+
+/// Every conv of an omni-scale trunk, the gates' included, in the order it runs them.
+inline at::Tensor weight_sums(const OmniScaleTrunkPlan& plan) {
+  std::vector<double> sums;
+  add_weight_sum(sums, plan.stem);
+  for (const auto& step : plan.steps) {
+    if (!step.block) {
+      add_weight_sum(sums, step.transition);
+      continue;
+    }
+    const auto& block = *step.block;
+    add_weight_sum(sums, block.squeeze);
+    for (const auto& stream : block.streams) {
+      for (const auto& layer : stream) {
+        add_weight_sum(sums, layer.pointwise);
+        add_weight_sum(sums, layer.depthwise);
+      }
+    }
+    add_weight_sum(sums, block.gate_reduce);
+    add_weight_sum(sums, block.gate_expand);
+    add_weight_sum(sums, block.expand);
+    if (block.shortcut) add_weight_sum(sums, *block.shortcut);
+  }
+  add_weight_sum(sums, plan.last);
   return at::tensor(sums, at::kDouble);
 }
 
@@ -106,14 +118,104 @@ inline bool same_weights(const at::Tensor& expected, const at::Tensor& found) {
          at::allclose(expected, found, /*rtol=*/1e-6, /*atol=*/1e-9);
 }
 
-/// The trunk a ReID model's backbone describes; ConfigError where it has none.
-inline ResidualTrunkView int8_trunk(const ReidModelImpl& model) {
-  auto trunk = residual_trunk_of(*model.backbone().module());
-  if (!trunk) {
-    throw ConfigError("int8 runs the fused residual trunk (ResNet backbones without IBN); this "
-                      "model's backbone runs as a module");
+/// InputError where `ranges` were measured on other weights than those summed in `sums`.
+inline void check_int8_weights(const at::Tensor& sums, const Int8Calibration& ranges) {
+  if (!same_weights(sums, ranges.weight_sums)) {
+    throw InputError("InferenceOptions::int8: the ranges were calibrated on other weights than "
+                     "this model's; calibrate again");
   }
-  return *trunk;
+}
+
+/// A trunk as int8 quantises it, in float32 on LibTorch's ops (float_config): what
+/// calibration runs.
+class Int8Trunk {
+ public:
+  virtual ~Int8Trunk() = default;
+  /// How many activations `run` shows its observer.
+  virtual int64_t points() const = 0;
+  virtual void run(const at::Tensor& images, const ActivationObserver& observe) const = 0;
+  virtual at::Tensor weight_sums() const = 0;
+};
+
+class ResidualInt8Trunk final : public Int8Trunk {
+ public:
+  explicit ResidualInt8Trunk(const ResidualTrunkView& trunk) {
+    stem_ = make_conv_bn(trunk.stem, /*relu=*/true, config_);
+    for (const auto& block : trunk.blocks) {
+      ResidualBlockPlan plan;
+      for (size_t k = 0; k < block.main_path.size(); ++k) {
+        plan.convs.push_back(make_conv_bn(block.main_path[k], k + 1 < block.main_path.size(), config_));
+      }
+      if (block.shortcut) {
+        plan.has_downsample = true;
+        plan.downsample = make_conv_bn(*block.shortcut, false, config_);
+      }
+      blocks_.push_back(std::move(plan));
+    }
+  }
+  int64_t points() const override {
+    int64_t points = 1;  // the pooled stem
+    for (const auto& block : blocks_) points += static_cast<int64_t>(block.convs.size()) + block.has_downsample;
+    return points;
+  }
+  void run(const at::Tensor& images, const ActivationObserver& observe) const override {
+    run_residual_trunk(stem_, blocks_, images, config_, observe);
+  }
+  at::Tensor weight_sums() const override { return detail::weight_sums(blocks_); }
+
+ private:
+  KernelConfig config_ = float_config();
+  ConvBn stem_;
+  std::vector<ResidualBlockPlan> blocks_;
+};
+
+class OmniScaleInt8Trunk final : public Int8Trunk {
+ public:
+  explicit OmniScaleInt8Trunk(const OmniScaleTrunkView& trunk)
+      : plan_(make_omni_scale_plan(trunk, config_)) {}
+  int64_t points() const override {
+    int64_t points = 2;  // the pooled stem and the last conv
+    for (const auto& step : plan_.steps) {
+      if (!step.block) {
+        points += 1;
+        continue;
+      }
+      // squeeze, gated sum, output, shortcut; two per lite conv
+      points += 3 + step.block->shortcut.has_value();
+      for (const auto& stream : step.block->streams) points += 2 * static_cast<int64_t>(stream.size());
+    }
+    return points;
+  }
+  void run(const at::Tensor& images, const ActivationObserver& observe) const override {
+    run_omni_scale_trunk(plan_, images, config_, observe);
+  }
+  at::Tensor weight_sums() const override { return detail::weight_sums(plan_); }
+
+ private:
+  KernelConfig config_ = float_config();
+  OmniScaleTrunkPlan plan_;
+};
+
+/// ConfigError where `model`'s backbone describes no trunk that int8 runs.
+inline void require_int8_trunk(const ReidModelImpl& model) {
+  const auto& backbone = *model.backbone().module();
+  const auto residual = residual_trunk_of(backbone);
+  if (residual && needs_instance_norm(*residual)) {
+    throw ConfigError("int8 runs the fused trunks of ResNets without IBN and plain OSNets; this "
+                      "model's IBN-a InstanceNorm halves run in float32 only");
+  }
+  if (!residual && !omni_scale_trunk_of(backbone)) {
+    throw ConfigError("int8 runs the fused trunks (ResNet backbones without IBN, plain OSNets); "
+                      "this model's backbone runs as a module");
+  }
+}
+
+/// The trunk int8 quantises in `model`, its BatchNorms folded; ConfigError where it has none.
+inline std::unique_ptr<const Int8Trunk> int8_trunk(const ReidModelImpl& model) {
+  require_int8_trunk(model);
+  const auto& backbone = *model.backbone().module();
+  if (const auto residual = residual_trunk_of(backbone)) return std::make_unique<ResidualInt8Trunk>(*residual);
+  return std::make_unique<OmniScaleInt8Trunk>(*omni_scale_trunk_of(backbone));
 }
 
 }  // namespace detail
@@ -140,16 +242,9 @@ inline std::string int8_unsupported_reason() {
 /// read; its BatchNorms are folded as inference folds them.
 class Int8Calibrator {
  public:
-  explicit Int8Calibrator(const ReidModelImpl& model) {
-    const auto trunk = detail::int8_trunk(model);
-    torch::NoGradGuard no_grad;
-    stem_ = detail::make_conv_bn(trunk.stem, /*relu=*/true, config_);
-    blocks_ = detail::float_blocks(trunk);
+  explicit Int8Calibrator(const ReidModelImpl& model) : trunk_(detail::int8_trunk(model)) {
     input_max_ = at::zeros({1});
-    block_input_max_ = at::zeros({static_cast<int64_t>(blocks_.size())});
-    inner_max_ = at::zeros({static_cast<int64_t>(blocks_.size()),
-                            static_cast<int64_t>(blocks_.front().convs.size()) - 1});
-    shortcut_max_ = at::zeros({static_cast<int64_t>(blocks_.size())});
+    activation_max_ = at::zeros({trunk_->points()});
   }
 
   /// Runs the trunk in float32 on `images` (B, 3, H, W), normalised as the model reads them.
@@ -157,16 +252,12 @@ class Int8Calibrator {
     TORCH_CHECK(images.dim() == 4 && images.size(1) == 3 && images.is_floating_point(),
                 "Int8Calibrator::observe expects float images (B, 3, H, W), got ", images.sizes());
     c10::InferenceMode guard;
-    input_max_.fill_(std::max(input_max_.item<float>(), images.abs().max().item<float>()));
-    const auto shortcut = blocks_.front().convs.size();
-    const auto input = images.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
-    const auto record = [&](size_t block, size_t point, const at::Tensor& value) {
-      auto slot = point == 0          ? block_input_max_[block]  // a view
-                  : point == shortcut ? shortcut_max_[block]
-                                      : inner_max_[block][point - 1];
-      slot.fill_(std::max(slot.item<float>(), value.abs().max().item<float>()));
-    };
-    detail::run_residual_trunk(stem_, blocks_, input, config_, record);
+    input_max_ = at::maximum(input_max_, images.abs().max().to(at::kFloat));
+    std::vector<at::Tensor> maxima;
+    trunk_->run(images.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast),
+                [&maxima](const at::Tensor& value) { maxima.push_back(value.abs().max().to(at::kFloat)); });
+    TORCH_INTERNAL_ASSERT(static_cast<int64_t>(maxima.size()) == activation_max_.numel());
+    activation_max_ = at::maximum(activation_max_, at::stack(maxima));
     images_ += images.size(0);
   }
 
@@ -178,26 +269,21 @@ class Int8Calibrator {
       throw InputError(fmt::format("int8 calibration needs at least {} pictures, got {}",
                                    minimum_images, images_));
     }
-    return {input_max_.clone(), block_input_max_.clone(), inner_max_.clone(), shortcut_max_.clone(),
-            detail::weight_sums(blocks_), images_};
+    return {input_max_.clone(), activation_max_.clone(), trunk_->weight_sums(), images_};
   }
 
  private:
-  detail::KernelConfig config_ = detail::float_config();
-  detail::ConvBn stem_;
-  std::vector<detail::ResidualBlockPlan> blocks_;
-  at::Tensor input_max_, block_input_max_, inner_max_, shortcut_max_;
+  std::unique_ptr<const detail::Int8Trunk> trunk_;
+  at::Tensor input_max_, activation_max_;
   int64_t images_ = 0;
 };
 
-/// Writes the ranges as a torch.save file (atomically): input_max, block_input_max, inner_max,
-/// shortcut_max, weight_sums and images.
+/// Writes the ranges as a torch.save file (atomically): input_max, activation_max, weight_sums
+/// and images.
 inline void save_int8_calibration(const Int8Calibration& ranges, const std::string& path) {
   StateDict tensors;
   tensors.insert("input_max", ranges.input_max);
-  tensors.insert("block_input_max", ranges.block_input_max);
-  tensors.insert("inner_max", ranges.inner_max);
-  tensors.insert("shortcut_max", ranges.shortcut_max);
+  tensors.insert("activation_max", ranges.activation_max);
   tensors.insert("weight_sums", ranges.weight_sums);
   tensors.insert("images", at::scalar_tensor(ranges.images, at::kLong));
   save_tensors(tensors, path);
@@ -213,13 +299,14 @@ inline Int8Calibration load_int8_calibration(const std::string& path, const Reid
   } catch (const std::exception& error) {  // unreadable or not a checkpoint: bad input
     throw InputError(std::string("int8 ranges: ") + error.what());
   }
-  const auto blocks = detail::float_blocks(detail::int8_trunk(model));
-  const auto expected_sums = detail::weight_sums(blocks);
-  const auto block_count = static_cast<int64_t>(blocks.size());
+  const auto trunk = detail::int8_trunk(model);
+  const auto expected_sums = trunk->weight_sums();
   const auto get = [&](const std::string& key, at::ScalarType dtype,
                        std::vector<int64_t> shape) {
     const auto* found = tensors.find(key);
-    if (found == nullptr) throw InputError(fmt::format("{}: no '{}' in the file", path, key));
+    if (found == nullptr) {
+      throw InputError(fmt::format("{}: no '{}' in the file; delete it to calibrate again", path, key));
+    }
     if (found->scalar_type() != dtype || found->sizes() != at::IntArrayRef(shape)) {
       throw InputError(fmt::format("{}: '{}' is {} {}, expected {} {}", path, key,
                                    c10::toString(found->scalar_type()), detail::shape_text(found->sizes()),
@@ -229,16 +316,11 @@ inline Int8Calibration load_int8_calibration(const std::string& path, const Reid
   };
   Int8Calibration ranges;
   ranges.input_max = get("input_max", at::kFloat, {1});
-  ranges.block_input_max = get("block_input_max", at::kFloat, {block_count});
-  ranges.inner_max = get("inner_max", at::kFloat,
-                         {block_count, static_cast<int64_t>(blocks.front().convs.size()) - 1});
-  ranges.shortcut_max = get("shortcut_max", at::kFloat, {block_count});
+  ranges.activation_max = get("activation_max", at::kFloat, {trunk->points()});
   ranges.weight_sums = get("weight_sums", at::kDouble, {expected_sums.numel()});
   ranges.images = get("images", at::kLong, {}).item<int64_t>();
   for (const auto& [key, values] : {std::pair{"input_max", ranges.input_max},
-                                    {"block_input_max", ranges.block_input_max},
-                                    {"inner_max", ranges.inner_max},
-                                    {"shortcut_max", ranges.shortcut_max}}) {
+                                    {"activation_max", ranges.activation_max}}) {
     if (!at::isfinite(values).all().item<bool>() || (values < 0).any().item<bool>()) {
       throw InputError(fmt::format("{}: '{}' holds a negative or non-finite range", path, key));
     }

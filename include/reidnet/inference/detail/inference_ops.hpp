@@ -109,6 +109,14 @@ class PrepackedConvCache {
   std::vector<std::pair<std::vector<int64_t>, c10::IValue>> contexts_;  // oldest first
 };
 
+/// IBN-a's InstanceNorm half after a conv: the first `channels` channels normalised per image
+/// and channel over its map, then scaled and shifted (the ReLU after the pair follows it).
+struct InstanceNormPart {
+  int64_t channels = 0;
+  at::Tensor weight, bias;  // (channels,), float32
+  double eps = 1e-5;
+};
+
 /// One Conv2d (no bias in ResNet), its BatchNorm2d and, if `relu`, the ReLU after them.
 struct ConvBn {
   at::Tensor weight;  // folded (or original) weight, dtype/device/memory format of the config
@@ -120,8 +128,12 @@ struct ConvBn {
   int64_t groups = 1;
   bool relu = false;
   std::shared_ptr<PrepackedConvCache> prepacked;  // onednn_fused
+  // IBN-a: its BatchNorm half is folded, this half runs between the conv and the ReLU (only
+  // the direct oneDNN trunk plans it).
+  std::optional<InstanceNormPart> instance_norm;
 
   at::Tensor run(const at::Tensor& x, const KernelConfig& config) const {
+    TORCH_INTERNAL_ASSERT(!instance_norm, "an InstanceNorm half runs in the direct oneDNN trunk only");
     switch (config.backend) {
       case ConvBackend::kOnednnFused: {
         // Reused per thread: at batch 1, per-call allocations are a visible share of a conv.
@@ -206,36 +218,71 @@ struct OmniScaleTrunkPlan {
   ConvBn last;
 };
 
+/// Sees the activations int8 calibration measures, one at a time, in the order a trunk's float
+/// run computes them (see Int8Calibration::activation_max).
+using ActivationObserver = std::function<void(const at::Tensor&)>;
+
 /// Runs `x` through the blocks on LibTorch's ops (every backend but onednn_direct). `observe`,
-/// where given, sees each block's input (point 0), each main-path conv's output but the last
-/// (point k: after conv k - 1) and the projection shortcut's output (point n, for n convs),
-/// as int8 calibration measures them.
-inline at::Tensor run_residual_blocks(
-    const std::vector<ResidualBlockPlan>& blocks, at::Tensor x, const KernelConfig& config,
-    const std::function<void(size_t block, size_t point, const at::Tensor&)>& observe = nullptr) {
-  for (size_t b = 0; b < blocks.size(); ++b) {
-    const auto& block = blocks[b];
-    if (observe) observe(b, 0, x);
-    const at::Tensor identity = block.has_downsample ? block.downsample.run(x, config) : x;
-    if (observe && block.has_downsample) observe(b, block.convs.size(), identity);
+/// where given, sees per block its projection shortcut's output (where it has one), each
+/// main-path conv's output but the last, and the block's output.
+inline at::Tensor run_residual_blocks(const std::vector<ResidualBlockPlan>& blocks, at::Tensor x,
+                                      const KernelConfig& config,
+                                      const ActivationObserver& observe = nullptr) {
+  const auto seen = [&observe](at::Tensor value) {
+    if (observe) observe(value);
+    return value;
+  };
+  for (const auto& block : blocks) {
+    const at::Tensor identity = block.has_downsample ? seen(block.downsample.run(x, config)) : x;
     at::Tensor out = x;
-    for (size_t k = 0; k + 1 < block.convs.size(); ++k) {
-      out = block.convs[k].run(out, config);
-      if (observe) observe(b, k + 1, out);
-    }
-    x = block.convs.back().run_add_relu(out, identity, config);
+    for (size_t k = 0; k + 1 < block.convs.size(); ++k) out = seen(block.convs[k].run(out, config));
+    x = seen(block.convs.back().run_add_relu(out, identity, config));
   }
   return x;
 }
 
 /// The stem, torchvision's 3x3 max pool (stride 2, padding 1), then the blocks, as
-/// run_residual_blocks runs them.
-inline at::Tensor run_residual_trunk(
-    const ConvBn& stem, const std::vector<ResidualBlockPlan>& blocks, const at::Tensor& x,
-    const KernelConfig& config,
-    const std::function<void(size_t block, size_t point, const at::Tensor&)>& observe = nullptr) {
+/// run_residual_blocks runs them; `observe` sees the pooled stem first.
+inline at::Tensor run_residual_trunk(const ConvBn& stem, const std::vector<ResidualBlockPlan>& blocks,
+                                     const at::Tensor& x, const KernelConfig& config,
+                                     const ActivationObserver& observe = nullptr) {
   const auto pooled = at::max_pool2d(stem.run(x, config), {3, 3}, {2, 2}, {1, 1});
+  if (observe) observe(pooled);
   return run_residual_blocks(blocks, pooled, config, observe);
+}
+
+/// An omni-scale trunk on LibTorch's ops, as int8 calibration measures it. `observe` sees the
+/// pooled stem; per block, the squeeze's output, each lite conv's pointwise and depthwise
+/// outputs stream by stream, the gated sum, the shortcut's output (where it has one) and the
+/// block's output; per transition, its conv's output; then the last conv's output.
+inline at::Tensor run_omni_scale_trunk(const OmniScaleTrunkPlan& plan, const at::Tensor& images,
+                                       const KernelConfig& config,
+                                       const ActivationObserver& observe = nullptr) {
+  const auto seen = [&observe](at::Tensor value) {
+    if (observe) observe(value);
+    return value;
+  };
+  auto x = seen(at::max_pool2d(plan.stem.run(images, config), {3, 3}, {2, 2}, {1, 1}));
+  for (const auto& step : plan.steps) {
+    if (!step.block) {
+      x = at::avg_pool2d(seen(step.transition.run(x, config)), {2, 2}, {2, 2});
+      continue;
+    }
+    const auto& block = *step.block;
+    const auto squeezed = seen(block.squeeze.run(x, config));
+    at::Tensor mixed;
+    for (const auto& stream : block.streams) {
+      auto y = squeezed;
+      for (const auto& layer : stream) y = seen(layer.depthwise.run(seen(layer.pointwise.run(y, config)), config));
+      const auto pooled = at::adaptive_avg_pool2d(y, {1, 1});
+      const auto gate = block.gate_expand.run(block.gate_reduce.run(pooled, config), config).sigmoid();
+      mixed = mixed.defined() ? mixed + y * gate : y * gate;
+    }
+    seen(mixed);
+    const auto identity = block.shortcut ? seen(block.shortcut->run(x, config)) : x;
+    x = seen(block.expand.run_add_relu(mixed, identity, config));
+  }
+  return seen(plan.last.run(x, config));
 }
 
 inline std::vector<int64_t> to_vector(at::IntArrayRef values) { return values.vec(); }
@@ -255,11 +302,24 @@ inline ConvBn make_conv_bn(const ConvNormView& layer, bool relu, const KernelCon
   out.padding = {out.dilation[0] * (kernel[0] - 1) / 2, out.dilation[1] * (kernel[1] - 1) / 2};
   out.groups = conv_options.groups();
   auto weight = conv.weight.detach().to(at::kDouble);
-  // Without a BatchNorm, an affine that changes nothing.
-  const auto affine = layer.norm != nullptr
-                          ? batch_norm_affine(*layer.norm)
-                          : BatchNormAffine{at::ones({weight.size(0)}, weight.options()),
-                                            at::zeros({weight.size(0)}, weight.options())};
+  // Without a BatchNorm, an affine that changes nothing; IBN-a's BatchNorm covers the channels
+  // after the InstanceNorm's, which the conv writes as they are.
+  const int64_t instance_channels = layer.instance_norm != nullptr ? layer.instance_norm->options.num_features() : 0;
+  auto affine = BatchNormAffine{at::ones({weight.size(0)}, weight.options()),
+                                at::zeros({weight.size(0)}, weight.options())};
+  if (layer.norm != nullptr) {
+    const auto norm = batch_norm_affine(*layer.norm);
+    affine.scale.narrow(0, instance_channels, norm.scale.size(0)).copy_(norm.scale);
+    affine.shift.narrow(0, instance_channels, norm.shift.size(0)).copy_(norm.shift);
+  }
+  if (layer.instance_norm != nullptr) {
+    TORCH_CHECK(config.backend == ConvBackend::kOnednnDirect && config.fold_bn,
+                "an IBN-a InstanceNorm half is planned for the direct oneDNN backend only");
+    const auto& instance_norm = *layer.instance_norm;
+    TORCH_CHECK(instance_norm.options.affine(), "an IBN-a InstanceNorm half without affine weights");
+    out.instance_norm = InstanceNormPart{instance_channels, instance_norm.weight.detach().to(at::kFloat),
+                                         instance_norm.bias.detach().to(at::kFloat), instance_norm.options.eps()};
+  }
   at::Tensor bias = conv.bias.defined() ? conv.bias.detach().to(at::kDouble)
                                          : at::zeros({weight.size(0)}, weight.options());
   const auto target = at::TensorOptions().dtype(config.dtype).device(config.device);

@@ -30,23 +30,16 @@ class OnednnBackbone final : public OnednnTrunk {
                  const Int8Calibration* int8 = nullptr)
       : OnednnTrunk(dtype, int8 != nullptr) {
     stem_ = make_layer(std::move(stem), /*sum=*/false);
-    for (size_t b = 0; b < blocks.size(); ++b) {
-      auto& block = blocks[b];
+    for (auto& block : blocks) {
       Block layers;
       for (size_t k = 0; k < block.convs.size(); ++k) {
         // The block's last conv adds the identity (already in its output buffer), then ReLU.
         layers.convs.push_back(make_layer(std::move(block.convs[k]), k + 1 == block.convs.size()));
       }
       if (block.has_downsample) layers.downsample = make_layer(std::move(block.downsample), false);
-      if (int8_) quantize_block(layers, *int8, b, b + 1 == blocks.size());
       blocks_.push_back(std::move(layers));
     }
-    // The stem reads the normalised picture in s8 and writes u8 for the max pool, whose
-    // largest value (the first block's input range) is the stem's own.
-    if (int8_) {
-      stem_.int8 = quantize_conv(stem_.conv, QuantizedActivation::s8(int8->input_max.item<float>()),
-                                 QuantizedActivation::u8(int8->block_input_max[0].item<float>()));
-    }
+    if (int8_) quantize(Int8RangeReader(*int8));
   }
 
   at::Tensor run(const at::Tensor& images) const override {
@@ -62,7 +55,10 @@ class OnednnBackbone final : public OnednnTrunk {
                               : block.dequantize ? convert(*block.dequantize, memory(x), context)
                                                  : x;
         Activation out = x;
-        for (size_t k = 0; k + 1 < block.convs.size(); ++k) out = apply(block.convs[k], out, context);
+        for (size_t k = 0; k + 1 < block.convs.size(); ++k) {
+          out = apply(block.convs[k], out, context);
+          if (const auto* part = block.instance_norms[k]) normalize_instances(out, *part, context);
+        }
         apply(block.convs.back(), out, context, &identity);
         x = std::move(identity);
       }
@@ -82,6 +78,7 @@ class OnednnBackbone final : public OnednnTrunk {
 
   struct CompiledBlock {
     std::vector<CompiledConv> convs;
+    std::vector<const InstanceNormPart*> instance_norms;  // per conv: IBN-a's, or null
     std::optional<CompiledConv> downsample;
     std::optional<Conversion> dequantize;  // int8: the u8 input to a float32 identity
   };
@@ -109,6 +106,7 @@ class OnednnBackbone final : public OnednnTrunk {
       }
       if (block.downsample) compiled.downsample = compile(*block.downsample, dims, scratchpad);
       for (const auto& layer : block.convs) {
+        compiled.instance_norms.push_back(layer.conv.instance_norm ? &*layer.conv.instance_norm : nullptr);
         compiled.convs.push_back(compile(layer, dims, scratchpad));
         dims = onednn_api::dims_of(compiled.convs.back().dst);
       }
@@ -118,31 +116,62 @@ class OnednnBackbone final : public OnednnTrunk {
     return out;
   }
 
-  /// The int8 form of block `b`'s convs, from the calibrated ranges: u8 inputs and inner
-  /// outputs, an s8 shortcut, and the output u8 with the next block's input scale, or float32
-  /// in the last block.
-  static void quantize_block(Block& block, const Int8Calibration& ranges, size_t b, bool last) {
-    const auto value = [](const at::Tensor& range) { return range.item<float>(); };
-    block.input = QuantizedActivation::u8(value(ranges.block_input_max[b]));
+  /// IBN-a's InstanceNorm half, then the pair's ReLU, in place on LibTorch's ops over the
+  /// activation in oneDNN's layout (channel_blocks): each image's statistics over its map for
+  /// the blocks that hold the first `part.channels` channels, a scale and shift that normalise
+  /// those channels and leave the rest (whose BatchNorm the conv absorbed) as they are.
+  void normalize_instances(const Activation& x, const InstanceNormPart& part, const Run& context) const {
+    context.stream.wait();  // LibTorch reads what oneDNN wrote
+    const auto blocks = channel_blocks(x);  // (B, C / c, h, w, c); NHWC: c = C
+    const int64_t lanes = blocks.size(4);
+    const auto region = blocks.size(1) == 1 ? blocks.narrow(4, 0, part.channels)
+                                            : blocks.narrow(1, 0, (part.channels + lanes - 1) / lanes);
+    const int64_t count = region.size(1) * region.size(4);
+    const std::vector<int64_t> per_channel{1, region.size(1), 1, 1, region.size(4)};
+    const auto [variance, mean] = at::var_mean(region.to(at::kFloat), {2, 3}, /*unbiased=*/false, /*keepdim=*/true);
+    const auto padded = [&](const at::Tensor& values) {
+      return at::constant_pad_nd(values, {0, count - part.channels}).view(per_channel);
+    };
+    const auto normalised = at::arange(count).view(per_channel) < part.channels;
+    const auto scale = at::where(normalised, padded(part.weight) * (variance + part.eps).rsqrt(), 1.0);
+    const auto shift = at::where(normalised, padded(part.bias) - mean * scale, 0.0);
+    region.mul_(scale.to(region.scalar_type())).add_(shift.to(region.scalar_type()));
+    blocks.relu_();
+  }
+
+  /// The int8 form of every conv, from the calibrated ranges in the order they were measured:
+  /// the stem reads the normalised picture in s8 and writes u8 for the max pool, whose
+  /// largest value (the first block's input range) is the stem's own.
+  void quantize(Int8RangeReader ranges) {
+    auto input = ranges.u8();
+    stem_.int8 = quantize_conv(stem_.conv, ranges.input(), input);
+    for (size_t b = 0; b < blocks_.size(); ++b) {
+      input = quantize_block(blocks_[b], ranges, std::move(input), b + 1 == blocks_.size());
+    }
+    ranges.expect_end();
+  }
+
+  /// The int8 form of a block's convs reading `input`: u8 inner outputs, an s8 shortcut, and
+  /// the output u8 (returned: the next block's input), or float32 in the last block.
+  static QuantizedActivation quantize_block(Block& block, Int8RangeReader& ranges,
+                                            QuantizedActivation input, bool last) {
+    block.input = input;
     block.float_identity = last && !block.downsample;
-    const auto output = last ? QuantizedActivation::f32()
-                             : QuantizedActivation::u8(value(ranges.block_input_max[b + 1]));
-    auto identity = last ? QuantizedActivation::f32() : block.input;
+    auto identity = last ? QuantizedActivation::f32() : input;
     if (block.downsample) {
-      identity = last ? QuantizedActivation::f32()
-                      : QuantizedActivation::s8(value(ranges.shortcut_max[b]));
-      block.downsample->int8 = quantize_conv(block.downsample->conv, block.input, identity);
+      const auto shortcut = ranges.s8();
+      if (!last) identity = shortcut;
+      block.downsample->int8 = quantize_conv(block.downsample->conv, input, identity);
     }
-    auto input = block.input;
-    for (size_t k = 0; k < block.convs.size(); ++k) {
-      if (k + 1 == block.convs.size()) {
-        block.convs[k].int8 = quantize_conv(block.convs[k].conv, input, output, identity);
-      } else {
-        auto inner = QuantizedActivation::u8(value(ranges.inner_max[b][k]));
-        block.convs[k].int8 = quantize_conv(block.convs[k].conv, input, inner);
-        input = std::move(inner);
-      }
+    for (size_t k = 0; k + 1 < block.convs.size(); ++k) {
+      auto inner = ranges.u8();
+      block.convs[k].int8 = quantize_conv(block.convs[k].conv, input, inner);
+      input = std::move(inner);
     }
+    const auto measured = ranges.u8();
+    const auto output = last ? QuantizedActivation::f32() : measured;
+    block.convs.back().int8 = quantize_conv(block.convs.back().conv, input, output, identity);
+    return output;
   }
 
   Layer stem_;

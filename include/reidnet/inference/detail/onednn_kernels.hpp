@@ -174,6 +174,37 @@ struct QuantizedActivation {
   float scale_value() const { return is_float() ? 1.f : scale.item<float>(); }
 };
 
+/// Calibrated ranges, read in the order the trunk's float run measured them
+/// (Int8Calibration::activation_max); the int8 trunks quantise their layers in that order.
+class Int8RangeReader {
+ public:
+  explicit Int8RangeReader(const Int8Calibration& ranges)
+      : input_max_(ranges.input_max.item<float>()), values_(ranges.activation_max.contiguous()) {}
+
+  /// The normalised picture, in s8.
+  QuantizedActivation input() const { return QuantizedActivation::s8(input_max_); }
+  QuantizedActivation u8() { return QuantizedActivation::u8(next()); }
+  QuantizedActivation s8() { return QuantizedActivation::s8(next()); }
+  /// A point measured where the int8 trunk stays float32.
+  void skip() { next(); }
+  /// Every range was read: the trunk and its calibration agree.
+  void expect_end() const {
+    TORCH_CHECK(next_ == values_.numel(), "int8 ranges: ", values_.numel(), " measured, ", next_,
+                " read by the trunk");
+  }
+
+ private:
+  float next() {
+    TORCH_CHECK(next_ < values_.numel(), "int8 ranges: the trunk reads more than the ",
+                values_.numel(), " measured");
+    return values_[next_++].item<float>();
+  }
+
+  float input_max_;
+  at::Tensor values_;
+  int64_t next_ = 0;
+};
+
 /// A conv of the int8 trunk: s8 weights with a scale per output channel, u8 input with one
 /// scale (s8: the stem's). Its output is u8 after a ReLU, s8 for a shortcut, and float32 in
 /// the last block, whose map goes to the head; the block's last conv adds the identity
@@ -386,6 +417,15 @@ class OnednnTrunk {
     }
   }
 
+  static at::ScalarType scalar_type_of(dnnl::memory::data_type type) {
+    switch (type) {
+      case dnnl::memory::data_type::bf16: return at::kBFloat16;
+      case dnnl::memory::data_type::u8: return at::kByte;
+      case dnnl::memory::data_type::s8: return at::kChar;
+      default: return at::kFloat;
+    }
+  }
+
   at::ScalarType scalar_type() const {
     return data_type_ == dnnl::memory::data_type::bf16 ? at::kBFloat16 : at::kFloat;
   }
@@ -416,7 +456,9 @@ class OnednnTrunk {
     // make_conv_bn folds BatchNorm into a float bias for this backend.
     TORCH_INTERNAL_ASSERT(conv.bias.defined() && conv.bias.scalar_type() == at::kFloat);
     Layer layer;
-    layer.activation = conv.relu || sum ? dnnl::algorithm::eltwise_relu : dnnl::algorithm::undef;
+    // An InstanceNorm half comes between the conv and its ReLU.
+    layer.activation = (conv.relu && !conv.instance_norm) || sum ? dnnl::algorithm::eltwise_relu
+                                                                 : dnnl::algorithm::undef;
     layer.conv = std::move(conv);
     layer.sum = sum;
     return layer;
@@ -444,7 +486,7 @@ class OnednnTrunk {
     return dnnl::memory::desc(dims, type.value_or(data_type_), activation_layout(dims[0]));
   }
 
-  /// A float activation (B, C, h, w) as a LibTorch tensor sharing its bytes, in its storage
+  /// An activation (B, C, h, w) as a LibTorch tensor sharing its bytes, in its storage
   /// order: (B, C / c, h, w, c) for channel blocks of c (C rounded up: oneDNN pads the last
   /// block with zeros), (B, 1, h, w, C) for NHWC.
   at::Tensor channel_blocks(const Activation& activation) const {
@@ -453,9 +495,9 @@ class OnednnTrunk {
     const int64_t block = layout == dnnl::memory::format_tag::nhwc      ? dims[1]
                           : layout == dnnl::memory::format_tag::nChw16c ? 16
                                                                         : 8;
-    return activation.storage.view(scalar_type()).view({dims[0], (dims[1] + block - 1) / block, dims[2], dims[3], block});
+    return activation.storage.view(scalar_type_of(onednn_api::data_type_of(activation.desc)))
+        .view({dims[0], (dims[1] + block - 1) / block, dims[2], dims[3], block});
   }
-
 
   dnnl::memory scale_memory(const at::Tensor& scales) const {
     return memory(dnnl::memory::desc({scales.numel()}, dnnl::memory::data_type::f32,

@@ -1,13 +1,15 @@
 #pragma once
-// The omni-scale trunk (OSNet's layout) on oneDNN's C++ API directly, in float32 or bfloat16:
-// every conv with its folded BatchNorm, its ReLU fused in, and each block's residual add and
-// ReLU fused into its expanding conv (a `sum` post-op). The channel gate, a few hundred values
-// per picture, and the gated sum of the streams run on LibTorch's ops, on the same buffers in
-// oneDNN's layout (channel blocks at batch 2 and up in float32: 8-10% faster than NHWC at
-// batch 16 here).
+// The omni-scale trunk (OSNet's layout) on oneDNN's C++ API directly, in float32, bfloat16 or
+// int8: every conv with its folded BatchNorm, its ReLU fused in, and each block's residual add
+// and ReLU fused into its expanding conv (a `sum` post-op). The channel gate, a few hundred
+// values per picture, and the gated sum of the streams run on LibTorch's ops, on the same
+// buffers in oneDNN's layout (channel blocks at batch 2 and up in float32: 8-10% faster than
+// NHWC at batch 16 here). In int8 the streams end in u8, the gated sum runs in float32 and a
+// reorder quantises it for the expanding conv.
 
 #include <reidnet/inference/detail/inference_ops.hpp>
 #include <reidnet/inference/detail/onednn_kernels.hpp>
+#include <reidnet/inference/int8_calibration.hpp>
 
 #include <ATen/ATen.h>
 
@@ -24,8 +26,10 @@ namespace reidnet::detail {
 class OnednnOmniScaleTrunk final : public OnednnTrunk {
  public:
   /// `plan` as built for the onednn_direct backend: folded weights in `dtype`, fp32 bias.
-  OnednnOmniScaleTrunk(OmniScaleTrunkPlan plan, at::ScalarType dtype)
-      : OnednnTrunk(dtype, /*int8=*/false) {
+  /// With `int8` (dtype float32): every conv in int8 with those activation ranges; the last
+  /// conv's output stays float32, for the head.
+  OnednnOmniScaleTrunk(OmniScaleTrunkPlan plan, at::ScalarType dtype, const Int8Calibration* int8 = nullptr)
+      : OnednnTrunk(dtype, int8 != nullptr) {
     stem_ = make_layer(std::move(plan.stem), /*sum=*/false);
     last_ = make_layer(std::move(plan.last), /*sum=*/false);
     for (auto& step : plan.steps) {
@@ -37,6 +41,7 @@ class OnednnOmniScaleTrunk final : public OnednnTrunk {
       }
       steps_.push_back(std::move(layers));
     }
+    if (int8_) quantize(Int8RangeReader(*int8));
   }
 
   at::Tensor run(const at::Tensor& images) const override {
@@ -65,6 +70,9 @@ class OnednnOmniScaleTrunk final : public OnednnTrunk {
     at::Tensor gate_reduce_weight, gate_reduce_bias, gate_expand_weight, gate_expand_bias;
     Layer expand;  // adds the identity in its output buffer, then ReLU
     std::optional<Layer> shortcut;
+    // (streams, 1, 1): the scale of each stream's output (int8: u8; 1 in float).
+    at::Tensor stream_scales;
+    QuantizedActivation mixed;  // int8: the gated sum, the expanding conv's input
   };
 
   struct Step {
@@ -77,6 +85,7 @@ class OnednnOmniScaleTrunk final : public OnednnTrunk {
     std::vector<std::vector<std::pair<CompiledConv, CompiledConv>>> streams;
     CompiledConv expand;
     std::optional<CompiledConv> shortcut;
+    std::optional<Conversion> quantize_mixed;  // int8: the float32 gated sum to u8
   };
 
   struct CompiledStep {
@@ -107,6 +116,7 @@ class OnednnOmniScaleTrunk final : public OnednnTrunk {
     block.gate_expand_weight = matrix(plan.gate_expand);
     block.gate_expand_bias = plan.gate_expand.bias.to(at::kFloat);
     block.expand = make_layer(std::move(plan.expand), /*sum=*/true);
+    block.stream_scales = at::ones({static_cast<int64_t>(block.streams.size()), 1, 1});
     if (plan.shortcut) block.shortcut = make_layer(std::move(*plan.shortcut), /*sum=*/false);
     return block;
   }
@@ -124,6 +134,10 @@ class OnednnOmniScaleTrunk final : public OnednnTrunk {
       out.streams.push_back(std::move(layers));
     }
     out.expand = compile(block.expand, squeezed, scratchpad);
+    if (int8_) {
+      out.quantize_mixed = conversion(activation_desc(squeezed, dnnl::memory::data_type::f32), out.expand.src,
+                                      block.mixed.scale);
+    }
     if (block.shortcut) out.shortcut = compile(*block.shortcut, input, scratchpad);
     return out;
   }
@@ -149,13 +163,15 @@ class OnednnOmniScaleTrunk final : public OnednnTrunk {
       out->steps.push_back(std::move(compiled));
     }
     out->last = compile(last_, dims, scratchpad);
-    compile_ends(*out, input_shape, out->stem.conv.src, at::Tensor(), onednn_api::dims_of(out->last.dst));
+    compile_ends(*out, input_shape, out->stem.conv.src, stem_.int8 ? stem_.int8->input.scale : at::Tensor(),
+                 onednn_api::dims_of(out->last.dst));
     return out;
   }
 
   /// relu(expand(sum_t gate(stream_t)) + identity), the gate shared by the streams: its pooled
   /// inputs go through its two convs as one batch. The gate's LibTorch ops read and write the
-  /// activations in oneDNN's layout (channel_blocks), where padded channels stay zero.
+  /// activations in oneDNN's layout (channel_blocks), where padded channels stay zero. In
+  /// int8, each stream's scale goes into its pooled values and its gates.
   Activation run_block(const Block& block, const CompiledBlock& compiled, Activation x,
                        const Run& context) const {
     Activation identity = compiled.shortcut ? apply(*compiled.shortcut, x, context) : x;
@@ -171,17 +187,69 @@ class OnednnOmniScaleTrunk final : public OnednnTrunk {
       pooled.push_back(streams.back().mean({2, 3}, /*keepdim=*/false, at::kFloat).view({batch, -1}).narrow(1, 0, channels));
     }
     context.stream.wait();  // LibTorch reads what oneDNN wrote
-    const auto hidden = at::addmm(block.gate_reduce_bias, at::cat(pooled), block.gate_reduce_weight.t()).relu_();
+    const auto hidden = at::addmm(block.gate_reduce_bias, (at::stack(pooled) * block.stream_scales).flatten(0, 1),
+                                  block.gate_reduce_weight.t())
+                            .relu_();
     const auto& blocks = streams.front().sizes();  // (B, C / c, h, w, c)
-    const auto gates = at::constant_pad_nd(at::addmm(block.gate_expand_bias, hidden, block.gate_expand_weight.t()).sigmoid_(),
+    const auto gates = at::constant_pad_nd(at::addmm(block.gate_expand_bias, hidden, block.gate_expand_weight.t())
+                                                   .sigmoid_()
+                                                   .view({static_cast<int64_t>(streams.size()), batch, channels}) *
+                                               block.stream_scales,
                                            {0, blocks[1] * blocks[4] - channels})
                            .to(scalar_type())
                            .view({static_cast<int64_t>(streams.size()), batch, blocks[1], 1, 1, blocks[4]});
-    // Summed in the module's order: ((a + b) + c) + d.
+    // Summed in the module's order: ((a + b) + c) + d (int8: u8 streams, float32 sum).
     auto mixed = streams[0] * gates[0];
     for (size_t t = 1; t < streams.size(); ++t) mixed.addcmul_(streams[t], gates[t]);
-    apply(compiled.expand, Activation{mixed.contiguous(), compiled.expand.src}, context, &identity);
+    mixed = mixed.contiguous();
+    const Activation input =
+        int8_ ? convert(*compiled.quantize_mixed, memory(activation_desc(dims, dnnl::memory::data_type::f32), mixed.data_ptr()), context)
+              : Activation{mixed, compiled.expand.src};
+    apply(compiled.expand, input, context, &identity);
     return identity;
+  }
+
+  /// The int8 form of every conv, from the calibrated ranges in the order they were measured
+  /// (run_omni_scale_trunk): the stem reads the normalised picture in s8 and writes u8 for the
+  /// max pool; the streams' pointwise convs, which have no ReLU, write s8.
+  void quantize(Int8RangeReader ranges) {
+    auto x = ranges.u8();
+    stem_.int8 = quantize_conv(stem_.conv, ranges.input(), x);
+    for (auto& step : steps_) {
+      if (!step.block) {
+        auto output = ranges.u8();  // the average pool keeps its scale
+        step.transition.int8 = quantize_conv(step.transition.conv, x, output);
+        x = std::move(output);
+        continue;
+      }
+      auto& block = *step.block;
+      const auto squeezed = ranges.u8();
+      block.squeeze.int8 = quantize_conv(block.squeeze.conv, x, squeezed);
+      std::vector<at::Tensor> stream_scales;
+      for (auto& stream : block.streams) {
+        auto y = squeezed;
+        for (auto& layer : stream) {
+          const auto linear = ranges.s8();
+          layer.pointwise.int8 = quantize_conv(layer.pointwise.conv, y, linear);
+          y = ranges.u8();
+          layer.depthwise.int8 = quantize_conv(layer.depthwise.conv, linear, y);
+        }
+        stream_scales.push_back(y.scale);
+      }
+      block.stream_scales = at::cat(stream_scales).view({-1, 1, 1});
+      block.mixed = ranges.u8();
+      auto identity = x;
+      if (block.shortcut) {
+        identity = ranges.s8();
+        block.shortcut->int8 = quantize_conv(block.shortcut->conv, x, identity);
+      }
+      auto output = ranges.u8();
+      block.expand.int8 = quantize_conv(block.expand.conv, block.mixed, output, identity);
+      x = std::move(output);
+    }
+    ranges.skip();  // the last conv writes float32 for the head
+    last_.int8 = quantize_conv(last_.conv, x, QuantizedActivation::f32());
+    ranges.expect_end();
   }
 
   Layer stem_, last_;

@@ -93,7 +93,7 @@ class ResNetImpl : public torch::nn::Cloneable<ResNetImpl<Block, Init>>,
   /// The stem's; the blocks declare theirs.
   std::vector<ConvBatchNormPair> conv_batch_norm_pairs() const override { return {{"conv1", "bn1"}}; }
 
-  /// The trunk as inference's fused plan runs it; none with IBN-a blocks.
+  /// The trunk as inference's fused plan runs it (IBN-a's halves included).
   std::optional<ResidualTrunkView> residual_trunk() const override {
     ResidualTrunkView view{{conv1.get(), bn1.get()}, {}, num_features()};
     for (const auto& layer : layers_) {

@@ -49,10 +49,12 @@ struct LinearBatchNormPair {
 };
 
 /// A conv and the BatchNorm2d that takes its output (none: a conv without one), read by
-/// inference plans that fold them.
+/// inference plans that fold them. IBN-a's pair (see Ibn): `instance_norm` normalises the first
+/// channels per image, and `norm` the rest.
 struct ConvNormView {
   const torch::nn::Conv2dImpl* conv = nullptr;
   const BatchNorm2dImpl* norm = nullptr;
+  const torch::nn::InstanceNorm2dImpl* instance_norm = nullptr;
 };
 
 /// Implemented by a conv of its own kind (not a torch::nn::Conv2d) that a BatchNorm can fold

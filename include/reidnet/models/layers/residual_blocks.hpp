@@ -63,7 +63,8 @@ struct ResidualTrunkView {
 };
 
 /// Implemented by backbones of that layout, whoever builds them. None where some layer does not
-/// fit it (an IBN block's InstanceNorm half): such a backbone runs as a module.
+/// fit it: such a backbone runs as a module. An IBN-a block's first norm is in the view, as
+/// its InstanceNorm and BatchNorm halves (needs_instance_norm).
 class DescribesResidualTrunk {
  public:
   virtual ~DescribesResidualTrunk() = default;
@@ -74,6 +75,17 @@ class DescribesResidualTrunk {
 inline std::optional<ResidualTrunkView> residual_trunk_of(const torch::nn::Module& backbone) {
   const auto* describes = dynamic_cast<const DescribesResidualTrunk*>(&backbone);
   return describes != nullptr ? describes->residual_trunk() : std::nullopt;
+}
+
+/// Whether some conv of `trunk` is followed by an InstanceNorm half (IBN-a), which no conv
+/// absorbs: only a plan that normalises between its convs runs such a trunk.
+inline bool needs_instance_norm(const ResidualTrunkView& trunk) {
+  for (const auto& block : trunk.blocks) {
+    for (const auto& layer : block.main_path) {
+      if (layer.instance_norm != nullptr) return true;
+    }
+  }
+  return false;
 }
 
 namespace detail {
@@ -223,11 +235,11 @@ class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl>, public Decla
     return detail::with_downsample_pair(std::move(pairs), downsample);
   }
 
-  /// None where bn1 is IBN-a's pair, which no conv absorbs.
+  /// Where bn1 is IBN-a's pair, conv1's view holds both its halves.
   std::optional<ResidualBlockView> residual_view() const {
-    if (ibn1) return std::nullopt;
-    return detail::residual_view(
-        {{conv1.get(), bn1.get()}, {conv2.get(), bn2.get()}, {conv3.get(), bn3.get()}}, downsample);
+    const ConvNormView first = ibn1 ? ConvNormView{conv1.get(), ibn1->BN.get(), ibn1->IN.get()}
+                                    : ConvNormView{conv1.get(), bn1.get()};
+    return detail::residual_view({first, {conv2.get(), bn2.get()}, {conv3.get(), bn3.get()}}, downsample);
   }
 
   void pretty_print(std::ostream& stream) const override {
